@@ -1,0 +1,85 @@
+"""Settings live in one dataclass per method; this module turns it into a CLI.
+
+Each field becomes `--field-name`; `metadata={"help": ..., "choices": ...}`
+documents it. Booleans take an explicit value (`--flag true|false`) so that a
+preset can be overridden in both directions.
+"""
+import argparse
+import dataclasses
+import typing
+
+from utils.errors import UserError
+
+
+@dataclasses.dataclass
+class CommonConfig:
+    """Settings every method shares."""
+    dataset: str = dataclasses.field(default="synthetic", metadata={
+        "help": "dataset name (see README)"})
+    data: str = dataclasses.field(default="", metadata={
+        "help": "path of the dataset file or folder; empty for the built-in default location"})
+    bits: int = dataclasses.field(default=32, metadata={"help": "code length K"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "help": "random seed; with it a CPU run is repeatable (op determinism is switched on)"})
+    runs_dir: str = dataclasses.field(default="runs", metadata={"help": "folder that holds run folders"})
+    run_name: str = dataclasses.field(default="", metadata={
+        "help": "name of this run's folder (default: method-dataset-bits-time)"})
+    split_file: str = dataclasses.field(default="", metadata={
+        "help": "optional .npz/.mat with query/train/database index arrays, to share a split between programs"})
+
+
+def _parse_bool(text):
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_list(item_type):
+    def parse(text):
+        return tuple(item_type(part) for part in str(text).split(",") if part.strip())
+    return parse
+
+
+def add_config_arguments(parser, config_class):
+    """Adds one option per dataclass field of `config_class`."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        hint = hints[field.name]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        kwargs = {"default": None, "help": f"{field.metadata.get('help', '')} (default: {default})"}
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        if hint is bool:
+            kwargs["type"] = _parse_bool
+            kwargs["metavar"] = "{true,false}"
+        elif typing.get_origin(hint) is tuple:
+            kwargs["type"] = _parse_list(typing.get_args(hint)[0])
+            kwargs["metavar"] = "A,B,..."
+        else:
+            kwargs["type"] = hint
+        parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+
+
+def config_from_args(config_class, args, base=None):
+    """Builds a config from parsed args; options left out keep `base`'s values (or the defaults)."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    for field in dataclasses.fields(config_class):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    return config_class(**values)
+
+
+def config_from_dict(config_class, values):
+    """Rebuilds a config saved as JSON; unknown keys are an error, missing keys take defaults."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"saved config has unknown settings {unknown}; it was written by another "
+                        f"version of {config_class.__module__}: start a new run instead of resuming")
+    hints = typing.get_type_hints(config_class)
+    converted = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in values.items()}
+    return config_class(**converted)

@@ -1,0 +1,131 @@
+"""Cross-modal datasets behind one call: `load_dataset(name, path, seed)`.
+
+Every dataset becomes a `CrossModalData`: images (features n x d, or uint8
+images n x h x w x 3, possibly lazy), texts (n x d_t), multi-hot labels
+(n x c; single-label sets are one-hot, so "shares a label" = "same class"),
+and a split into query / train / database rows.
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from utils.data import dcmh, splits, synthetic, wiki
+from utils.data.splits import Split
+from utils.errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Standard protocols (../shared/spec/datasets.md): queries, training items; database = all but queries.
+SPLIT_SIZES = {
+    "flickr": (2000, 10000),
+    "nuswide": (2100, 10500),
+    "coco": (5000, 10000),
+    "synthetic": (200, 1000),
+}
+
+# Where a dataset is looked for when --data is not given, relative to each data root.
+DEFAULT_LOCATIONS = {
+    "wiki": "wikipedia/wikiData.mat",
+    "flickr": "mirflickr25k",
+    "nuswide": "nuswide",
+    "coco": "coco",
+}
+
+DATASETS = ("synthetic", "wiki", "flickr", "nuswide", "coco")
+
+
+def data_roots():
+    """Folders searched for datasets: $ADVHASH_DATA, ./data, then ../shared/data beside the repo."""
+    roots = [os.environ.get("ADVHASH_DATA", ""), os.path.join(REPO_ROOT, "data"),
+             os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")]
+    return [root for root in roots if root]
+
+
+@dataclasses.dataclass
+class CrossModalData:
+    name: str
+    images: object            # np.ndarray (n, d) features or (n, h, w, 3) uint8, or dcmh.HDF5Images
+    texts: np.ndarray         # (n, d_t) float32
+    labels: np.ndarray        # (n, c) float32 multi-hot
+    split: Split
+    mean_image: Optional[np.ndarray] = None
+    single_label: bool = False
+
+    @property
+    def image_kind(self):
+        return "features" if self.images.ndim == 2 else "images"
+
+    @property
+    def num_classes(self):
+        return self.labels.shape[1]
+
+    @property
+    def text_dim(self):
+        return self.texts.shape[1]
+
+    def part(self, name):
+        """(images, texts, labels) of one split part; images stay lazy when the source is lazy."""
+        rows = getattr(self.split, name)
+        images = self.images[rows] if isinstance(self.images, np.ndarray) else LazyRows(self.images, rows)
+        return images, self.texts[rows], self.labels[rows]
+
+
+class LazyRows:
+    """A row subset of a lazy image source; indexing reads only the rows asked for."""
+
+    def __init__(self, source, rows):
+        self.source, self.rows = source, np.asarray(rows)
+        self.shape = (len(self.rows),) + tuple(source.shape[1:])
+        self.ndim = len(self.shape)
+        self.dtype = source.dtype
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.source[self.rows[index]]
+
+
+def resolve_path(name, path):
+    if path:
+        return path
+    if name not in DEFAULT_LOCATIONS:
+        return ""
+    for root in data_roots():
+        candidate = os.path.join(root, DEFAULT_LOCATIONS[name])
+        if os.path.exists(candidate):
+            return candidate
+    raise UserError(f"dataset '{name}' not found under {data_roots()}; pass --data PATH "
+                    f"(see README, section Datasets)")
+
+
+def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
+    """Loads a dataset by name; `split_sizes=(query, train)` overrides the standard protocol."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    path = resolve_path(name, path)
+    mean_image, single_label = None, False
+    if name == "synthetic":
+        images, texts, labels = synthetic.make_synthetic()
+    elif name == "wiki":
+        (img_tr, txt_tr, cls_tr), (img_te, txt_te, cls_te) = wiki.read_wiki_mat(path)
+        images = np.concatenate([img_tr, img_te])
+        texts = np.concatenate([txt_tr, txt_te])
+        labels = wiki.one_hot(np.concatenate([cls_tr, cls_te]))
+        single_label = True
+        n_train = len(img_tr)
+        # Standard protocol: the test pairs are the queries; training set = database.
+        split = Split(query=np.arange(n_train, len(images)), train=np.arange(n_train),
+                      database=np.arange(n_train))
+    else:
+        images, texts, labels, mean_image = dcmh.read_dcmh(path)
+
+    if split_file:
+        split = splits.load_split(split_file, len(labels))
+    elif name != "wiki":
+        num_query, num_train = split_sizes or SPLIT_SIZES[name]
+        split = splits.permutation_split(len(labels), num_query, num_train, seed)
+    return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,
+                          mean_image=mean_image, single_label=single_label)

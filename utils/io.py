@@ -1,0 +1,61 @@
+"""Atomic file output: a reader never sees a half-written file.
+
+Everything is written to a temporary file in the destination folder and then
+renamed over the target (rename is atomic on POSIX within one file system).
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+import scipy.io
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path`; renames it onto `path` on success."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            f.write("\n")
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_mat(path, arrays):
+    """Writes a MATLAB v5 .mat file (scipy) atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            scipy.io.savemat(f, {k: np.asarray(v) for k, v in arrays.items()})
+
+
+def save_npz(path, arrays):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

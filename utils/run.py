@@ -1,0 +1,129 @@
+"""One run folder per training run: config, TensorBoard, checkpoints, results.
+
+Layout of RUN_DIR:
+  config.json     the full config and the method's name (written at creation)
+  tb/             TensorBoard event files
+  checkpoints/    tf.train.CheckpointManager output
+  codes.mat       exported codes or embeddings (fields per method, see utils.exports)
+  results.json    final and per-epoch figures
+"""
+import dataclasses
+import datetime
+import math
+import os
+import random
+
+import numpy as np
+
+from utils import io
+from utils.config import config_from_dict
+from utils.errors import UserError
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; training stops and keeps the last good checkpoint."""
+
+
+def check_finite(losses, step_name):
+    """Raises NonFiniteLoss naming the step and the term if any loss is not finite."""
+    for name, value in losses.items():
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss '{name}' became {value} in the {step_name} step; "
+                                f"the last good checkpoint is kept: lower the learning rate or resume from it")
+
+
+def set_seed(seed, deterministic=True):
+    """Seeds Python, NumPy and TensorFlow; with deterministic=True ops are deterministic on CPU."""
+    import tensorflow as tf
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+class Run:
+    """A run folder with its TensorBoard writer and checkpoint helper."""
+
+    def __init__(self, run_dir, method, config):
+        import tensorflow as tf
+        self.dir = os.fspath(run_dir)
+        self.method = method
+        self.config = config
+        self.writer = tf.summary.create_file_writer(os.path.join(self.dir, "tb"))
+
+    @classmethod
+    def create(cls, method, config):
+        name = config.run_name or "{}-{}-{}b-{}".format(
+            method, config.dataset, config.bits, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        run_dir = os.path.join(config.runs_dir, name)
+        if os.path.exists(os.path.join(run_dir, "config.json")):
+            raise UserError(f"run folder {run_dir} already holds a run; pick another --run-name "
+                            f"or continue it with --resume {run_dir}")
+        os.makedirs(run_dir, exist_ok=True)
+        io.save_json(os.path.join(run_dir, "config.json"),
+                     {"method": method, "config": dataclasses.asdict(config)})
+        return cls(run_dir, method, config)
+
+    @classmethod
+    def open(cls, run_dir, config_classes):
+        """Reopens a run folder; `config_classes` maps method name -> its Config class."""
+        path = os.path.join(run_dir, "config.json")
+        if not os.path.exists(path):
+            raise UserError(f"{run_dir} is not a run folder (no config.json); "
+                            f"give the folder that train.py printed")
+        saved = io.load_json(path)
+        method = saved.get("method")
+        if method not in config_classes:
+            raise UserError(f"{path} names unknown method {method!r}; known: {sorted(config_classes)}")
+        return cls(run_dir, method, config_from_dict(config_classes[method], saved["config"]))
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def log_scalars(self, step, scalars, prefix=""):
+        import tensorflow as tf
+        with self.writer.as_default(step=int(step)):
+            for name, value in scalars.items():
+                tf.summary.scalar(prefix + name, float(value))
+
+    def log_image(self, step, name, png_bytes):
+        import tensorflow as tf
+        image = tf.io.decode_png(png_bytes, channels=4)[tf.newaxis]
+        with self.writer.as_default(step=int(step)):
+            tf.summary.image(name, image)
+
+    def flush(self):
+        self.writer.flush()
+
+    def checkpoint_manager(self, checkpoint, max_to_keep=3):
+        """A CheckpointManager in RUN_DIR/checkpoints; TensorFlow writes and renames atomically."""
+        import tensorflow as tf
+        return tf.train.CheckpointManager(checkpoint, self.path("checkpoints"), max_to_keep=max_to_keep)
+
+    def restore_latest(self, checkpoint):
+        """Restores the newest checkpoint, if any; returns its path or None."""
+        manager = self.checkpoint_manager(checkpoint)
+        if manager.latest_checkpoint is None:
+            return None
+        try:
+            checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"cannot restore {manager.latest_checkpoint}: {first_line}; the checkpoint "
+                            f"is corrupt or from a different model shape: start a new run") from None
+        return manager.latest_checkpoint
+
+    def export_codes(self, arrays):
+        io.save_mat(self.path("codes.mat"), arrays)
+
+    def save_results(self, results):
+        io.save_json(self.path("results.json"), results)
+
+
+def progress(iterable=None, total=None, desc=None, **kwargs):
+    """A tqdm progress bar that stays quiet when output is not a terminal (CI logs)."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                disable=None, **kwargs)
