@@ -55,8 +55,9 @@ def add_config_arguments(parser, config_class):
         if hint is bool:
             kwargs["type"] = _parse_bool
             kwargs["metavar"] = "{true,false}"
-        elif typing.get_origin(hint) is tuple:
-            kwargs["type"] = _parse_list(typing.get_args(hint)[0])
+        elif hint is tuple or typing.get_origin(hint) is tuple:
+            item_types = typing.get_args(hint)
+            kwargs["type"] = _parse_list(item_types[0] if item_types else str)
             kwargs["metavar"] = "A,B,..."
         else:
             kwargs["type"] = hint
@@ -81,5 +82,6 @@ def config_from_dict(config_class, values):
         raise UserError(f"saved config has unknown settings {unknown}; it was written by another "
                         f"version of {config_class.__module__}: start a new run instead of resuming")
     hints = typing.get_type_hints(config_class)
-    converted = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in values.items()}
+    converted = {k: tuple(v) if (hints[k] is tuple or typing.get_origin(hints[k]) is tuple) else v
+                 for k, v in values.items()}
     return config_class(**converted)
