@@ -1,0 +1,95 @@
+"""SSAH losses as pure functions of tensors (see /work/shared/spec/ssah.md, "Losses").
+
+"mse" in the authors' program is half the SUM of squared differences; `half_sum_squares`
+is that. Pairwise terms compare the current batch with a stored copy of all n training
+items: Theta = 0.5 * stored @ batch^T, shape (n, batch), and `similarity` is the matching
+(n, batch) slice of S (0.999 / 0 in the original).
+"""
+import tensorflow as tf
+
+
+def half_sum_squares(a, b):
+    """The program's "mse": 0.5 * sum((a - b)^2)."""
+    return 0.5 * tf.reduce_sum(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
+
+
+def pairwise_logits(stored, batch):
+    """Theta = 0.5 * stored @ batch^T (n x batch)."""
+    return 0.5 * tf.matmul(tf.cast(stored, tf.float32), tf.cast(batch, tf.float32), transpose_b=True)
+
+
+def pairwise_squared(stored, batch, similarity):
+    """The original's pairwise term: mse(S * Theta, log(1 + exp(Theta))).
+
+    log(1 + exp(.)) is computed as a stable softplus (the program's literal form overflows
+    to inf for Theta > ~88; below that the two agree to float32 rounding).
+    """
+    theta = pairwise_logits(stored, batch)
+    return half_sum_squares(tf.cast(similarity, tf.float32) * theta, tf.nn.softplus(theta))
+
+
+def pairwise_nll(stored, batch, similarity):
+    """The paper's pairwise term: sum(log(1 + exp(Theta)) - S * Theta)."""
+    theta = pairwise_logits(stored, batch)
+    return tf.reduce_sum(tf.nn.softplus(theta) - tf.cast(similarity, tf.float32) * theta)
+
+
+def quantisation_loss(hashes):
+    """mse(sign(H), H), sign(H) held constant (the program feeds it as a placeholder)."""
+    return half_sum_squares(tf.stop_gradient(tf.sign(hashes)), hashes)
+
+
+def label_loss(labels, predicted):
+    """mse(labels, predicted labels)."""
+    return half_sum_squares(labels, predicted)
+
+
+def adversarial_loss(logits, target):
+    """Mean sigmoid cross-entropy of `logits` against the constant `target` (0 or 1).
+
+    The program takes reduce_mean of sigmoid_cross_entropy_with_logits over the fed rows.
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.fill(tf.shape(logits), tf.cast(target, tf.float32))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
+def discriminator_loss(logits_img, logits_txt, logits_lab_img, logits_lab_txt):
+    """(CE(image, 0) + CE(text, 0) + CE(label via D_I', 1) + CE(label via D_T', 1)) / 4.
+
+    Each CE is a mean over its rows (`adversarial_loss`); the sum of the four is divided by 4.
+    """
+    return (adversarial_loss(logits_img, 0.0) + adversarial_loss(logits_txt, 0.0)
+            + adversarial_loss(logits_lab_img, 1.0) + adversarial_loss(logits_lab_txt, 1.0)) / 4.0
+
+
+def squared_error(a, b):
+    """sum((a - b)^2), the FULL sum (the monitoring losses' NumPy code does not halve it)."""
+    return tf.reduce_sum(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
+
+
+def monitoring_loss(hashes, features, similarity, labels, predicted_labels, alpha=1.0, gamma=1.0, beta=1.0):
+    """The LabNet early-stop loss over all n stored items (the program's calc_labnet_loss).
+
+    alpha * sum((predicted - labels)^2) + gamma * NLL(H, H) + beta * NLL(F, F), with
+    NLL(X, X) = sum(log(1 + exp(Theta)) - S * Theta), Theta = 0.5 X X^T over all n x n pairs
+    and `similarity` the full n x n S. Not the training loss.
+    """
+    return (alpha * squared_error(predicted_labels, labels)
+            + gamma * pairwise_nll(hashes, hashes, similarity)
+            + beta * pairwise_nll(features, features, similarity))
+
+
+def modality_monitoring_loss(codes, first, second, label_hashes, similarity, predicted_labels, labels,
+                             alpha=1.0, beta=1.0, gamma=1.0, eta=1.0):
+    """The ImgNet/TxtNet early-stop loss over all n stored items (the program's calc_loss).
+
+    alpha * NLL(first, second) + beta * sum((B - first)^2 + (B - second)^2)
+    + gamma * sum((H - first)^2 + (H - second)^2) + eta * sum((predicted - labels)^2),
+    Theta = 0.5 * first @ second^T. The program calls it as (B=sign(F), F, H, H) for the
+    image net and (B=sign(G), H, G, H) for the text net (H: stored label hashes).
+    """
+    return (alpha * pairwise_nll(first, second, similarity)
+            + beta * (squared_error(codes, first) + squared_error(codes, second))
+            + gamma * (squared_error(label_hashes, first) + squared_error(label_hashes, second))
+            + eta * squared_error(predicted_labels, labels))
