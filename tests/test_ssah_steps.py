@@ -1,0 +1,161 @@
+"""Which networks each SSAH step moves, in the original and the paper variant, on a tiny config."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainers.ssah import PRESETS, Config, SSAHTrainer
+
+N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH = 24, 5, 60, 12, 8
+
+
+def make_trainer(variant, **overrides):
+    from models.ssah import FeatureTrunk
+    rng = np.random.RandomState(0)
+    labels = (rng.rand(N, CLASSES) < 0.4).astype(np.float32)
+    labels[np.arange(N), rng.randint(0, CLASSES, N)] = 1.0
+    config = dataclasses.replace(Config(bits=8, embed_dim=16, hidden_dim=32, batch_size=BATCH),
+                                 **{**PRESETS[variant], **overrides})
+    tf.keras.utils.set_random_seed(0)
+    trainer = SSAHTrainer(config, labels, TEXT_DIM, FeatureTrunk(32))
+    trainer.build((IMAGE_DIM,))
+    inputs = {"rows": np.arange(BATCH), "labels": labels[:BATCH],
+              "images": rng.randn(BATCH, IMAGE_DIM).astype(np.float32),
+              "texts": (rng.rand(BATCH, TEXT_DIM) < 0.2).astype(np.float32)}
+    return trainer, inputs
+
+
+def snapshot(trainer):
+    return {name: [v.numpy().copy() for v in net.trainable_variables] for name, net in trainer.nets.items()}
+
+
+def moved(trainer, before):
+    """Names of the nets whose variables changed (any element)."""
+    after = snapshot(trainer)
+    return {name for name in before if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
+
+
+def run_step(trainer, inputs, step, lr=1e-3):
+    args = {"lab": (inputs["rows"], inputs["labels"]),
+            "dis": (inputs["images"], inputs["texts"], inputs["labels"]),
+            "img": (inputs["rows"], inputs["images"], inputs["labels"]),
+            "txt": (inputs["rows"], inputs["texts"], inputs["labels"])}[step]
+    return trainer.step(step, *args, learning_rate=lr)
+
+
+ORIGINAL_MOVES = {"lab": {"lab"}, "dis": {"dis_img", "dis_txt", "dis_img_label", "dis_txt_label"},
+                  "img": {"img", "dis_img"},   # the program's ImgNet step also trains D_I towards "label"
+                  "txt": {"txt", "dis_txt"}}
+PAPER_MOVES = {"lab": {"lab"}, "dis": {"dis_img", "dis_txt"}, "img": {"img"}, "txt": {"txt"}}
+
+
+def test_original_variant_moves_what_the_program_moves():
+    trainer, inputs = make_trainer("original")
+    assert len(trainer.discriminator_names) == 4
+    for step, expected in ORIGINAL_MOVES.items():  # the program's order
+        before = snapshot(trainer)
+        losses = run_step(trainer, inputs, step)
+        assert all(np.isfinite(v) for v in losses.values())
+        assert moved(trainer, before) == expected, step
+
+
+def test_original_adversarial_term_is_inert_for_the_generators():
+    """delta only changes the discriminator, never ImgNet/TxtNet, in the original wiring."""
+    results = {}
+    for delta in (0.0, 5.0):
+        trainer, inputs = make_trainer("original", delta=delta, generator_steps_move_discriminators=False)
+        run_step(trainer, inputs, "img")
+        run_step(trainer, inputs, "txt")
+        results[delta] = snapshot(trainer)
+    for net in ("img", "txt"):
+        for a, b in zip(results[0.0][net], results[5.0][net]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_original_image_step_pushes_d_i_towards_label_on_stored_features():
+    trainer, inputs = make_trainer("original")
+    fed = trainer.buffers["feat_I"]
+    before = float(tf.reduce_mean(trainer.nets["dis_img"](fed)))
+    run_step(trainer, inputs, "img", lr=1e-2)
+    after = float(tf.reduce_mean(trainer.nets["dis_img"](trainer.buffers["feat_I"])))
+    assert after > before  # the logit of "label" rises: the opposite of D_I's own objective
+
+
+def test_paper_variant_generator_steps_leave_discriminators_alone():
+    trainer, inputs = make_trainer("paper")
+    assert sorted(trainer.discriminator_names) == ["dis_img", "dis_txt"]  # shared per modality pair
+    for step, expected in PAPER_MOVES.items():
+        before = snapshot(trainer)
+        run_step(trainer, inputs, step)
+        assert moved(trainer, before) == expected, step
+
+
+@pytest.mark.parametrize("modality", ["img", "txt"])
+def test_paper_variant_adversarial_gradient_reaches_the_generator(modality):
+    """The same update with delta = 0 and delta > 0 differs: the discriminator's gradient flows."""
+    results = {}
+    for delta in (0.0, 5.0):
+        trainer, inputs = make_trainer("paper", delta=delta)
+        run_step(trainer, inputs, modality)
+        results[delta] = snapshot(trainer)[modality]
+    assert any(not np.array_equal(a, b) for a, b in zip(results[0.0], results[5.0]))
+    # And directly: the adversarial term alone has a nonzero gradient w.r.t. the net's variables.
+    trainer, inputs = make_trainer("paper")
+    from losses.ssah import adversarial_loss
+    x = inputs["images"] if modality == "img" else inputs["texts"]
+    with tf.GradientTape() as tape:
+        feature = trainer.nets[modality](trainer.image_preprocess(x) if modality == "img" else x)[0]
+        adversarial = adversarial_loss(trainer.nets[f"dis_{modality}"](feature), 1.0)
+    grads = tape.gradient(adversarial, trainer.nets[modality].trainable_variables)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads if g is not None) > 0
+
+
+def test_shared_adam_counter_advances_on_every_generator_update():
+    trainer, inputs = make_trainer("original")
+    for step in ("lab", "dis", "img", "txt"):
+        run_step(trainer, inputs, step)
+    assert trainer.optimizers["lab"] is trainer.optimizers["img"] is trainer.optimizers["txt"]
+    assert int(trainer.optimizers["lab"].iterations.numpy()) == 3
+    assert int(trainer.optimizers["dis"].iterations.numpy()) == 1
+    separate, inputs = make_trainer("original", shared_adam_counter=False)
+    for step in ("lab", "img", "txt"):
+        run_step(separate, inputs, step)
+    assert [int(separate.optimizers[s].iterations.numpy()) for s in ("lab", "img", "txt")] == [1, 1, 1]
+
+
+def test_each_step_writes_its_batch_rows_before_the_update():
+    trainer, inputs = make_trainer("original")
+    for step, (net, names) in {"lab": ("lab", ("H", "feat_L", "pred_L")),
+                               "img": ("img", ("F", "feat_I", "pred_I")),
+                               "txt": ("txt", ("G", "feat_T", "pred_T"))}.items():
+        x = {"lab": inputs["labels"], "img": trainer.image_preprocess(inputs["images"]),
+             "txt": inputs["texts"]}[step]
+        feature, hashes, predicted = (t.numpy() for t in trainer.nets[net](x))
+        untouched = {name: trainer.buffers[name].numpy()[BATCH:].copy() for name in names}
+        run_step(trainer, inputs, step)
+        for name, expected in zip(names, (hashes, feature, predicted)):
+            np.testing.assert_allclose(trainer.buffers[name].numpy()[:BATCH], expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(trainer.buffers[name].numpy()[BATCH:], untouched[name])
+
+
+def test_changing_the_learning_rate_does_not_retrace():
+    trainer, inputs = make_trainer("original")
+    for lr in (1e-2, 1e-3, 10 ** -3.5):
+        run_step(trainer, inputs, "lab", lr=lr)
+    assert trainer._compiled["lab"].experimental_get_tracing_count() == 1
+
+
+def test_chunked_monitoring_loss_equals_the_loss_functions():
+    from losses import ssah as L
+    trainer, inputs = make_trainer("original")
+    for step in ("lab", "img", "txt"):
+        run_step(trainer, inputs, step)
+    b, labels = trainer.buffers, trainer.labels
+    sim = tf.cast(tf.matmul(labels, labels, transpose_b=True) > 0, tf.float32) * 0.999
+    expected = L.monitoring_loss(b["H"], b["feat_L"], sim, labels, b["pred_L"])
+    np.testing.assert_allclose(trainer.monitoring_loss("lab", chunk=7), float(expected), rtol=1e-5)
+    expected = L.modality_monitoring_loss(tf.sign(b["F"]), b["F"], b["H"], b["H"], sim, b["pred_I"], labels)
+    np.testing.assert_allclose(trainer.monitoring_loss("img", chunk=7), float(expected), rtol=1e-5)
+    expected = L.modality_monitoring_loss(tf.sign(b["G"]), b["H"], b["G"], b["H"], sim, b["pred_T"], labels)
+    np.testing.assert_allclose(trainer.monitoring_loss("txt", chunk=7), float(expected), rtol=1e-5)

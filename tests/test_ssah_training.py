@@ -1,0 +1,117 @@
+"""SSAH end to end through train.py: outputs, learning, resume, NaN handling, MIRFLICKR split."""
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.io
+
+import train
+from tests.conftest import shared_path
+from utils.errors import UserError
+from utils.metrics import mean_average_precision
+
+# Small nets and a one-pass-per-net schedule; image/text rates raised so that a couple of
+# epochs learn something (the program's 10^-4.5 / 10^-3.5 need many passes).
+FAST = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "64",
+        "--hidden-dim", "256", "--lr-img-exponent", "2", "--lr-txt-exponent", "2"]
+
+
+def random_codes_map(query_labels, db_labels, bits=16, draws=3):
+    rng = np.random.RandomState(0)
+    return float(np.mean([mean_average_precision(np.sign(rng.randn(len(query_labels), bits)),
+                                                 np.sign(rng.randn(len(db_labels), bits)),
+                                                 query_labels, db_labels) for _ in range(draws)]))
+
+
+def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
+    results = train.main(FAST + ["--epochs", "2", "--runs-dir", str(tmp_path), "--run-name", "syn"])
+    run_dir = tmp_path / "syn"
+    for name in ("config.json", "results.json", "codes.mat", "tb", "checkpoints"):
+        assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "config.json").read_text())["config"]["variant"] == "original"
+    codes = scipy.io.loadmat(run_dir / "codes.mat")
+    assert codes["Qi"].shape == (200, 16) and codes["Dt"].shape == (1800, 16)
+    assert set(np.unique(codes["Qi"])) <= {-1.0, 1.0}
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert [e["epoch"] for e in saved["epochs"]] == [1, 2]
+    baseline = random_codes_map(codes["query_L"], codes["retrieval_L"])
+    final = results["final"]
+    # The codes in codes.mat are the ones the figures were computed from.
+    assert final["i->i"] == pytest.approx(mean_average_precision(codes["Qi"], codes["Di"], codes["query_L"],
+                                                                 codes["retrieval_L"]))
+    assert final["i->i"] > baseline + 0.02, (final, baseline)
+    assert final["t->t"] > baseline + 0.02, (final, baseline)
+    events = os.listdir(run_dir / "tb")
+    assert events and os.path.getsize(run_dir / "tb" / events[0]) > 1000
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
+    import trainers.ssah as ssah
+    real_evaluate = ssah.evaluate
+    calls = []
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies before epoch 2 is checkpointed
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(ssah, "evaluate", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(FAST + ["--hidden-dim", "64", "--epochs", "2", "--runs-dir", str(tmp_path), "--run-name", "r"])
+    run_dir = str(tmp_path / "r")
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[0].startswith("checkpoint")
+    counted = []
+    monkeypatch.setattr(ssah, "evaluate", lambda *a, **k: counted.append(1) or real_evaluate(*a, **k))
+    results = train.main(["--resume", run_dir])
+    assert len(counted) == 1                      # only epoch 2 was trained again
+    assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert results["final"]["epoch"] == 2
+
+
+def test_resume_with_other_data_is_a_one_line_error(tmp_path):
+    train.main(FAST + ["--hidden-dim", "64", "--epochs", "1", "--runs-dir", str(tmp_path), "--run-name", "d"])
+    config_path = tmp_path / "d" / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved["config"]["dataset"] = "wiki"  # a different tag dimension (10 instead of 300)
+    config_path.write_text(json.dumps(saved))
+    shared_path("data", "wikipedia", "wikiData.mat")
+    with pytest.raises(UserError, match=r"tag dimension 300 \(now 10\)"):
+        train.main(["--resume", str(tmp_path / "d")])
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
+    # Entry 1 of the LabNet list (epoch 2) becomes 10^10: the LabNet loss overflows.
+    with pytest.raises(UserError, match="LabNet step"):
+        train.main(FAST + ["--hidden-dim", "64", "--epochs", "2", "--lr-exponent-step", "-12",
+                           "--runs-dir", str(tmp_path), "--run-name", "nan"])
+    checkpoints = os.listdir(tmp_path / "nan" / "checkpoints")
+    assert "ckpt-1.index" in checkpoints and "ckpt-2.index" not in checkpoints
+
+
+def test_mirflickr_tags_and_labels_with_made_features(tmp_path, capsys):
+    """Real MIRFLICKR-25K tags and labels; image features = labels @ random projection + noise."""
+    folder = shared_path("data", "mirflickr25k")
+    labels = scipy.io.loadmat(os.path.join(folder, "mirflickr25k-lall.mat"))["LAll"].astype(np.float32)
+    rng = np.random.RandomState(0)
+    features = labels @ rng.randn(labels.shape[1], 64) + 1.0 * rng.randn(len(labels), 64)
+    data_dir = tmp_path / "flickr"
+    data_dir.mkdir()
+    for name in ("mirflickr25k-yall.mat", "mirflickr25k-lall.mat"):
+        os.symlink(os.path.join(folder, name), data_dir / name)
+    scipy.io.savemat(data_dir / "mirflickr25k-iall.mat", {"IAll": features.astype(np.float32)})
+
+    from utils.data import load_dataset
+    data = load_dataset("flickr", str(data_dir), seed=0)
+    assert (len(data.split.query), len(data.split.train), len(data.split.database)) == (2000, 10000, 18015)
+    assert data.text_dim == 1386 and data.num_classes == 24
+
+    results = train.main(FAST + ["--dataset", "flickr", "--data", str(data_dir), "--epochs", "1",
+                                 "--runs-dir", str(tmp_path), "--run-name", "mir"])
+    codes = scipy.io.loadmat(tmp_path / "mir" / "codes.mat")
+    baseline = random_codes_map(codes["query_L"], codes["retrieval_L"])
+    with capsys.disabled():
+        print(f"\nMIRFLICKR t->t mAP {results['final']['t->t']:.4f} vs random codes {baseline:.4f}; "
+              f"i->t {results['final']['i->t']:.4f}")
+    assert results["final"]["t->t"] > baseline + 0.05
