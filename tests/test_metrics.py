@@ -1,0 +1,321 @@
+"""utils.metrics against plain per-query reference loops written here (the original
+program's calc_map: distances, a stable argsort, cumulative counts), to 1e-9."""
+import numpy as np
+import pytest
+import scipy.io
+
+from tests.conftest import shared_path
+from utils import metrics
+from utils.errors import UserError
+
+TOL = 1e-9
+
+
+# ----------------------------------------------------------------------------- reference loops
+
+def ref_relevant(query_label, db_labels):
+    return (np.asarray(db_labels, float) @ np.asarray(query_label, float)) > 0
+
+
+def ref_hamming(query_code, db_codes):
+    query_code = np.where(np.asarray(query_code) > 0, 1.0, -1.0)
+    db_codes = np.where(np.asarray(db_codes) > 0, 1.0, -1.0)
+    return 0.5 * (db_codes.shape[1] - db_codes @ query_code)
+
+
+def ref_ap(distances, relevant, top_k=None):
+    order = np.argsort(distances, kind="stable")
+    hits = relevant[order]
+    if top_k is not None:
+        hits = hits[:top_k]
+    total = int(hits.sum())
+    if total == 0:
+        return 0.0
+    count = np.linspace(1, total, total)
+    places = np.flatnonzero(hits) + 1.0
+    return float(np.mean(count / places))
+
+
+def ref_map(query, db, query_labels, db_labels, top_k=None, distance="hamming"):
+    total = 0.0
+    for i in range(len(query)):
+        total += ref_ap(ref_distances(query[i], db, distance), ref_relevant(query_labels[i], db_labels), top_k)
+    return total / len(query)
+
+
+def ref_distances(query_item, db, distance):
+    if distance == "hamming":
+        return ref_hamming(query_item, db)
+    if distance == "euclidean":
+        return np.array([np.sqrt(np.sum((row - query_item) ** 2)) for row in db])
+    return np.array([1.0 - row @ query_item / (np.linalg.norm(row) * np.linalg.norm(query_item)) for row in db])
+
+
+def ref_lookup(query, db, query_labels, db_labels, empty="zero", radius=2):
+    bits = query.shape[1]
+    precision = np.zeros((len(query), bits + 1))
+    answered = np.zeros((len(query), bits + 1), bool)
+    recall, with_relevant, radius_ap = [], [], []
+    for i in range(len(query)):
+        dist = ref_hamming(query[i], db)
+        rel = ref_relevant(query_labels[i], db_labels)
+        row_recall = []
+        for r in range(bits + 1):
+            inside = dist <= r
+            answered[i, r] = inside.any()
+            precision[i, r] = (rel & inside).sum() / inside.sum() if inside.any() else 0.0
+            row_recall.append((rel & inside).sum() / rel.sum() if rel.any() else np.nan)
+        if rel.any():
+            recall.append(row_recall)
+        # TAH: rank, keep the items within the radius, AP over them (0 when none relevant)
+        order = np.argsort(dist, kind="stable")
+        hits = rel[order][: int((dist <= radius).sum())]
+        radius_ap.append(0.0 if hits.sum() == 0 else
+                         np.mean(np.arange(1, hits.sum() + 1) / (np.flatnonzero(hits) + 1.0)))
+    if empty == "zero":
+        curve = precision.mean(axis=0)
+    else:
+        curve = np.array([precision[answered[:, r], r].mean() if answered[:, r].any() else 0.0
+                          for r in range(bits + 1)])
+    return curve, np.mean(recall, axis=0), float(np.mean(radius_ap))
+
+
+def ref_top_n(query, db, query_labels, db_labels, n_max, distance="hamming"):
+    precision, recall = [], []
+    for i in range(len(query)):
+        order = np.argsort(ref_distances(query[i], db, distance), kind="stable")
+        hits = ref_relevant(query_labels[i], db_labels)[order]
+        found = np.cumsum(hits)[:n_max]
+        precision.append(found / np.arange(1, n_max + 1))
+        if hits.any():
+            recall.append(found / hits.sum())
+    return np.mean(precision, axis=0), np.mean(recall, axis=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+def random_case(seed, n_query, n_db, bits, classes=6, density=0.2, single=False):
+    rng = np.random.default_rng(seed)
+    query = np.where(rng.random((n_query, bits)) < 0.5, 1, -1)
+    db = np.where(rng.random((n_db, bits)) < 0.5, 1, -1)
+    if single:
+        return query, db, np.eye(classes)[rng.integers(0, classes, n_query)], \
+            np.eye(classes)[rng.integers(0, classes, n_db)]
+    return query, db, (rng.random((n_query, classes)) < density) * 1, (rng.random((n_db, classes)) < density) * 1
+
+
+def assert_report_matches(query, db, query_labels, db_labels, top_ks=(1, 7, 50), n_max=40):
+    report = metrics.retrieval_report(query, db, query_labels, db_labels, top_ks=top_ks, n_max=n_max)
+    assert abs(report["map"] - ref_map(query, db, query_labels, db_labels)) < TOL
+    for k in top_ks:
+        assert abs(report[f"map@{k}"] - ref_map(query, db, query_labels, db_labels, top_k=k)) < TOL
+    for empty in ("zero", "skip"):
+        report = metrics.retrieval_report(query, db, query_labels, db_labels, n_max=n_max, empty=empty)
+        precision, recall, radius_map = ref_lookup(query, db, query_labels, db_labels, empty)
+        np.testing.assert_allclose(report["hash_lookup"]["precision"], precision, rtol=0, atol=TOL)
+        np.testing.assert_allclose(report["hash_lookup"]["recall"], recall, rtol=0, atol=TOL)
+        assert abs(report["map_radius2"] - radius_map) < TOL
+        assert abs(report["precision_radius2"] - precision[2]) < TOL
+    top_precision, top_recall = ref_top_n(query, db, query_labels, db_labels, min(n_max, len(db)))
+    np.testing.assert_allclose(report["top_n"]["precision"], top_precision, rtol=0, atol=TOL)
+    np.testing.assert_allclose(report["top_n"]["recall"], top_recall, rtol=0, atol=TOL)
+    return report
+
+
+# ----------------------------------------------------------------------------- mAP
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64, 100])
+def test_map_matches_reference_on_random_codes(bits):
+    query, db, query_labels, db_labels = random_case(bits, 25, 700, bits)
+    for top_k in (None, 1, 10, 100, 700, 5000):
+        got = metrics.mean_average_precision(query, db, query_labels, db_labels, top_k=top_k)
+        assert abs(got - ref_map(query, db, query_labels, db_labels, top_k)) < TOL
+
+
+def test_zero_one_codes_and_bool_codes_give_the_same_map():
+    query, db, query_labels, db_labels = random_case(3, 20, 300, 24)
+    expected = metrics.mean_average_precision(query, db, query_labels, db_labels)
+    assert metrics.mean_average_precision((query > 0) * 1, (db > 0) * 1, query_labels, db_labels) == expected
+    assert metrics.mean_average_precision(query > 0, db > 0, query_labels, db_labels) == expected
+    assert abs(expected - ref_map(query, db, query_labels, db_labels)) < TOL
+
+
+def test_single_label_one_hot_matches_reference():
+    query, db, query_labels, db_labels = random_case(4, 30, 500, 16, classes=10, single=True)
+    assert_report_matches(query, db, query_labels, db_labels)
+
+
+def test_labels_wider_than_one_word():
+    query, db, query_labels, db_labels = random_case(5, 20, 400, 32, classes=150, density=0.02)
+    assert_report_matches(query, db, query_labels, db_labels)
+    query, db, query_labels, db_labels = random_case(6, 20, 400, 32, classes=150, single=True)
+    assert_report_matches(query, db, query_labels, db_labels)
+
+
+def test_all_codes_equal_rank_in_database_order():
+    # every item at distance 0: the ranking is the database order, so AP follows the relevant places
+    db_labels = np.eye(2)[[1, 0, 1, 0, 0, 0]]  # relevant to class 0 at places 2, 4, 5, 6
+    query_labels = np.eye(2)[[0]]
+    codes = np.ones((6, 8))
+    expected = (1 / 2 + 2 / 4 + 3 / 5 + 4 / 6) / 4
+    assert abs(metrics.mean_average_precision(codes[:1], codes, query_labels, db_labels) - expected) < TOL
+    # the reverse tie order would give another value, so the rule is observable
+    reverse = (1 / 1 + 2 / 2 + 3 / 3 + 4 / 5) / 4
+    assert abs(expected - reverse) > 0.1
+    assert abs(metrics.mean_average_precision(codes[:1], codes, query_labels, db_labels, top_k=4)
+               - (1 / 2 + 2 / 4) / 2) < TOL
+
+
+def test_tie_heavy_codes_match_reference():
+    # 8-bit codes from 3 random bits: only 8 distinct codes, so every tie group is large
+    rng = np.random.default_rng(7)
+    base = np.where(rng.random((8, 8)) < 0.5, 1, -1)
+    query = base[rng.integers(0, 8, 30)]
+    db = base[rng.integers(0, 8, 900)]
+    query_labels = (rng.random((30, 4)) < 0.3) * 1
+    db_labels = (rng.random((900, 4)) < 0.3) * 1
+    assert_report_matches(query, db, query_labels, db_labels)
+    same = np.ones((40, 8))
+    assert_report_matches(same[:5], same, query_labels[:5], db_labels[:40])
+
+
+def test_queries_without_relevant_items_add_zero_and_count():
+    query, db, query_labels, db_labels = random_case(8, 12, 300, 16, classes=5)
+    query_labels = np.concatenate([query_labels, np.zeros((12, 1), int)], axis=1)
+    db_labels = np.concatenate([db_labels, np.zeros((300, 1), int)], axis=1)
+    query_labels[:4] = 0
+    query_labels[:4, 5] = 1  # class 5 is in no database item
+    got = metrics.mean_average_precision(query, db, query_labels, db_labels)
+    others = metrics.mean_average_precision(query[4:], db, query_labels[4:], db_labels)
+    assert abs(got - others * 8 / 12) < TOL
+    assert abs(got - ref_map(query, db, query_labels, db_labels)) < TOL
+    report = assert_report_matches(query, db, query_labels, db_labels)
+    assert report["queries_without_relevant"] >= 4
+
+
+def test_real_wikipedia_codes_cross_modal():
+    data = scipy.io.loadmat(shared_path("data", "wikipedia", "wikiData.mat"))
+    rng = np.random.default_rng(0)
+    labels_te = np.eye(10)[data["L_te"].ravel() - 1]
+    labels_tr = np.eye(10)[data["L_tr"].ravel() - 1]
+    for bits in (16, 64):
+        image_projection = rng.normal(size=(128, bits))
+        text_projection = rng.normal(size=(10, bits))
+        image_codes = lambda x: np.where((x - data["I_tr"].mean(0)) @ image_projection >= 0, 1, -1)
+        text_codes = lambda x: np.where((x - data["T_tr"].mean(0)) @ text_projection >= 0, 1, -1)
+        query = image_codes(data["I_te"][:60])
+        db = text_codes(data["T_tr"])
+        report = assert_report_matches(query, db, labels_te[:60], labels_tr, top_ks=(50, 500), n_max=100)
+        assert 0.05 < report["map"] < 0.5  # near chance (0.1) for a random projection
+        assert abs(metrics.mean_average_precision(image_codes(data["I_te"]), image_codes(data["I_tr"]),
+                                                  labels_te, labels_tr)
+                   - ref_map(image_codes(data["I_te"]), image_codes(data["I_tr"]), labels_te, labels_tr)) < TOL
+
+
+def test_real_mirflickr_multi_label_codes():
+    folder = shared_path("data", "mirflickr25k")
+    tags = scipy.io.loadmat(f"{folder}/mirflickr25k-yall.mat")["YAll"][:2050].astype(np.float64)
+    labels = scipy.io.loadmat(f"{folder}/mirflickr25k-lall.mat")["LAll"][:2050]
+    projection = np.random.default_rng(1).normal(size=(tags.shape[1], 32))
+    codes = np.where((tags - tags.mean(0)) @ projection >= 0, 1, -1)
+    # real multi-hot labels (1 to 11 concepts per item): every figure exact against the loops
+    assert_report_matches(codes[:50], codes[50:], labels[:50], labels[50:], top_ks=(100,), n_max=200)
+
+
+def test_many_chunks_and_threads_give_the_same_figures(monkeypatch):
+    query, db, query_labels, db_labels = random_case(9, 40, 500, 32)
+    whole = metrics.retrieval_report(query, db, query_labels, db_labels, top_ks=(10,), n_max=30)
+    monkeypatch.setattr(metrics, "PAIRS_PER_CHUNK", 700)  # one query per chunk, 40 chunks on threads
+    chunked = metrics.retrieval_report(query, db, query_labels, db_labels, top_ks=(10,), n_max=30)
+    for key in ("map", "map@10", "map_radius2", "precision_radius2"):
+        assert abs(whole[key] - chunked[key]) < TOL
+    np.testing.assert_allclose(whole["hash_lookup"]["precision"], chunked["hash_lookup"]["precision"], atol=TOL)
+    np.testing.assert_allclose(whole["top_n"]["recall"], chunked["top_n"]["recall"], atol=TOL)
+
+
+def test_popcount_lookup_table_fallback(monkeypatch):
+    rng = np.random.default_rng(10)
+    words = rng.integers(0, 2 ** 63, size=(50, 3), dtype=np.uint64)
+    expected = np.array([[bin(int(w)).count("1") for w in row] for row in words])
+    np.testing.assert_array_equal(metrics.popcount(words), expected)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    np.testing.assert_array_equal(metrics.popcount(words), expected)
+    query, db, query_labels, db_labels = random_case(11, 10, 200, 40)
+    assert abs(metrics.mean_average_precision(query, db, query_labels, db_labels)
+               - ref_map(query, db, query_labels, db_labels)) < TOL
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_embedding_map_matches_reference(metric):
+    rng = np.random.default_rng(12)
+    query = rng.normal(size=(20, 9))
+    db = rng.normal(size=(300, 9))
+    db[100:200] = db[:100]  # exact duplicates: ties that the stable order must break by index
+    query[:5] = db[:5]
+    query_labels = (rng.random((20, 5)) < 0.3) * 1
+    db_labels = (rng.random((300, 5)) < 0.3) * 1
+    for top_k in (None, 50):
+        got = metrics.embedding_map(query, db, query_labels, db_labels, metric=metric, top_k=top_k)
+        assert abs(got - ref_map(query, db, query_labels, db_labels, top_k, distance=metric)) < TOL
+    report = metrics.retrieval_report(query, db, query_labels, db_labels, distance=metric, n_max=60)
+    precision, recall = ref_top_n(query, db, query_labels, db_labels, 60, distance=metric)
+    np.testing.assert_allclose(report["top_n"]["precision"], precision, atol=TOL)
+    np.testing.assert_allclose(report["top_n"]["recall"], recall, atol=TOL)
+    assert "hash_lookup" not in report
+    # the ranking PR curve: the same figures at log-spaced N up to the whole database
+    precision, recall = ref_top_n(query, db, query_labels, db_labels, 300, distance=metric)
+    ranks = np.array(report["ranking_pr"]["n"])
+    assert ranks[0] == 1 and ranks[-1] == 300 and np.all(np.diff(ranks) > 0)
+    np.testing.assert_allclose(report["ranking_pr"]["precision"], precision[ranks - 1], atol=TOL)
+    np.testing.assert_allclose(report["ranking_pr"]["recall"], recall[ranks - 1], atol=TOL)
+    assert abs(report["ranking_pr"]["recall"][-1] - 1.0) < TOL
+
+
+def test_embedding_ties_follow_database_order():
+    db = np.zeros((4, 3))
+    labels = np.eye(2)[[1, 0, 1, 0]]
+    assert abs(metrics.embedding_map(db[:1], db, labels[1:2], labels) - (1 / 2 + 2 / 4) / 2) < TOL
+
+
+# ----------------------------------------------------------------------------- radius helpers and errors
+
+def test_radius_helpers_agree_with_report():
+    query, db, query_labels, db_labels = random_case(13, 15, 250, 12)
+    figures = metrics.radius_figures(query, db, query_labels, db_labels, radius=2)
+    _, _, radius_map = ref_lookup(query, db, query_labels, db_labels)
+    assert abs(figures["map_radius2"] - radius_map) < TOL
+    curve = metrics.hash_lookup_curve(query, db, query_labels, db_labels)
+    assert curve["radius"] == list(range(13))
+    assert abs(curve["recall"][-1] - 1.0) < TOL  # radius K retrieves everything
+    top = metrics.top_n_curve(query, db, query_labels, db_labels, n_max=250)
+    assert abs(top["recall"][-1] - 1.0) < TOL
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda q, d, ql, dl: (q * 0.5, d, ql, dl), "codes in"),
+    (lambda q, d, ql, dl: (q[:, :8], d, ql, dl), "differ in width"),
+    (lambda q, d, ql, dl: (q, d, ql[:3], dl), "labels do not match"),
+    (lambda q, d, ql, dl: (q, d, ql[:, :2], dl), "classes"),
+    (lambda q, d, ql, dl: (q[0], d, ql, dl), "2-D"),
+    (lambda q, d, ql, dl: (q, d, ql * 3, dl), "multi-hot"),
+])
+def test_bad_input_is_a_user_error(bad, message):
+    args = bad(*random_case(14, 5, 20, 16))
+    with pytest.raises(UserError, match=message):
+        metrics.mean_average_precision(*args)
+
+
+def test_unknown_settings_are_user_errors():
+    query, db, query_labels, db_labels = random_case(15, 5, 20, 16)
+    with pytest.raises(UserError, match="empty"):
+        metrics.retrieval_report(query, db, query_labels, db_labels, empty="ignore")
+    with pytest.raises(UserError, match="metric"):
+        metrics.embedding_map(query * 1.0, db * 1.0, query_labels, db_labels, metric="manhattan")
+    with pytest.raises(UserError, match="radius"):
+        metrics.radius_figures(query, db, query_labels, db_labels, radius=-1)
+    with pytest.raises(UserError, match="top_k"):
+        metrics.mean_average_precision(query, db, query_labels, db_labels, top_k=0)
+    with pytest.raises(UserError, match="NaN"):
+        metrics.embedding_map(np.full((2, 3), np.nan), db[:, :3] * 1.0, query_labels[:2], db_labels)
