@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from utils.data import dcmh, splits, synthetic, wiki
+from utils.data import acmr_pickles, dcmh, splits, synthetic, wiki
 from utils.data.splits import Split
 from utils.errors import UserError
 
@@ -31,9 +31,10 @@ DEFAULT_LOCATIONS = {
     "flickr": "mirflickr25k",
     "nuswide": "nuswide",
     "coco": "coco",
+    **acmr_pickles.DEFAULT_LOCATIONS,
 }
 
-DATASETS = ("synthetic", "wiki", "flickr", "nuswide", "coco")
+DATASETS = ("synthetic", "wiki", "flickr", "nuswide", "coco") + tuple(acmr_pickles.LOADERS)
 
 
 def data_roots():
@@ -119,12 +120,16 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
         # Standard protocol: the test pairs are the queries; training set = database.
         split = Split(query=np.arange(n_train, len(images)), train=np.arange(n_train),
                       database=np.arange(n_train))
+    elif name in acmr_pickles.LOADERS:
+        # The ACMR authors' pickles carry their own train/test split (test pairs = queries).
+        images, texts, labels, split = acmr_pickles.LOADERS[name](path)
+        single_label = True
     else:
         images, texts, labels, mean_image = dcmh.read_dcmh(path)
 
     if split_file:
         split = splits.load_split(split_file, len(labels))
-    elif name != "wiki":
+    elif name != "wiki" and name not in acmr_pickles.LOADERS:
         num_query, num_train = split_sizes or SPLIT_SIZES[name]
         split = splits.permutation_split(len(labels), num_query, num_train, seed)
     return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,

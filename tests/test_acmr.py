@@ -1,0 +1,347 @@
+"""ACMR: losses against NumPy, the authors' pickle layouts, presets, and train.py end to end."""
+import dataclasses
+import io as std_io
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import scipy.io
+import tensorflow as tf
+
+from losses import acmr as L
+from trainers import acmr
+from utils.data import acmr_pickles, load_dataset
+from utils.errors import UserError
+
+
+def embeddings(seed=0, n=8, dim=6, classes=3):
+    rng = np.random.RandomState(seed)
+    emb_img = np.tanh(rng.normal(size=(n, dim))).astype(np.float32)
+    emb_txt = np.tanh(rng.normal(size=(n, dim))).astype(np.float32)
+    classes_ = rng.randint(0, classes, size=n)
+    return emb_img, emb_txt, np.eye(classes, dtype=np.float32)[classes_], classes_
+
+
+def np_softmax_ce(logits, targets):
+    logits = logits.astype(np.float64)
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    return -(targets * log_p).sum(axis=1)
+
+
+# ----------------------------------------------------------------------------- losses vs NumPy
+
+def test_label_and_modality_losses_match_numpy():
+    rng = np.random.RandomState(1)
+    _, _, labels, _ = embeddings(1)
+    logits_img, logits_txt = rng.normal(size=(8, 3)), rng.normal(size=(8, 3))
+    expected = np.mean(np_softmax_ce(logits_img, labels) + np_softmax_ce(logits_txt, labels))
+    assert float(L.label_loss(logits_img, logits_txt, labels)) == pytest.approx(expected, rel=1e-6)
+    dom_img, dom_txt = rng.normal(size=(8, 2)), rng.normal(size=(8, 2))
+    image_target, text_target = np.tile([0.0, 1.0], (8, 1)), np.tile([1.0, 0.0], (8, 1))
+    expected = np.mean(np_softmax_ce(dom_img, image_target) + np_softmax_ce(dom_txt, text_target))
+    assert float(L.modality_loss(dom_img, dom_txt)) == pytest.approx(expected, rel=1e-6)
+    right = np.concatenate([dom_img.argmax(1) == 1, dom_txt.argmax(1) == 0])
+    assert float(L.modality_accuracy(dom_img, dom_txt)) == pytest.approx(right.mean())
+    # Zero logits: chance, 2 ln 2 (the original program's resting value).
+    assert float(L.modality_loss(np.zeros((4, 2)), np.zeros((4, 2)))) == pytest.approx(2 * np.log(2), rel=1e-6)
+
+
+def test_simple_program_losses_match_numpy():
+    emb_img, emb_txt, labels, classes = embeddings(2)
+    e_i, e_t = emb_img.astype(np.float64), emb_txt.astype(np.float64)
+    assert float(L.similar_loss(emb_img, emb_txt)) == pytest.approx(np.linalg.norm(e_i - e_t), rel=1e-6)
+    distance = np.array([[e_i[i].sum() - e_i[i] @ e_t[j] + e_t[j].sum() for j in range(8)] for i in range(8)])
+    np.testing.assert_allclose(L.pseudo_distance(emb_img, emb_txt).numpy(), distance, rtol=1e-5, atol=1e-6)
+    mask = (classes[:, None] != classes[None, :]).astype(np.float64)
+    expected = np.mean(np.maximum(0.0, 0.1 - distance * mask))
+    assert float(L.dissimilar_loss(emb_img, emb_txt, labels, margin=0.1)) == pytest.approx(expected, rel=1e-5)
+    assert 0 < expected  # the hinge is active for some pairs, so the check can fail
+
+
+def test_coded_triplet_loss_matches_numpy_in_both_hinge_states():
+    emb_img, emb_txt, labels, classes = embeddings(3)
+    txt_neg, img_neg = emb_txt[::-1].copy(), emb_img[np.roll(np.arange(8), 1)]
+    e_i, e_t = emb_img.astype(np.float64), emb_txt.astype(np.float64)
+
+    def np_coded(margin, alpha):
+        half = lambda x: 0.5 * np.sum(x ** 2)  # noqa: E731
+        return (max(0.0, margin + alpha * half(e_i - e_t) - half(e_i - txt_neg))
+                + max(0.0, margin + alpha * half(e_t - e_i) - half(e_t - img_neg)))
+
+    for margin, alpha in ((0.1, 5.0), (0.1, 0.01), (50.0, 0.5)):
+        expected = np_coded(margin, alpha)
+        got = float(L.triplet_loss_coded(emb_img, emb_txt, txt_neg, img_neg, margin, alpha))
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert np_coded(0.1, 0.01) == 0.0 < np_coded(0.1, 5.0)  # both hinge states are exercised
+
+
+def test_paper_triplet_loss_matches_numpy_per_triplet():
+    emb_img, emb_txt, _, _ = embeddings(4)
+    txt_neg, img_neg = emb_txt[::-1].copy(), emb_img[np.roll(np.arange(8), 3)]
+    e_i, e_t = emb_img.astype(np.float64), emb_txt.astype(np.float64)
+    dist = lambda a, b: np.linalg.norm(a - b, axis=1)  # noqa: E731
+    for margin, weight in ((0.1, 1.0), (2.5, 0.3)):
+        expected = (np.sum(dist(e_i, e_t) + weight * np.maximum(0, margin - dist(e_i, txt_neg)))
+                    + np.sum(dist(e_t, e_i) + weight * np.maximum(0, margin - dist(e_t, img_neg))))
+        got = float(L.triplet_loss_paper(emb_img, emb_txt, txt_neg, img_neg, margin, weight))
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_mining_takes_the_most_cosine_similar_other_label_row_with_a_multiplicative_mask():
+    features = np.array([[1, 0], [1, 0.1], [0.9, 0.5], [0, 1], [0.2, 1]], dtype=np.float32)
+    classes = np.array([0, 0, 1, 1, 2])
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    expected = [int(np.argmax(np.where(classes != classes[i], sim[i], -np.inf))) for i in range(5)]
+    np.testing.assert_array_equal(L.mine_negatives(features, classes), expected)
+    np.testing.assert_array_equal(L.mine_negatives(features, np.eye(3)[classes], "exclude"), expected)
+    # The quirk: with every other-label similarity negative, the multiplied mask's zeros win.
+    opposed = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])
+    assert L.mine_negatives(opposed, np.array([0, 0, 1]))[0] == 0  # itself, not row 2
+    assert L.mine_negatives(opposed, np.array([0, 0, 1]), "exclude")[0] == 2
+
+
+def test_presets_and_explicit_options():
+    import argparse
+    from train import build_config
+    from utils.config import add_config_arguments
+
+    def config_for(argv):
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, acmr.Config)
+        return build_config(acmr, parser.parse_args(argv))
+
+    original = config_for([])
+    assert (original.variant, original.dataset, original.adversarial_in_projector_loss,
+            original.train_label_classifier, original.shuffle, original.drop_last) == ("original", "wiki", False,
+                                                                                        False, False, True)
+    paper = config_for(["--variant", "paper"])
+    assert (paper.adversarial_in_projector_loss, paper.train_label_classifier, paper.lambda_schedule,
+            paper.lambda_value, paper.projector_steps, paper.architecture) == (True, True, "fixed", 0.05, 5, "paper")
+    mixed = config_for(["--variant", "original", "--train-label-classifier", "true"])
+    assert mixed.train_label_classifier and not mixed.adversarial_in_projector_loss
+    assert acmr.resolved(original) == {"program": "triplet", "epochs": 50, "label_weight": 100.0,
+                                       "dissimilar_weight": 0.0}
+    simple = dataclasses.replace(original, loss_program="simple", dataset="nuswide10k")
+    assert acmr.resolved(simple)["label_weight"] == 50.0 and acmr.resolved(simple)["dissimilar_weight"] == 0.2
+    assert acmr.resolved(dataclasses.replace(simple, dataset="wiki"))["epochs"] == 200
+
+
+def test_original_batches_keep_file_order_and_drop_the_partial_batch():
+    batches = acmr.epoch_batches(2173, 64, shuffle=False, drop_last=True, seed=0, epoch=0)
+    assert len(batches) == 33 and all(len(b) == 64 for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), np.arange(33 * 64))
+    shuffled = acmr.epoch_batches(2173, 64, shuffle=True, drop_last=False, seed=0, epoch=1)
+    assert len(shuffled) == 34 and sorted(np.concatenate(shuffled).tolist()) == list(range(2173))
+    again = acmr.epoch_batches(2173, 64, shuffle=True, drop_last=False, seed=0, epoch=1)
+    assert all(np.array_equal(a, b) for a, b in zip(shuffled, again))
+
+
+def test_network_sizes_follow_the_architecture_setting():
+    from models.acmr import AcmrNetworks, layer_sizes
+    nets = AcmrNetworks(128, 10, 10, *layer_sizes("coded", "wiki"))
+    shapes = {k: v.shape for k, v in nets.slim_variables().items() if k.endswith("weights")}
+    assert shapes == {"vf_fc_0/weights": (128, 512), "vf_fc_1/weights": (512, 100), "vf_fc_2/weights": (100, 40),
+                      "le_fc_0/weights": (10, 40), "le_fc_1/weights": (40, 100), "le_fc_2/weights": (100, 40),
+                      "lc_fc_0/weights": (40, 10), "dc_fc_0/weights": (40, 20), "dc_fc_1/weights": (20, 10),
+                      "dc_fc_2/weights": (10, 2)}
+    assert all(np.all(v == 0) for k, v in nets.slim_variables().items() if k.endswith("biases"))
+    assert layer_sizes("coded", "nuswide10k")[:2] == ((4096, 1000, 40), (1000, 300, 40))
+    paper = AcmrNetworks(128, 10, 10, *layer_sizes("paper", "wiki"))
+    assert paper.slim_variables()["dc_fc_0/weights"].shape == (200, 50)
+    # tanh after every projector layer, the last included.
+    out = nets.image_projector(tf.constant(np.random.RandomState(0).normal(size=(4, 128)) * 100, tf.float32))
+    assert np.all(np.abs(out.numpy()) <= 1.0)
+
+
+# ----------------------------------------------------------------------------- the authors' pickles
+
+class Python2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote: byte strings as STRING opcodes (Py2 `str`) and
+    NumPy's module as numpy.core, so the loader's latin1 path is really exercised."""
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "")
+        if module.startswith("numpy._core"):
+            name = name or obj.__qualname__
+            self.write(pickle.GLOBAL + module.replace("numpy._core", "numpy.core").encode() + b"\n"
+                       + name.encode() + b"\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+    dispatch[type] = save_global
+
+
+def dump_py2(path, obj):
+    buffer = std_io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(obj)
+    data = buffer.getvalue()
+    if isinstance(obj, np.ndarray):  # like a real Py2 pickle, it needs encoding="latin1" to load
+        with pytest.raises(UnicodeDecodeError):
+            pickle.loads(data)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_wiki_pickles(folder, n_train=70, n_test=66, image_dim=12, text_dim=5, seed=0):
+    rng = np.random.RandomState(seed)
+    arrays = {}
+    for part, n in (("train", n_train), ("test", n_test)):
+        arrays[part] = (rng.rand(n, image_dim).astype(np.float32), rng.rand(n, text_dim).astype(np.float32),
+                        [int(c) for c in rng.randint(1, 11, size=n)])
+        dump_py2(os.path.join(folder, f"{part}_img_feats.pkl"), arrays[part][0])
+        dump_py2(os.path.join(folder, f"{part}_txt_vecs.pkl"), arrays[part][1])
+        dump_py2(os.path.join(folder, f"{part}_labels.pkl"), arrays[part][2])
+    return arrays
+
+
+def test_wiki_pickles_load_through_load_dataset(tmp_path):
+    arrays = write_wiki_pickles(str(tmp_path))
+    data = load_dataset("wiki-pickle", str(tmp_path))
+    np.testing.assert_array_equal(data.images, np.concatenate([arrays["train"][0], arrays["test"][0]]))
+    np.testing.assert_array_equal(data.texts, np.concatenate([arrays["train"][1], arrays["test"][1]]))
+    classes = np.concatenate([arrays["train"][2], arrays["test"][2]]) - 1
+    np.testing.assert_array_equal(data.labels.argmax(axis=1), classes)
+    assert data.labels.shape[1] == classes.max() + 1 and np.all(data.labels.sum(axis=1) == 1)
+    np.testing.assert_array_equal(data.split.train, np.arange(70))
+    np.testing.assert_array_equal(data.split.query, np.arange(70, 136))
+    np.testing.assert_array_equal(data.split.database, np.arange(70))
+
+
+def test_nuswide10k_id_keyed_pickles_follow_the_id_lists(tmp_path):
+    rng = np.random.RandomState(5)
+    expected = {}
+    for part, n in (("train", 9), ("test", 4)):
+        ids = [f"{part}_{i:04d}".encode() for i in rng.permutation(n)]  # Py2 str ids, file order
+        classes = rng.randint(0, 10, size=n)
+        img = {i: rng.rand(7).astype(np.float32) for i in ids}
+        bow = {i: rng.randint(0, 2, size=6).astype(np.float32) for i in ids}
+        label_map = {i: np.eye(10)[c].tolist() for i, c in zip(ids, classes)}
+        dump_py2(str(tmp_path / f"img_{part}_id_feats.pkl"), img)
+        dump_py2(str(tmp_path / f"{part}_id_bow.pkl"), bow)
+        dump_py2(str(tmp_path / f"{part}_id_label_map.pkl"), label_map)
+        dump_py2(str(tmp_path / f"{part}_ids.pkl"), ids)
+        expected[part] = (np.stack([img[i] for i in ids]), np.stack([bow[i] for i in ids]), np.eye(10)[classes])
+    data = load_dataset("nuswide10k", str(tmp_path))
+    np.testing.assert_array_equal(data.images, np.concatenate([expected["train"][0], expected["test"][0]]))
+    np.testing.assert_array_equal(data.texts, np.concatenate([expected["train"][1], expected["test"][1]]))
+    np.testing.assert_array_equal(data.labels, np.concatenate([expected["train"][2], expected["test"][2]]))
+    assert (len(data.split.train), len(data.split.query)) == (9, 4)
+    # A missing id is named in a one-line error.
+    table = acmr_pickles.load_pickle(str(tmp_path / "test_id_bow.pkl"))
+    table.pop(next(iter(table)))
+    with open(tmp_path / "test_id_bow.pkl", "wb") as handle:
+        pickle.dump(table, handle, protocol=2)
+    with pytest.raises(UserError, match="missing from the test txt pickle"):
+        load_dataset("nuswide10k", str(tmp_path))
+
+
+def test_pickle_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        load_dataset("wiki-pickle", str(tmp_path / "absent"))
+    write_wiki_pickles(str(tmp_path))
+    (tmp_path / "test_labels.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="cannot unpickle") as error:
+        load_dataset("wiki-pickle", str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+# ----------------------------------------------------------------------------- train.py end to end
+
+def test_train_main_on_wiki_pickles_writes_results_codes_and_resumes(tmp_path, capsys):
+    import train
+    from utils import io
+    data_dir = tmp_path / "wiki"
+    data_dir.mkdir()
+    write_wiki_pickles(str(data_dir), n_train=140, n_test=70)
+    common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--runs-dir",
+              str(tmp_path / "runs"), "--batch-size", "32", "--log-every", "1"]
+    results = train.main(common + ["--variant", "paper", "--epochs", "3", "--run-name", "paper"])
+    run_dir = tmp_path / "runs" / "paper"
+    saved = io.load_json(str(run_dir / "results.json"))
+    assert saved["final"] == results["final"] and len(saved["epochs"]) == 3
+    for protocol in ("authors", "all"):
+        for direction in ("i->t", "t->i", "average"):
+            assert 0.0 <= results["final"][protocol][direction] <= 1.0
+    assert results["final"]["authors"]["test_pairs"] == 64  # only full test batches: 2 x 32 of 70
+    codes = scipy.io.loadmat(str(run_dir / "codes.mat"))
+    assert codes["Qi"].shape == (70, 200) and codes["Dt"].shape == (140, 200)  # the paper's 200-d space
+    assert codes["query_L"].shape[0] == 70 and codes["retrieval_L"].shape[0] == 140
+    assert not np.all(np.isin(codes["Qi"], (-1, 1)))  # real-valued embeddings
+    assert results["iterations"] == 3 * (140 // 32)
+    assert any(name.startswith("events") for name in os.listdir(run_dir / "tb"))
+    # Resume a finished run: nothing left to train, same final figures.
+    resumed = train.main(["--resume", str(run_dir)])
+    assert resumed["final"] == results["final"]
+
+    # Original variant, one epoch, the program's embedding width.
+    original = train.main(common + ["--epochs", "1", "--run-name", "original"])
+    assert scipy.io.loadmat(str(tmp_path / "runs" / "original" / "codes.mat"))["Qt"].shape == (70, 40)
+    assert 0.0 <= original["final"]["all"]["average"] <= 1.0
+
+
+def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
+    import train
+    data_dir = tmp_path / "wiki"
+    data_dir.mkdir()
+    write_wiki_pickles(str(data_dir), n_train=96, n_test=40, seed=3)
+    common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--runs-dir",
+              str(tmp_path / "runs"), "--batch-size", "32", "--variant", "paper", "--seed", "7"]
+    straight = train.main(common + ["--epochs", "2", "--run-name", "straight"])
+    train.main(common + ["--epochs", "1", "--run-name", "killed"])
+    # Pretend the killed run was asked for 2 epochs: edit its saved config, then resume.
+    from utils import io
+    path = str(tmp_path / "runs" / "killed" / "config.json")
+    saved = io.load_json(path)
+    saved["config"]["epochs"] = 2
+    io.save_json(path, saved)
+    calls = []
+    original_update = acmr.AcmrModel.update
+    monkeypatch.setattr(acmr.AcmrModel, "update", lambda self, *a, **k: calls.append(1) or original_update(self, *a, **k))
+    resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
+    assert "resumed from" in capsys.readouterr().out
+    assert len(calls) == 96 // 32  # only the second epoch was trained
+    assert resumed["final"] == straight["final"] and resumed["iterations"] == straight["iterations"]
+
+
+def test_bad_input_gives_one_line_errors(tmp_path):
+    import train
+    with pytest.raises(UserError, match="at least 2"):
+        train.main(["--method", "acmr", "--dataset", "synthetic", "--batch-size", "1",
+                    "--runs-dir", str(tmp_path)])
+    with pytest.raises(UserError, match="not found"):
+        train.main(["--method", "acmr", "--dataset", "wiki", "--data", str(tmp_path / "nope.mat"),
+                    "--runs-dir", str(tmp_path)])
+    config = dataclasses.replace(acmr.Config(), epochs=-1)
+    with pytest.raises(UserError, match="--epochs"):
+        acmr.check_config(config)
+
+
+def test_train_main_on_the_real_wikipedia_features(tmp_path):
+    import train
+    from tests.conftest import shared_path
+    path = shared_path("data", "wikipedia", "wikiData.mat")
+    results = train.main(["--method", "acmr", "--data", path, "--epochs", "1", "--runs-dir", str(tmp_path),
+                          "--run-name", "wiki"])
+    assert results["settings"]["program"] == "triplet" and results["iterations"] == 33  # 2173 // 64 batches
+    assert results["final"]["authors"]["test_pairs"] == 640  # only full test batches, as the program
+    codes = scipy.io.loadmat(str(tmp_path / "wiki" / "codes.mat"))
+    assert codes["Qi"].shape == (693, 40) and codes["Di"].shape == (2173, 40)
+    # Re-ranking the exported embeddings with the metrics helper gives the reported figure.
+    from utils.metrics import embedding_map
+    again = embedding_map(codes["Qt"], codes["Di"], codes["query_L"], codes["retrieval_L"])
+    assert again == pytest.approx(results["final"]["all"]["t->i"], rel=1e-6)
