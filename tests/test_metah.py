@@ -1,0 +1,245 @@
+"""METAH / TAH: losses against NumPy, the one-tape update through gradient reversal,
+presets, batching, and a short end-to-end run with resume."""
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import pytest
+import scipy.io
+import tensorflow as tf
+
+from losses import metah as L
+from trainers import metah
+from utils.errors import UserError
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def np_pairwise(h, labels, bits):
+    h = h.astype(np.float64)
+    d2 = ((h[:, None, :] - h[None, :, :]) ** 2).sum(-1)
+    z = (bits / 2.0) / (1.0 + d2)
+    s = ((labels @ labels.T) > 0).astype(np.float64)
+    loss = np.where(z > 15, z * (1 - s), np.log1p(np.exp(np.minimum(z, 15))) - s * z)
+    return loss.mean()
+
+
+def random_codes(n, bits, seed, spread=1.0):
+    return np.tanh(spread * np.random.RandomState(seed).randn(n, bits)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits, spread", [(16, 1.0), (64, 1.0), (64, 0.05)])
+def test_pairwise_loss_matches_numpy_on_both_branches(bits, spread):
+    codes = random_codes(12, bits, seed=bits, spread=spread)
+    labels = np.eye(4)[np.random.RandomState(1).randint(0, 4, 12)]
+    labels[3] = [1, 1, 0, 0]  # a multi-hot row: shares a label with classes 0 and 1
+    z = (bits / 2.0) / (1.0 + ((codes[:, None] - codes[None]) ** 2).sum(-1))
+    if bits == 64:
+        assert (z > 15).any()  # i = j (z = 32) and near codes take the linear branch
+    if spread == 0.05:
+        assert (z[~np.eye(12, dtype=bool)] > 15).any()
+    np.testing.assert_allclose(L.pairwise_t_loss(codes, labels, bits).numpy(), np_pairwise(codes, labels, bits), **TOL)
+
+
+def test_pairwise_loss_gradient_is_finite_for_identical_codes():
+    codes = tf.Variable(np.ones((4, 128), np.float32))
+    with tf.GradientTape() as tape:
+        loss = L.pairwise_t_loss(codes, np.eye(2)[[0, 0, 1, 1]], 128)
+    assert np.all(np.isfinite(tape.gradient(loss, codes).numpy()))
+
+
+def test_quantisation_classification_entropy_and_domain_losses_match_numpy():
+    rng = np.random.RandomState(0)
+    codes = random_codes(9, 16, seed=2)
+    np.testing.assert_allclose(L.quantisation_loss(codes).numpy(),
+                               np.mean(np.log(np.cosh(np.abs(codes.astype(np.float64)) - 1))), **TOL)
+    big = np.array([[-40.0, 0.0, 3.0, 60.0]], np.float32)  # log cosh stays finite where cosh overflows
+    np.testing.assert_allclose(L.log_cosh(big).numpy(), np.abs(big) + np.log1p(np.exp(-2 * np.abs(big))) - np.log(2),
+                               **TOL)
+    logits = rng.randn(9, 5).astype(np.float32) * 3
+    labels = np.eye(5)[rng.randint(0, 5, 9)]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(L.classification_loss(logits, labels).numpy(),
+                               -np.mean(np.sum(labels * np.log(p), 1)), **TOL)
+    np.testing.assert_allclose(L.entropy_loss(logits).numpy(), -np.sum(p * np.log(p)) / 9, **TOL)
+    source_logits, target_logits = rng.randn(6).astype(np.float32), rng.randn(4).astype(np.float32)
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x.astype(np.float64)))
+    expected = -(np.sum(np.log(1 - sigmoid(source_logits))) + np.sum(np.log(sigmoid(target_logits)))) / 10
+    np.testing.assert_allclose(L.domain_loss(source_logits, target_logits).numpy(), expected, **TOL)
+    expected_accuracy = (np.sum(source_logits < 0) + np.sum(target_logits > 0)) / 10
+    np.testing.assert_allclose(L.domain_accuracy(source_logits, target_logits).numpy(), expected_accuracy)
+
+
+def small_model(**overrides):
+    settings = dict(bits=8, hidden=(16,), trunk_dropout=0.0, discriminator_hidden=12, discriminator_dropout=0.0,
+                    optimizer="sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0)
+    config = metah.Config(**{**settings, **overrides})
+    keras.utils.set_random_seed(0)
+    return metah.MetahModel(config, (5,), num_classes=3), config
+
+
+def small_batch(seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.randn(6, 5).astype(np.float32), np.eye(3, dtype=np.float32)[rng.randint(0, 3, 6)],
+            rng.randn(6, 5).astype(np.float32) + 1.0)
+
+
+def test_one_tape_updates_network_and_discriminator_with_the_domain_gradient_reversed():
+    """Only the domain term on: the network must move UP the domain loss by lr * lambda * w
+    times its gradient, the discriminator DOWN by lr * w times its gradient."""
+    model, config = small_model(pairwise_weight=0.0, quantisation_weight=0.0, alpha=0.0, beta=0.0,
+                                domain_weight=0.8)
+    lam = 0.37
+    model.set_lambda(lam)
+    xs, ys, xt = small_batch()
+    hash_kernel = model.net.hash_layer.kernel
+    disc_kernel = model.discriminator.body.layers[0].kernel
+    before_hash, before_disc = hash_kernel.numpy().copy(), disc_kernel.numpy().copy()
+    with tf.GradientTape() as tape:  # the same loss without the reversal layer
+        codes, _ = model.net(np.concatenate([xs, xt]), training=True)
+        logits = tf.squeeze(model.discriminator.body(codes, training=True), -1)
+        plain = L.domain_loss(logits[:6], logits[6:])
+    g_hash, g_disc = tape.gradient(plain, [hash_kernel, disc_kernel])
+    terms = model.train_step(xs, ys, xt, tf.constant(1.0))
+    np.testing.assert_allclose(float(terms["domain"]), float(plain), rtol=1e-6)
+    lr, w = config.learning_rate, config.domain_weight
+    np.testing.assert_allclose(hash_kernel.numpy() - before_hash, +lr * lam * w * g_hash.numpy(), atol=1e-6)
+    np.testing.assert_allclose(disc_kernel.numpy() - before_disc, -lr * w * g_disc.numpy(), atol=1e-6)
+    assert np.abs(g_hash.numpy()).max() > 1e-4 and np.abs(g_disc.numpy()).max() > 1e-4
+
+
+def test_total_loss_weights_every_term_and_entropy_ramps_with_lambda():
+    model, config = small_model(pairwise_weight=6.0, quantisation_weight=9.0, alpha=0.7, beta=0.3,
+                                domain_weight=0.8)
+    xs, ys, xt = small_batch(1)
+    terms = model.loss_terms(xs, ys, xt, entropy_scale=0.5, training=False)
+    expected = (6 * terms["pairwise"] + 9 * terms["quantisation"] + 0.7 * terms["classification"]
+                + 0.3 * 0.5 * terms["entropy"] + 0.8 * terms["domain"])
+    np.testing.assert_allclose(float(terms["total"]), float(expected), rtol=1e-6)
+    codes, logits = model.net(np.concatenate([xs, xt]))
+    np.testing.assert_allclose(float(terms["entropy"]), float(L.entropy_loss(logits[6:])), rtol=1e-6)
+    np.testing.assert_allclose(float(terms["pairwise"]), np_pairwise(codes.numpy()[:6], ys, 8), rtol=1e-5)
+    source_only, _ = small_model(**metah.PRESETS["source-only"])
+    terms = source_only.loss_terms(xs, ys, xt, training=False)
+    assert "domain" not in terms
+    codes, _ = source_only.net(xs)
+    np.testing.assert_allclose(float(terms["quantisation"]), float(L.quantisation_loss(codes)), rtol=1e-6)
+
+
+def test_presets_set_the_ablation_weights_and_explicit_options_win():
+    import argparse
+    from train import build_config
+    from utils.config import add_config_arguments
+
+    def config_for(argv):
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, metah.Config)
+        return build_config(metah, parser.parse_args(argv))
+    expected = {"source-only": (0.0, 0.0, 0.0), "tah": (0.8, 0.0, 0.0), "tah+sp": (0.8, 1.0, 0.0),
+                "tah+me": (0.8, 0.0, 1.0), "metah": (0.8, 1.0, 1.0)}
+    assert set(metah.PRESETS) == set(expected)
+    for preset, weights in expected.items():
+        config = config_for(["--preset", preset])
+        assert (config.domain_weight, config.alpha, config.beta) == weights and config.preset == preset
+        assert config.quantise_target == (preset != "source-only")
+    assert config_for([]).preset == "metah" and config_for([]).beta == 1.0
+    overridden = config_for(["--preset", "tah", "--alpha", "0.5", "--quantise-target", "false"])
+    assert (overridden.alpha, overridden.beta, overridden.quantise_target) == (0.5, 0.0, False)
+
+
+def test_batches_cycle_through_seeded_permutations_and_depend_only_on_step():
+    rows = np.arange(10, 17)
+    drawn = np.concatenate([metah.batch_rows(rows, 3, step, seed=4) for step in range(7)])
+    assert sorted(drawn[:7]) == list(rows) and sorted(drawn[7:14]) == list(rows)  # one epoch = every row once
+    np.testing.assert_array_equal(metah.batch_rows(rows, 3, 5, seed=4), drawn[15:18])
+    assert not np.array_equal(metah.batch_rows(rows, 7, 0, seed=5), drawn[:7])
+
+
+def write_domain_files(folder, seed=0):
+    """Two small 3-class domains; the target is the source shifted and rescaled."""
+    rng = np.random.RandomState(seed)
+    centres = rng.randn(3, 10) * 3
+    ys, yt = np.arange(60) % 3, np.arange(45) % 3
+    xs = centres[ys] + rng.randn(60, 10)
+    xt = 1.5 * centres[yt] + 2.0 + rng.randn(45, 10)
+    np.savez(os.path.join(folder, "src.npz"), features=xs.astype(np.float32), labels=ys)
+    np.savez(os.path.join(folder, "tgt.npz"), features=xt.astype(np.float32), labels=yt)
+
+
+def test_train_main_end_to_end_exports_codes_and_resume_continues_exactly(tmp_path, monkeypatch):
+    import train
+    from utils import io
+    from utils.run import NonFiniteLoss
+    write_domain_files(str(tmp_path))
+    argv = ["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "16",
+            "--iterations", "24", "--batch-size", "16", "--hidden", "32", "--trunk-dropout", "0",
+            "--discriminator-hidden", "32", "--discriminator-dropout", "0", "--runs-dir", str(tmp_path / "runs")]
+    results = train.main(argv + ["--run-name", "whole"])
+    run_dir = tmp_path / "runs" / "whole"
+    codes = scipy.io.loadmat(run_dir / "codes.mat")
+    assert codes["Q"].shape == (len(codes["query_L"]), 16) and set(np.unique(codes["Q"])) <= {-1, 1}
+    assert codes["Dt"].shape[0] + codes["Q"].shape[0] == 45 and codes["Ds"].shape == (60, 16)
+    assert codes["source_L"].shape == (60, 3) and np.all(codes["target_L"].sum(1) == 1)
+    final = results["final"]
+    for protocol in ("target->target", "target->source"):
+        assert set(final[protocol]) >= {"map", "map_radius2", "precision_radius2"}
+        assert 0.0 <= final[protocol]["map"] <= 1.0
+    # 24 iterations, 4 per epoch (max(60, 41) / 16 rounded up): five evaluations before the final one.
+    assert [e["iteration"] for e in results["epochs"]] == [4, 8, 12, 16, 20]
+    assert io.load_json(run_dir / "results.json")["final"] == final
+    assert os.listdir(run_dir / "tb")
+
+    # Kill a second run after iteration 14 (its last checkpoint is at 12), then resume it.
+    import utils.run
+    calls = {"n": 0}
+    real_check = utils.run.check_finite
+
+    def failing_check(values, step_name):
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise NonFiniteLoss("simulated")
+        return real_check(values, step_name)
+    monkeypatch.setattr(utils.run, "check_finite", failing_check)
+    with pytest.raises(UserError, match="simulated"):
+        train.main(argv + ["--run-name", "killed"])
+    monkeypatch.setattr(utils.run, "check_finite", real_check)
+    resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
+    np.testing.assert_array_equal(scipy.io.loadmat(tmp_path / "runs" / "killed" / "codes.mat")["Dt"], codes["Dt"])
+    assert resumed["final"] == final
+
+
+def test_real_office_pair_trains_above_chance():
+    from tests.conftest import shared_path
+    root = shared_path("data", "office-caltech10")
+    config = metah.Config(dataset="office-googlenet:W->D", data=root, bits=16, iterations=60,
+                          eval_every_epoch=False)
+    keras.utils.set_random_seed(0)
+    final = metah.fit(config)["final"]
+    assert final["target->target"]["map"] > 0.5  # chance is about 0.1 with 10 balanced classes
+    assert final["target->source"]["map"] > 0.5
+
+
+def test_absent_data_names_the_data_option(tmp_path):
+    with pytest.raises(UserError, match="--data"):
+        metah.fit(metah.Config(dataset="mnist->usps", data=str(tmp_path / "missing.mat")))
+    write_domain_files(str(tmp_path))
+    with pytest.raises(UserError, match="--trunk mlp"):
+        metah.fit(metah.Config(dataset="folder:src->tgt", data=str(tmp_path), trunk="cnn"))
+
+
+def test_image_folder_pair_trains_with_the_conv_trunk(tmp_path):
+    from tests.test_domains import write_image_folder
+    root = str(tmp_path)
+    write_image_folder(root, "photo", {"cat": (4, (20, 24)), "dog": (4, (18, 18))}, seed=0)
+    write_image_folder(root, "sketch", {"cat": (3, (10, 12)), "dog": (3, (30, 16))}, seed=1)
+    config = metah.Config(dataset="images:photo->sketch", data=root, trunk="cnn", image_size=16, bits=8,
+                          iterations=3, batch_size=4, discriminator_hidden=16, eval_every_epoch=False)
+    keras.utils.set_random_seed(0)
+    result = metah.fit(config)
+    assert set(result["final"]["target->target"]) == {"map", "map_radius2", "precision_radius2"}
+    with pytest.raises(UserError, match="--trunk cnn"):
+        metah.fit(dataclasses.replace(config, trunk="mlp"))

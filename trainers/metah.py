@@ -1,0 +1,372 @@
+"""METAH (min-entropy transfer adversarial hashing) on top of TAH, with its ablations.
+
+`python train.py --method metah --dataset office-googlenet:amazon->dslr --bits 32 --preset metah`
+
+One update: source and target batches of equal size go through the hashing
+network; the loss pairwise + q quantisation + alpha CE + beta entropy + domain
+is differentiated by ONE GradientTape with respect to the hashing network and
+the discriminator together. The discriminator sits behind a gradient reversal
+layer, so it descends the domain loss while the hashing network ascends it
+(scaled by the DANN lambda schedule).
+"""
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from utils.config import CommonConfig
+from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
+from utils.errors import UserError
+
+PRESET_FIELD = "preset"
+
+# TAH's weights (synthetic -> real) are the defaults; alpha and beta are ours (spec: no code released).
+TAH_DOMAIN_WEIGHT = 0.8
+METAH_ALPHA = 1.0
+METAH_BETA = 1.0
+
+PRESETS = {
+    # No adaptation: pairwise + quantisation on source items only, no discriminator.
+    "source-only": {"domain_weight": 0.0, "alpha": 0.0, "beta": 0.0, "quantise_target": False},
+    "tah": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": 0.0, "quantise_target": True},
+    "tah+sp": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": 0.0, "quantise_target": True},
+    "tah+me": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": METAH_BETA, "quantise_target": True},
+    "metah": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": METAH_BETA, "quantise_target": True},
+}
+
+PROTOCOLS = {"target->target": ("query", "target_database"), "target->source": ("query", "source_database")}
+
+
+def _field(default, help_text, **metadata):
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
+@dataclasses.dataclass
+class Config(CommonConfig):
+    dataset: str = _field(DEFAULT_PAIR, "domain pair SOURCE->TARGET: " + ", ".join(FAMILIES)
+                          + " (office domains amazon/caltech10/dslr/webcam or A/C/D/W)")
+    preset: str = _field("metah", "ablation: which loss terms are on", choices=tuple(PRESETS))
+    # Network
+    trunk: str = _field("mlp", "mlp on features; on image folders cnn (a small conv net) or cnnf "
+                        "(CNN-F to fc7, 224 x 224 images: pass --image-size 224)", choices=("mlp", "cnn", "cnnf"))
+    trunk_weights: str = _field("", "imagenet-vgg-f.mat for the cnnf trunk (empty: random weights)")
+    hidden: tuple[int, ...] = _field((1024,), "widths of the MLP trunk's hidden layers")
+    trunk_dropout: float = _field(0.5, "dropout after each trunk layer")
+    discriminator_hidden: int = _field(1024, "width of the discriminator's two hidden layers (TAH: 1024)")
+    discriminator_dropout: float = _field(0.5, "dropout in the discriminator (TAH: 0.5)")
+    feature_norm: str = _field("center", "feature preprocessing: center (subtract the source training "
+                               "mean, divide by its overall RMS: one scalar), standardize (per-dimension "
+                               "source mean/std), l2 (rows to unit length) or none",
+                               choices=("center", "standardize", "l2", "none"))
+    image_size: int = _field(64, "images of an images: pair are resized to this square size")
+    # Loss weights
+    pairwise_weight: float = _field(6.0, "weight of the t-distribution pairwise loss (TAH: 6)")
+    quantisation_weight: float = _field(9.0, "q, weight of the log-cosh quantisation loss (TAH: 9)")
+    alpha: float = _field(METAH_ALPHA, "weight of the semantic-preservation cross-entropy (ours)")
+    beta: float = _field(METAH_BETA, "weight of the target min-entropy loss (ours)")
+    domain_weight: float = _field(TAH_DOMAIN_WEIGHT, "weight of the adversarial domain loss (TAH: 0.8)")
+    quantise_target: bool = _field(True, "apply the quantisation loss to target items as well as source")
+    ramp_entropy: bool = _field(True, "scale beta by the DANN lambda schedule so the entropy term "
+                                "starts at 0 while the classifier is still random (ours)")
+    lambda_gamma: float = _field(10.0, "gamma of the DANN schedule lambda(p) = 2/(1+exp(-gamma p)) - 1")
+    # Optimisation
+    optimizer: str = _field("sgd", "sgd (with momentum; TAH) or adam", choices=("sgd", "adam"))
+    learning_rate: float = _field(0.03, "learning rate (0.03 beat 0.01 on source validation queries)")
+    momentum: float = _field(0.9, "SGD momentum (TAH: 0.9)")
+    weight_decay: float = _field(5e-4, "weight decay (TAH: 5e-4; Keras' decoupled form)")
+    lr_halve_every: int = _field(0, "halve the learning rate every N iterations (TAH: 500 of 10,000; 0: never)")
+    iterations: int = _field(300, "training iterations (TAH: 10,000 on AlexNet; a feature MLP on a few "
+                             "thousand items needs far fewer)")
+    batch_size: int = _field(64, "source items per batch; the same number of target items (TAH: 64 + 64)")
+    # Splits
+    query_fraction: float = _field(0.1, "share of the target domain drawn (per class, seeded) as queries")
+    validation_fraction: float = _field(0.0, "share of the SOURCE held out as validation queries "
+                                        "for choosing hyperparameters (0: none)")
+    # Bookkeeping
+    eval_every_epoch: bool = _field(True, "evaluate mAP after every epoch (one pass over the larger domain)")
+    log_every: int = _field(10, "log loss terms to TensorBoard every N iterations")
+
+
+# ----------------------------------------------------------------------------- data
+
+def prepare_inputs(pair: DomainPair, config):
+    """Float32 model inputs of both domains; features normalised with SOURCE-only statistics."""
+    source, target = pair.source.inputs, pair.target.inputs
+    if pair.source.kind == "images":
+        if config.trunk not in ("cnn", "cnnf"):
+            raise UserError(f"{pair.name} holds images: pass --trunk cnn (or cnnf)")
+        if config.trunk == "cnnf" and source.shape[1:3] != (224, 224):
+            raise UserError(f"the cnnf trunk takes 224 x 224 images; pass --image-size 224")
+        return source, target
+    if config.trunk != "mlp":
+        raise UserError(f"{pair.name} holds feature vectors: pass --trunk mlp")
+    source, target = source.astype(np.float32), target.astype(np.float32)
+    train = source[pair.source_train]
+    if config.feature_norm == "center":
+        # One scale for all dimensions: a dimension nearly constant in the source (MNIST's border
+        # pixels) is not blown up on the target, as per-dimension standardisation does.
+        mean = train.mean(axis=0)
+        scale = max(float(np.sqrt(np.mean(np.square(train - mean)))), 1e-8)
+        return (source - mean) / scale, (target - mean) / scale
+    if config.feature_norm == "standardize":
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std = np.where(std > 1e-8, std, 1.0)
+        return (source - mean) / std, (target - mean) / std
+    if config.feature_norm == "l2":
+        def unit(x):
+            return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return unit(source), unit(target)
+    return source, target
+
+
+def batch_rows(rows, batch_size, step, seed):
+    """Rows of batch `step` when cycling through seeded per-epoch permutations of `rows`.
+
+    A function of (step, seed) alone, so a resumed run draws the same batches."""
+    num = len(rows)
+    positions = step * batch_size + np.arange(batch_size)
+    epochs, offsets = positions // num, positions % num
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.RandomState([seed, int(epoch)]).permutation(num)
+        mask = epochs == epoch
+        out[mask] = rows[order[offsets[mask]]]
+    return out
+
+
+# ----------------------------------------------------------------------------- model + step
+
+class MetahModel:
+    """The hashing network, the discriminator, their optimiser and the compiled update."""
+
+    def __init__(self, config, input_shape, num_classes):
+        import keras
+        import tensorflow as tf
+        from models.metah import DomainDiscriminator, HashingNetwork
+        self.config = config
+        self.num_classes = num_classes
+        self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
+                                  dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
+        self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
+        dummy = tf.zeros((1,) + tuple(input_shape), tf.float32)
+        codes, _ = self.net(dummy)
+        self.discriminator(codes)
+        rate = config.learning_rate
+        if config.lr_halve_every > 0:
+            rate = keras.optimizers.schedules.ExponentialDecay(rate, config.lr_halve_every, 0.5, staircase=True)
+        decay = config.weight_decay or None
+        if config.optimizer == "sgd":
+            self.optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+        else:
+            self.optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
+        self.variables = self.net.trainable_variables + self.discriminator.trainable_variables
+        self.optimizer.build(self.variables)
+        self.train_step = tf.function(self._train_step, reduce_retracing=True)
+        self._encode = tf.function(lambda x: self.net(x, training=False), reduce_retracing=True)
+
+    def set_lambda(self, value):
+        self.discriminator.set_lambda(value)
+
+    def loss_terms(self, source_x, source_y, target_x, entropy_scale=1.0, training=True):
+        """Every loss term of one batch and the weighted total (a dict of scalar tensors)."""
+        import tensorflow as tf
+        from losses import metah as L
+        c = self.config
+        n_source = tf.shape(source_x)[0]
+        codes, logits = self.net(tf.concat([source_x, target_x], axis=0), training=training)
+        source_codes, target_codes = codes[:n_source], codes[n_source:]
+        terms = {
+            "pairwise": L.pairwise_t_loss(source_codes, source_y, c.bits),
+            "quantisation": L.quantisation_loss(codes if c.quantise_target else source_codes),
+            "classification": L.classification_loss(logits[:n_source], source_y),
+            "entropy": L.entropy_loss(logits[n_source:]),
+        }
+        total = (c.pairwise_weight * terms["pairwise"] + c.quantisation_weight * terms["quantisation"]
+                 + c.alpha * terms["classification"] + c.beta * entropy_scale * terms["entropy"])
+        if c.domain_weight > 0:
+            # The reversal layer inside the discriminator flips this term's gradient for the network.
+            domain_logits = self.discriminator(codes, training=training)
+            source_logits, target_logits = domain_logits[:n_source], domain_logits[n_source:]
+            terms["domain"] = L.domain_loss(source_logits, target_logits)
+            terms["discriminator_accuracy"] = L.domain_accuracy(source_logits, target_logits)
+            total = total + c.domain_weight * terms["domain"]
+        terms["total"] = total
+        return terms
+
+    def _train_step(self, source_x, source_y, target_x, entropy_scale):
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(source_x, source_y, target_x, entropy_scale, training=True)
+        gradients = tape.gradient(terms["total"], self.variables)
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, self.variables) if g is not None])
+        return terms
+
+    def encode(self, inputs, batch_size=2048):
+        """Continuous codes and class logits (inference mode) of all rows, in batches."""
+        codes, logits = [], []
+        for start in range(0, len(inputs), batch_size):
+            c, l = self._encode(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
+            codes.append(c.numpy())
+            logits.append(l.numpy())
+        return np.concatenate(codes), np.concatenate(logits)
+
+    def checkpoint(self, step):
+        import tensorflow as tf
+        return tf.train.Checkpoint(net=self.net, discriminator=self.discriminator,
+                                   optimizer=self.optimizer, step=step)
+
+
+def binary_codes(codes):
+    """sign() with 0 mapped to +1, as int8 +-1."""
+    return np.where(codes >= 0, 1, -1).astype(np.int8)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def retrieval_figures(query_codes, db_codes, query_labels, db_labels):
+    """mAP over the whole ranking, mAP within Hamming radius 2, precision within radius 2
+    (TAH's rule: a query with nothing within the radius scores 0), from one ranking pass."""
+    from utils import metrics
+    report = metrics.retrieval_report(query_codes, db_codes, query_labels, db_labels, "hamming",
+                                      n_max=1, radius=2, empty="zero")
+    return {key: float(report[key]) for key in ("map", "map_radius2", "precision_radius2")}
+
+
+def evaluate(model, pair, inputs):
+    """Codes of every split and the figures of both protocols (labels as one-hot matrices)."""
+    source_inputs, target_inputs = inputs
+    source_codes, _ = model.encode(source_inputs)
+    target_codes, target_logits = model.encode(target_inputs)
+    parts = {
+        "query": (target_codes[pair.target_query], pair.target.labels[pair.target_query]),
+        "target_database": (target_codes[pair.target_database], pair.target.labels[pair.target_database]),
+        "source_database": (source_codes[pair.source_train], pair.source.labels[pair.source_train]),
+    }
+    codes = {k: (binary_codes(c), pair.one_hot(y)) for k, (c, y) in parts.items()}
+    figures = {}
+    for protocol, (query, database) in PROTOCOLS.items():
+        figures[protocol] = retrieval_figures(codes[query][0], codes[database][0],
+                                              codes[query][1], codes[database][1])
+    if len(pair.source_validation):
+        val_codes = binary_codes(source_codes[pair.source_validation])
+        figures["source-validation"] = retrieval_figures(
+            val_codes, codes["source_database"][0], pair.one_hot(pair.source.labels[pair.source_validation]),
+            codes["source_database"][1])
+    predictions = target_logits[pair.target_database].argmax(axis=1)
+    figures["target_classifier_accuracy"] = float(np.mean(predictions == pair.target.labels[pair.target_database]))
+    return figures, codes
+
+
+# ----------------------------------------------------------------------------- training
+
+def load_pair(config):
+    return load_domain_pair(config.dataset, config.data, seed=config.seed, query_fraction=config.query_fraction,
+                            validation_fraction=config.validation_fraction, split_file=config.split_file,
+                            image_size=config.image_size)
+
+
+def check_config(config):
+    if config.bits < 1 or config.batch_size < 2 or config.iterations < 1 or config.log_every < 1:
+        raise UserError("--bits, --iterations and --log-every must be positive and --batch-size at least 2")
+    for name in ("pairwise_weight", "quantisation_weight", "alpha", "beta", "domain_weight"):
+        if getattr(config, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+
+
+def fit(config, pair=None, run=None, resume=False):
+    """Trains and evaluates; logs, checkpoints and exports only when `run` is given.
+
+    Returns {"final": figures, "epochs": [...], "seconds": ..., "iterations": ...}."""
+    import tensorflow as tf
+    from models.layers import dann_lambda
+    from utils.run import check_finite, progress
+    check_config(config)
+    pair = pair or load_pair(config)
+    inputs = prepare_inputs(pair, config)
+    source_inputs, target_inputs = inputs
+    model = MetahModel(config, source_inputs.shape[1:], pair.num_classes)
+    source_onehot = pair.one_hot(pair.source.labels)
+    steps_per_epoch = math.ceil(max(len(pair.source_train), len(pair.target_database)) / config.batch_size)
+
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    manager = None
+    history = []
+    if run is not None:
+        checkpoint = model.checkpoint(step)
+        manager = run.checkpoint_manager(checkpoint)
+        if resume:
+            restored = run.restore_latest(checkpoint)
+            print(f"resumed from {restored}" if restored else "no checkpoint yet: starting from scratch")
+            history = _saved_history(run) if restored else []
+
+    start_time, first_step_seconds = time.perf_counter(), None
+    bar = progress(range(int(step.numpy()), config.iterations), total=config.iterations,
+                   initial=int(step.numpy()), desc=f"metah {config.preset} {pair.name} {config.bits}b")
+    for it in bar:
+        progress_fraction = it / config.iterations
+        lam = dann_lambda(progress_fraction, config.lambda_gamma)
+        model.set_lambda(lam)
+        s_rows = batch_rows(pair.source_train, config.batch_size, it, config.seed * 2 + 0)
+        t_rows = batch_rows(pair.target_database, config.batch_size, it, config.seed * 2 + 1)
+        terms = model.train_step(tf.constant(source_inputs[s_rows]), tf.constant(source_onehot[s_rows]),
+                                 tf.constant(target_inputs[t_rows]),
+                                 tf.constant(lam if config.ramp_entropy else 1.0, tf.float32))
+        values = {k: float(v) for k, v in terms.items()}
+        if first_step_seconds is None:
+            first_step_seconds = time.perf_counter() - start_time  # includes tracing the step
+        check_finite(values, "METAH training")
+        step.assign(it + 1)
+        if run is not None and (it % config.log_every == 0 or it + 1 == config.iterations):
+            run.log_scalars(it, {**values, "lambda": lam,
+                                 "learning_rate": float(_current_rate(model.optimizer))}, prefix="train/")
+        epoch_end = (it + 1) % steps_per_epoch == 0 or it + 1 == config.iterations
+        if epoch_end and config.eval_every_epoch and it + 1 < config.iterations:
+            figures, _ = evaluate(model, pair, inputs)
+            history.append({"iteration": it + 1, **figures})
+            if run is not None:
+                _log_figures(run, it + 1, figures)
+        if epoch_end and manager is not None:
+            if history:
+                run.save_results({"epochs": history})
+            manager.save(checkpoint_number=it + 1)
+    seconds = time.perf_counter() - start_time
+
+    final, codes = evaluate(model, pair, inputs)
+    results = {"final": final, "epochs": history, "seconds": seconds, "first_step_seconds": first_step_seconds,
+               "iterations": config.iterations, "steps_per_epoch": steps_per_epoch}
+    if run is not None:
+        _log_figures(run, config.iterations, final)
+        run.flush()
+        run.export_codes({"Q": codes["query"][0], "Dt": codes["target_database"][0],
+                          "Ds": codes["source_database"][0], "query_L": codes["query"][1],
+                          "target_L": codes["target_database"][1], "source_L": codes["source_database"][1]})
+        run.save_results(results)
+    return results
+
+
+def _current_rate(optimizer):
+    rate = optimizer.learning_rate
+    return rate(optimizer.iterations) if callable(rate) else rate
+
+
+def _saved_history(run):
+    import os
+    from utils import io
+    path = run.path("results.json")
+    return io.load_json(path).get("epochs", []) if os.path.exists(path) else []
+
+
+def _log_figures(run, step, figures):
+    scalars = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            scalars.update({f"{key}/{name}": v for name, v in value.items()})
+        else:
+            scalars[key] = value
+    run.log_scalars(step, scalars, prefix="eval/")
+
+
+def train(config, run, resume=False):
+    return fit(config, run=run, resume=resume)
