@@ -1,5 +1,7 @@
 """utils.metrics against plain per-query reference loops written here (the original
-program's calc_map: distances, a stable argsort, cumulative counts), to 1e-9."""
+program's calc_map: distances, a sort, cumulative counts), to 1e-9. The loops sort with
+np.lexsort by (distance, relevance): at equal distance, irrelevant items first (the
+module's tie rule)."""
 import numpy as np
 import pytest
 import scipy.io
@@ -23,8 +25,12 @@ def ref_hamming(query_code, db_codes):
     return 0.5 * (db_codes.shape[1] - db_codes @ query_code)
 
 
+def ref_order(distances, relevant):
+    return np.lexsort((relevant, distances))
+
+
 def ref_ap(distances, relevant, top_k=None):
-    order = np.argsort(distances, kind="stable")
+    order = ref_order(distances, relevant)
     hits = relevant[order]
     if top_k is not None:
         hits = hits[:top_k]
@@ -68,8 +74,7 @@ def ref_lookup(query, db, query_labels, db_labels, empty="zero", radius=2):
         if rel.any():
             recall.append(row_recall)
         # TAH: rank, keep the items within the radius, AP over them (0 when none relevant)
-        order = np.argsort(dist, kind="stable")
-        hits = rel[order][: int((dist <= radius).sum())]
+        hits = rel[ref_order(dist, rel)][: int((dist <= radius).sum())]
         radius_ap.append(0.0 if hits.sum() == 0 else
                          np.mean(np.arange(1, hits.sum() + 1) / (np.flatnonzero(hits) + 1.0)))
     if empty == "zero":
@@ -83,8 +88,8 @@ def ref_lookup(query, db, query_labels, db_labels, empty="zero", radius=2):
 def ref_top_n(query, db, query_labels, db_labels, n_max, distance="hamming"):
     precision, recall = [], []
     for i in range(len(query)):
-        order = np.argsort(ref_distances(query[i], db, distance), kind="stable")
-        hits = ref_relevant(query_labels[i], db_labels)[order]
+        relevant = ref_relevant(query_labels[i], db_labels)
+        hits = relevant[ref_order(ref_distances(query[i], db, distance), relevant)]
         found = np.cumsum(hits)[:n_max]
         precision.append(found / np.arange(1, n_max + 1))
         if hits.any():
@@ -119,6 +124,10 @@ def assert_report_matches(query, db, query_labels, db_labels, top_ks=(1, 7, 50),
     top_precision, top_recall = ref_top_n(query, db, query_labels, db_labels, min(n_max, len(db)))
     np.testing.assert_allclose(report["top_n"]["precision"], top_precision, rtol=0, atol=TOL)
     np.testing.assert_allclose(report["top_n"]["recall"], top_recall, rtol=0, atol=TOL)
+    ranks = np.array(report["ranking_pr"]["n"])  # log-spaced ranks up to the whole database
+    all_precision, all_recall = ref_top_n(query, db, query_labels, db_labels, len(db))
+    np.testing.assert_allclose(report["ranking_pr"]["precision"], all_precision[ranks - 1], rtol=0, atol=TOL)
+    np.testing.assert_allclose(report["ranking_pr"]["recall"], all_recall[ranks - 1], rtol=0, atol=TOL)
     return report
 
 
@@ -152,18 +161,30 @@ def test_labels_wider_than_one_word():
     assert_report_matches(query, db, query_labels, db_labels)
 
 
-def test_all_codes_equal_rank_in_database_order():
-    # every item at distance 0: the ranking is the database order, so AP follows the relevant places
-    db_labels = np.eye(2)[[1, 0, 1, 0, 0, 0]]  # relevant to class 0 at places 2, 4, 5, 6
+def test_all_codes_equal_rank_relevant_items_last():
+    # every item at distance 0: the 2 irrelevant items rank first, the 4 relevant ones at places 3..6
+    db_labels = np.eye(2)[[1, 0, 1, 0, 0, 0]]
     query_labels = np.eye(2)[[0]]
     codes = np.ones((6, 8))
-    expected = (1 / 2 + 2 / 4 + 3 / 5 + 4 / 6) / 4
+    expected = (1 / 3 + 2 / 4 + 3 / 5 + 4 / 6) / 4
     assert abs(metrics.mean_average_precision(codes[:1], codes, query_labels, db_labels) - expected) < TOL
-    # the reverse tie order would give another value, so the rule is observable
-    reverse = (1 / 1 + 2 / 2 + 3 / 3 + 4 / 5) / 4
-    assert abs(expected - reverse) > 0.1
+    # database order would give another value, so the rule is observable
+    database_order = (1 / 2 + 2 / 4 + 3 / 5 + 4 / 6) / 4
+    assert abs(expected - database_order) > 0.04
     assert abs(metrics.mean_average_precision(codes[:1], codes, query_labels, db_labels, top_k=4)
-               - (1 / 2 + 2 / 4) / 2) < TOL
+               - (1 / 3 + 2 / 4) / 2) < TOL
+    report = metrics.retrieval_report(codes[:1], codes, query_labels, db_labels, top_ks=(2,), n_max=6)
+    assert report["map@2"] == 0.0  # the first two places hold the irrelevant items
+    assert report["top_n"]["precision"] == pytest.approx([0, 0, 1 / 3, 2 / 4, 3 / 5, 4 / 6], abs=TOL)
+    assert abs(report["map_radius2"] - expected) < TOL
+
+
+def test_a_closer_item_still_ranks_first():
+    # the tie rule only orders equal distances: an irrelevant item nearer than the rest ranks first
+    db = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [1, 1, 1, -1], [1, 1, -1, -1]])
+    db_labels = np.eye(2)[[1, 0, 1, 0]]  # relevant to class 0: items 1 (distance 1) and 3 (distance 2)
+    got = metrics.mean_average_precision(db[:1], db, np.eye(2)[[0]], db_labels)
+    assert abs(got - (1 / 3 + 2 / 4) / 2) < TOL  # item 2 (irrelevant, distance 1) goes before item 1
 
 
 def test_tie_heavy_codes_match_reference():
@@ -222,6 +243,45 @@ def test_real_mirflickr_multi_label_codes():
     assert_report_matches(codes[:50], codes[50:], labels[:50], labels[50:], top_ks=(100,), n_max=200)
 
 
+def plain_histograms(query, db, query_labels, db_labels):
+    out = np.zeros((len(query), query.shape[1] + 1, 2), int)
+    for i in range(len(query)):
+        distances = ref_hamming(query[i], db).astype(int)
+        np.add.at(out[i], (distances, ref_relevant(query_labels[i], db_labels).astype(int)), 1)
+    return out
+
+
+@pytest.mark.parametrize("bits, classes", [(8, 5), (16, 24), (64, 80), (100, 150), (130, 10)])
+def test_compiled_and_numpy_histograms_equal_a_plain_count(monkeypatch, bits, classes):
+    query, db, query_labels, db_labels = random_case(bits + classes, 23, 301, bits, classes=classes, density=0.1)
+    expected = plain_histograms(query, db, query_labels, db_labels)
+    monkeypatch.setattr(metrics, "KERNEL", "numpy")
+    np.testing.assert_array_equal(metrics.distance_histograms(query, db, query_labels, db_labels), expected)
+    pytest.importorskip("numba")
+    monkeypatch.setattr(metrics, "KERNEL", "numba")
+    np.testing.assert_array_equal(metrics.distance_histograms(query, db, query_labels, db_labels), expected)
+
+
+def test_numpy_kernel_matches_reference_on_ties_and_empty_queries(monkeypatch):
+    monkeypatch.setattr(metrics, "KERNEL", "numpy")
+    monkeypatch.setattr(metrics, "PAIRS_PER_CHUNK", 2000)  # several chunks on threads
+    rng = np.random.default_rng(16)
+    base = np.where(rng.random((4, 8)) < 0.5, 1, -1)
+    query, db = base[rng.integers(0, 4, 20)], base[rng.integers(0, 4, 500)]
+    query_labels, db_labels = (rng.random((20, 4)) < 0.3) * 1, (rng.random((500, 4)) < 0.3) * 1
+    query_labels[:3] = 0  # no label: no relevant item
+    assert_report_matches(query, db, query_labels, db_labels)
+
+
+def test_relevant_run_sum_is_accurate_for_large_databases():
+    from fractions import Fraction
+    for before_relevant, before, count in [(0, 0, 5), (3, 10, 60), (5, 63, 2), (0, 64, 1), (40, 1000, 7),
+                                           (100, 190000, 3000), (0, 193000, 1), (190000, 193000, 700)]:
+        exact = sum(Fraction(before_relevant + j, before + j) for j in range(1, count + 1))
+        got = metrics.relevant_run_sum(before_relevant, before, count)
+        assert abs(float(got) - float(exact)) < 1e-12 * max(1, count)
+
+
 def test_many_chunks_and_threads_give_the_same_figures(monkeypatch):
     query, db, query_labels, db_labels = random_case(9, 40, 500, 32)
     whole = metrics.retrieval_report(query, db, query_labels, db_labels, top_ks=(10,), n_max=30)
@@ -273,10 +333,10 @@ def test_embedding_map_matches_reference(metric):
     assert abs(report["ranking_pr"]["recall"][-1] - 1.0) < TOL
 
 
-def test_embedding_ties_follow_database_order():
+def test_embedding_ties_rank_relevant_items_last():
     db = np.zeros((4, 3))
     labels = np.eye(2)[[1, 0, 1, 0]]
-    assert abs(metrics.embedding_map(db[:1], db, labels[1:2], labels) - (1 / 2 + 2 / 4) / 2) < TOL
+    assert abs(metrics.embedding_map(db[:1], db, labels[1:2], labels) - (1 / 3 + 2 / 4) / 2) < TOL
 
 
 # ----------------------------------------------------------------------------- radius helpers and errors

@@ -4,8 +4,9 @@
     distances, indices = index.search(query_codes, k)
     hits = index.range_search(query_codes, radius)  # per query: items within the radius
 
-Tie rule (the same as utils.metrics): equal distances are ordered by database
-index, smallest first, so the k nearest are the first k of the stable ranking.
+Listing order: equal distances are ordered by database index, smallest first, so
+the k nearest are the first k of the stable ranking. (A listing knows no relevance;
+the figures of utils.metrics rank irrelevant items first among equal distances.)
 faiss's IndexBinaryFlat already keeps the smallest indices on ties (checked in
 tests/test_search.py); every backend sorts its results by (distance, index).
 
