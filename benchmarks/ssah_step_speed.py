@@ -1,12 +1,16 @@
-"""Seconds per SSAH training iteration at MIRFLICKR-25K scale, per step.
+"""Seconds per SSAH training iteration and training throughput (items/s), per step.
 
-n = 10,000 stored training items, batch 128, d = 1,386 tags, c = 24 classes, E = 512,
-K = 32, hidden width 4096; ImgNet on 4,096-d feature vectors (feature trunk), so the
-figure excludes the CNN-F forward pass. Prints the median of --repeats timed iterations
-after --warmup untimed ones (the first call traces the tf.function), plus one
-monitoring-loss evaluation per net (the n x n early-stop loss).
+MIRFLICKR-25K scale: n = 10,000 stored training items, d = 1,386 tags, c = 24 classes,
+E = 512, K = 32, hidden width 4096. --trunk features (default): ImgNet on 4,096-d feature
+vectors, batch 128, plus one monitoring-loss evaluation per net (the n x n early-stop
+loss). --trunk cnnf: ImgNet on 224 x 224 x 3 uint8 images through CNN-F (random weights;
+mean subtraction included), batch 32 by default: the discriminator and ImgNet steps then
+carry the CNN-F forward (and backward) pass. Prints the median of --repeats timed
+iterations after --warmup untimed ones (the first call traces the tf.function);
+items/s = batch / median seconds.
 
-    python benchmarks/ssah_step_speed.py [--repeats 10] [--threads 2]
+    python benchmarks/ssah_step_speed.py [--trunk features|cnnf] [--repeats 10] [--threads 2]
+                                         [--jit] [--mixed-precision]   (the GPU settings)
 
 The authors' TF1 program needs about 25 s per TxtNet and 1 s per LabNet iteration on 2
 cores (its TxtNet runs the [1, d, 6, 4096] convolution; its losses are computed for all
@@ -23,12 +27,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--trunk", default="features", choices=("features", "cnnf"))
+    parser.add_argument("--batch", type=int, default=0, help="batch size (default: 128 features, 32 cnnf)")
+    parser.add_argument("--repeats", type=int, default=0, help="timed iterations (default: 10 features, 3 cnnf)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed iterations (default: 2 features, 1 cnnf)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads (0 = all)")
     parser.add_argument("--items", type=int, default=10000)
     parser.add_argument("--variant", default="original", choices=("original", "paper"))
+    parser.add_argument("--jit", action="store_true", help="compile the steps with XLA")
+    parser.add_argument("--mixed-precision", action="store_true", help="Keras mixed_float16")
     args = parser.parse_args()
+    cnnf = args.trunk == "cnnf"
+    args.batch = args.batch or (32 if cnnf else 128)
+    args.repeats = args.repeats or (3 if cnnf else 10)
+    args.warmup = args.warmup or (1 if cnnf else 2)
 
     import numpy as np
     import tensorflow as tf
@@ -36,28 +48,46 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
+    from models.cnnf import CNNF
     from models.ssah import FeatureTrunk
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, Config, SSAHTrainer
+    from utils.distribute import dtype_policy
 
-    n, batch, text_dim, classes, image_dim = args.items, 128, 1386, 24, 4096
+    n, batch, text_dim, classes, image_dim = args.items, args.batch, 1386, 24, 4096
     rng = np.random.RandomState(0)
     labels = (rng.rand(n, classes) < 0.15).astype(np.float32)
     labels[np.arange(n), rng.randint(0, classes, n)] = 1.0
     texts = (rng.rand(n, text_dim) < 0.01).astype(np.float32)
-    images = rng.rand(n, image_dim).astype(np.float32)
-    config = Config(bits=32, embed_dim=512, hidden_dim=4096, batch_size=batch, **PRESETS[args.variant])
-    trainer = SSAHTrainer(config, labels, text_dim, FeatureTrunk(4096))
-    trainer.build((image_dim,))
+    config = Config(bits=32, embed_dim=512, hidden_dim=4096, batch_size=batch, jit=args.jit,
+                    mixed_precision=args.mixed_precision, **PRESETS[args.variant])
+    with dtype_policy(args.mixed_precision):
+        trunk = CNNF() if cnnf else FeatureTrunk(4096)
+    if cnnf:  # a pool of random images stands in for the n stored ones (only batches are read)
+        pool = rng.randint(0, 256, (2 * batch, 224, 224, 3)).astype(np.uint8)
+        mean = tf.constant(np.asarray(IMAGENET_MEAN_RGB, np.float32))
+        trainer = SSAHTrainer(config, labels, text_dim, trunk, lambda x: tf.cast(x, tf.float32) - mean)
+        trainer.build((224, 224, 3))
+
+        def image_rows(rows):
+            return pool[rows % len(pool)]
+    else:
+        images = rng.rand(n, image_dim).astype(np.float32)
+        trainer = SSAHTrainer(config, labels, text_dim, trunk)
+        trainer.build((image_dim,))
+
+        def image_rows(rows):
+            return images[rows]
 
     def args_for(step, rows):
-        return {"lab": (rows, labels[rows]), "dis": (images[rows], texts[rows], labels[rows]),
-                "img": (rows, images[rows], labels[rows]), "txt": (rows, texts[rows], labels[rows])}[step]
+        return {"lab": (rows, labels[rows]), "dis": (image_rows(rows), texts[rows], labels[rows]),
+                "img": (rows, image_rows(rows), labels[rows]), "txt": (rows, texts[rows], labels[rows])}[step]
 
-    print(f"SSAH step time, n={n}, batch={batch}, d={text_dim}, E=512, K=32, "
-          f"threads={args.threads or 'all'}, variant={args.variant}")
-    print(f"| step | median s/iteration | min | max |\n|---|---|---|---|")
-    for step, name in (("lab", "LabNet"), ("dis", "discriminators"), ("img", "ImgNet (features)"),
-                       ("txt", "TxtNet")):
+    print(f"SSAH step time, trunk={args.trunk}, n={n}, batch={batch}, d={text_dim}, E=512, K=32, "
+          f"threads={args.threads or 'all'}, variant={args.variant}, jit={args.jit}, "
+          f"mixed_precision={args.mixed_precision}, device={'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}")
+    print(f"| step | median s/iteration | items/s | min | max |\n|---|---|---|---|---|")
+    for step, name in (("lab", "LabNet"), ("dis", f"discriminators ({args.trunk})"),
+                       ("img", f"ImgNet ({args.trunk})"), ("txt", "TxtNet")):
         times = []
         for i in range(args.warmup + args.repeats):
             rows = rng.permutation(n)[:batch]
@@ -66,11 +96,14 @@ def main():
             trainer.step(step, *step_args, learning_rate=1e-4)  # returns floats: the step has finished
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
-        print(f"| {name} | {statistics.median(times):.4f} | {min(times):.4f} | {max(times):.4f} |", flush=True)
+        median = statistics.median(times)
+        print(f"| {name} | {median:.4f} | {batch / median:.0f} | {min(times):.4f} | {max(times):.4f} |", flush=True)
+    if cnnf:
+        return
     for net in ("lab", "img", "txt"):
         start = time.perf_counter()
         trainer.monitoring_loss(net)
-        print(f"| monitoring loss {net} (once per checked pass) | {time.perf_counter() - start:.3f} | | |")
+        print(f"| monitoring loss {net} (once per checked pass) | {time.perf_counter() - start:.3f} | | | |")
 
 
 if __name__ == "__main__":

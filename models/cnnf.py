@@ -141,7 +141,8 @@ class ConvTrunk(keras.Model):
             elif spec.kind == "relu":
                 x = tf.nn.relu(x)
             elif spec.kind == "lrn":
-                x = tf.nn.local_response_normalization(x, **spec.lrn)
+                # in float32 under mixed precision: squares of activations overflow float16
+                x = tf.cast(tf.nn.local_response_normalization(tf.cast(x, tf.float32), **spec.lrn), x.dtype)
             elif spec.kind == "pool":
                 x = _pool(x, spec)
         return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])

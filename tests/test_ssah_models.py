@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from models.cnnf import CNNF, GOLDEN_WIDTHS, ConvTrunk, vgg_f_geometry
-from models.ssah import (Discriminator, FeatureTrunk, ImgNet, LabNet, MultiScaleFusion, TxtNet,
+from models.ssah import (LRN_SETTINGS, Discriminator, FeatureTrunk, ImgNet, LabNet, MultiScaleFusion, TxtNet,
                          legacy_bilinear_matrix, local_response_normalization)
 from utils.run import set_seed
 
@@ -48,6 +48,21 @@ def test_lrn_matches_the_formula_on_the_channel_axis():
     got = local_response_normalization(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, numpy_lrn(x.astype(np.float64)), rtol=1e-5)
     assert np.abs(got - x / 2.0 ** 0.75).max() > 1e-3  # the neighbourhood term matters here
+
+
+def test_lrn_equals_tensorflow_lrn_op_values_and_gradients():
+    x = tf.constant(np.random.default_rng(1).normal(0, 40, (6, 4096)).astype(np.float32))
+
+    def tf_op(v):
+        return tf.reshape(tf.nn.local_response_normalization(tf.reshape(v, [-1, 1, 1, 4096]), **LRN_SETTINGS), [-1, 4096])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = local_response_normalization(x), tf_op(x)
+        weights = tf.constant(np.random.default_rng(2).normal(size=(6, 4096)).astype(np.float32))
+        loss_ours, loss_theirs = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss_ours, x).numpy(), tape.gradient(loss_theirs, x).numpy(),
+                               rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("in_size,out_size", [(12, 60), (2, 60), (6, 37), (7, 7), (1, 10)])

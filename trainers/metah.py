@@ -370,3 +370,33 @@ def _log_figures(run, step, figures):
 
 def train(config, run, resume=False):
     return fit(config, run=run, resume=resume)
+
+
+# ----------------------------------------------------------------------------- encoding new items
+
+def encode(run_dir, inputs, modality="image"):
+    """+-1 codes (int8, items x bits) of new items of either domain from a trained METAH run.
+
+    Rebuilds the hashing network from RUN_DIR/config.json (the run's domain pair is loaded
+    for its shapes and the source statistics that normalise features) and restores the
+    latest checkpoint. modality "image": feature rows or images shaped like the run's data."""
+    import tensorflow as tf
+
+    from utils.data.domains import DomainData
+    from utils.run import restore_latest, saved_config
+    if modality != "image":
+        raise UserError(f"unknown modality {modality!r} for METAH; its items are images: use 'image'")
+    _, config = saved_config(run_dir, {"metah": Config})
+    pair = load_pair(config)
+    inputs = np.asarray(inputs)
+    expected = tuple(pair.target.inputs.shape[1:])
+    inputs = inputs[None] if inputs.ndim == len(expected) else inputs
+    if tuple(inputs.shape[1:]) != expected:
+        raise UserError(f"inputs of shape {tuple(inputs.shape[1:])} per item, but the run was trained on "
+                        f"{expected}; give items shaped like the run's data")
+    new_items = DomainData("new items", inputs, np.zeros(len(inputs), np.int64))
+    source_inputs, prepared = prepare_inputs(dataclasses.replace(pair, target=new_items), config)
+    model = MetahModel(config, source_inputs.shape[1:], pair.num_classes)
+    if restore_latest(run_dir, model.checkpoint(tf.Variable(0, dtype=tf.int64, trainable=False))) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+    return binary_codes(model.encode(prepared)[0])

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from utils import distribute
 from utils.config import CommonConfig
 from utils.errors import UserError
 
@@ -114,12 +115,23 @@ class Config(CommonConfig):
     epochs: int = _field(5, "epochs (the program's default 500 runs its learning-rate lists to ~0: "
                          "rates fall by sqrt(10) per epoch)")
     early_stop: bool = _field(True, "stop a net's inner loop when its monitoring loss rises (program)")
-    lr_lab_exponent: float = _field(2.0, "lr_lab[i] = 10^-(this + lr_exponent_step * i)")
-    lr_img_exponent: float = _field(4.5, "lr_img[i] = 10^-(this + lr_exponent_step * i)")
+    lr_lab_exponent: float = _field(2.0, "lr_lab[i] = 10^-(this + lr_exponent_step * i); on single-label "
+                                    "data (Wikipedia) 1e-2 kills LabNet's relu units and every code "
+                                    "collapses: use 2.5 there (README, SSAH on Wikipedia)")
+    lr_img_exponent: float = _field(4.5, "lr_img[i] = 10^-(this + lr_exponent_step * i); 4.5 suits a "
+                                    "pretrained CNN-F; a random feature trunk needs ~3.5")
     lr_txt_exponent: float = _field(3.5, "lr_txt[i] = 10^-(this + lr_exponent_step * i)")
     lr_dis_exponent: float = _field(3.0, "lr_dis[i] = 10^-(this + lr_exponent_step * i)")
     lr_exponent_step: float = _field(0.5, "exponent increment per list entry (entry = epoch + inner index)")
     eval_batch_size: int = _field(512, "batch size when computing query/database codes")
+    # Full scale (utils/distribute.py); lazy (HDF5) images always stream through tf.data
+    strategy: str = _field("none", "none (one device), mirrored (all local GPUs) or multiworker (the hosts "
+                           "of TF_CONFIG): each replica takes its part of the global batch and the losses "
+                           "and updates are those of the global batch", choices=distribute.STRATEGIES)
+    mixed_precision: bool = _field(False, "Keras mixed_float16 (float16 compute; float32 variables, buffers "
+                                   "and losses; dynamic loss scaling): for GPUs")
+    jit: bool = _field(False, "compile each training step with XLA (tf.function jit_compile): for GPUs; "
+                       "needs --strategy none")
 
 
 def learning_rate(config, net, index):
@@ -147,6 +159,10 @@ def _to_float(x):
     return tf.cast(x, tf.float32)
 
 
+def _scatter_rows(variable, rows, values):
+    return variable.scatter_nd_update(rows[:, None], values)
+
+
 class SSAHTrainer:
     """Nets, stored buffers, optimizers and the four update steps.
 
@@ -156,13 +172,21 @@ class SSAHTrainer:
     feat_I, feat_T, feat_L (semantic features), pred_I, pred_T, pred_L (label predictions).
     """
 
-    def __init__(self, config, train_labels, text_dim, trunk, image_preprocess=None, seed=0):
+    def __init__(self, config, train_labels, text_dim, trunk, image_preprocess=None, seed=0, strategy=None):
+        """strategy: a tf.distribute strategy (None: one device); create `trunk` under its scope
+        and under distribute.dtype_policy(config.mixed_precision)."""
+        self.config = config
+        self.strategy = strategy
+        with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+            self._create(train_labels, text_dim, trunk, image_preprocess, seed)
+
+    def _create(self, train_labels, text_dim, trunk, image_preprocess, seed):
         import tensorflow as tf
 
         from models.ssah import Discriminator, ImgNet, LabNet, TxtNet
-        from utils.optim import TF1Adam
+        from utils.optim import DynamicLossScale, TF1Adam
 
-        self.config = config
+        config = self.config
         self.labels = tf.constant(np.asarray(train_labels, np.float32))
         self.num_items, self.num_classes = (int(s) for s in self.labels.shape)
         self.bits, self.embed_dim = config.bits, config.embed_dim
@@ -200,19 +224,23 @@ class SSAHTrainer:
         else:
             self.optimizers = {net: TF1Adam(name=f"adam_{net}") for net in ("lab", "img", "txt")}
         self.optimizers["dis"] = TF1Adam(name="adam_discriminators")
+        # One loss scale per step: their losses differ by orders of magnitude (sums over n x batch vs means)
+        self.loss_scales = ({step: DynamicLossScale(name=f"loss_scale_{step}") for step in STEP_NAMES}
+                            if config.mixed_precision else {})
         self._compiled = {}
 
     # ----------------------------------------------------------------- building
     def build(self, image_shape):
         """Creates every variable (one dummy call per net) and the optimizers' slots."""
         import tensorflow as tf
-        self.nets["lab"](tf.zeros([1, self.num_classes]))
-        self.nets["img"](tf.zeros((1,) + tuple(image_shape)))
-        self.nets["txt"](tf.zeros([1, self.nets["txt"].text_dim]))
-        for name in self.discriminator_names:
-            self.nets[name](tf.zeros([1, self.embed_dim]))
-        for step in ("lab", "img", "txt", "dis"):
-            self.optimizers[step].build(self.step_variables(step))
+        with distribute.scope(self.strategy):
+            self.nets["lab"](tf.zeros([1, self.num_classes]))
+            self.nets["img"](tf.zeros((1,) + tuple(image_shape)))
+            self.nets["txt"](tf.zeros([1, self.nets["txt"].text_dim]))
+            for name in self.discriminator_names:
+                self.nets[name](tf.zeros([1, self.embed_dim]))
+            for step in ("lab", "img", "txt", "dis"):
+                self.optimizers[step].build(self.step_variables(step))
 
     @property
     def discriminator_names(self):
@@ -245,8 +273,15 @@ class SSAHTrainer:
         return fn(stored, batch, similarity)
 
     def _write(self, names, batch_index, values):
-        for name, value in zip(names, values):
-            self.buffers[name].scatter_nd_update(batch_index[:, None], value)
+        """Stores a batch's rows; under a strategy, the whole global batch on every device."""
+        batch_index, *values = distribute.all_gather([batch_index, *values])
+        distribute.synchronized_updates([(self.buffers[name], _scatter_rows, (batch_index, value))
+                                         for name, value in zip(names, values)])
+
+    def _outputs(self, net, inputs):
+        """(feature, hash, label prediction) of a net, in float32 (mixed precision computes in float16)."""
+        import tensorflow as tf
+        return tuple(tf.cast(x, tf.float32) for x in self.nets[net](inputs, training=True))
 
     def _supervised_terms(self, feature, hashes, predicted, batch_labels, similarity):
         """The four terms every modality's loss shares (against the stored LABEL buffers)."""
@@ -260,16 +295,24 @@ class SSAHTrainer:
         }
 
     def _apply(self, step, tape, loss, learning_rate):
+        """Gradient of the global batch's loss (each replica's loss is its share; the shares'
+        gradients are summed) and the update; under mixed precision, of scale * loss."""
         variables = self.step_variables(step)
-        gradients = tape.gradient(loss, variables)
-        self.optimizers[step].apply_gradients(zip(gradients, variables), learning_rate)
+        loss_scale = self.loss_scales.get(step)
+        if loss_scale is None:
+            gradients = distribute.all_reduce_sum(tape.gradient(loss, variables))
+            self.optimizers[step].apply_gradients(zip(gradients, variables), learning_rate)
+            return
+        gradients = distribute.all_reduce_sum(tape.gradient(loss, variables, output_gradients=loss_scale.scale))
+        gradients, finite = loss_scale.unscale(gradients)
+        self.optimizers[step].apply_gradients(zip(gradients, variables), learning_rate, apply_if=finite)
 
     # ----------------------------------------------------------------- the four steps
     def lab_step_fn(self, batch_index, batch_labels, learning_rate):
         import tensorflow as tf
         similarity = self.similarity(batch_labels)
         with tf.GradientTape() as tape:
-            feature, hashes, predicted = self.nets["lab"](batch_labels, training=True)
+            feature, hashes, predicted = self._outputs("lab", batch_labels)
             self._write(("feat_L", "H", "pred_L"), batch_index,
                         (tf.stop_gradient(feature), tf.stop_gradient(hashes), tf.stop_gradient(predicted)))
             terms = self._supervised_terms(feature, hashes, predicted, batch_labels, similarity)
@@ -292,11 +335,11 @@ class SSAHTrainer:
         label_features = self.nets["lab"](batch_labels)[0]
         with tf.GradientTape() as tape:
             logits = self.discriminator_logits(image_features, text_features, label_features)
-            loss = L.discriminator_loss(*logits)
+            loss = distribute.replica_share(L.discriminator_loss(*logits))  # a mean over the batch
         self._apply("dis", tape, loss, learning_rate)
         correct = [tf.cast(logits[0] < 0, tf.float32), tf.cast(logits[1] < 0, tf.float32),
                    tf.cast(logits[2] > 0, tf.float32), tf.cast(logits[3] > 0, tf.float32)]
-        accuracy = tf.reduce_mean(tf.concat(correct, axis=0))
+        accuracy = distribute.replica_share(tf.reduce_mean(tf.concat(correct, axis=0)))
         return {"loss": loss, "accuracy": accuracy}
 
     def _modality_step(self, modality, batch_index, inputs, batch_labels, learning_rate):
@@ -307,7 +350,7 @@ class SSAHTrainer:
                                            "txt": ("G", "feat_T", "pred_T")}[modality]
         similarity = self.similarity(batch_labels)
         with tf.GradientTape() as tape:
-            feature, hashes, predicted = self.nets[modality](inputs, training=True)
+            feature, hashes, predicted = self._outputs(modality, inputs)
             self._write((feat_name, hash_name, pred_name), batch_index,
                         (tf.stop_gradient(feature), tf.stop_gradient(hashes), tf.stop_gradient(predicted)))
             terms = self._supervised_terms(feature, hashes, predicted, batch_labels, similarity)
@@ -317,8 +360,10 @@ class SSAHTrainer:
                 fed = self.buffers[feat_name]
             else:                     # ... but only the batch's text features (before the update)
                 fed = tf.stop_gradient(feature)
-            terms["adversarial"] = self.config.delta * L.adversarial_loss(
-                self.nets[f"dis_{modality}"](fed, training=True), 1.0)
+            # A mean over the batch rows, or over all n stored rows (the same on every replica):
+            # either way each replica holds 1/replicas of it (the other terms are sums over rows).
+            adversarial = L.adversarial_loss(self.nets[f"dis_{modality}"](fed, training=True), 1.0)
+            terms["adversarial"] = self.config.delta * distribute.replica_share(adversarial)
             loss = tf.add_n(list(terms.values()))
         self._apply(modality, tape, loss, learning_rate)
         return {"loss": loss, **terms}
@@ -337,8 +382,8 @@ class SSAHTrainer:
         """
         import tensorflow as tf
         if name not in self._compiled:
-            self._compiled[name] = tf.function(getattr(self, f"{name}_step_fn"), reduce_retracing=True,
-                                                 autograph=False)  # no tensor-dependent Python control flow
+            self._compiled[name] = distribute.replicated_step(self.strategy, getattr(self, f"{name}_step_fn"),
+                                                              jit=self.config.jit)
         args = [tf.convert_to_tensor(a) for a in args]
         losses = self._compiled[name](*args, tf.constant(learning_rate, tf.float32))
         return {key: float(value) for key, value in losses.items()}
@@ -384,8 +429,11 @@ class SSAHTrainer:
 
     # ----------------------------------------------------------------- codes
     def hash_codes(self, modality, inputs, batch_size):
-        """+-1 codes (sign of the tanh hash; 0 counts as +1) of `inputs` (array or lazy rows)."""
+        """+-1 codes (sign of the tanh hash; 0 counts as +1) of `inputs` (array or lazy rows;
+        lazy rows stream through tf.data)."""
         import tensorflow as tf
+
+        from utils.data.pipeline import image_batches
         net = self.nets[modality]
         prepare = self.image_preprocess if modality == "img" else tf.convert_to_tensor
 
@@ -393,10 +441,11 @@ class SSAHTrainer:
             return net(prepare(x))[1]
         fn = self._compiled.setdefault(f"codes_{modality}",
                                        tf.function(hashes, reduce_retracing=True, autograph=False))
-        out = []
-        for start in range(0, len(inputs), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(inputs)))
-            out.append(fn(tf.convert_to_tensor(inputs[rows])).numpy())
+        if isinstance(inputs, np.ndarray):
+            batches = (inputs[start:start + batch_size] for start in range(0, len(inputs), batch_size))
+        else:
+            batches = (values for values, _ in image_batches(inputs, np.arange(len(inputs)), batch_size))
+        out = [fn(tf.convert_to_tensor(x)).numpy() for x in batches]
         return np.where(np.concatenate(out) >= 0, 1.0, -1.0).astype(np.float32)
 
     def checkpoint_objects(self):
@@ -404,6 +453,8 @@ class SSAHTrainer:
         objects.update({f"buffer_{name}": var for name, var in self.buffers.items()})
         objects["unified_codes"] = self.unified_codes
         objects["rng"] = self.rng
+        for step, loss_scale in self.loss_scales.items():
+            objects[f"loss_scale_{step}"] = loss_scale
         for step, optimizer in self.optimizers.items():
             objects[f"optimizer_{step}"] = optimizer
         return objects
@@ -453,19 +504,6 @@ def build_trunk(config, data, backbone):
     return trunk, subtract_mean
 
 
-class _Rows:
-    """Row access to the training part of an image source (array or lazy)."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, rows):
-        return np.asarray(self.images[np.asarray(rows)])
-
-
 # --------------------------------------------------------------------------- training loop
 
 def _check_resume_shapes(run, data_shape):
@@ -492,9 +530,9 @@ def evaluate(trainer, data, config):
     q_img, q_txt, q_lab = data.part("query")
     d_img, d_txt, d_lab = data.part("database")
     bs = config.eval_batch_size
-    codes = {"Qi": trainer.hash_codes("img", _Rows(q_img) if not isinstance(q_img, np.ndarray) else q_img, bs),
+    codes = {"Qi": trainer.hash_codes("img", q_img, bs),
              "Qt": trainer.hash_codes("txt", q_txt, bs),
-             "Di": trainer.hash_codes("img", _Rows(d_img) if not isinstance(d_img, np.ndarray) else d_img, bs),
+             "Di": trainer.hash_codes("img", d_img, bs),
              "Dt": trainer.hash_codes("txt", d_txt, bs),
              "query_L": q_lab, "retrieval_L": d_lab}
     from utils.exports import EXPORTS
@@ -507,6 +545,7 @@ def train(config, run, resume=False):
     import tensorflow as tf
 
     from utils.data import load_dataset
+    from utils.data.pipeline import image_batches
     from utils.run import check_finite, progress
 
     if config.schedule not in SCHEDULES:
@@ -516,15 +555,17 @@ def train(config, run, resume=False):
     data = load_dataset(config.dataset, config.data, config.seed, config.split_file)
     backbone = resolve_backbone(config, data)
     train_images, train_texts, train_labels = data.part("train")
-    image_rows = train_images if isinstance(train_images, np.ndarray) else _Rows(train_images)
     image_shape = tuple(data.images.shape[1:])
     data_shape = (len(train_labels), data.text_dim, data.num_classes,
                   int(image_shape[0]) if backbone == "features" else 0)
     if resume:
         _check_resume_shapes(run, data_shape)
 
-    trunk, preprocess = build_trunk(config, data, backbone)
-    trainer = SSAHTrainer(config, train_labels, data.text_dim, trunk, preprocess, seed=config.seed)
+    strategy = distribute.make_strategy(config.strategy)
+    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+        trunk, preprocess = build_trunk(config, data, backbone)
+    trainer = SSAHTrainer(config, train_labels, data.text_dim, trunk, preprocess, seed=config.seed,
+                          strategy=strategy)
     trainer.build(image_shape)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -551,19 +592,31 @@ def train(config, run, resume=False):
     def draw():
         return tf.argsort(trainer.rng.uniform([n]))[:batch].numpy()
 
-    def inputs(step, rows):
-        if step == "lab":
-            return (rows, train_labels[rows])
-        if step == "img":
-            return (rows, image_rows[rows], train_labels[rows])
-        if step == "txt":
-            return (rows, train_texts[rows], train_labels[rows])
-        return (image_rows[rows], train_texts[rows], train_labels[rows])
+    def pass_inputs(step):
+        """The step inputs of one pass. The rows of all its batches are drawn first (the same
+        RNG sequence as drawing them one by one: nothing else draws in between); images of a
+        lazy (HDF5) source then stream through tf.data (parallel reads, prefetch)."""
+        draws = [draw() for _ in range(iterations)]
+        images = None
+        if step in ("img", "dis"):
+            if isinstance(train_images, np.ndarray):
+                images = (train_images[rows] for rows in draws)
+            else:
+                images = (values for values, _ in image_batches(train_images, np.concatenate(draws), batch))
+        for rows in draws:
+            if step == "lab":
+                yield (rows, train_labels[rows])
+            elif step == "img":
+                yield (rows, next(images), train_labels[rows])
+            elif step == "txt":
+                yield (rows, train_texts[rows], train_labels[rows])
+            else:
+                yield (next(images), train_texts[rows], train_labels[rows])
 
     def one_pass(step, lr, bar):
         totals = {}
-        for _ in range(iterations):
-            losses = trainer.step(step, *inputs(step, draw()), learning_rate=lr)
+        for inputs in pass_inputs(step):
+            losses = trainer.step(step, *inputs, learning_rate=lr)
             check_finite(losses, STEP_NAMES[step])
             counters[step] += 1
             run.log_scalars(counters[step], losses, prefix=f"{step}/")
@@ -625,3 +678,77 @@ def train(config, run, resume=False):
         results["final"] = dict(maps, epoch=start)
         run.save_results(results)
     return results
+
+
+# --------------------------------------------------------------------------- encoding new items
+
+def dataset_vocabulary(config):
+    """The tag words of the run's dataset in column order (FILE.vocab.json that utils.prepare
+    writes beside FILE.h5), or None when the data has none."""
+    from utils import io
+    from utils.data import resolve_path
+    from utils.prepare import sidecar_paths
+    path = resolve_path(config.dataset, config.data)
+    vocab_path = sidecar_paths(path)[0] if path and os.path.isfile(path) else ""
+    return io.load_json(vocab_path)["vocabulary"] if vocab_path and os.path.exists(vocab_path) else None
+
+
+def tag_vectors(words, vocabulary, text_dim):
+    """Bag-of-tags rows (float32) of one tag list or a list of tag lists; unknown tags are skipped."""
+    if vocabulary is None:
+        raise UserError("the run's dataset has no vocabulary file (FILE.vocab.json from utils.prepare): "
+                        f"give tag vectors (items x {text_dim}) instead of tag words")
+    items = [words] if all(isinstance(w, str) for w in words) else list(words)
+    column = {word: j for j, word in enumerate(vocabulary)}
+    vectors = np.zeros((len(items), text_dim), np.float32)
+    for row, item in enumerate(items):
+        known = [column[w] for w in item if w in column]
+        if not known:
+            raise UserError(f"none of the tags {list(item)[:5]} is in the dataset's {len(vocabulary)}-word "
+                            f"vocabulary; give other tags or a tag vector")
+        vectors[row, known] = 1.0
+    return vectors
+
+
+def _holds_words(inputs):
+    """True for a tag list ["dog", "beach"] or a list of tag lists."""
+    if isinstance(inputs, np.ndarray):
+        return inputs.dtype.kind in "UO"
+    first = inputs[0] if len(inputs) else None
+    return isinstance(first, str) or (isinstance(first, (list, tuple)) and bool(first)
+                                      and isinstance(first[0], str))
+
+
+def encode(run_dir, inputs, modality):
+    """+-1 codes (float32, items x bits) of new items from a trained SSAH run.
+
+    Rebuilds the nets from RUN_DIR/config.json (the run's dataset is loaded for its shapes
+    and feature statistics) and restores the latest checkpoint. modality "image": image
+    features, or uint8 images (n x h x w x 3), as the run's data; "text": tag vectors
+    (n x tags), or tag words (one list, or a list of lists) mapped through the dataset's
+    vocabulary."""
+    import tensorflow as tf
+
+    from utils.data import load_dataset
+    from utils.run import restore_latest, saved_config
+    if modality not in ("image", "text"):
+        raise UserError(f"unknown modality {modality!r} for SSAH; choose image or text")
+    _, config = saved_config(run_dir, {"ssah": Config})
+    data = load_dataset(config.dataset, config.data, config.seed, config.split_file)
+    if modality == "text" and _holds_words(inputs):
+        inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
+    expected = (data.text_dim,) if modality == "text" else tuple(data.images.shape[1:])
+    inputs = np.asarray(inputs)
+    if inputs.ndim == len(expected):
+        inputs = inputs[None]
+    if tuple(inputs.shape[1:]) != expected:
+        raise UserError(f"{modality} inputs of shape {tuple(inputs.shape[1:])} per item, but the run "
+                        f"was trained on {expected}; give inputs shaped like the run's data")
+    backbone = resolve_backbone(config, data)
+    with distribute.dtype_policy(config.mixed_precision):
+        trunk, preprocess = build_trunk(config, data, backbone)
+    trainer = SSAHTrainer(config, data.part("train")[2], data.text_dim, trunk, preprocess, seed=config.seed)
+    trainer.build(tuple(data.images.shape[1:]))
+    if restore_latest(run_dir, tf.train.Checkpoint(**trainer.checkpoint_objects())) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+    return trainer.hash_codes("img" if modality == "image" else "txt", inputs, config.eval_batch_size)

@@ -11,8 +11,16 @@ rate per call, so one traced tf.function serves every learning rate.
 Update (TF1 `_apply_dense`), with t the counter after this update's increment:
   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
   lr_t = lr sqrt(1 - b2^t) / (1 - b1^t);  var -= lr_t m / (sqrt(v) + eps)
+
+Under a tf.distribute strategy `apply_gradients` is called in each replica with the
+already summed gradients and updates every device's copy (utils.distribute).
+`DynamicLossScale` is the loss scaling of mixed-precision custom loops.
 """
+import functools
+
 import tensorflow as tf
+
+from utils import distribute
 
 
 class TF1Adam(tf.Module):
@@ -39,23 +47,81 @@ class TF1Adam(tf.Module):
             self.m.append(tf.Variable(tf.zeros(variable.shape, variable.dtype), trainable=False, name="m"))
             self.v.append(tf.Variable(tf.zeros(variable.shape, variable.dtype), trainable=False, name="v"))
 
-    def apply_gradients(self, grads_and_vars, learning_rate):
+    def apply_gradients(self, grads_and_vars, learning_rate, apply_if=None):
         """One update of the given variables; a None gradient leaves its variable (and slots) alone,
-        as TF1's minimize does. The counter advances once per call."""
+        as TF1's minimize does. The counter advances once per call. `apply_if` (a scalar bool
+        tensor, e.g. "the gradients are finite" under loss scaling) skips the whole update when false."""
         pairs = [(g, v) for g, v in grads_and_vars if g is not None]
         missing = [v for _, v in pairs if self._key(v) not in self._index]
         if missing:
             if tf.inside_function():
                 raise RuntimeError("TF1Adam.build(variables) must be called before the traced step")
             self.build(missing)
-        self.iterations.assign_add(1)
-        step = tf.cast(self.iterations, tf.float32)
         learning_rate = tf.cast(learning_rate, tf.float32)
-        lr_t = learning_rate * tf.sqrt(1.0 - tf.pow(self.beta_2, step)) / (1.0 - tf.pow(self.beta_1, step))
+        if distribute.in_replica_context():  # every replica holds the same summed gradients
+            variables = [v for _, v in pairs]
+
+            def on_each_device(strategy, grads, learning_rate, *condition):
+                extended = strategy.extended
+                extended.update(distribute.tf_variable(self.iterations), self._advance, args=condition or (None,),
+                                group=True)
+                for grad, variable in zip(grads, variables):
+                    update = functools.partial(self._apply_one, self._index[self._key(variable)])
+                    extended.update(distribute.tf_variable(variable), update,
+                                    args=(grad, learning_rate, *(condition or (None,))), group=True)
+            tf.distribute.get_replica_context().merge_call(
+                on_each_device, args=([g for g, _ in pairs], learning_rate) + (() if apply_if is None else (apply_if,)))
+            return
+        self._advance(self.iterations, apply_if)
         for grad, variable in pairs:
-            index = self._index[self._key(variable)]
-            m, v = self.m[index], self.v[index]
-            grad = tf.convert_to_tensor(grad)
+            self._apply_one(self._index[self._key(variable)], variable, grad, learning_rate, apply_if)
+
+    @staticmethod
+    def _advance(iterations, apply_if):
+        return iterations.assign_add(1 if apply_if is None else tf.cast(apply_if, tf.int64))
+
+    def _apply_one(self, index, variable, grad, learning_rate, apply_if):
+        step = tf.cast(self.iterations, tf.float32)
+        lr_t = learning_rate * tf.sqrt(1.0 - tf.pow(self.beta_2, step)) / (1.0 - tf.pow(self.beta_1, step))
+        m, v = self.m[index], self.v[index]
+        grad = tf.convert_to_tensor(grad)
+        if apply_if is None:
             m.assign(self.beta_1 * m + (1.0 - self.beta_1) * grad)
             v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad))
-            variable.assign_sub(lr_t * m / (tf.sqrt(v) + self.epsilon))
+            return variable.assign_sub(lr_t * m / (tf.sqrt(v) + self.epsilon))
+        new_m = self.beta_1 * m + (1.0 - self.beta_1) * grad
+        new_v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad)
+        m.assign(tf.where(apply_if, new_m, m))
+        v.assign(tf.where(apply_if, new_v, v))
+        return variable.assign_sub(tf.where(apply_if, lr_t * m / (tf.sqrt(v) + self.epsilon), tf.zeros_like(m)))
+
+
+def _assign(variable, value):
+    return variable.assign(value)
+
+
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 gradients in a custom loop (as Keras' LossScaleOptimizer).
+
+    The gradient is taken of scale * loss, then divided by the scale; when any gradient is
+    not finite the update is skipped and the scale halves; after `period` finite steps in a
+    row it doubles. `unscale` returns (gradients, finite) and updates the scale."""
+
+    def __init__(self, initial=2.0 ** 15, period=2000, name="loss_scale"):
+        super().__init__(name=name)
+        self.period = int(period)
+        self.scale = tf.Variable(float(initial), trainable=False, name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+
+    def unscale(self, grads):
+        """Gradients of scale * loss (summed over replicas) -> (gradients of loss, all finite)."""
+        present = [g for g in grads if g is not None]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])
+        inverse = 1.0 / self.scale
+        grads = [None if g is None else g * tf.cast(inverse, g.dtype) for g in grads]
+        good = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
+        grow = good >= self.period
+        scale = tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale), tf.maximum(self.scale / 2.0, 1.0))
+        distribute.synchronized_updates([(self.good_steps, _assign, (tf.where(grow, tf.zeros_like(good), good),)),
+                                         (self.scale, _assign, (scale,))])
+        return grads, finite

@@ -69,15 +69,7 @@ class Run:
     @classmethod
     def open(cls, run_dir, config_classes):
         """Reopens a run folder; `config_classes` maps method name -> its Config class."""
-        path = os.path.join(run_dir, "config.json")
-        if not os.path.exists(path):
-            raise UserError(f"{run_dir} is not a run folder (no config.json); "
-                            f"give the folder that train.py printed")
-        saved = io.load_json(path)
-        method = saved.get("method")
-        if method not in config_classes:
-            raise UserError(f"{path} names unknown method {method!r}; known: {sorted(config_classes)}")
-        return cls(run_dir, method, config_from_dict(config_classes[method], saved["config"]))
+        return cls(run_dir, *saved_config(run_dir, config_classes))
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -104,22 +96,43 @@ class Run:
 
     def restore_latest(self, checkpoint):
         """Restores the newest checkpoint, if any; returns its path or None."""
-        manager = self.checkpoint_manager(checkpoint)
-        if manager.latest_checkpoint is None:
-            return None
-        try:
-            checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot restore {manager.latest_checkpoint}: {first_line}; the checkpoint "
-                            f"is corrupt or from a different model shape: start a new run") from None
-        return manager.latest_checkpoint
+        return restore_latest(self.dir, checkpoint)
 
     def export_codes(self, arrays):
         io.save_mat(self.path("codes.mat"), arrays)
 
     def save_results(self, results):
         io.save_json(self.path("results.json"), results)
+
+
+def saved_config(run_dir, config_classes):
+    """(method, Config) of a run folder from RUN_DIR/config.json; `config_classes` maps
+    method name -> its Config class. Opens no TensorBoard writer (for read-only uses)."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise UserError(f"{run_dir} is not a run folder (no config.json); "
+                        f"give the folder that train.py printed")
+    saved = io.load_json(path)
+    method = saved.get("method")
+    if method not in config_classes:
+        raise UserError(f"{path} names method {method!r}, expected {' or '.join(sorted(config_classes))}; "
+                        f"give a run folder of that method")
+    return method, config_from_dict(config_classes[method], saved["config"])
+
+
+def restore_latest(run_dir, checkpoint):
+    """Restores RUN_DIR/checkpoints' newest checkpoint into `checkpoint`, if any; returns its path or None."""
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if latest is None:
+        return None
+    try:
+        checkpoint.restore(latest).expect_partial()
+    except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot restore {latest}: {first_line}; the checkpoint "
+                        f"is corrupt or from a different model shape: start a new run") from None
+    return latest
 
 
 def progress(iterable=None, total=None, desc=None, **kwargs):

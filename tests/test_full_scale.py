@@ -1,0 +1,314 @@
+"""Full-scale training (issue 6): several replicas, mixed precision, XLA, streamed images, real COCO.
+
+The two-replica comparison needs two logical CPU devices, which must be configured before
+TensorFlow initialises its devices: it runs in a fresh process (`python -m tests.test_full_scale
+mirrored`, or `worker` for one process of a multiworker cluster) that reports the differences as JSON.
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from tests.conftest import shared_path
+from utils.errors import UserError
+
+N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH, ROUNDS = 24, 5, 60, 12, 8, 2
+STEPS = ("lab", "dis", "img", "txt")
+
+
+def relative_difference(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1.0))) if a.size else 0.0
+
+
+def tiny_data():
+    rng = np.random.RandomState(0)
+    labels = (rng.rand(N, CLASSES) < 0.4).astype(np.float32)
+    labels[np.arange(N), rng.randint(0, CLASSES, N)] = 1.0
+    images = rng.randn(N, IMAGE_DIM).astype(np.float32)
+    texts = (rng.rand(N, TEXT_DIM) < 0.2).astype(np.float32)
+    return labels, images, texts
+
+
+def tiny_trainer(variant="original", strategy=None, **overrides):
+    import tensorflow as tf
+
+    from models.ssah import FeatureTrunk
+    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from utils import distribute
+
+    labels = tiny_data()[0]
+    config = dataclasses.replace(Config(bits=8, embed_dim=16, hidden_dim=32, batch_size=BATCH),
+                                 **{**PRESETS[variant], **overrides})
+    tf.keras.utils.set_random_seed(0)
+    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+        trunk = FeatureTrunk(32)
+    trainer = SSAHTrainer(config, labels, TEXT_DIM, trunk, strategy=strategy)
+    trainer.build((IMAGE_DIM,))
+    return trainer
+
+
+def run_steps(trainer, steps=STEPS, rounds=ROUNDS, lr=1e-2):
+    """Losses of `rounds` rounds of `steps`, each on a new random batch (same draws for every trainer)."""
+    labels, images, texts = tiny_data()
+    rng = np.random.RandomState(1)
+    losses = []
+    for _ in range(rounds):
+        for step in steps:
+            rows = rng.permutation(N)[:BATCH]
+            args = {"lab": (rows, labels[rows]), "dis": (images[rows], texts[rows], labels[rows]),
+                    "img": (rows, images[rows], labels[rows]), "txt": (rows, texts[rows], labels[rows])}[step]
+            losses.append(trainer.step(step, *args, learning_rate=lr))
+    return losses
+
+
+def run_variant(variant, strategy):
+    """Losses of ROUNDS rounds of the four steps, and the final variables and buffers."""
+    trainer = tiny_trainer(variant, strategy)
+    losses = run_steps(trainer)
+    variables = [v.numpy() for net in trainer.nets.values() for v in net.trainable_variables]
+    buffers = [b.numpy() for b in trainer.buffers.values()]
+    return losses, variables, buffers
+
+
+def main(mode):
+    """mirrored: two logical CPU devices in this process; worker: one worker of the
+    MultiWorkerMirroredStrategy cluster in TF_CONFIG (one CPU replica per worker)."""
+    import tensorflow as tf
+    if mode == "worker":
+        two = tf.distribute.MultiWorkerMirroredStrategy()  # before any other TensorFlow work
+    else:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    tf.config.experimental.enable_op_determinism()
+    report = {}
+    for variant in ("original", "paper"):
+        one_losses, one_vars, one_buffers = run_variant(variant, None)
+        two_losses, two_vars, two_buffers = run_variant(variant, two)
+        report[variant] = {
+            "replicas": two.num_replicas_in_sync,
+            "loss_keys_equal": all(a.keys() == b.keys() for a, b in zip(one_losses, two_losses)),
+            "losses": [{k: (a[k], b[k]) for k in a} for a, b in zip(one_losses, two_losses)],
+            "loss_difference": max(relative_difference(a[k], b[k]) for a, b in zip(one_losses, two_losses) for k in a),
+            "variable_difference": max(relative_difference(a, b) for a, b in zip(two_vars, one_vars)),
+            "buffer_difference": max(relative_difference(a, b) for a, b in zip(two_buffers, one_buffers)),
+        }
+    print("REPORT " + json.dumps(report))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_report(stdout, stderr):
+    lines = [line for line in stdout.splitlines() if line.startswith("REPORT ")]
+    assert lines, stderr[-3000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert sorted(report) == ["original", "paper"]
+    for variant, result in report.items():
+        assert result["replicas"] == 2 and result["loss_keys_equal"]
+        assert len(result["losses"]) == ROUNDS * len(STEPS)
+        # every loss term of every step (LabNet, discriminators, ImgNet, TxtNet), several rounds
+        assert result["loss_difference"] < 1e-5, (variant, result["losses"])
+        # Adam divides by sqrt(v): float32 rounding of tiny gradients shows a little more in the weights
+        assert result["variable_difference"] < 1e-4, variant
+        assert result["buffer_difference"] < 1e-5, variant
+
+
+def test_two_replicas_match_one_replica_on_the_global_batch():
+    done = subprocess.run([sys.executable, "-m", "tests.test_full_scale", "mirrored"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_report(done.stdout, done.stderr)
+
+
+@pytest.mark.skipif(os.environ.get("ADVHASH_MULTIWORKER_TEST") != "1",
+                    reason="starts a two-process cluster on localhost (~20 s); set ADVHASH_MULTIWORKER_TEST=1")
+def test_two_workers_match_one_replica_on_the_global_batch():
+    import socket
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("localhost", 0))
+            ports.append(probe.getsockname()[1])
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
+                     "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.test_full_scale", "worker"], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}))
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-3000:]
+        check_report(stdout, stderr)
+
+
+def test_jit_steps_equal_plain_steps():
+    steps = ("lab",)  # XLA compiles slowly on CPU: one step (scatter writes, pairwise terms, TF1 Adam)
+    plain = run_steps(tiny_trainer(), steps, rounds=2)
+    compiled = run_steps(tiny_trainer(jit=True), steps, rounds=2)
+    for a, b in zip(plain, compiled):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+def test_mixed_precision_computes_in_float16_and_keeps_float32_state():
+    steps = ("img", "txt")  # float16 trunk, MS fusion and LRN; buffer writes
+    reference = run_steps(tiny_trainer(), steps, rounds=1)
+    trainer = tiny_trainer(mixed_precision=True)
+    mixed = run_steps(trainer, steps, rounds=1)
+    layer = trainer.nets["txt"].fc1
+    assert layer.compute_dtype == "float16" and layer.kernel.dtype == "float32"
+    assert all(b.dtype == "float32" for b in trainer.buffers.values())
+    assert sorted(trainer.loss_scales) == sorted(STEPS)
+    for a, b in zip(reference, mixed):
+        for key in a:  # float16 activations: close to, not equal to, the float32 losses
+            assert np.isfinite(b[key]) and b[key] == pytest.approx(a[key], rel=2e-2, abs=1e-2), key
+    assert all(np.isfinite(float(s.scale.numpy())) and float(s.scale.numpy()) >= 1.0
+               for s in trainer.loss_scales.values())
+
+
+def test_loss_scale_skips_non_finite_updates_and_halves():
+    import tensorflow as tf
+
+    from utils.optim import DynamicLossScale, TF1Adam
+    variable = tf.Variable([1.0, 2.0])
+    optimizer, scale = TF1Adam(), DynamicLossScale(initial=8.0, period=2)
+    optimizer.build([variable])
+    for grad, expect_finite, expect_scale in (([np.inf, 1.0], False, 4.0), ([4.0, 4.0], True, 4.0),
+                                              ([4.0, 4.0], True, 8.0)):
+        before = variable.numpy().copy(), int(optimizer.iterations.numpy())
+        grads, finite = scale.unscale([tf.constant(grad, tf.float32)])
+        optimizer.apply_gradients(zip(grads, [variable]), 0.1, apply_if=finite)
+        assert bool(finite) == expect_finite and float(scale.scale.numpy()) == expect_scale
+        if expect_finite:
+            np.testing.assert_allclose(grads[0].numpy(), np.asarray(grad) / 4.0)  # the scale before the step
+            assert int(optimizer.iterations.numpy()) == before[1] + 1
+            assert not np.array_equal(variable.numpy(), before[0])
+        else:  # skipped: variable, moments and counter untouched
+            np.testing.assert_array_equal(variable.numpy(), before[0])
+            assert int(optimizer.iterations.numpy()) == before[1] and not optimizer.m[0].numpy().any()
+
+
+def test_strategy_settings_fail_with_one_line_messages(monkeypatch):
+    import tensorflow as tf
+
+    from utils import distribute
+    with pytest.raises(UserError, match="unknown strategy"):
+        distribute.make_strategy("tpu")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UserError, match="TF_CONFIG is not JSON"):
+        distribute.make_strategy("multiworker")
+    monkeypatch.delenv("TF_CONFIG")
+    one_device = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with pytest.raises(UserError, match="drop --jit or use --strategy none"):
+        distribute.replicated_step(one_device, lambda x, lr: {"loss": x}, jit=True)
+    two_replicas = type("TwoReplicas", (), {"num_replicas_in_sync": 2})()
+    with pytest.raises(UserError, match="multiple of 2"):
+        distribute.split_batch(two_replicas, [np.zeros((7, 3))])
+
+
+# --------------------------------------------------------------------------- streamed images
+
+FAST = ["--method", "ssah", "--schedule", "tiny", "--bits", "8", "--embed-dim", "16", "--hidden-dim", "32",
+        "--batch-size", "8", "--eval-batch-size", "16", "--epochs", "1"]
+
+
+def write_small_image_file(path, n=30, size=8):
+    """A DCMH-layout HDF5 file (MATLAB axis order) with small images: read lazily, like a real one."""
+    rng = np.random.RandomState(0)
+    labels = (rng.rand(n, 4) < 0.4).astype(np.uint8)
+    labels[np.arange(n), rng.randint(0, 4, n)] = 1
+    images = (labels @ rng.randint(0, 60, (4, size * size * 3)) + rng.randint(0, 16, (n, size * size * 3)))
+    with h5py.File(path, "w") as f:
+        f["images"] = np.ascontiguousarray(images.astype(np.uint8).reshape(n, size, size, 3).T)
+        f["YAll"] = np.ascontiguousarray((rng.rand(n, 20) < 0.3).astype(np.uint8).T)
+        f["LAll"] = np.ascontiguousarray(labels.T)
+
+
+def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch):
+    """Same draws, same batches: a lazy HDF5 source (streamed) and the same images in memory
+    give identical codes and figures; only the lazy run goes through utils.data.pipeline."""
+    import keras
+
+    import train
+    import trainers.ssah as ssah
+    import utils.data
+    import utils.data.pipeline as pipeline
+    from utils.data.dcmh import HDF5Images
+
+    path = str(tmp_path / "small.h5")
+    write_small_image_file(path)
+
+    def small_trunk(config, data, backbone):  # CNN-F needs 224 x 224: a dense trunk on the pixels
+        trunk = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(32, activation="relu")])
+        return trunk, lambda x: (keras.ops.cast(x, "float32") - 100.0) / 50.0
+    monkeypatch.setattr(ssah, "build_trunk", small_trunk)
+    streamed_calls = []
+    real_batches = pipeline.image_batches
+    monkeypatch.setattr(pipeline, "image_batches", lambda *a, **k: streamed_calls.append(1) or real_batches(*a, **k))
+    real_load = utils.data.load_dataset
+    outputs = {}
+    for mode in ("lazy", "memory"):
+        def load(*args, **kwargs):
+            data = real_load(*args, **kwargs, split_sizes=(6, 16))
+            assert isinstance(data.images, HDF5Images)
+            if mode == "memory":
+                data.images = data.images[np.arange(len(data.images))]
+            return data
+        monkeypatch.setattr(utils.data, "load_dataset", load)
+        streamed_calls.clear()
+        results = train.main(FAST + ["--dataset", "coco", "--data", path, "--seed", "3",
+                                     "--runs-dir", str(tmp_path), "--run-name", mode])
+        outputs[mode] = results, scipy.io.loadmat(tmp_path / mode / "codes.mat"), len(streamed_calls)
+    (lazy, lazy_codes, lazy_calls), (memory, memory_codes, memory_calls) = outputs["lazy"], outputs["memory"]
+    assert lazy_calls >= 4 and memory_calls == 0  # discriminator and ImgNet passes, query and database codes
+    assert lazy["final"] == memory["final"]
+    for field in ("Qi", "Di", "Qt", "Dt"):
+        np.testing.assert_array_equal(lazy_codes[field], memory_codes[field])
+
+
+# --------------------------------------------------------------------------- real COCO, end to end
+
+def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
+    """Official COCO layout -> utils.prepare coco -> train.py (CNN-F, 32 bits) -> eval.py report."""
+    root = shared_path("data", "coco-mini")
+    import eval as evaluation
+    import train
+    import utils.data.pipeline as pipeline
+    from utils import prepare
+
+    out = str(tmp_path / "coco.h5")
+    assert prepare.main(["coco", "--annotations", os.path.join(root, "annotations"),
+                         "--images", os.path.join(root, "train2017"), "--images", os.path.join(root, "val2017"),
+                         "--out", out, "--workers", "2", "--split-sizes", "20,80"]) == 0
+    split_file = prepare.sidecar_paths(out)[2]
+    streamed_calls = []
+    real_batches = pipeline.image_batches
+    monkeypatch.setattr(pipeline, "image_batches", lambda *a, **k: streamed_calls.append(1) or real_batches(*a, **k))
+    results = train.main(["--method", "ssah", "--dataset", "coco", "--data", out, "--split-file", split_file,
+                          "--backbone", "cnnf", "--bits", "32", "--schedule", "tiny", "--epochs", "1",
+                          "--batch-size", "16", "--embed-dim", "64", "--hidden-dim", "256",
+                          "--eval-batch-size", "40", "--runs-dir", str(tmp_path), "--run-name", "coco"])
+    assert len(streamed_calls) >= 4  # the 224 x 224 images streamed from the prepared file
+    run_dir = tmp_path / "coco"
+    codes = scipy.io.loadmat(run_dir / "codes.mat")
+    assert codes["Qi"].shape == (20, 32) and codes["Di"].shape == (139, 32) and codes["Dt"].shape == (139, 32)
+    assert codes["query_L"].shape == (20, 80)
+    evaluation.main([str(run_dir), "--no-tensorboard"])
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    for direction in ("i->t", "t->i"):
+        assert report["summary"][direction]["map"] == pytest.approx(results["final"][direction], abs=1e-6)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "mirrored")
