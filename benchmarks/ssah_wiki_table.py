@@ -2,11 +2,18 @@
 
 Runs `python train.py --method ssah --dataset wiki --backbone features --bits K --variant V
 --seed S` for every combination, one run at a time, and prints i->t and t->i mAP as
-mean +- std over the seeds. Runs already finished in --runs-dir are read, not redone.
+mean +- std over the seeds (JSON to --json). Runs already finished in --runs-dir are read,
+not redone.
 
-    python benchmarks/ssah_wiki_table.py --schedule short --epochs 1
-    python benchmarks/ssah_wiki_table.py --schedule original --epochs 5   # the program's passes
-    python benchmarks/ssah_wiki_table.py --variants original --extra "--pairwise-loss nll" --label -nll
+Defaults: the program's passes (--schedule original), one epoch, and LabNet/ImgNet rates
+10^-2.5 / 10^-3.5 instead of the program's 10^-2 / 10^-4.5. With the program's LabNet rate
+(1e-2) the first Adam steps kill LabNet's relu units on Wikipedia (90% of pairs dissimilar
+push every feature down) and every code collapses to one; 10^-4.5 is the program's rate for
+a pretrained CNN-F and barely moves the random feature trunk.
+
+    python benchmarks/ssah_wiki_table.py
+    python benchmarks/ssah_wiki_table.py --lr "" --schedule short       # the program's rates
+    python benchmarks/ssah_wiki_table.py --variant-extra "paper=--labnet-activation relu"
 """
 import argparse
 import json
@@ -24,28 +31,36 @@ def main():
     parser.add_argument("--bits", default="16,32,64")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default="original,paper")
-    parser.add_argument("--schedule", default="short")
+    parser.add_argument("--schedule", default="original")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--runs-dir", default=os.path.join(REPO, "runs", "ssah-wiki-table"))
+    parser.add_argument("--lr", default="--lr-lab-exponent 2.5 --lr-img-exponent 3.5",
+                        help="learning-rate options given to every run ('' = the program's)")
     parser.add_argument("--extra", default="", help="more train.py options, e.g. '--pairwise-loss nll'")
+    parser.add_argument("--variant-extra", action="append", default=[], metavar="VARIANT=OPTIONS",
+                        help="train.py options for one variant only, e.g. 'paper=--labnet-activation relu'")
+    parser.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "ssah_wiki_table.json"))
     parser.add_argument("--label", default="", help="name for the --extra options in run names and the table")
     args = parser.parse_args()
 
     bits = [int(b) for b in args.bits.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
+    variant_extra = dict(item.split("=", 1) for item in args.variant_extra)
+    options = {v: " ".join(filter(None, (args.lr, args.extra, variant_extra.get(v, "")))) for v in variants}
     figures = {}
     for variant in variants:
         for k in bits:
             for seed in seeds:
-                name = f"{variant}{args.label}-{k}b-seed{seed}-{args.schedule}-e{args.epochs}"
+                tag = "-paperlr" if not args.lr else ""
+                name = f"{variant}{args.label}{tag}-{k}b-seed{seed}-{args.schedule}-e{args.epochs}"
                 results_path = os.path.join(args.runs_dir, name, "results.json")
                 if not os.path.exists(results_path):
                     command = [sys.executable, os.path.join(REPO, "train.py"), "--method", "ssah",
                                "--dataset", "wiki", "--backbone", "features", "--bits", str(k),
                                "--variant", variant, "--seed", str(seed), "--schedule", args.schedule,
                                "--epochs", str(args.epochs), "--runs-dir", args.runs_dir, "--run-name", name]
-                    command += args.extra.split()
+                    command += options[variant].split()
                     print(" ".join(command[1:]), flush=True)
                     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
                 with open(results_path) as f:
@@ -56,6 +71,8 @@ def main():
 
     print(f"\nWikipedia, mAP@all, schedule {args.schedule}, {args.epochs} epoch(s), "
           f"mean +- std over seeds {seeds}\n")
+    table = {"schedule": args.schedule, "epochs": args.epochs, "seeds": seeds, "bits": bits,
+             "options": options, "rows": []}
     print("| variant | direction | " + " | ".join(f"{k} bits" for k in bits) + " |")
     print("|---|---|" + "---|" * len(bits))
     for variant in variants:
@@ -64,7 +81,16 @@ def main():
             for k in bits:
                 values = np.array([figures[(variant, k, s)][direction] for s in seeds])
                 cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
-            print(f"| {variant}{' ' + args.extra if args.extra else ''} | {direction} | " + " | ".join(cells) + " |")
+                table["rows"].append({"variant": variant, "options": options[variant], "direction": direction,
+                                      "bits": k, "mean": float(values.mean()), "std": float(values.std()),
+                                      "per_seed": values.tolist()})
+            print(f"| {variant} {options[variant]} | {direction} | " + " | ".join(cells) + " |")
+    if args.json:
+        sys.path.insert(0, REPO)
+        from utils import io
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        io.save_json(args.json, table)
+        print(f"\nwritten {args.json}")
 
 
 if __name__ == "__main__":

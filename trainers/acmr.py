@@ -109,6 +109,10 @@ class Config(CommonConfig):
                                      "(640 of the 693 Wikipedia test pairs)")
     eval_every: int = _field(1, "evaluate both protocols every N epochs (and after the last)")
     log_every: int = _field(5, "log the loss terms to TensorBoard every N iterations")
+    separability_every: int = _field(0, "measurement only: every N epochs, fit a fresh linear classifier to "
+                                     "convergence telling the training pairs' image from text embeddings and "
+                                     "log its accuracy on the test pairs (eval/modality/separability), next to "
+                                     "the live modality classifier's test accuracy; 0: off")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -132,6 +136,8 @@ def check_config(config):
         raise UserError(f"--batch-size must be at least 2 (negatives are mined within a batch), got {config.batch_size}")
     if config.projector_steps < 1 or config.eval_every < 1 or config.log_every < 1 or config.top_k < 1:
         raise UserError("--projector-steps, --eval-every, --log-every and --top-k must be at least 1")
+    if config.separability_every < 0:
+        raise UserError(f"--separability-every must be >= 0 (0: off), got {config.separability_every}")
     if config.epochs < 0:
         raise UserError(f"--epochs must be >= 0 (0: the program's), got {config.epochs}")
     for name in ("learning_rate", "modality_learning_rate"):
@@ -323,6 +329,25 @@ def evaluate(model, data, config):
     return {k: {n: float(v) for n, v in p.items()} for k, p in figures.items()}, exports
 
 
+def modality_diagnostics(model, data):
+    """How the modality game stands (measurements only; nothing is trained in the model):
+    live_test: the live modality classifier's accuracy on the test pairs' embeddings;
+    separability: a fresh linear classifier fitted to convergence on the training pairs'
+    embeddings (utils.separability), its accuracy on the test pairs. 0.5 = chance."""
+    import tensorflow as tf
+    from losses.acmr import modality_accuracy
+    from utils.separability import linear_separability
+    train_img, train_txt, _ = data.part("train")
+    query_img, query_txt, _ = data.part("query")
+    e_train_img, e_train_txt = model.embed(train_img, train_txt)
+    e_img, e_txt = model.embed(query_img, query_txt)
+    classifier = model.nets.modality_classifier
+    live = modality_accuracy(classifier(tf.constant(e_img), reverse=False),
+                             classifier(tf.constant(e_txt), reverse=False))
+    probe = linear_separability(e_train_img, e_train_txt, e_img, e_txt)
+    return {"live_test": float(live), "separability": probe["test"], "separability_train": probe["train"]}
+
+
 # ----------------------------------------------------------------------------- training
 
 def fit(config, data=None, run=None, resume=False, model=None):
@@ -361,7 +386,7 @@ def fit(config, data=None, run=None, resume=False, model=None):
     for epoch in bar:
         lam = lambda_for_epoch(config, epoch, epochs)
         model.set_lambda(lam)
-        sums, count = {}, 0
+        sums, count, batch_accuracy = {}, 0, []
         for rows in epoch_batches(len(train_img), config.batch_size, config.shuffle, config.drop_last,
                                   config.seed, epoch):
             img, txt, labels = train_img[rows], train_txt[rows], train_labels[rows]
@@ -374,11 +399,15 @@ def fit(config, data=None, run=None, resume=False, model=None):
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
+            batch_accuracy.append(values["modality_accuracy"])
             if run is not None and iteration % config.log_every == 0:
                 run.log_scalars(iteration, {**values, "lambda": lam}, prefix="train/")
             iteration += 1
         means = {k: v / max(count, 1) for k, v in sums.items()}
-        record = {"epoch": epoch + 1, "lambda": lam, "losses": means}
+        # modality_accuracy_batches: each batch's accuracy before that iteration's updates.
+        record = {"epoch": epoch + 1, "lambda": lam, "losses": means, "modality_accuracy_batches": batch_accuracy}
+        if config.separability_every and ((epoch + 1) % config.separability_every == 0 or epoch + 1 == epochs):
+            record["modality"] = modality_diagnostics(model, data)
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
             record["map"], _ = evaluate(model, data, config)
         history.append(record)
@@ -386,6 +415,8 @@ def fit(config, data=None, run=None, resume=False, model=None):
                         map=f"{record.get('map', {}).get('authors', {}).get('average', float('nan')):.3f}")
         if run is not None:
             run.log_scalars(epoch + 1, {**means, "lambda": lam}, prefix="epoch/")
+            if "modality" in record:
+                run.log_scalars(epoch + 1, record["modality"], prefix="eval/modality/")
             for protocol, figures in record.get("map", {}).items():
                 run.log_scalars(epoch + 1, figures, prefix=f"eval/{protocol}/")
             epoch_var.assign(epoch + 1)
@@ -412,3 +443,34 @@ def _saved_history(run):
 
 def train(config, run, resume=False):
     return fit(config, run=run, resume=resume)
+
+
+# ----------------------------------------------------------------------------- encoding new items
+
+def encode(run_dir, inputs, modality):
+    """Embeddings (float32, items x dims) of new items from a trained ACMR run.
+
+    Rebuilds the projectors from RUN_DIR/config.json (the run's dataset is loaded for its
+    feature sizes) and restores the latest checkpoint. modality "image" (image feature
+    rows) or "text" (text feature rows), shaped like the run's data."""
+    import tensorflow as tf
+
+    from utils.run import restore_latest, saved_config
+    if modality not in ("image", "text"):
+        raise UserError(f"unknown modality {modality!r} for ACMR; choose image or text")
+    _, config = saved_config(run_dir, {"acmr": Config})
+    data = load_data(config)
+    image_dim, text_dim = data.images.shape[1], data.text_dim
+    inputs = np.asarray(inputs, np.float32)
+    inputs = inputs[None] if inputs.ndim == 1 else inputs
+    width = image_dim if modality == "image" else text_dim
+    if inputs.ndim != 2 or inputs.shape[1] != width:
+        raise UserError(f"{modality} inputs of shape {inputs.shape[1:]} per item, but the run was trained "
+                        f"on {width}-d {modality} features; give features like the run's data")
+    model = AcmrModel(config, image_dim, text_dim, data.num_classes)
+    epoch, iteration = (tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))
+    if restore_latest(run_dir, model.checkpoint(epoch, iteration)) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+    other = np.zeros((len(inputs), text_dim if modality == "image" else image_dim), np.float32)
+    images, texts = (inputs, other) if modality == "image" else (other, inputs)
+    return model.embed(images, texts)[0 if modality == "image" else 1]
