@@ -12,12 +12,11 @@ The fields and directions come from utils.exports.EXPORTS for the run's method
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 
 from utils import io, metrics, plots
-from utils.errors import UserError
+from utils.errors import UserError, run_command_line
 from utils.exports import EXPORTS
 
 DISTANCES = ("hamming", "euclidean", "cosine")
@@ -301,8 +300,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command_line(main)

@@ -6,11 +6,12 @@
 import argparse
 import dataclasses
 import json
-import sys
+import os
+import shutil
 
 from trainers import METHODS, get_method
 from utils.config import add_config_arguments, config_from_args
-from utils.errors import UserError
+from utils.errors import UserError, run_command_line
 
 
 def build_config(module, args):
@@ -50,13 +51,14 @@ def main(argv=None):
         results = module.train(config, run, resume=bool(known.resume))
     except NonFiniteLoss as error:
         raise UserError(str(error)) from None
+    except UserError:
+        checkpoints = run.path("checkpoints")
+        if not known.resume and not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+            shutil.rmtree(run.dir)  # bad input found before anything was trained: leave no empty run
+        raise
     print(json.dumps(results.get("final", results), indent=2, sort_keys=True))
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command_line(main)

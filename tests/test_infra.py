@@ -115,3 +115,11 @@ def test_train_cli_rejects_unknown_dataset_in_one_line():
     result = subprocess.run([sys.executable, "train.py", "--method", "nosuch"], cwd=root,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'nosuch'" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["ssah", "acmr", "metah"])
+def test_bad_dataset_leaves_no_empty_run_folder(tmp_path, method):
+    import train
+    with pytest.raises(UserError, match="nosuch"):
+        train.main(["--method", method, "--dataset", "nosuch", "--runs-dir", str(tmp_path)])
+    assert os.listdir(tmp_path) == []

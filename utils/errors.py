@@ -7,3 +7,13 @@ message must name the problem and the fix.
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a wrong shape, an unknown name."""
+
+
+def run_command_line(main):
+    """Runs a command's main(); a UserError ends it with one line on stderr and exit status 2."""
+    import sys
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
