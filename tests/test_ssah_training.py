@@ -9,19 +9,12 @@ import scipy.io
 import train
 from tests.conftest import shared_path
 from utils.errors import UserError
-from utils.metrics import hash_lookup_curve, mean_average_precision
+from utils.metrics import hash_lookup_curve, mean_average_precision, random_codes_map
 
 # Small nets and a one-pass-per-net schedule; image/text rates raised so that a couple of
 # epochs learn something (the program's 10^-4.5 / 10^-3.5 need many passes).
 FAST = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "64",
         "--hidden-dim", "256", "--lr-img-exponent", "2", "--lr-txt-exponent", "2"]
-
-
-def random_codes_map(query_labels, db_labels, bits=16, draws=3):
-    rng = np.random.RandomState(0)
-    return float(np.mean([mean_average_precision(np.sign(rng.randn(len(query_labels), bits)),
-                                                 np.sign(rng.randn(len(db_labels), bits)),
-                                                 query_labels, db_labels) for _ in range(draws)]))
 
 
 def lookup_gain(codes, query, db):
@@ -42,7 +35,7 @@ def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
     assert set(np.unique(codes["Qi"])) <= {-1.0, 1.0}
     saved = json.loads((run_dir / "results.json").read_text())
     assert [e["epoch"] for e in saved["epochs"]] == [1, 2]
-    baseline = random_codes_map(codes["query_L"], codes["retrieval_L"])
+    baseline = random_codes_map(codes["query_L"], codes["retrieval_L"], bits=16)
     final = results["final"]
     # The codes in codes.mat are the ones the figures were computed from.
     assert final["i->i"] == pytest.approx(mean_average_precision(codes["Qi"], codes["Di"], codes["query_L"],
@@ -119,7 +112,7 @@ def test_mirflickr_tags_and_labels_with_made_features(tmp_path, capsys):
     results = train.main(FAST + ["--dataset", "flickr", "--data", str(data_dir), "--epochs", "1",
                                  "--runs-dir", str(tmp_path), "--run-name", "mir"])
     codes = scipy.io.loadmat(tmp_path / "mir" / "codes.mat")
-    baseline = random_codes_map(codes["query_L"], codes["retrieval_L"])
+    baseline = random_codes_map(codes["query_L"], codes["retrieval_L"], bits=16)
     with capsys.disabled():
         print(f"\nMIRFLICKR t->t mAP {results['final']['t->t']:.4f} vs random codes {baseline:.4f}; "
               f"i->t {results['final']['i->t']:.4f}; t->t lookup gain {lookup_gain(codes, 'Qt', 'Dt'):.4f}")

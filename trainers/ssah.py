@@ -74,7 +74,8 @@ class Config(CommonConfig):
     feature_norm: str = _field("standardize", "image FEATURE preprocessing (features backbone only; "
                                "the program has no feature path): standardize with the training "
                                "mean/std per dimension, or none", choices=("standardize", "none"))
-    labnet_activation: str = _field("relu", "LabNet hidden activation: relu (program) or sigmoid (paper text)",
+    labnet_activation: str = _field("relu", "LabNet hidden activation: relu (program) or sigmoid (paper text; "
+                                    "on Wikipedia its features sink to 0 and every code collapses: README)",
                                     choices=("relu", "sigmoid"))
     discriminator_hidden: tuple[int, ...] = _field((512, 256), "discriminator hidden widths "
                                                    "(program 512,256; paper 4096,4096)")

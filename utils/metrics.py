@@ -495,6 +495,14 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k
     return float(ap.mean())
 
 
+def random_codes_map(query_labels, db_labels, bits, draws=3, seed=0):
+    """The chance level: mAP of random +-1 codes (seeded, mean over `draws`) on these labels."""
+    rng = np.random.RandomState(seed)
+    return float(np.mean([mean_average_precision(np.sign(rng.randn(len(query_labels), bits)),
+                                                 np.sign(rng.randn(len(db_labels), bits)),
+                                                 query_labels, db_labels) for _ in range(draws)]))
+
+
 def embedding_map(query, db, query_labels, db_labels, metric="euclidean", top_k=None):
     """mAP of ranking real-valued embeddings by euclidean or cosine distance; same AP and tie rules."""
     if metric not in ("euclidean", "cosine"):
