@@ -15,8 +15,11 @@ from utils.errors import UserError, run_command_line
 
 
 def build_config(module, args):
-    """Defaults, then the chosen preset (variant / ablation), then explicit options."""
+    """Defaults, then the method's defaults for the chosen dataset, then the chosen preset
+    (variant / ablation), then explicit options."""
     config = module.Config()
+    dataset = getattr(args, "dataset", None) or config.dataset
+    config = dataclasses.replace(config, **getattr(module, "DATASET_DEFAULTS", {}).get(dataset, {}))
     preset_field = getattr(module, "PRESET_FIELD", None)
     if preset_field:
         chosen = getattr(args, preset_field, None) or getattr(config, preset_field)

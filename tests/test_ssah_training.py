@@ -118,3 +118,23 @@ def test_mirflickr_tags_and_labels_with_made_features(tmp_path, capsys):
               f"i->t {results['final']['i->t']:.4f}; t->t lookup gain {lookup_gain(codes, 'Qt', 'Dt'):.4f}")
     assert results["final"]["t->t"] > baseline + 0.03
     assert lookup_gain(codes, "Qt", "Dt") > 0.05
+
+
+def test_wiki_starts_from_its_dataset_defaults_and_explicit_options_win():
+    import argparse
+    from train import build_config
+    from trainers import ssah
+    from utils.config import add_config_arguments
+
+    def config_for(argv):
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, ssah.Config)
+        return build_config(ssah, parser.parse_args(argv))
+
+    def rates(config):
+        return config.lr_lab_exponent, config.lr_img_exponent, config.epochs
+
+    assert rates(config_for([])) == (2.0, 4.5, 5)  # the program's rates elsewhere
+    wiki = config_for(["--dataset", "wiki", "--variant", "paper"])
+    assert rates(wiki) == (2.5, 3.5, 1) and wiki.labnet_activation == "sigmoid"  # the variant still applies
+    assert rates(config_for(["--dataset", "wiki", "--lr-lab-exponent", "2", "--epochs", "3"])) == (2.0, 3.5, 3)
