@@ -5,14 +5,15 @@ Runs `python train.py --method ssah --dataset wiki --backbone features --bits K 
 mean +- std over the seeds (JSON to --json). Runs already finished in --runs-dir are read,
 not redone.
 
-Defaults: the program's passes (--schedule original), one epoch, and LabNet/ImgNet rates
-10^-2.5 / 10^-3.5 instead of the program's 10^-2 / 10^-4.5. With the program's LabNet rate
+Defaults: the program's passes (--schedule original), one epoch, and train.py's rates for
+--dataset wiki (trainers.ssah.DATASET_DEFAULTS: LabNet/ImgNet 10^-2.5 / 10^-3.5 instead of
+the program's 10^-2 / 10^-4.5). With the program's LabNet rate
 (1e-2) the first Adam steps kill LabNet's relu units on Wikipedia (90% of pairs dissimilar
 push every feature down) and every code collapses to one; 10^-4.5 is the program's rate for
 a pretrained CNN-F and barely moves the random feature trunk.
 
     python benchmarks/ssah_wiki_table.py
-    python benchmarks/ssah_wiki_table.py --lr "" --schedule short       # the program's rates
+    python benchmarks/ssah_wiki_table.py --lr "--lr-lab-exponent 2 --lr-img-exponent 4.5"   # the program's rates
     python benchmarks/ssah_wiki_table.py --variant-extra "paper=--labnet-activation relu"
 """
 import argparse
@@ -34,8 +35,8 @@ def main():
     parser.add_argument("--schedule", default="original")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--runs-dir", default=os.path.join(REPO, "runs", "ssah-wiki-table"))
-    parser.add_argument("--lr", default="--lr-lab-exponent 2.5 --lr-img-exponent 3.5",
-                        help="learning-rate options given to every run ('' = the program's)")
+    parser.add_argument("--lr", default="", help="learning-rate options given to every run "
+                        "('' = train.py's --dataset wiki defaults)")
     parser.add_argument("--extra", default="", help="more train.py options, e.g. '--pairwise-loss nll'")
     parser.add_argument("--variant-extra", action="append", default=[], metavar="VARIANT=OPTIONS",
                         help="train.py options for one variant only, e.g. 'paper=--labnet-activation relu'")
@@ -48,12 +49,12 @@ def main():
     variants = args.variants.split(",")
     variant_extra = dict(item.split("=", 1) for item in args.variant_extra)
     options = {v: " ".join(filter(None, (args.lr, args.extra, variant_extra.get(v, "")))) for v in variants}
+    lr_tag = "-" + "-".join(args.lr.replace("--lr-", "").replace("-exponent", "").split()) if args.lr else ""
     figures = {}
     for variant in variants:
         for k in bits:
             for seed in seeds:
-                tag = "-paperlr" if not args.lr else ""
-                name = f"{variant}{args.label}{tag}-{k}b-seed{seed}-{args.schedule}-e{args.epochs}"
+                name = f"{variant}{args.label}{lr_tag}-{k}b-seed{seed}-{args.schedule}-e{args.epochs}"
                 results_path = os.path.join(args.runs_dir, name, "results.json")
                 if not os.path.exists(results_path):
                     command = [sys.executable, os.path.join(REPO, "train.py"), "--method", "ssah",
