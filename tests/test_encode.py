@@ -12,13 +12,18 @@ SSAH_TINY = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-
              "--hidden-dim", "64", "--epochs", "1"]
 
 
+def trained_on_synthetic(tmp_path, options):
+    """(run folder, its exported codes.mat, the synthetic query images and texts) of a fresh run."""
+    from utils.data import load_dataset
+    train.main(options + ["--runs-dir", str(tmp_path), "--run-name", "run"])
+    run_dir = str(tmp_path / "run")
+    query_images, query_texts, _ = load_dataset("synthetic").part("query")
+    return run_dir, scipy.io.loadmat(f"{run_dir}/codes.mat"), query_images, query_texts
+
+
 def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
     import trainers.ssah as ssah
-    from utils.data import load_dataset
-    train.main(SSAH_TINY + ["--runs-dir", str(tmp_path), "--run-name", "run"])
-    run_dir = str(tmp_path / "run")
-    exported = scipy.io.loadmat(f"{run_dir}/codes.mat")
-    query_images, query_texts, _ = load_dataset("synthetic").part("query")
+    run_dir, exported, query_images, query_texts = trained_on_synthetic(tmp_path, SSAH_TINY)
     np.testing.assert_array_equal(ssah.encode(run_dir, query_images, "image"), exported["Qi"])
     np.testing.assert_array_equal(ssah.encode(run_dir, query_texts, "text"), exported["Qt"])
     # tag words go through the dataset's vocabulary; synthetic data has none
@@ -39,12 +44,8 @@ def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
 
 def test_acmr_encode_reproduces_the_exported_embeddings(tmp_path):
     import trainers.acmr as acmr
-    from utils.data import load_dataset
-    train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "100",
-                "--runs-dir", str(tmp_path), "--run-name", "run"])
-    run_dir = str(tmp_path / "run")
-    exported = scipy.io.loadmat(f"{run_dir}/codes.mat")
-    query_images, query_texts, _ = load_dataset("synthetic").part("query")
+    run_dir, exported, query_images, query_texts = trained_on_synthetic(
+        tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "100"])
     np.testing.assert_array_equal(acmr.encode(run_dir, query_images, "image"), exported["Qi"])
     np.testing.assert_array_equal(acmr.encode(run_dir, query_texts, "text"), exported["Qt"])
     with pytest.raises(UserError, match="features"):

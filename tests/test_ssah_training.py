@@ -94,15 +94,10 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
 
 def test_mirflickr_tags_and_labels_with_made_features(tmp_path, capsys):
     """Real MIRFLICKR-25K tags and labels; image features = labels @ random projection + noise."""
-    folder = shared_path("data", "mirflickr25k")
-    labels = scipy.io.loadmat(os.path.join(folder, "mirflickr25k-lall.mat"))["LAll"].astype(np.float32)
-    rng = np.random.RandomState(0)
-    features = labels @ rng.randn(labels.shape[1], 64) + 1.0 * rng.randn(len(labels), 64)
+    from benchmarks.ssah_mirflickr_tags import make_folder
     data_dir = tmp_path / "flickr"
     data_dir.mkdir()
-    for name in ("mirflickr25k-yall.mat", "mirflickr25k-lall.mat"):
-        os.symlink(os.path.join(folder, name), data_dir / name)
-    scipy.io.savemat(data_dir / "mirflickr25k-iall.mat", {"IAll": features.astype(np.float32)})
+    make_folder(shared_path("data", "mirflickr25k"), str(data_dir))
 
     from utils.data import load_dataset
     data = load_dataset("flickr", str(data_dir), seed=0)

@@ -455,22 +455,17 @@ def encode(run_dir, inputs, modality):
     rows) or "text" (text feature rows), shaped like the run's data."""
     import tensorflow as tf
 
-    from utils.run import restore_latest, saved_config
+    from utils.run import item_rows, restore_trained, saved_config
     if modality not in ("image", "text"):
         raise UserError(f"unknown modality {modality!r} for ACMR; choose image or text")
     _, config = saved_config(run_dir, {"acmr": Config})
     data = load_data(config)
     image_dim, text_dim = data.images.shape[1], data.text_dim
-    inputs = np.asarray(inputs, np.float32)
-    inputs = inputs[None] if inputs.ndim == 1 else inputs
     width = image_dim if modality == "image" else text_dim
-    if inputs.ndim != 2 or inputs.shape[1] != width:
-        raise UserError(f"{modality} inputs of shape {inputs.shape[1:]} per item, but the run was trained "
-                        f"on {width}-d {modality} features; give features like the run's data")
+    inputs = item_rows(inputs, (width,), f"{modality} features").astype(np.float32)
     model = AcmrModel(config, image_dim, text_dim, data.num_classes)
     epoch, iteration = (tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))
-    if restore_latest(run_dir, model.checkpoint(epoch, iteration)) is None:
-        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+    restore_trained(run_dir, model.checkpoint(epoch, iteration))
     other = np.zeros((len(inputs), text_dim if modality == "image" else image_dim), np.float32)
     images, texts = (inputs, other) if modality == "image" else (other, inputs)
     return model.embed(images, texts)[0 if modality == "image" else 1]

@@ -383,20 +383,14 @@ def encode(run_dir, inputs, modality="image"):
     import tensorflow as tf
 
     from utils.data.domains import DomainData
-    from utils.run import restore_latest, saved_config
+    from utils.run import item_rows, restore_trained, saved_config
     if modality != "image":
         raise UserError(f"unknown modality {modality!r} for METAH; its items are images: use 'image'")
     _, config = saved_config(run_dir, {"metah": Config})
     pair = load_pair(config)
-    inputs = np.asarray(inputs)
-    expected = tuple(pair.target.inputs.shape[1:])
-    inputs = inputs[None] if inputs.ndim == len(expected) else inputs
-    if tuple(inputs.shape[1:]) != expected:
-        raise UserError(f"inputs of shape {tuple(inputs.shape[1:])} per item, but the run was trained on "
-                        f"{expected}; give items shaped like the run's data")
+    inputs = item_rows(inputs, pair.target.inputs.shape[1:], "inputs")
     new_items = DomainData("new items", inputs, np.zeros(len(inputs), np.int64))
     source_inputs, prepared = prepare_inputs(dataclasses.replace(pair, target=new_items), config)
     model = MetahModel(config, source_inputs.shape[1:], pair.num_classes)
-    if restore_latest(run_dir, model.checkpoint(tf.Variable(0, dtype=tf.int64, trainable=False))) is None:
-        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+    restore_trained(run_dir, model.checkpoint(tf.Variable(0, dtype=tf.int64, trainable=False)))
     return binary_codes(model.encode(prepared)[0])

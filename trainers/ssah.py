@@ -512,6 +512,17 @@ def build_trunk(config, data, backbone):
     return trunk, subtract_mean
 
 
+def build_trainer(config, data, backbone, strategy=None):
+    """An SSAHTrainer for `data`'s training part with every variable created; the trunk is
+    built under the strategy's scope and the run's dtype policy."""
+    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+        trunk, preprocess = build_trunk(config, data, backbone)
+    trainer = SSAHTrainer(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
+                          seed=config.seed, strategy=strategy)
+    trainer.build(tuple(data.images.shape[1:]))
+    return trainer
+
+
 # --------------------------------------------------------------------------- training loop
 
 def _check_resume_shapes(run, data_shape):
@@ -569,12 +580,7 @@ def train(config, run, resume=False):
     if resume:
         _check_resume_shapes(run, data_shape)
 
-    strategy = distribute.make_strategy(config.strategy)
-    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
-        trunk, preprocess = build_trunk(config, data, backbone)
-    trainer = SSAHTrainer(config, train_labels, data.text_dim, trunk, preprocess, seed=config.seed,
-                          strategy=strategy)
-    trainer.build(image_shape)
+    trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     shape_var = tf.Variable(np.asarray(data_shape, np.int64), trainable=False, name="data_shape")
@@ -738,25 +744,15 @@ def encode(run_dir, inputs, modality):
     import tensorflow as tf
 
     from utils.data import load_dataset
-    from utils.run import restore_latest, saved_config
+    from utils.run import item_rows, restore_trained, saved_config
     if modality not in ("image", "text"):
         raise UserError(f"unknown modality {modality!r} for SSAH; choose image or text")
     _, config = saved_config(run_dir, {"ssah": Config})
     data = load_dataset(config.dataset, config.data, config.seed, config.split_file)
     if modality == "text" and _holds_words(inputs):
         inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
-    expected = (data.text_dim,) if modality == "text" else tuple(data.images.shape[1:])
-    inputs = np.asarray(inputs)
-    if inputs.ndim == len(expected):
-        inputs = inputs[None]
-    if tuple(inputs.shape[1:]) != expected:
-        raise UserError(f"{modality} inputs of shape {tuple(inputs.shape[1:])} per item, but the run "
-                        f"was trained on {expected}; give inputs shaped like the run's data")
-    backbone = resolve_backbone(config, data)
-    with distribute.dtype_policy(config.mixed_precision):
-        trunk, preprocess = build_trunk(config, data, backbone)
-    trainer = SSAHTrainer(config, data.part("train")[2], data.text_dim, trunk, preprocess, seed=config.seed)
-    trainer.build(tuple(data.images.shape[1:]))
-    if restore_latest(run_dir, tf.train.Checkpoint(**trainer.checkpoint_objects())) is None:
-        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+    item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]
+    inputs = item_rows(inputs, item_shape, f"{modality} inputs")
+    trainer = build_trainer(config, data, resolve_backbone(config, data))
+    restore_trained(run_dir, tf.train.Checkpoint(**trainer.checkpoint_objects()))
     return trainer.hash_codes("img" if modality == "image" else "txt", inputs, config.eval_batch_size)

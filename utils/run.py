@@ -135,6 +135,25 @@ def restore_latest(run_dir, checkpoint):
     return latest
 
 
+def restore_trained(run_dir, checkpoint):
+    """restore_latest for using a trained run (encoding new items): no checkpoint is an error."""
+    if restore_latest(run_dir, checkpoint) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet; train it first (train.py --resume {run_dir})")
+
+
+def item_rows(inputs, item_shape, what):
+    """`inputs` as rows of items shaped `item_shape` (a single item gets a leading axis); a
+    one-line error naming `what` when they are shaped otherwise."""
+    inputs = np.asarray(inputs)
+    item_shape = tuple(item_shape)
+    if inputs.ndim == len(item_shape):
+        inputs = inputs[None]
+    if tuple(inputs.shape[1:]) != item_shape:
+        raise UserError(f"{what} of shape {tuple(inputs.shape[1:])} per item, but the run was trained on "
+                        f"{item_shape}; give {what} shaped like the run's data")
+    return inputs
+
+
 def progress(iterable=None, total=None, desc=None, **kwargs):
     """A tqdm progress bar that stays quiet when output is not a terminal (CI logs)."""
     from tqdm.auto import tqdm
