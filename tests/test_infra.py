@@ -123,3 +123,29 @@ def test_bad_dataset_leaves_no_empty_run_folder(tmp_path, method):
     with pytest.raises(UserError, match="nosuch"):
         train.main(["--method", method, "--dataset", "nosuch", "--runs-dir", str(tmp_path)])
     assert os.listdir(tmp_path) == []
+
+
+def test_checkpoint_cadence_by_steps_time_and_signal():
+    import signal
+
+    from utils.run import CheckpointCadence, TrainingInterrupted
+    now = [0.0]
+    by_time = CheckpointCadence("runs/x", every_steps=0, every_seconds=600, clock=lambda: now[0])
+    with by_time:
+        assert not by_time.due(1)
+        now[0] = 599.0
+        assert not by_time.due(2)
+        now[0] = 600.0
+        assert by_time.due(3)
+        by_time.saved()
+        assert not by_time.due(4)
+    by_steps = CheckpointCadence("runs/x", every_steps=3)
+    assert [s for s in range(1, 10) if by_steps.due(s)] == [3, 6, 9]
+
+    before = signal.getsignal(signal.SIGINT)
+    with CheckpointCadence("runs/x", every_steps=100) as cadence:
+        os.kill(os.getpid(), signal.SIGINT)  # handled: sets the flag, no KeyboardInterrupt
+        assert cadence.stop_requested and cadence.due(1)
+        with pytest.raises(TrainingInterrupted, match=r"SIGINT.*--resume runs/x"):
+            cadence.saved()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -24,6 +24,9 @@ class CommonConfig:
     runs_dir: str = dataclasses.field(default="runs", metadata={"help": "folder that holds run folders"})
     run_name: str = dataclasses.field(default="", metadata={
         "help": "name of this run's folder (default: method-dataset-bits-time)"})
+    checkpoint_every: int = dataclasses.field(default=0, metadata={
+        "help": "updates between checkpoints inside an epoch; 0: about every 10 minutes of work "
+                "(SIGINT/SIGTERM also write one before stopping)"})
     split_file: str = dataclasses.field(default="", metadata={
         "help": "optional .npz/.mat with query/train/database index arrays, to share a split between programs"})
 

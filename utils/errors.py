@@ -7,13 +7,15 @@ message must name the problem and the fix.
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a wrong shape, an unknown name."""
+    exit_code = 2
 
 
 def run_command_line(main):
-    """Runs a command's main(); a UserError ends it with one line on stderr and exit status 2."""
+    """Runs a command's main(); a UserError ends it with one line on stderr and its exit status
+    (2; 130 for a training run stopped by a signal)."""
     import sys
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_code)

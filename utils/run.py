@@ -12,6 +12,9 @@ import datetime
 import math
 import os
 import random
+import signal
+import threading
+import time
 
 import numpy as np
 
@@ -31,6 +34,69 @@ def check_finite(losses, step_name):
         if not math.isfinite(value):
             raise NonFiniteLoss(f"loss '{name}' became {value} in the {step_name} step; "
                                 f"the last good checkpoint is kept: lower the learning rate or resume from it")
+
+
+class TrainingInterrupted(UserError):
+    """A SIGINT/SIGTERM stopped training after a checkpoint was written."""
+    exit_code = 130
+
+
+class CheckpointCadence:
+    """When a training loop writes a checkpoint between epoch ends, and whether it must stop.
+
+    Use it as a context manager around the loop: SIGINT and SIGTERM then only set a flag (a
+    second signal interrupts at once), so the loop can finish the update it is in, write a
+    checkpoint and stop cleanly. After each update the loop asks `due(steps_done)`; when true it
+    writes a checkpoint and calls `saved()`, which raises TrainingInterrupted if a stop was
+    asked for. `every_steps` > 0 saves every that many updates; 0 saves once `every_seconds`
+    of work have passed since the last save (long epochs lose at most that much)."""
+
+    def __init__(self, run_dir, every_steps=0, every_seconds=600.0, clock=time.monotonic):
+        if every_steps < 0:
+            raise UserError(f"--checkpoint-every must be 0 or more (got {every_steps})")
+        self.run_dir = os.fspath(run_dir)
+        self.every_steps = int(every_steps)
+        self.every_seconds = float(every_seconds)
+        self.clock = clock
+        self.last_save = clock()
+        self.stop_signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        self.last_save = self.clock()
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request_stop)
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def _request_stop(self, signum, frame):
+        if self.stop_signal is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+
+    @property
+    def stop_requested(self):
+        return self.stop_signal is not None
+
+    def due(self, steps_done):
+        if self.stop_requested:
+            return True
+        if self.every_steps:
+            return steps_done % self.every_steps == 0
+        return self.clock() - self.last_save >= self.every_seconds
+
+    def saved(self):
+        """Call after writing a checkpoint; stops training if a signal asked for it."""
+        self.last_save = self.clock()
+        if self.stop_requested:
+            raise TrainingInterrupted(f"stopped by {self.stop_signal} after writing a checkpoint; "
+                                      f"continue with: python train.py --resume {self.run_dir}")
 
 
 def set_seed(seed, deterministic=True):
