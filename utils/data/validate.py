@@ -24,11 +24,14 @@ def check_finite(array, what):
     if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
         return
     rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
-    row = first_bad_row(~np.isfinite(rows).all(axis=1))
-    if row is not None:
-        value = rows[row][~np.isfinite(rows[row])][0]
-        raise UserError(f"{what}: row {row} (0-based) holds {value}; every value must be finite: "
-                        f"fix or drop that item")
+    block = max(1, 2**24 // max(1, rows.shape[1]))  # rows per pass: a bounded temporary mask
+    for start in range(0, len(rows), block):
+        row = first_bad_row(~np.isfinite(rows[start:start + block]).all(axis=1))
+        if row is not None:
+            row += start
+            value = rows[row][~np.isfinite(rows[row])][0]
+            raise UserError(f"{what}: row {row} (0-based) holds {value}; every value must be finite: "
+                            f"fix or drop that item")
 
 
 def check_multi_hot(labels, what):
