@@ -319,6 +319,9 @@ def test_split_files_are_checked_before_training(tmp_path):
         with pytest.raises(UserError, match=message) as error:
             load_split(path, 50)
         assert "\n" not in str(error.value) and name in str(error.value)
+    # load_dataset reads the split before any training starts.
+    with pytest.raises(UserError, match="the query part is empty"):
+        load_dataset("synthetic", split_file=str(tmp_path / "empty.npz"))
     # MATLAB saves indices as doubles: whole numbers are fine.
     scipy.io.savemat(tmp_path / "split.mat", {k: v.astype(np.float64) for k, v in good.items()})
     np.testing.assert_array_equal(load_split(str(tmp_path / "split.mat"), 50).train, split.train)
