@@ -236,8 +236,8 @@ def test_zero_based_wikipedia_labels_are_refused(tmp_path):
     data = load_dataset("wiki", path)
     assert data.num_classes == 10 and data.labels[0].argmax() == 0
     write_wiki(path, shift=1)  # classes 0..9: class 0 used to become class 9
-    with pytest.raises(UserError, match=r"wikiData.mat: L_tr: row 0 \(0-based\) holds class 0, "
-                                        r"outside 1..C \(the labels look 0-based\)"):
+    with pytest.raises(UserError, match=r"wikiData.mat: L_tr: row 0 \(0-based\) holds class 0 "
+                                        r"\(the labels look 0-based\); the file must store class ids 1..C"):
         load_dataset("wiki", path)
 
 
@@ -288,6 +288,9 @@ def test_domain_features_and_new_items_are_checked_for_non_finite_values(tmp_pat
     np.savez(tmp_path / "amazon.npz", features=features, labels=np.arange(6) % 2)
     with pytest.raises(UserError, match=r"amazon.npz: features: row 2 \(0-based\) holds nan"):
         read_generic(str(tmp_path / "amazon.npz"))
+    np.savez(tmp_path / "dslr.npz", features=features[:2] * 0, labels=np.array([1.0, 2.5]))
+    with pytest.raises(UserError, match=r"dslr.npz: labels: row 1 \(0-based\) holds 2.5; class ids must be whole"):
+        read_generic(str(tmp_path / "dslr.npz"))
     # A query item given to encode(): a NaN used to give an all -1 code without a word.
     with pytest.raises(UserError, match=r"image inputs: row 2 \(0-based\) holds nan"):
         item_rows(features, (3,), "image inputs")

@@ -107,12 +107,8 @@ def _loadmat(path, what):
 
 
 def _class_ids(raw, path):
-    ids = np.asarray(raw).reshape(-1).astype(np.int64)
-    if ids.size == 0:
-        raise UserError(f"{path} has no labels; it needs one class id per item")
-    if ids.min() < 0:
-        raise UserError(f"{path} has negative class ids; give ids 0..C-1 or 1..C")
-    return ids
+    """Whole-number class ids >= 0 (0..C-1 or 1..C: the shift is decided per pair)."""
+    return check_inputs(path, class_ids={"labels": raw}, first_class=0)["labels"]
 
 
 def read_generic(path, name=None):

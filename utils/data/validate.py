@@ -70,11 +70,11 @@ def check_class_ids(ids, what, first=1, num_classes=None):
     last = None if num_classes is None else first + num_classes - 1
     row = first_bad_row((ids < first) | ((ids > last) if last is not None else False))
     if row is not None:
-        wanted = f"{first}..{last}" if last is not None else f"{first}..C"
+        wanted = f"{first}..{last}" if last is not None else "1..C" if first == 1 else f"{first} or more"
         hint = " (the labels look 0-based)" if first == 1 and ids.min() == 0 and (last is None or ids.max() < last) \
             else ""
-        raise UserError(f"{what}: row {row} (0-based) holds class {ids[row]}, outside {wanted}{hint}; "
-                        f"the file must store class ids {wanted}")
+        raise UserError(f"{what}: row {row} (0-based) holds class {ids[row]}{hint}; the file must store "
+                        f"class ids {wanted}")
     return ids.astype(np.int64)
 
 
