@@ -49,11 +49,11 @@ def check_split(split, num_items, where):
         if bad.size:
             raise UserError(f"{where}: {name}[{bad[0]}] = {part[bad[0]]} lies outside 0..{num_items - 1} "
                             f"(indices are 0-based); this split belongs to another dataset")
-        values, first_seen, counts = np.unique(part, return_index=True, return_counts=True)
-        if (counts > 1).any():
-            value = values[counts > 1][np.argmin(first_seen[counts > 1])]
-            repeat = np.flatnonzero(part == value)[1]
-            raise UserError(f"{where}: {name}[{repeat}] = {value} repeats an earlier index; each item "
+        order = np.argsort(part, kind="stable")
+        repeats = order[1:][part[order[1:]] == part[order[:-1]]]  # every later occurrence
+        if repeats.size:
+            repeat = int(repeats.min())
+            raise UserError(f"{where}: {name}[{repeat}] = {part[repeat]} repeats an earlier index; each item "
                             f"may appear once per part")
 
 
