@@ -2,8 +2,8 @@
 with one line naming the file, the array and the first bad row (not as a NaN loss, an
 mAP of 0 or a silently shifted class after training).
 
-    check_inputs(f"{path}", features={"YAll": texts}, multi_hot={"LAll": labels})
-    check_inputs(f"{path}", features={"I_tr": images}, class_ids={"L_tr": ids})
+    check_inputs(path, features={"YAll": texts}, multi_hot={"LAll": labels})
+    check_inputs(path, features={"I_tr": images}, class_ids={"L_tr": ids})
 """
 import warnings
 
