@@ -14,11 +14,26 @@ from utils.errors import UserError
 
 
 def write_dcmh_hdf5(path, images, texts, labels):
-    """Writes arrays the way MATLAB v7.3 stores them: every axis reversed."""
+    """Writes MATLAB N x h x w x 3 images (items first) the way MATLAB v7.3 stores them:
+    every axis reversed. (Earlier versions of utils.prepare wrote this layout.)"""
     with h5py.File(path, "w") as f:
         f["images"] = np.ascontiguousarray(images.T)
         f["YAll"] = np.ascontiguousarray(texts.T)
         f["LAll"] = np.ascontiguousarray(labels.T)
+
+
+def write_program_layout_hdf5(path, images, texts, labels, image_key="images"):
+    """Writes a file exactly as the SSAH program's loader reads it: it takes h5py's `images`
+    (N x 3 x w x h; MATLAB h x w x 3 x N, items on the LAST axis) through transpose(0, 3, 2, 1)
+    to N x h x w x 3, and `YAll` / `LAll` (d x N, c x N) through transpose(1, 0)."""
+    stored = np.ascontiguousarray(images.transpose(0, 3, 2, 1))
+    with h5py.File(path, "w") as f:
+        f[image_key] = stored
+        f["YAll"] = np.ascontiguousarray(texts.T)
+        f["LAll"] = np.ascontiguousarray(labels.T)
+    with h5py.File(path, "r") as f:  # the program's own reading gives back the images
+        np.testing.assert_array_equal(f[image_key][:].transpose(0, 3, 2, 1), images)
+        np.testing.assert_array_equal(f["LAll"][:].transpose(1, 0), labels)
 
 
 def small_dcmh_arrays(n=12, seed=0):
@@ -26,6 +41,7 @@ def small_dcmh_arrays(n=12, seed=0):
     images = rng.randint(0, 256, size=(n, 8, 6, 3)).astype(np.uint8)  # h != w catches a swapped transpose
     texts = (rng.rand(n, 7) < 0.3).astype(np.uint8)
     labels = (rng.rand(n, 4) < 0.4).astype(np.uint8)
+    labels[np.arange(n), np.arange(n) % 4] = 1  # every item labelled, as the standard protocols keep
     return images, texts, labels
 
 
@@ -143,3 +159,174 @@ def test_real_mirflickr_tags_and_labels_with_made_features(tmp_path):
     data = load_dataset("flickr", str(tmp_path), seed=0)
     assert data.texts.shape == (20015, 1386) and data.labels.shape == (20015, 24)
     assert (len(data.split.query), len(data.split.train), len(data.split.database)) == (2000, 10000, 18015)
+
+
+# ----------------------------------------------------------------------------- the authors' layout
+
+@pytest.mark.parametrize("n", [12, 8])  # 8 = the image height: two axes have the item count
+def test_file_in_the_layout_the_program_reads_gives_its_images(tmp_path, n):
+    images, texts, labels = small_dcmh_arrays(n)  # 8 x 6 images: a swapped height/width shows
+    path = str(tmp_path / "authors.mat")
+    write_program_layout_hdf5(path, images, texts, labels)
+    lazy, got_texts, got_labels, _ = read_dcmh(path)
+    assert isinstance(lazy, HDF5Images) and lazy.shape == images.shape
+    rows = np.array([5, 1, 5, n - 1, 0])
+    np.testing.assert_array_equal(lazy[rows], images[rows])
+    np.testing.assert_array_equal(got_texts, texts)
+    np.testing.assert_array_equal(got_labels, labels)
+    data = load_dataset("flickr", path, seed=1, split_sizes=(2, 4))
+    part_images, _, part_labels = data.part("query")
+    np.testing.assert_array_equal(part_images[np.arange(2)], images[data.split.query])
+    np.testing.assert_array_equal(part_labels, labels[data.split.query])
+    # Without an item count given, HDF5Images takes it from the file's LAll.
+    np.testing.assert_array_equal(HDF5Images(path, "images")[rows], images[rows])
+
+
+def test_items_first_file_with_as_many_items_as_channels_still_reads(tmp_path):
+    images, texts, labels = small_dcmh_arrays(3)  # MATLAB 3 x 8 x 6 x 3: first and last axis are 3
+    path = str(tmp_path / "three.h5")
+    write_dcmh_hdf5(path, images, texts, labels)
+    np.testing.assert_array_equal(read_dcmh(path)[0][np.arange(3)], images)
+
+
+def test_folder_images_in_either_layout(tmp_path):
+    images, texts, labels = small_dcmh_arrays()
+    scipy.io.savemat(tmp_path / "x-yall.mat", {"YAll": texts})
+    scipy.io.savemat(tmp_path / "x-lall.mat", {"LAll": labels})
+    # v5: scipy keeps MATLAB's order, so the authors' layout is h x w x 3 x N.
+    scipy.io.savemat(tmp_path / "x-iall.mat", {"IAll": np.ascontiguousarray(images.transpose(1, 2, 3, 0))})
+    np.testing.assert_array_equal(read_dcmh(str(tmp_path))[0], images)
+    # v7.3 (HDF5 inside the .mat): read lazily, as from the single file.
+    os.remove(tmp_path / "x-iall.mat")
+    with h5py.File(tmp_path / "x-iall.mat", "w") as f:
+        f["IAll"] = np.ascontiguousarray(images.transpose(0, 3, 2, 1))
+    lazy = read_dcmh(str(tmp_path))[0]
+    assert isinstance(lazy, HDF5Images)
+    np.testing.assert_array_equal(lazy[np.arange(len(images))], images)
+    # Features stored d x N are turned to N x d as well.
+    features = np.random.RandomState(2).rand(len(images), 5).astype(np.float32)
+    os.remove(tmp_path / "x-iall.mat")
+    scipy.io.savemat(tmp_path / "x-iall.mat", {"IAll": features.T})
+    np.testing.assert_array_equal(read_dcmh(str(tmp_path))[0], features)
+
+
+def test_image_array_without_the_item_count_is_named(tmp_path):
+    images, texts, labels = small_dcmh_arrays()
+    path = str(tmp_path / "other.h5")
+    write_program_layout_hdf5(path, images[:10], texts, labels)
+    with pytest.raises(UserError, match=r"other.h5: images has shape 8 x 6 x 3 x 10 .* LAll has 12 rows") as error:
+        read_dcmh(path)
+    assert "\n" not in str(error.value)
+
+
+# ----------------------------------------------------------------------------- input checks at load
+
+def write_wiki(path, shift=0, nan_at=None):
+    rng = np.random.RandomState(0)
+    arrays = {"I_tr": rng.rand(20, 6), "I_te": rng.rand(8, 6), "T_tr": rng.rand(20, 3), "T_te": rng.rand(8, 3),
+              "L_tr": (np.arange(20) % 10 + 1 - shift)[:, None], "L_te": (np.arange(8) % 10 + 1 - shift)[:, None]}
+    if nan_at:
+        arrays[nan_at[0]][nan_at[1], 2] = np.nan
+    scipy.io.savemat(path, arrays)
+
+
+def test_zero_based_wikipedia_labels_are_refused(tmp_path):
+    path = str(tmp_path / "wikiData.mat")
+    write_wiki(path)
+    data = load_dataset("wiki", path)
+    assert data.num_classes == 10 and data.labels[0].argmax() == 0
+    write_wiki(path, shift=1)  # classes 0..9: class 0 used to become class 9
+    with pytest.raises(UserError, match=r"wikiData.mat: L_tr: row 0 \(0-based\) holds class 0 "
+                                        r"\(the labels look 0-based\); the file must store class ids 1..C"):
+        load_dataset("wiki", path)
+
+
+def test_non_finite_values_are_refused_at_load_naming_file_array_and_row(tmp_path):
+    path = str(tmp_path / "wikiData.mat")
+    write_wiki(path, nan_at=("I_te", 3))
+    with pytest.raises(UserError, match=r"wikiData.mat: I_te: row 3 \(0-based\) holds nan"):
+        load_dataset("wiki", path)
+    images, texts, labels = small_dcmh_arrays()
+    texts = texts.astype(np.float32)
+    texts[7, 1] = np.inf
+    h5 = str(tmp_path / "set.h5")
+    write_program_layout_hdf5(h5, images, texts, labels)
+    with pytest.raises(UserError, match=r"set.h5: YAll: row 7 \(0-based\) holds inf"):
+        read_dcmh(h5)
+    features = np.random.RandomState(3).rand(12, 5)
+    features[4, 0] = np.nan
+    scipy.io.savemat(tmp_path / "f-iall.mat", {"IAll": features})
+    scipy.io.savemat(tmp_path / "f-yall.mat", {"YAll": texts[:, :1] * 0})
+    scipy.io.savemat(tmp_path / "f-lall.mat", {"LAll": labels})
+    with pytest.raises(UserError, match=r"f-iall.mat: IAll: row 4 \(0-based\) holds nan"):
+        read_dcmh(str(tmp_path))
+
+
+def test_label_matrices_must_be_zero_one_with_some_label(tmp_path):
+    images, texts, labels = small_dcmh_arrays()
+    path = str(tmp_path / "set.h5")
+    write_program_layout_hdf5(path, images, texts, np.zeros_like(labels))
+    with pytest.raises(UserError, match=r"set.h5: LAll: no item has a label \(all 12 rows are zero\)"):
+        read_dcmh(path)
+    counts = labels.copy()
+    counts[5, 2] = 2
+    write_program_layout_hdf5(path, images, texts, counts)
+    with pytest.raises(UserError, match=r"set.h5: LAll: row 5 \(0-based\) holds 2"):
+        read_dcmh(path)
+    some_empty = labels.copy()
+    some_empty[[4, 9]] = 0
+    write_program_layout_hdf5(path, images, texts, some_empty)
+    with pytest.warns(UserWarning, match=r"2 of 12 items have no label \(first: row 4\)"):
+        read_dcmh(path)
+
+
+def test_domain_features_and_new_items_are_checked_for_non_finite_values(tmp_path):
+    from utils.data.domains import read_generic
+    from utils.run import item_rows
+    features = np.random.RandomState(4).rand(6, 3).astype(np.float32)
+    features[2, 1] = np.nan
+    np.savez(tmp_path / "amazon.npz", features=features, labels=np.arange(6) % 2)
+    with pytest.raises(UserError, match=r"amazon.npz: features: row 2 \(0-based\) holds nan"):
+        read_generic(str(tmp_path / "amazon.npz"))
+    np.savez(tmp_path / "dslr.npz", features=features[:2] * 0, labels=np.array([1.0, 2.5]))
+    with pytest.raises(UserError, match=r"dslr.npz: labels: row 1 \(0-based\) holds 2.5; class ids must be whole"):
+        read_generic(str(tmp_path / "dslr.npz"))
+    # A query item given to encode(): a NaN used to give an all -1 code without a word.
+    with pytest.raises(UserError, match=r"image inputs: row 2 \(0-based\) holds nan"):
+        item_rows(features, (3,), "image inputs")
+    np.testing.assert_array_equal(item_rows(features[0], (3,), "image inputs"), features[:1])
+
+
+# ----------------------------------------------------------------------------- split files
+
+def test_split_files_are_checked_before_training(tmp_path):
+    split = permutation_split(50, 5, 20, seed=2)
+    good = dict(query=split.query, train=split.train, database=split.database)
+    cases = [
+        ("split.txt", None, "neither .npz nor .mat"),
+        ("broken.npz", None, "cannot read split file"),
+        ("empty.npz", dict(good, query=np.zeros(0, np.int64)), "the query part is empty"),
+        ("repeat.npz", dict(good, train=np.r_[split.train[:3], split.train[1]]),
+         rf"train\[3\] = {split.train[1]} repeats an earlier index"),
+        ("float.npz", dict(good, database=split.database + 0.5), r"database\[0\] = .* is not a whole number"),
+        ("text.npz", dict(good, query=np.array(["a", "b"])), "must hold integer row indices"),
+        ("range.npz", dict(good, query=np.r_[split.query, 50]), r"query\[5\] = 50 lies outside 0..49"),
+    ]
+    for name, arrays, message in cases:
+        path = str(tmp_path / name)
+        if arrays is None:
+            with open(path, "w") as f:
+                f.write("1 2 3\n")
+        else:
+            np.savez(path, **arrays)
+        with pytest.raises(UserError, match=message) as error:
+            load_split(path, 50)
+        assert "\n" not in str(error.value) and name in str(error.value)
+    # load_dataset reads the split before any training starts.
+    with pytest.raises(UserError, match="the query part is empty"):
+        load_dataset("synthetic", split_file=str(tmp_path / "empty.npz"))
+    # MATLAB saves indices as doubles: whole numbers are fine.
+    scipy.io.savemat(tmp_path / "split.mat", {k: v.astype(np.float64) for k, v in good.items()})
+    np.testing.assert_array_equal(load_split(str(tmp_path / "split.mat"), 50).train, split.train)
+    with pytest.raises(UserError, match="at least one query"):
+        permutation_split(50, 0, 20, seed=0)

@@ -9,14 +9,19 @@ from utils.data.pipeline import batch_rows, feature_batches, image_batches
 from utils.errors import UserError
 
 
-def write_images(path, n=23, height=10, width=7, seed=0):
-    """A DCMH-layout file (MATLAB axis order) with one image per chunk, as utils.prepare writes."""
+def write_images(path, n=23, height=10, width=7, seed=0, items_last=True):
+    """A DCMH-layout file (MATLAB axis order) with one image per chunk: the images h x w x 3 x n
+    in MATLAB terms as utils.prepare and the authors write them, or n x h x w x 3 (items_last=False)."""
     rng = np.random.RandomState(seed)
     images = rng.randint(0, 256, size=(n, height, width, 3)).astype(np.uint8)
     labels = (rng.rand(n, 4) < 0.5).astype(np.uint8)
     labels[:, 0] = 1
     with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=np.ascontiguousarray(images.T), chunks=(3, width, height, 1))
+        if items_last:  # h5py: n x 3 x w x h
+            f.create_dataset("images", data=np.ascontiguousarray(images.transpose(0, 3, 2, 1)),
+                             chunks=(1, 3, width, height))
+        else:  # h5py: 3 x w x h x n
+            f.create_dataset("images", data=np.ascontiguousarray(images.T), chunks=(3, width, height, 1))
         f["YAll"] = np.ascontiguousarray((rng.rand(n, 5) < 0.5).astype(np.uint8).T)
         f["LAll"] = np.ascontiguousarray(labels.T)
     return images
@@ -27,9 +32,10 @@ def collect(dataset):
     return list(batches), list(rows)
 
 
-def test_batches_equal_direct_reads_minus_the_mean(tmp_path):
+@pytest.mark.parametrize("items_last", [True, False])
+def test_batches_equal_direct_reads_minus_the_mean(tmp_path, items_last):
     path = str(tmp_path / "images.h5")
-    images = write_images(path)
+    images = write_images(path, items_last=items_last)
     source = HDF5Images(path, "images")
     mean = np.random.RandomState(1).rand(10, 7, 3).astype(np.float32) * 255
     rows = np.array([22, 3, 3, 0, 17, 9, 4, 11, 5, 6, 1])  # unsorted, with a repeat

@@ -177,6 +177,11 @@ def test_tiny_coco_labels_vocabulary_and_pixels(tmp_path):
     gray = images[np.array([3])][0]
     np.testing.assert_array_equal(gray[..., 0], gray[..., 2])  # grayscale became RGB
     np.testing.assert_allclose(mean_image, images[np.arange(4)].mean(0), atol=1e-3)
+    # The authors' layout: MATLAB 224 x 224 x 3 x N, which h5py shows as N x 3 x 224 x 224 and
+    # the SSAH program reads with transpose(0, 3, 2, 1); it sees the same pixels as read_dcmh.
+    with h5py.File(out, "r") as f:
+        assert f["images"].shape == (4, 3, 224, 224)
+        np.testing.assert_array_equal(f["images"][()].transpose(0, 3, 2, 1), images[np.arange(4)])
 
     counted = run_prepare(coco_args(root, str(tmp_path / "count.h5"), "--vocab", "3", "--text-values", "count"))
     assert counted["counts"]["images"] == 4

@@ -105,3 +105,40 @@ def test_bad_arguments_are_user_errors():
         index.search(db[:2], 0)
     with pytest.raises(UserError, match="codes in"):
         HammingIndex(db * 0.3)
+
+
+def check_exact_up_to_the_code_length():
+    """Range search at every radius up to K and k-NN with max_radius = K agree with NumPy,
+    for each kind; widths 8 (hash on all 8 bits), 24 (one 16-bit mih table) and 32."""
+    for bits in (8, 24, 32):
+        db = random_codes(bits, 1000, bits)
+        query = np.concatenate([db[:1], random_codes(bits + 1, 2, bits)])
+        numpy_index = HammingIndex(db, backend="numpy")
+        expected_knn = numpy_index.search(query, 1000)
+        for kind in ("flat", "hash", "mih"):
+            index = HammingIndex(db, backend="faiss", kind=kind, max_radius=bits)
+            for radius in (bits // 2, bits - 1, bits, bits + 5):
+                for (d_numpy, i_numpy), (d_faiss, i_faiss) in zip(numpy_index.range_search(query, radius),
+                                                                  index.range_search(query, radius)):
+                    np.testing.assert_array_equal(d_faiss, d_numpy)
+                    np.testing.assert_array_equal(i_faiss, i_numpy)
+            got_knn = index.search(query, 1000)  # needs every radius up to K before it has all items
+            np.testing.assert_array_equal(got_knn[0], expected_knn[0])
+            np.testing.assert_array_equal(got_knn[1], expected_knn[1])
+
+
+@needs_faiss
+def test_hash_lookups_answer_for_every_radius_up_to_the_code_length():
+    # In a child process: faiss's lookup loops forever when nflip exceeds the table's bits,
+    # which would otherwise hang the whole test run instead of failing this test.
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        result = subprocess.run([sys.executable, "-c", "from tests.test_search import "
+                                 "check_exact_up_to_the_code_length as check; check()"],
+                                cwd=repo, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a hash lookup did not return within 120 s (nflip beyond the table's bits?)")
+    assert result.returncode == 0, result.stderr[-3000:]

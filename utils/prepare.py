@@ -5,8 +5,10 @@
     python -m utils.prepare nuswide --root NUS-WIDE --images Flickr --out FILE.h5
 
 Each writes ONE HDF5 file in the DCMH layout that `utils.data.dcmh.read_dcmh`
-reads: arrays stored as MATLAB v7.3 stores them (axes reversed), so
-`images` is (3, 224, 224, n) uint8, `YAll` (d, n) and `LAll` (c, n) uint8 0/1,
+reads, and the layout of the authors' files: arrays stored as MATLAB v7.3 stores
+them (axes reversed), the images 224 x 224 x 3 x n in MATLAB terms, so h5py sees
+`images` as (n, 3, 224, 224) uint8 (the SSAH program's transpose (0, 3, 2, 1)
+gives n x 224 x 224 x 3), `YAll` (d, n) and `LAll` (c, n) uint8 0/1,
 plus `mean_image` (3, 224, 224) float32 (the dataset's own mean image, used only
 when no network weight file supplies one), `vocabulary` and `label_names`.
 Beside FILE.h5: FILE.vocab.json (the text and label vocabularies),
@@ -47,7 +49,7 @@ from utils.errors import UserError
 from utils.run import progress
 
 IMAGE_SIZE = 224
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: images 224 x 224 x 3 x n in MATLAB terms, as the authors' files (1: n first)
 
 # A standard English stop-word list (function words, pronouns, auxiliaries, common
 # contractions split at the apostrophe), written for this project.
@@ -505,22 +507,22 @@ def _fingerprint(prepared, output):
 
 
 def create_dcmh_datasets(f, num_images, texts, labels):
-    """`images` (empty, filled row by row), `YAll`, `LAll` in MATLAB order (axes reversed).
+    """`images` (empty, filled row by row), `YAll`, `LAll` in MATLAB order (axes reversed),
+    the images with the items on MATLAB's last axis as in the authors' files.
 
-    One image per chunk, so reading a row touches exactly one contiguous chunk; the
-    column-major layout would otherwise scatter an image's pixels across the whole file."""
-    f.create_dataset("images", (3, IMAGE_SIZE, IMAGE_SIZE, num_images), np.uint8,
-                     chunks=(3, IMAGE_SIZE, IMAGE_SIZE, 1))
+    One image per chunk, so reading a row touches exactly one contiguous chunk."""
+    f.create_dataset("images", (num_images, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8,
+                     chunks=(1, 3, IMAGE_SIZE, IMAGE_SIZE))
     f.create_dataset("YAll", data=np.ascontiguousarray(np.asarray(texts, np.uint8).T), compression="gzip")
     f.create_dataset("LAll", data=np.ascontiguousarray(np.asarray(labels, np.uint8).T), compression="gzip")
     return f["images"]
 
 
 def write_image_rows(images, start, block):
-    """Writes (k, h, w, 3) images as rows start.. of the MATLAB-order dataset, one chunk each
-    (7x faster than one strided write of block.T)."""
+    """Writes (k, h, w, 3) images as rows start.. of the MATLAB-order dataset (h5py: k x 3 x w x h),
+    one chunk each."""
     for offset, image in enumerate(block):
-        images[..., start + offset] = np.ascontiguousarray(image.T)
+        images[start + offset] = np.ascontiguousarray(image.T)
 
 
 def _open_partial(path, prepared, fingerprint):
@@ -546,7 +548,7 @@ def _image_sum(images, start, stop):
     """float64 sum of rows [start, stop) of a MATLAB-order image dataset, as (h, w, 3)."""
     total = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.float64)
     for row in range(start, stop):  # row by row: one chunk per read (see write_image_rows)
-        total += images[..., row].T
+        total += images[row].T
     return total
 
 
@@ -586,7 +588,7 @@ def write_dcmh_file(prepared, output):
                 f.flush()
                 bar.update(stop - start)
         manifest = {
-            "dataset": prepared.dataset, "format": "DCMH layout (MATLAB v7.3 axis order), utils.prepare",
+            "dataset": prepared.dataset, "format": "DCMH layout (MATLAB v7.3 axis order, images 224x224x3xN), utils.prepare",
             "format_version": FORMAT_VERSION, "counts": prepared.counts,
             "arrays": {"images": [n, IMAGE_SIZE, IMAGE_SIZE, 3], "YAll": list(prepared.texts.shape),
                        "LAll": list(prepared.labels.shape)},

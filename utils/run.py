@@ -209,7 +209,7 @@ def restore_trained(run_dir, checkpoint):
 
 def item_rows(inputs, item_shape, what):
     """`inputs` as rows of items shaped `item_shape` (a single item gets a leading axis); a
-    one-line error naming `what` when they are shaped otherwise."""
+    one-line error naming `what` when they are shaped otherwise or hold a non-finite value."""
     inputs = np.asarray(inputs)
     item_shape = tuple(item_shape)
     if inputs.ndim == len(item_shape):
@@ -217,6 +217,8 @@ def item_rows(inputs, item_shape, what):
     if tuple(inputs.shape[1:]) != item_shape:
         raise UserError(f"{what} of shape {tuple(inputs.shape[1:])} per item, but the run was trained on "
                         f"{item_shape}; give {what} shaped like the run's data")
+    from utils.data.validate import check_finite
+    check_finite(inputs, what)  # a NaN would otherwise give an all -1 code without a word
     return inputs
 
 

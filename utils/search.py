@@ -14,11 +14,13 @@ Backends: "faiss" (faiss binary indexes) or "numpy" (popcount, exhaustive);
 "auto" takes faiss when it is installed. Kinds (faiss only; numpy is always
 exhaustive and gives the same results):
   flat  IndexBinaryFlat: exhaustive, exact.
-  hash  IndexBinaryHash on the first b <= 16 bits: lookup with nflip = radius
-        flips, exact for range search (an item within radius r of the query is
-        within r on any subset of the bits).
+  hash  IndexBinaryHash on the first b = min(16, K) bits: lookup with nflip =
+        radius flips, exact for range search (an item within radius r of the query
+        is within r on any subset of the bits).
   mih   IndexBinaryMultiHash (multi-index hashing): m disjoint 16-bit substrings,
         nflip = radius // m, exact by the pigeonhole argument.
+  Once nflip would reach b, every bucket is a candidate: the flat scan answers
+  instead (faiss's lookup never returns for nflip > b).
 faiss's own k-NN search on the hash indexes is approximate, so for those kinds
 search() grows a radius with exact range searches until k items are found and
 falls back to the flat scan beyond `max_radius`.
@@ -173,9 +175,13 @@ class HammingIndex:
     def _faiss_range(self, query_bytes, radius):
         index = self.flat
         if self.lookup is not None:
-            index = self.lookup
             # exact lookup: hash -> every flip up to the radius; mih -> pigeonhole over the tables
-            index.nflip = radius if self.kind == "hash" else radius // index.nhash
+            nflip = radius if self.kind == "hash" else radius // self.lookup.nhash
+            # faiss never returns when nflip exceeds the table's bits, and from nflip = bits on it
+            # visits every bucket anyway: the flat scan gives the same (exact) answer sooner.
+            if nflip < self.lookup.b:
+                index = self.lookup
+                index.nflip = nflip
         limits, distances, indices = index.range_search(query_bytes, radius + 1)  # faiss: distance < radius
         return [_sort_pairs(distances[a:b].astype(np.int32), indices[a:b].astype(np.int64))
                 for a, b in zip(limits[:-1], limits[1:])]

@@ -128,9 +128,11 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
         images, texts, labels, mean_image = dcmh.read_dcmh(path)
 
     if split_file:
-        split = splits.load_split(split_file, len(labels))
-    elif name != "wiki" and name not in acmr_pickles.LOADERS:
-        num_query, num_train = split_sizes or SPLIT_SIZES[name]
-        split = splits.permutation_split(len(labels), num_query, num_train, seed)
+        split = splits.load_split(split_file, len(labels))  # checked there, naming the file
+    else:
+        if name != "wiki" and name not in acmr_pickles.LOADERS:
+            num_query, num_train = split_sizes or SPLIT_SIZES[name]
+            split = splits.permutation_split(len(labels), num_query, num_train, seed)
+        splits.check_split(split, len(labels), f"{path or name}: the {name} split")
     return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,
                           mean_image=mean_image, single_label=single_label)

@@ -20,6 +20,7 @@ import pickle
 import numpy as np
 
 from utils.data.splits import Split
+from utils.data.validate import check_finite, check_inputs
 from utils.errors import UserError
 
 WIKI_FILES = ("train_img_feats", "train_txt_vecs", "train_labels", "test_img_feats", "test_txt_vecs", "test_labels")
@@ -46,6 +47,7 @@ def _matrix(value, path):
         raise UserError(f"{path}: rows cannot form a matrix ({error}); every row needs the same length") from None
     if array.ndim != 2:
         raise UserError(f"{path}: expected an items x dims matrix, got shape {array.shape}")
+    check_finite(array, path)
     return array
 
 
@@ -70,11 +72,8 @@ def read_wiki_pickles(folder):
     loaded = {name: load_pickle(os.path.join(folder, name + ".pkl")) for name in WIKI_FILES}
     classes = {}
     for part in ("train", "test"):
-        ids = np.asarray(loaded[f"{part}_labels"]).reshape(-1)
-        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 1):
-            raise UserError(f"{folder}/{part}_labels.pkl must hold class ids 1..C (the authors' "
-                            f"numbering), got values like {ids[:3]}")
-        classes[part] = ids.astype(np.int64) - 1
+        ids = check_inputs(folder, class_ids={f"{part}_labels.pkl": loaded[f"{part}_labels"]})
+        classes[part] = ids[f"{part}_labels.pkl"] - 1  # the authors number classes 1..C
     num_classes = int(max(classes["train"].max(initial=0), classes["test"].max(initial=0))) + 1
     parts = [(_matrix(loaded[f"{part}_img_feats"], f"{folder}/{part}_img_feats.pkl"),
               _matrix(loaded[f"{part}_txt_vecs"], f"{folder}/{part}_txt_vecs.pkl"),
@@ -104,6 +103,7 @@ def read_nuswide10k_pickles(folder):
                                 f"missing from the {part} {key} pickle; the files are from different releases")
             rows.append(_matrix([np.asarray(table[i], dtype=np.float32).reshape(-1) for i in ids],
                                 f"{folder} ({part} {key})"))
+        check_inputs(folder, multi_hot={f"{part}_id_label_map.pkl (rows in {part}_ids.pkl order)": rows[2]})
         parts.append(tuple(rows))
     return _combine(parts[0], parts[1], folder)
 

@@ -1,11 +1,19 @@
 """The DCMH-family file layout (MIRFLICKR-25K, NUS-WIDE, MS-COCO).
 
 Either one MATLAB v7.3 (HDF5) file holding `images` (or `IAll`), `YAll` and
-`LAll`, or a folder with three MATLAB v5 files whose names contain `iall`,
-`yall` and `lall`. MATLAB stores arrays column-major, so h5py sees every array
-with its axes reversed; we reverse them back. The image side is either uint8
-images (n x 224 x 224 x 3, read lazily from HDF5) or pre-extracted features
-(n x d float).
+`LAll`, or a folder with three MATLAB files whose names contain `iall`, `yall`
+and `lall`. MATLAB stores arrays column-major, so h5py sees every array with its
+axes reversed; we read them in MATLAB's axis order. `YAll` (N x d) and `LAll`
+(N x c) hold the items on MATLAB's first axis. The image side is either uint8
+images or pre-extracted features (N x d float). Images come in two layouts,
+told apart by which axis has the N items of `LAll`:
+  224 x 224 x 3 x N  the authors' files (items on MATLAB's LAST axis; h5py shows
+                     N x 3 x 224 x 224, which the SSAH program transposes with
+                     (0, 3, 2, 1) to N x 224 x 224 x 3); `utils.prepare` writes this
+  N x 224 x 224 x 3  items first, as earlier versions of this port wrote them
+When both axes have N items (224 images of 224 x 224), the authors' layout wins
+unless its channel axis (third) is not of size 1 or 3.
+Either way an item reads as height x width x 3 uint8.
 """
 import glob
 import os
@@ -14,24 +22,51 @@ import h5py
 import numpy as np
 import scipy.io
 
+from utils.data.validate import check_inputs
 from utils.errors import UserError
 
 IMAGE_KEYS = ("images", "IAll")
 
 
-class HDF5Images:
-    """Row access to an HDF5 image array without loading it: `images[rows]`.
+def items_on_last_axis(matlab_shape, num_items, what):
+    """True when the items lie on the LAST MATLAB axis of an image or feature array
+    (images h x w x 3 x N, features d x N), False when on the first (N x h x w x 3, N x d)."""
+    matlab_shape = tuple(matlab_shape)
+    first, last = matlab_shape[0] == num_items, matlab_shape[-1] == num_items
+    if not (first or last):
+        raise UserError(f"{what} has shape {' x '.join(map(str, matlab_shape))} (MATLAB order) but LAll has "
+                        f"{num_items} rows: no axis holds the items, so the arrays have different numbers "
+                        f"of rows; give images 224 x 224 x 3 x N (or N x 224 x 224 x 3) of this dataset")
+    if first and last:  # N equals another dimension
+        if len(matlab_shape) == 2:
+            return False  # features: N x d, as YAll
+        return matlab_shape[-2] in (1, 3)  # the authors' h x w x 3 x N unless that axis is no channel axis
+    return last
 
-    The file stores the MATLAB array (n, h, w, 3) column-major, i.e. as
-    (3, w, h, n) to h5py; a row read is a slice on the last axis, transposed.
+
+class HDF5Images:
+    """Row access to an HDF5 image array without loading it: `images[rows]`, each row
+    height x width x 3.
+
+    In the authors' layout (MATLAB h x w x 3 x N) h5py sees (N, 3, w, h) and a row is the
+    slab `dataset[row]`, transposed; in the items-first layout (MATLAB N x h x w x 3) h5py
+    sees (3, w, h, N) and a row is `dataset[..., row]`, transposed. `num_items` (the rows of
+    LAll) decides which; without it, it is read from the file's LAll.
     """
 
-    def __init__(self, path, key):
+    def __init__(self, path, key, num_items=None):
         self.path, self.key = path, key
         self._file = None
         with h5py.File(path, "r") as f:
             stored = f[key].shape
-        self.shape = tuple(reversed(stored))
+            if num_items is None:
+                if "LAll" not in f:
+                    raise UserError(f"{path} has no 'LAll' array to tell the number of items of '{key}'")
+                num_items = f["LAll"].shape[-1]
+        matlab_shape = tuple(reversed(stored))
+        self.items_first_in_file = items_on_last_axis(matlab_shape, num_items, f"{path}: {key}")
+        item_shape = matlab_shape[:-1] if self.items_first_in_file else matlab_shape[1:]
+        self.shape = (num_items,) + tuple(item_shape)
         self.ndim = len(self.shape)
         self.dtype = np.uint8
 
@@ -52,14 +87,14 @@ class HDF5Images:
         # (128 rows of a file chunked per image: 7.3 s fancy, 0.17 s row by row).
         block = np.empty((len(unique),) + self.shape[1:], self.dtype)
         for i, row in enumerate(unique):
-            block[i] = dataset[..., int(row)].T  # (h, w, 3)
+            block[i] = (dataset[int(row)] if self.items_first_in_file else dataset[..., int(row)]).T
         out = np.empty((len(rows),) + block.shape[1:], block.dtype)
         out[order] = block[inverse]
         return out
 
     def __getstate__(self):
         return {"path": self.path, "key": self.key, "_file": None, "shape": self.shape,
-                "ndim": self.ndim, "dtype": self.dtype}
+                "ndim": self.ndim, "dtype": self.dtype, "items_first_in_file": self.items_first_in_file}
 
 
 def _matrix_from_hdf5(f, key, path):
@@ -67,6 +102,16 @@ def _matrix_from_hdf5(f, key, path):
         raise UserError(f"{path} has no '{key}' array (found {sorted(f.keys())}); "
                         f"a DCMH-format file holds images/IAll, YAll and LAll")
     return np.asarray(f[key][()]).T
+
+
+def _image_side(matlab_array, num_items, what):
+    """Images (N, h, w, 3) or float32 features (N, d) from an in-memory MATLAB-order array."""
+    if matlab_array.ndim not in (2, 4):
+        raise UserError(f"{what} has {matlab_array.ndim} axes; give features N x d or images "
+                        f"224 x 224 x 3 x N")
+    if items_on_last_axis(matlab_array.shape, num_items, what):
+        matlab_array = np.moveaxis(matlab_array, -1, 0)
+    return matlab_array.astype(np.float32) if matlab_array.ndim == 2 else matlab_array
 
 
 def read_dcmh_hdf5(path):
@@ -79,12 +124,26 @@ def read_dcmh_hdf5(path):
         labels = _matrix_from_hdf5(f, "LAll", path).astype(np.float32)
         image_ndim = f[image_key].ndim
         mean_image = np.asarray(f["mean_image"][()]).T.astype(np.float32) if "mean_image" in f else None
-    if image_ndim == 2:
-        with h5py.File(path, "r") as f:
-            images = _matrix_from_hdf5(f, image_key, path).astype(np.float32)
-    else:
-        images = HDF5Images(path, image_key)
+        if image_ndim == 2:
+            images = _image_side(_matrix_from_hdf5(f, image_key, path), len(labels), f"{path}: {image_key}")
+    if image_ndim == 4:
+        images = HDF5Images(path, image_key, len(labels))
+    elif image_ndim != 2:
+        raise UserError(f"{path}: {image_key} has {image_ndim} axes; give features N x d or images "
+                        f"224 x 224 x 3 x N")
+    _check(path, path, path, texts, labels, images, image_key)
     return images, texts, labels, mean_image
+
+
+def _check(text_file, label_file, image_file, texts, labels, images, image_key):
+    """Load-time checks of the arrays (in their files' names) before anything trains on them."""
+    if len(texts) != len(labels):
+        raise UserError(f"YAll ({len(texts)} rows, {text_file}) and LAll ({len(labels)} rows, {label_file}) "
+                        f"have different numbers of rows; the files belong to different datasets")
+    check_inputs(label_file, multi_hot={"LAll": labels})
+    check_inputs(text_file, features={"YAll": texts})
+    if isinstance(images, np.ndarray):
+        check_inputs(image_file, features={image_key: images})
 
 
 def _read_v5_field(path, name):
@@ -112,8 +171,15 @@ def read_dcmh_folder(folder):
         found[part] = matches[0]
     texts = _read_v5_field(found["yall"], "YAll").astype(np.float32)
     labels = _read_v5_field(found["lall"], "LAll").astype(np.float32)
-    images = _read_v5_field(found["iall"], "IAll")
-    images = images.astype(np.float32) if images.ndim == 2 else images
+    lazy = False
+    if h5py.is_hdf5(found["iall"]):  # v7.3: images are read lazily, as from the single file
+        with h5py.File(found["iall"], "r") as f:
+            lazy = "IAll" in f and f["IAll"].ndim == 4
+    if lazy:
+        images = HDF5Images(found["iall"], "IAll", len(labels))
+    else:
+        images = _image_side(_read_v5_field(found["iall"], "IAll"), len(labels), f"{found['iall']}: IAll")
+    _check(found["yall"], found["lall"], found["iall"], texts, labels, images, "IAll")
     return images, texts, labels, None
 
 

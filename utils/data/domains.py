@@ -30,6 +30,7 @@ import scipy.io
 
 from utils.data import data_roots
 from utils.data.splits import load_split
+from utils.data.validate import check_inputs
 from utils.errors import UserError
 
 OFFICE_FEATURE_SETS = {"office-googlenet": "googlenet1024", "office-surf": "surf"}
@@ -106,12 +107,8 @@ def _loadmat(path, what):
 
 
 def _class_ids(raw, path):
-    ids = np.asarray(raw).reshape(-1).astype(np.int64)
-    if ids.size == 0:
-        raise UserError(f"{path} has no labels; it needs one class id per item")
-    if ids.min() < 0:
-        raise UserError(f"{path} has negative class ids; give ids 0..C-1 or 1..C")
-    return ids
+    """Whole-number class ids >= 0 (0..C-1 or 1..C: the shift is decided per pair)."""
+    return check_inputs(path, class_ids={"labels": raw}, first_class=0)["labels"]
 
 
 def read_generic(path, name=None):
@@ -133,6 +130,7 @@ def read_generic(path, name=None):
         raise UserError(f"{path}: {key} must be a 2-d matrix (items x dimensions), got shape {features.shape}")
     if features.shape[0] != labels.size and features.shape[1] == labels.size:
         features = features.T  # stored as columns
+    check_inputs(path, features={key: features})
     return DomainData(name, np.ascontiguousarray(features), _class_ids(labels, path))
 
 
@@ -145,7 +143,9 @@ def read_office(feature_set, domain, root):
     if "fts" not in mat or "labels" not in mat:
         raise UserError(f"{path} lacks field {'fts' if 'fts' not in mat else 'labels'}; "
                         f"give the original Office-Caltech10 file")
-    return DomainData(domain, mat["fts"].astype(np.float32), _class_ids(mat["labels"], path))
+    features = mat["fts"].astype(np.float32)
+    check_inputs(path, features={"fts": features})
+    return DomainData(domain, features, _class_ids(mat["labels"], path))
 
 
 def read_digits(domain, path):
@@ -156,8 +156,9 @@ def read_digits(domain, path):
     if x_key not in mat or y_key not in mat:
         raise UserError(f"{path} lacks field {x_key if x_key not in mat else y_key}; give MNIST_vs_USPS.mat")
     # Images are stored as 256-d columns.
-    return DomainData(domain, np.ascontiguousarray(mat[x_key].T.astype(np.float32)),
-                      _class_ids(mat[y_key], path))
+    features = np.ascontiguousarray(mat[x_key].T.astype(np.float32))
+    check_inputs(path, features={x_key + " (columns)": features})
+    return DomainData(domain, features, _class_ids(mat[y_key], path))
 
 
 def read_image_folder(root, domain, image_size, class_names=None):

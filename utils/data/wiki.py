@@ -4,6 +4,7 @@ import os
 import numpy as np
 import scipy.io
 
+from utils.data.validate import check_inputs
 from utils.errors import UserError
 
 WIKI_FIELDS = ("I_tr", "I_te", "T_tr", "T_te", "L_tr", "L_te")
@@ -24,7 +25,9 @@ def read_wiki_mat(path):
     for part in ("tr", "te"):
         images = mat["I_" + part].astype(np.float32)
         texts = mat["T_" + part].astype(np.float32)
-        classes = mat["L_" + part].reshape(-1).astype(np.int64) - 1
+        ids = check_inputs(path, features={"I_" + part: images, "T_" + part: texts},
+                           class_ids={"L_" + part: mat["L_" + part]})
+        classes = ids["L_" + part] - 1  # the file stores 1..10
         if not len(images) == len(texts) == len(classes):
             raise UserError(f"{path}: I_{part}, T_{part} and L_{part} have different numbers of rows")
         parts[part] = (images, texts, classes)
