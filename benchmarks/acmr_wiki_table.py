@@ -76,7 +76,7 @@ def main(argv=None):
                 values = np.array([r[f"{protocol}/{d}"] for r in picked])
                 cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
             print(f"| {variant} ({len(picked)} seeds) | {label} | " + " | ".join(cells) + " |")
-    print("| paper, shallow features | mAP (its own 1,300/1,566 split) | "
+    print("| paper, shallow features (its direction labels appear swapped) | mAP (its own 1,300/1,566 split) | "
           + " | ".join(f"{PAPER_SHALLOW[d]:.3f}" for d in DIRECTIONS) + " |")
 
     print("\nModality classifier accuracy (epoch mean over batches, before each update; mean over seeds):")
