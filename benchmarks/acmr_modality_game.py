@@ -154,7 +154,8 @@ def main(argv=None):
     for name in names:
         curves[name] = run_one(name, args)
         c = curves[name]
-        print(f"{name}: {c['seconds']:.0f} s, final mAP@50 avg {c['final_map'][TEST_PROTOCOL]['average']:.3f}", flush=True)
+        print(f"{name}: {c['seconds']:.0f} s, final mAP@50 avg {c['final_map'][TEST_PROTOCOL]['average']:.3f}",
+              flush=True)
     io.save_json(args.out, {"seed": args.seed, "runs": curves})
     plot(curves, args.png)
 

@@ -62,7 +62,8 @@ def main(argv=None):
             rows.append({"variant": variant, "seed": seed, "run": run_dir, "seconds": time.perf_counter() - start,
                          **{f"{p}/{d}": final[p][d] for p in PROTOCOLS for d in DIRECTIONS}})
             traces.setdefault(variant, []).append(accuracy_trace(results))
-            print(f"{variant:8s} seed {seed}: test vs test " + " ".join(f"{final[PROTOCOLS[0]][d]:.3f}" for d in DIRECTIONS)
+            print(f"{variant:8s} seed {seed}: test vs test "
+                  + " ".join(f"{final[PROTOCOLS[0]][d]:.3f}" for d in DIRECTIONS)
                   + " | test vs database " + " ".join(f"{final[PROTOCOLS[1]][d]:.3f}" for d in DIRECTIONS)
                   + f"  ({rows[-1]['seconds']:.0f} s, {run_dir})", flush=True)
 
