@@ -19,8 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from trainers.acmr import DATABASE_PROTOCOL, TEST_PROTOCOL  # noqa: E402
+
 PAPER_SHALLOW = {"i->t": 0.366, "t->i": 0.277, "average": 0.322}
 DIRECTIONS = ("i->t", "t->i", "average")
+PROTOCOLS = (TEST_PROTOCOL, DATABASE_PROTOCOL)
 
 
 def run_one(variant, seed, args):
@@ -57,23 +60,24 @@ def main(argv=None):
             results, run_dir = run_one(variant, seed, args)
             final = results["final"]
             rows.append({"variant": variant, "seed": seed, "run": run_dir, "seconds": time.perf_counter() - start,
-                         **{f"{p}/{d}": final[p][d] for p in ("authors", "all") for d in DIRECTIONS}})
+                         **{f"{p}/{d}": final[p][d] for p in PROTOCOLS for d in DIRECTIONS}})
             traces.setdefault(variant, []).append(accuracy_trace(results))
-            print(f"{variant:8s} seed {seed}: authors " + " ".join(f"{final['authors'][d]:.3f}" for d in DIRECTIONS)
-                  + " | all " + " ".join(f"{final['all'][d]:.3f}" for d in DIRECTIONS)
+            print(f"{variant:8s} seed {seed}: test vs test "
+                  + " ".join(f"{final[PROTOCOLS[0]][d]:.3f}" for d in DIRECTIONS)
+                  + " | test vs database " + " ".join(f"{final[PROTOCOLS[1]][d]:.3f}" for d in DIRECTIONS)
                   + f"  ({rows[-1]['seconds']:.0f} s, {run_dir})", flush=True)
 
     print("\n| variant | protocol | i->t | t->i | average |")
     print("|---|---|---|---|---|")
     for variant in variants:
         picked = [r for r in rows if r["variant"] == variant]
-        for protocol, label in (("authors", "mAP@50, test vs test (640)"), ("all", "mAP@all, test vs train")):
+        for protocol, label in zip(PROTOCOLS, ("mAP@50, test vs test (640)", "mAP@all, test vs train")):
             cells = []
             for d in DIRECTIONS:
                 values = np.array([r[f"{protocol}/{d}"] for r in picked])
                 cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
             print(f"| {variant} ({len(picked)} seeds) | {label} | " + " | ".join(cells) + " |")
-    print("| paper, shallow features | mAP (its own 1,300/1,566 split) | "
+    print("| paper, shallow features (its direction labels appear swapped) | mAP (its own 1,300/1,566 split) | "
           + " | ".join(f"{PAPER_SHALLOW[d]:.3f}" for d in DIRECTIONS) + " |")
 
     print("\nModality classifier accuracy (epoch mean over batches, before each update; mean over seeds):")

@@ -35,6 +35,11 @@ def label_loss(logits_img, logits_txt, labels):
                           + tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits_txt))
 
 
+def frobenius_regulariser(matrices):
+    """The paper's L_reg: the sum of the Frobenius norms ||W||_F (not squared) of the matrices."""
+    return tf.add_n([tf.norm(_f32(w)) for w in matrices])
+
+
 def similar_loss(emb_img, emb_txt):
     """simple_* programs: the Frobenius norm of E_img - E_txt over the batch's pairs."""
     return tf.sqrt(2.0 * half_sum_squares(_f32(emb_img) - _f32(emb_txt)))

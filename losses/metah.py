@@ -42,6 +42,15 @@ def pairwise_t_loss(codes, labels, bits=None):
     return tf.reduce_mean(loss)
 
 
+def pairwise_t_gradient(codes, labels, bits=None):
+    """The gradient of pairwise_t_loss with respect to the codes (taken as constants)."""
+    codes = tf.stop_gradient(tf.convert_to_tensor(codes, tf.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(codes)
+        loss = pairwise_t_loss(codes, labels, bits)
+    return tape.gradient(loss, codes)
+
+
 def log_cosh(x):
     """log cosh(x) = |x| + log(1 + e^(-2|x|)) - log 2, stable for any x."""
     ax = tf.abs(x)

@@ -145,10 +145,94 @@ def test_presets_set_the_ablation_weights_and_explicit_options_win():
     for preset, weights in expected.items():
         config = config_for(["--preset", preset])
         assert (config.domain_weight, config.alpha, config.beta) == weights and config.preset == preset
-        assert config.quantise_target == (preset != "source-only")
+        # TAH's program under every ablation: target codes unquantised, pairwise gradient weight 1.
+        assert (config.quantise_target, config.pairwise_weight, config.quantisation_weight) == (False, 1.0, 9.0)
+        assert not config.pairwise_gradient_accumulates
     assert config_for([]).preset == "metah" and config_for([]).beta == 1.0
-    overridden = config_for(["--preset", "tah", "--alpha", "0.5", "--quantise-target", "false"])
-    assert (overridden.alpha, overridden.beta, overridden.quantise_target) == (0.5, 0.0, False)
+    # The previous TAH base stays reachable by name.
+    previous = config_for(["--preset", "tah", "--alpha", "0.5", "--quantise-target", "true", "--pairwise-weight", "6"])
+    assert (previous.alpha, previous.beta, previous.quantise_target, previous.pairwise_weight) == (0.5, 0.0, True, 6.0)
+
+
+def np_pairwise_gradient(h, labels, bits):
+    """d(mean pairwise loss)/dh written out: each pair (i, j) reaches h_i through d_ij and d_ji."""
+    h = h.astype(np.float64)
+    n = len(h)
+    d2 = ((h[:, None, :] - h[None, :, :]) ** 2).sum(-1)
+    z = (bits / 2.0) / (1.0 + d2)
+    s = ((labels @ labels.T) > 0).astype(np.float64)
+    dl_dz = np.where(z > 15, 1 - s, 1 / (1 + np.exp(-z)) - s)
+    coefficient = dl_dz * (-(bits / 2.0) / (1.0 + d2) ** 2) / n ** 2  # dL/dd_ij
+    differences = h[:, None, :] - h[None, :, :]  # h_i - h_j
+    return (2 * (coefficient[:, :, None] * differences).sum(1) + 2 * (coefficient.T[:, :, None] * differences).sum(1))
+
+
+def test_pairwise_gradient_matches_numpy():
+    codes = random_codes(7, 16, seed=5)
+    labels = np.eye(3)[np.random.RandomState(2).randint(0, 3, 7)]
+    np.testing.assert_allclose(L.pairwise_t_gradient(codes, labels, 16).numpy(),
+                               np_pairwise_gradient(codes, labels, 16), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("accumulates", [True, False])
+def test_pairwise_gradient_reaches_the_codes_as_a_running_sum_when_it_accumulates(accumulates):
+    """Only the pairwise term on, plain SGD: the hash layer's bias moves by
+    -lr * w * sum_i G_i * (1 - h_i^2) (tanh), where G is, per batch position, the sum of the
+    pairwise gradients of all updates so far (TAH's uncleared buffer) or this update's alone."""
+    weight, lr = 2.0, 0.1
+    model, config = small_model(pairwise_weight=weight, quantisation_weight=0.0, alpha=0.0, beta=0.0,
+                                domain_weight=0.0, batch_size=6, learning_rate=lr,
+                                pairwise_gradient_accumulates=accumulates)
+    bias = model.net.hash_layer.bias
+    running = np.zeros((6, 8))
+    for update in range(4):
+        xs, ys, xt = small_batch(update)
+        codes = model.net(xs, training=False)[0].numpy().astype(np.float64)
+        gradient = np_pairwise_gradient(codes, ys, 8)
+        running = running + gradient if accumulates else gradient
+        before = bias.numpy().copy()
+        model.train_step(xs, ys, xt, tf.constant(1.0))
+        expected = -lr * weight * (running * (1 - codes ** 2)).sum(0)
+        np.testing.assert_allclose(bias.numpy() - before, expected, rtol=1e-4, atol=1e-7)
+        assert np.abs(expected).max() > 1e-4
+    np.testing.assert_allclose(model.pairwise_gradient_sum.numpy(), running if accumulates else 0.0,
+                               rtol=1e-4, atol=1e-7)
+
+
+def variable_values(named_objects):
+    """{path: value} of every variable of the given Keras networks and optimisers (and tf.Variables)."""
+    values = {}
+    for obj in named_objects:
+        for variable in getattr(obj, "variables", [obj]):
+            path = getattr(variable, "path", variable.name)
+            assert path not in values, path
+            values[path] = np.array(variable.numpy())
+    return values
+
+
+def test_checkpoint_holds_every_variable_of_the_networks_and_the_optimiser(tmp_path):
+    def build():
+        keras.backend.clear_session()  # the same variable paths in both builds
+        return small_model(trunk_dropout=0.5, discriminator_dropout=0.5, momentum=0.9, batch_size=6,
+                           pairwise_gradient_accumulates=True)[0]
+
+    def state(model):
+        return [model.net, model.discriminator, model.optimizer, model.pairwise_gradient_sum]
+    trained = build()
+    trained.set_lambda(0.3)
+    for update in range(2):
+        trained.train_step(*small_batch(update), tf.constant(1.0))
+    saved = trained.checkpoint(tf.Variable(2, dtype=tf.int64)).save(str(tmp_path / "ckpt"))
+    expected = variable_values(state(trained))
+    assert any("seed_generator" in path for path in expected)  # dropout's random state is there
+    fresh = build()
+    for variable in [v for obj in state(fresh) for v in getattr(obj, "variables", [obj])]:
+        variable.assign(variable.numpy() + 1)  # differs from the saved value everywhere
+    fresh.checkpoint(tf.Variable(0, dtype=tf.int64)).restore(saved)
+    restored = variable_values(state(fresh))
+    assert set(restored) == set(expected)
+    for path, value in expected.items():
+        np.testing.assert_array_equal(restored[path], value, err_msg=path)
 
 
 def test_batches_cycle_through_seeded_permutations_and_depend_only_on_step():
@@ -210,6 +294,44 @@ def test_train_main_end_to_end_exports_codes_and_resume_continues_exactly(tmp_pa
     resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
     np.testing.assert_array_equal(scipy.io.loadmat(tmp_path / "runs" / "killed" / "codes.mat")["Dt"], codes["Dt"])
     assert resumed["final"] == final
+
+
+def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_whole_one(tmp_path, monkeypatch):
+    """Dropout on (its random state must be saved) and the pairwise gradient buffer in use: SIGTERM
+    during update 7 of 12 (epochs of 4 updates) stops after a checkpoint at 7; resuming gives
+    the uninterrupted run's codes bit for bit."""
+    import signal
+
+    import train
+    import utils.run
+    from utils.run import TrainingInterrupted
+    write_domain_files(str(tmp_path))
+    argv = ["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "16",
+            "--iterations", "12", "--batch-size", "16", "--hidden", "32", "--discriminator-hidden", "32",
+            "--pairwise-gradient-accumulates", "true", "--runs-dir", str(tmp_path / "runs")]
+    whole = train.main(argv + ["--run-name", "whole", "--checkpoint-every", "3"])
+    # Every 3 updates and at every epoch end (3, 4, 6, 8, 9, 12); the manager keeps the last three.
+    kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths
+    assert [os.path.basename(p) for p in kept] == ["ckpt-8", "ckpt-9", "ckpt-12"]
+    real_check, calls = utils.run.check_finite, {"n": 0}
+
+    def signalling_check(values, step_name):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_check(values, step_name)
+    monkeypatch.setattr(utils.run, "check_finite", signalling_check)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        train.main(argv + ["--run-name", "stopped"])
+    monkeypatch.setattr(utils.run, "check_finite", real_check)
+    stopped = tmp_path / "runs" / "stopped"
+    assert not (stopped / "codes.mat").exists()
+    assert os.path.basename(tf.train.latest_checkpoint(str(stopped / "checkpoints"))) == "ckpt-7"
+    resumed = train.main(["--resume", str(stopped)])
+    for name in ("Q", "Dt", "Ds"):
+        np.testing.assert_array_equal(scipy.io.loadmat(stopped / "codes.mat")[name],
+                                      scipy.io.loadmat(tmp_path / "runs" / "whole" / "codes.mat")[name])
+    assert resumed["final"] == whole["final"] and resumed["epochs"] == whole["epochs"]
 
 
 def test_real_office_pair_trains_above_chance():

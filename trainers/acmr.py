@@ -23,6 +23,10 @@ from utils.errors import UserError
 
 PRESET_FIELD = "variant"
 
+# The paper's embedding loss adds L_reg with no coefficient of its own (alpha and beta weigh the
+# other two terms); the program has no regulariser at all.
+PAPER_REGULARISATION_WEIGHT = 1.0
+
 PRESETS = {
     # triplet_wiki as the authors coded it; golden-checked (tests/test_acmr_golden.py).
     "original": {"adversarial_in_projector_loss": False, "train_label_classifier": False,
@@ -35,7 +39,7 @@ PRESETS = {
     "paper": {"adversarial_in_projector_loss": True, "train_label_classifier": True,
               "shared_forward_pass": False, "projector_steps": 5, "lambda_schedule": "fixed",
               "shuffle": True, "drop_last": True, "architecture": "paper", "triplet_form": "paper",
-              "mining_mask": "multiply"},
+              "mining_mask": "multiply", "regularisation_weight": PAPER_REGULARISATION_WEIGHT},
 }
 
 # The programs' epochs and loss weights; a setting left at -1 / 0 takes these.
@@ -77,6 +81,10 @@ class Config(CommonConfig):
                                choices=("coded", "paper"))
     negative_weight: float = _field(1.0, "paper triplet: weight (the paper's lambda of Eq. 4) of the negative "
                                     "hinge; the paper gives no value (ours: 1)")
+    regularisation_weight: float = _field(0.0, "weight of the paper's L_reg, the sum of the Frobenius norms "
+                                          "||W||_F of the projectors' weight matrices (not squared; biases "
+                                          "left out), added to the embedding loss; 0: none, as the program "
+                                          "(paper variant: 1)")
     mining_mask: str = _field("multiply", "hard-negative mining in the raw input space: multiply (as coded: "
                               "similarity * [labels differ], so a same-label item can win) or exclude",
                               choices=("multiply", "exclude"))
@@ -143,6 +151,8 @@ def check_config(config):
     for name in ("learning_rate", "modality_learning_rate"):
         if getattr(config, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if config.regularisation_weight < 0:
+        raise UserError(f"--regularisation-weight must be >= 0 (0: off), got {config.regularisation_weight}")
 
 
 def lambda_for_epoch(config, epoch, epochs):
@@ -187,6 +197,9 @@ class AcmrModel:
         self.projector_variables = self.nets.projector_variables + (
             self.nets.label_classifier.trainable_variables if config.train_label_classifier else [])
         self.modality_variables = self.nets.modality_classifier.trainable_variables
+        self.regularised_matrices = [layer.kernel for projector in (self.nets.image_projector,
+                                                                    self.nets.text_projector)
+                                     for layer in projector.dense_layers]
 
         def adam(rate, name):
             return keras.optimizers.Adam(rate, beta_1=config.beta_1, beta_2=config.beta_2,
@@ -232,6 +245,9 @@ class AcmrModel:
             terms["similar"] = L.similar_loss(emb_img, emb_txt)
             terms["dissimilar"] = L.dissimilar_loss(emb_img, emb_txt, labels, c.dissimilar_margin)
             terms["emb"] = s["label_weight"] * label + terms["similar"] + s["dissimilar_weight"] * terms["dissimilar"]
+        if c.regularisation_weight > 0:
+            terms["regularisation"] = L.frobenius_regulariser(self.regularised_matrices)
+            terms["emb"] = terms["emb"] + c.regularisation_weight * terms["regularisation"]
         adversarial = c.adversarial_in_projector_loss
         feed_img = emb_img if adversarial else tf.stop_gradient(emb_img)
         feed_txt = emb_txt if adversarial else tf.stop_gradient(emb_txt)
@@ -288,22 +304,32 @@ class AcmrModel:
             out_txt.append(e_txt.numpy())
         return np.concatenate(out_img), np.concatenate(out_txt)
 
-    def checkpoint(self, epoch, iteration):
+    def checkpoint(self, epoch, iteration, partial_epoch=None):
+        """Every variable of the four networks and the two optimisers, and the loop's position."""
         import tensorflow as tf
         n = self.nets
+        position = {"partial_epoch": partial_epoch} if partial_epoch is not None else {}
         return tf.train.Checkpoint(image_projector=n.image_projector, text_projector=n.text_projector,
                                    label_classifier=n.label_classifier, modality_classifier=n.modality_classifier,
                                    projector_optimizer=self.projector_optimizer,
-                                   modality_optimizer=self.modality_optimizer, epoch=epoch, iteration=iteration)
+                                   modality_optimizer=self.modality_optimizer, epoch=epoch, iteration=iteration,
+                                   **position)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
+# Each figure is named by its database: the authors' protocol ranks the test pairs against the
+# test pairs themselves (mAP@top_k); the other ranks them against the split's database part
+# (the training pairs on wiki and nuswide10k), as eval.py does on the exported embeddings.
+TEST_PROTOCOL = "map_top_k_test_vs_test"
+DATABASE_PROTOCOL = "map_test_vs_database"
+
 def evaluate(model, data, config):
     """Both protocols, both directions; returns (figures, exported arrays).
 
-    authors: mAP@top_k, Euclidean on raw embeddings, test against test (only full batches when
-    full_test_batches). all: mAP over the whole ranking, test queries against the database part."""
+    TEST_PROTOCOL (the authors'): mAP@top_k, Euclidean on raw embeddings, test against test (only
+    full batches when full_test_batches). DATABASE_PROTOCOL: mAP over the whole ranking, test
+    queries against the database part."""
     from utils import metrics
     query_img, query_txt, query_labels = data.part("query")
     db_img, db_txt, db_labels = data.part("database")
@@ -314,16 +340,16 @@ def evaluate(model, data, config):
         raise UserError(f"the test set has {len(q_img)} pairs, fewer than one batch of {config.batch_size}: "
                         f"pass --full-test-batches false")
     t_img, t_txt, t_lab = q_img[:n_test], q_txt[:n_test], query_labels[:n_test]
-    figures = {"authors": {
+    figures = {TEST_PROTOCOL: {
         "i->t": metrics.embedding_map(t_img, t_txt, t_lab, t_lab, top_k=config.top_k),
         "t->i": metrics.embedding_map(t_txt, t_img, t_lab, t_lab, top_k=config.top_k),
-    }, "all": {
+    }, DATABASE_PROTOCOL: {
         "i->t": metrics.embedding_map(q_img, d_txt, query_labels, db_labels),
         "t->i": metrics.embedding_map(q_txt, d_img, query_labels, db_labels),
     }}
     for protocol in figures.values():
         protocol["average"] = (protocol["i->t"] + protocol["t->i"]) / 2
-    figures["authors"]["test_pairs"] = int(n_test)
+    figures[TEST_PROTOCOL]["test_pairs"] = int(n_test)
     exports = {"Qi": q_img, "Qt": q_txt, "Di": d_img, "Dt": d_txt,
                "query_L": query_labels, "retrieval_L": db_labels}
     return {k: {n: float(v) for n, v in p.items()} for k, p in figures.items()}, exports
@@ -354,9 +380,12 @@ def fit(config, data=None, run=None, resume=False, model=None):
     """Trains and evaluates; logs, checkpoints and exports only when `run` is given.
 
     Returns {"final": figures, "epochs": [per-epoch figures and mean losses], "settings": ...}."""
+    import contextlib
+    import json
+
     import tensorflow as tf
     from losses.acmr import mine_negatives
-    from utils.run import check_finite, progress
+    from utils.run import CheckpointCadence, check_finite, progress
     check_config(config)
     data = data if data is not None else load_data(config)
     train_img, train_txt, train_labels = data.part("train")
@@ -370,59 +399,82 @@ def fit(config, data=None, run=None, resume=False, model=None):
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     iteration_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
+    # The epoch in progress at a checkpoint between epoch ends (JSON: batches done, loss sums, ...),
+    # saved in the checkpoint itself so that the two always agree.
+    partial_var = tf.Variable("", dtype=tf.string, trainable=False, name="partial_epoch")
     manager, history = None, []
     if run is not None:
-        checkpoint = model.checkpoint(epoch_var, iteration_var)
+        checkpoint = model.checkpoint(epoch_var, iteration_var, partial_var)
         manager = run.checkpoint_manager(checkpoint)
         if resume:
             restored = run.restore_latest(checkpoint)
             print(f"resumed from {restored}" if restored else "no checkpoint yet: starting from scratch")
-            history = _saved_history(run) if restored else []
+            # Records written after the restored checkpoint (a kill between the two writes) are dropped.
+            history = _saved_history(run)[:int(epoch_var.numpy())] if restored else []
+    partial = json.loads(partial_var.numpy().decode() or "null")
+
+    def save_checkpoint(epoch, batches_done, sums, count, batch_accuracy):
+        """Checkpoint numbers count iterations, so mid-epoch ones sort between epoch ends."""
+        run.save_results({"epochs": history, "settings": settings})
+        epoch_var.assign(epoch)
+        iteration_var.assign(iteration)
+        partial_var.assign(json.dumps({"batches": batches_done, "sums": sums, "count": count,
+                                       "modality_accuracy_batches": batch_accuracy}) if batches_done else "")
+        manager.save(checkpoint_number=iteration)
 
     start_time = time.perf_counter()
     iteration = int(iteration_var.numpy())
     bar = progress(range(int(epoch_var.numpy()), epochs), total=epochs, initial=int(epoch_var.numpy()),
                    desc=f"acmr {config.variant} {config.dataset}")
-    for epoch in bar:
-        lam = lambda_for_epoch(config, epoch, epochs)
-        model.set_lambda(lam)
-        sums, count, batch_accuracy = {}, 0, []
-        for rows in epoch_batches(len(train_img), config.batch_size, config.shuffle, config.drop_last,
-                                  config.seed, epoch):
-            img, txt, labels = train_img[rows], train_txt[rows], train_labels[rows]
-            img_negative = mine_negatives(img, labels, config.mining_mask)
-            txt_negative = mine_negatives(txt, labels, config.mining_mask)
-            update_modality = (iteration + 1) % config.projector_steps == 0
-            terms = model.update(img, txt, labels, img_negative, txt_negative, update_modality)
-            values = {k: float(v) for k, v in terms.items()}
-            check_finite(values, f"ACMR epoch {epoch} iteration {iteration}")
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            batch_accuracy.append(values["modality_accuracy"])
-            if run is not None and iteration % config.log_every == 0:
-                run.log_scalars(iteration, {**values, "lambda": lam}, prefix="train/")
-            iteration += 1
-        means = {k: v / max(count, 1) for k, v in sums.items()}
-        # modality_accuracy_batches: each batch's accuracy before that iteration's updates.
-        record = {"epoch": epoch + 1, "lambda": lam, "losses": means, "modality_accuracy_batches": batch_accuracy}
-        if config.separability_every and ((epoch + 1) % config.separability_every == 0 or epoch + 1 == epochs):
-            record["modality"] = modality_diagnostics(model, data)
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
-            record["map"], _ = evaluate(model, data, config)
-        history.append(record)
-        bar.set_postfix(modality_acc=f"{means.get('modality_accuracy', 0):.2f}",
-                        map=f"{record.get('map', {}).get('authors', {}).get('average', float('nan')):.3f}")
-        if run is not None:
-            run.log_scalars(epoch + 1, {**means, "lambda": lam}, prefix="epoch/")
-            if "modality" in record:
-                run.log_scalars(epoch + 1, record["modality"], prefix="eval/modality/")
-            for protocol, figures in record.get("map", {}).items():
-                run.log_scalars(epoch + 1, figures, prefix=f"eval/{protocol}/")
-            epoch_var.assign(epoch + 1)
-            iteration_var.assign(iteration)
-            manager.save(checkpoint_number=epoch + 1)
-            run.save_results({"epochs": history, "settings": settings})
+    cadence = CheckpointCadence(run.dir, config.checkpoint_every) if run is not None else None
+    with cadence or contextlib.nullcontext():
+        for epoch in bar:
+            lam = lambda_for_epoch(config, epoch, epochs)
+            model.set_lambda(lam)
+            sums, count, batch_accuracy, skip = {}, 0, [], 0
+            if partial:  # resuming inside this epoch: its batches so far are done and summed
+                sums, count, skip = partial["sums"], partial["count"], partial["batches"]
+                batch_accuracy, partial = partial["modality_accuracy_batches"], None
+            batches = epoch_batches(len(train_img), config.batch_size, config.shuffle, config.drop_last,
+                                    config.seed, epoch)
+            for position in range(skip, len(batches)):
+                rows = batches[position]
+                img, txt, labels = train_img[rows], train_txt[rows], train_labels[rows]
+                img_negative = mine_negatives(img, labels, config.mining_mask)
+                txt_negative = mine_negatives(txt, labels, config.mining_mask)
+                update_modality = (iteration + 1) % config.projector_steps == 0
+                terms = model.update(img, txt, labels, img_negative, txt_negative, update_modality)
+                values = {k: float(v) for k, v in terms.items()}
+                check_finite(values, f"ACMR epoch {epoch} iteration {iteration}")
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                batch_accuracy.append(values["modality_accuracy"])
+                if run is not None and iteration % config.log_every == 0:
+                    run.log_scalars(iteration, {**values, "lambda": lam}, prefix="train/")
+                iteration += 1
+                if run is not None and position + 1 < len(batches) and cadence.due(iteration):
+                    save_checkpoint(epoch, position + 1, sums, count, batch_accuracy)
+                    cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
+            means = {k: v / max(count, 1) for k, v in sums.items()}
+            # modality_accuracy_batches: each batch's accuracy before that iteration's updates.
+            record = {"epoch": epoch + 1, "lambda": lam, "losses": means,
+                      "modality_accuracy_batches": batch_accuracy}
+            if config.separability_every and ((epoch + 1) % config.separability_every == 0 or epoch + 1 == epochs):
+                record["modality"] = modality_diagnostics(model, data)
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
+                record["map"], _ = evaluate(model, data, config)
+            history.append(record)
+            bar.set_postfix(modality_acc=f"{means.get('modality_accuracy', 0):.2f}",
+                            map=f"{record.get('map', {}).get(TEST_PROTOCOL, {}).get('average', float('nan')):.3f}")
+            if run is not None:
+                run.log_scalars(epoch + 1, {**means, "lambda": lam}, prefix="epoch/")
+                if "modality" in record:
+                    run.log_scalars(epoch + 1, record["modality"], prefix="eval/modality/")
+                for protocol, figures in record.get("map", {}).items():
+                    run.log_scalars(epoch + 1, figures, prefix=f"eval/{protocol}/")
+                save_checkpoint(epoch + 1, 0, {}, 0, [])
+                cadence.saved()
     seconds = time.perf_counter() - start_time
 
     final, exports = evaluate(model, data, config)

@@ -25,14 +25,20 @@ PRESET_FIELD = "preset"
 TAH_DOMAIN_WEIGHT = 0.8
 METAH_ALPHA = 1.0
 METAH_BETA = 1.0
+# What TAH's program does, under its prototxt's numbers: the target half of the codes ends in a
+# Silence layer (no quantisation), and the pairwise layer's backward never reads its loss weight
+# (6 in the prototxt), so the pairwise gradient enters with weight 1.
+TAH_PAIRWISE_WEIGHT = 1.0
+TAH_BASE = {"pairwise_weight": TAH_PAIRWISE_WEIGHT, "quantise_target": False}
 
+# Every ablation shares the TAH base, so they differ only in the terms they name.
 PRESETS = {
     # No adaptation: pairwise + quantisation on source items only, no discriminator.
-    "source-only": {"domain_weight": 0.0, "alpha": 0.0, "beta": 0.0, "quantise_target": False},
-    "tah": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": 0.0, "quantise_target": True},
-    "tah+sp": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": 0.0, "quantise_target": True},
-    "tah+me": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": METAH_BETA, "quantise_target": True},
-    "metah": {"domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": METAH_BETA, "quantise_target": True},
+    "source-only": {**TAH_BASE, "domain_weight": 0.0, "alpha": 0.0, "beta": 0.0},
+    "tah": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": 0.0},
+    "tah+sp": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": 0.0},
+    "tah+me": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": METAH_BETA},
+    "metah": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": METAH_BETA},
 }
 
 PROTOCOLS = {"target->target": ("query", "target_database"), "target->source": ("query", "source_database")}
@@ -61,12 +67,18 @@ class Config(CommonConfig):
                                choices=("center", "standardize", "l2", "none"))
     image_size: int = _field(64, "images of an images: pair are resized to this square size")
     # Loss weights
-    pairwise_weight: float = _field(6.0, "weight of the t-distribution pairwise loss (TAH: 6)")
+    pairwise_weight: float = _field(TAH_PAIRWISE_WEIGHT, "weight of the t-distribution pairwise loss (TAH's "
+                                    "program: 1, as its backward ignores the prototxt's loss_weight 6)")
     quantisation_weight: float = _field(9.0, "q, weight of the log-cosh quantisation loss (TAH: 9)")
     alpha: float = _field(METAH_ALPHA, "weight of the semantic-preservation cross-entropy (ours)")
     beta: float = _field(METAH_BETA, "weight of the target min-entropy loss (ours)")
     domain_weight: float = _field(TAH_DOMAIN_WEIGHT, "weight of the adversarial domain loss (TAH: 0.8)")
-    quantise_target: bool = _field(True, "apply the quantisation loss to target items as well as source")
+    quantise_target: bool = _field(False, "apply the quantisation loss to target items as well as source "
+                                   "(TAH's program: source only, the target codes end in a Silence layer)")
+    pairwise_gradient_accumulates: bool = _field(False, "TAH's program: the pairwise layer's backward adds its "
+                                                 "gradient into a buffer that is never cleared, so the source "
+                                                 "codes receive the running sum of the pairwise gradients of "
+                                                 "all updates so far (by batch position); false: this update's")
     ramp_entropy: bool = _field(True, "scale beta by the DANN lambda schedule so the entropy term "
                                 "starts at 0 while the classifier is still random (ours)")
     lambda_gamma: float = _field(10.0, "gamma of the DANN schedule lambda(p) = 2/(1+exp(-gamma p)) - 1")
@@ -162,6 +174,9 @@ class MetahModel:
             self.optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
         self.variables = self.net.trainable_variables + self.discriminator.trainable_variables
         self.optimizer.build(self.variables)
+        # The running sum of the pairwise gradients by batch position (pairwise_gradient_accumulates).
+        self.pairwise_gradient_sum = tf.Variable(tf.zeros((config.batch_size, config.bits)), trainable=False,
+                                                 name="pairwise_gradient_sum")
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
         self._encode = tf.function(lambda x: self.net(x, training=False), reduce_retracing=True)
 
@@ -170,35 +185,47 @@ class MetahModel:
 
     def loss_terms(self, source_x, source_y, target_x, entropy_scale=1.0, training=True):
         """Every loss term of one batch and the weighted total (a dict of scalar tensors)."""
+        return self._terms_and_objective(source_x, source_y, target_x, entropy_scale, training)[0]
+
+    def _terms_and_objective(self, source_x, source_y, target_x, entropy_scale, training, accumulate=False):
+        """(terms, objective): the objective is the total whose gradient an update follows. With
+        `accumulate`, this update's pairwise gradient is added to pairwise_gradient_sum and the
+        pairwise term is replaced by a stand-in whose gradient with respect to the source codes
+        is that running sum (times the pairwise weight)."""
         import tensorflow as tf
         from losses import metah as L
         c = self.config
         n_source = tf.shape(source_x)[0]
         codes, logits = self.net(tf.concat([source_x, target_x], axis=0), training=training)
-        source_codes, target_codes = codes[:n_source], codes[n_source:]
+        source_codes = codes[:n_source]
         terms = {
             "pairwise": L.pairwise_t_loss(source_codes, source_y, c.bits),
             "quantisation": L.quantisation_loss(codes if c.quantise_target else source_codes),
             "classification": L.classification_loss(logits[:n_source], source_y),
             "entropy": L.entropy_loss(logits[n_source:]),
         }
-        total = (c.pairwise_weight * terms["pairwise"] + c.quantisation_weight * terms["quantisation"]
-                 + c.alpha * terms["classification"] + c.beta * entropy_scale * terms["entropy"])
+        rest = (c.quantisation_weight * terms["quantisation"] + c.alpha * terms["classification"]
+                + c.beta * entropy_scale * terms["entropy"])
         if c.domain_weight > 0:
             # The reversal layer inside the discriminator flips this term's gradient for the network.
             domain_logits = self.discriminator(codes, training=training)
             source_logits, target_logits = domain_logits[:n_source], domain_logits[n_source:]
             terms["domain"] = L.domain_loss(source_logits, target_logits)
             terms["discriminator_accuracy"] = L.domain_accuracy(source_logits, target_logits)
-            total = total + c.domain_weight * terms["domain"]
-        terms["total"] = total
-        return terms
+            rest = rest + c.domain_weight * terms["domain"]
+        terms["total"] = c.pairwise_weight * terms["pairwise"] + rest
+        if not accumulate:
+            return terms, terms["total"]
+        running_sum = self.pairwise_gradient_sum.assign_add(L.pairwise_t_gradient(source_codes, source_y, c.bits))
+        stand_in = tf.reduce_sum(source_codes * tf.stop_gradient(running_sum))
+        return terms, c.pairwise_weight * stand_in + rest
 
     def _train_step(self, source_x, source_y, target_x, entropy_scale):
         import tensorflow as tf
         with tf.GradientTape() as tape:
-            terms = self.loss_terms(source_x, source_y, target_x, entropy_scale, training=True)
-        gradients = tape.gradient(terms["total"], self.variables)
+            terms, objective = self._terms_and_objective(source_x, source_y, target_x, entropy_scale, training=True,
+                                                         accumulate=self.config.pairwise_gradient_accumulates)
+        gradients = tape.gradient(objective, self.variables)
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(gradients, self.variables) if g is not None])
         return terms
@@ -213,9 +240,14 @@ class MetahModel:
         return np.concatenate(codes), np.concatenate(logits)
 
     def checkpoint(self, step):
+        """Every variable of the networks (the dropout seed generators' states included, which
+        Keras does not track for tf.train.Checkpoint) and of the optimiser, the pairwise gradient
+        buffer and `step`: a resumed run continues exactly."""
         import tensorflow as tf
-        return tf.train.Checkpoint(net=self.net, discriminator=self.discriminator,
-                                   optimizer=self.optimizer, step=step)
+        return tf.train.Checkpoint(net=self.net, discriminator=self.discriminator, optimizer=self.optimizer,
+                                   step=step, network_state=list(self.net.variables),
+                                   discriminator_state=list(self.discriminator.variables),
+                                   pairwise_gradient_sum=self.pairwise_gradient_sum)
 
 
 def binary_codes(codes):
@@ -279,9 +311,11 @@ def fit(config, pair=None, run=None, resume=False):
     """Trains and evaluates; logs, checkpoints and exports only when `run` is given.
 
     Returns {"final": figures, "epochs": [...], "seconds": ..., "iterations": ...}."""
+    import contextlib
+
     import tensorflow as tf
     from models.layers import dann_lambda
-    from utils.run import check_finite, progress
+    from utils.run import CheckpointCadence, check_finite, progress
     check_config(config)
     pair = pair or load_pair(config)
     inputs = prepare_inputs(pair, config)
@@ -299,38 +333,42 @@ def fit(config, pair=None, run=None, resume=False):
         if resume:
             restored = run.restore_latest(checkpoint)
             print(f"resumed from {restored}" if restored else "no checkpoint yet: starting from scratch")
-            history = _saved_history(run) if restored else []
+            # Figures written after the restored checkpoint (a kill between the two writes) are dropped.
+            history = [e for e in _saved_history(run) if e["iteration"] <= int(step.numpy())] if restored else []
 
     start_time, first_step_seconds = time.perf_counter(), None
     bar = progress(range(int(step.numpy()), config.iterations), total=config.iterations,
                    initial=int(step.numpy()), desc=f"metah {config.preset} {pair.name} {config.bits}b")
-    for it in bar:
-        progress_fraction = it / config.iterations
-        lam = dann_lambda(progress_fraction, config.lambda_gamma)
-        model.set_lambda(lam)
-        s_rows = batch_rows(pair.source_train, config.batch_size, it, config.seed * 2 + 0)
-        t_rows = batch_rows(pair.target_database, config.batch_size, it, config.seed * 2 + 1)
-        terms = model.train_step(tf.constant(source_inputs[s_rows]), tf.constant(source_onehot[s_rows]),
-                                 tf.constant(target_inputs[t_rows]),
-                                 tf.constant(lam if config.ramp_entropy else 1.0, tf.float32))
-        values = {k: float(v) for k, v in terms.items()}
-        if first_step_seconds is None:
-            first_step_seconds = time.perf_counter() - start_time  # includes tracing the step
-        check_finite(values, "METAH training")
-        step.assign(it + 1)
-        if run is not None and (it % config.log_every == 0 or it + 1 == config.iterations):
-            run.log_scalars(it, {**values, "lambda": lam,
-                                 "learning_rate": float(_current_rate(model.optimizer))}, prefix="train/")
-        epoch_end = (it + 1) % steps_per_epoch == 0 or it + 1 == config.iterations
-        if epoch_end and config.eval_every_epoch and it + 1 < config.iterations:
-            figures, _ = evaluate(model, pair, inputs)
-            history.append({"iteration": it + 1, **figures})
-            if run is not None:
-                _log_figures(run, it + 1, figures)
-        if epoch_end and manager is not None:
-            if history:
-                run.save_results({"epochs": history})
-            manager.save(checkpoint_number=it + 1)
+    cadence = CheckpointCadence(run.dir, config.checkpoint_every) if run is not None else None
+    with cadence or contextlib.nullcontext():
+        for it in bar:
+            progress_fraction = it / config.iterations
+            lam = dann_lambda(progress_fraction, config.lambda_gamma)
+            model.set_lambda(lam)
+            s_rows = batch_rows(pair.source_train, config.batch_size, it, config.seed * 2 + 0)
+            t_rows = batch_rows(pair.target_database, config.batch_size, it, config.seed * 2 + 1)
+            terms = model.train_step(tf.constant(source_inputs[s_rows]), tf.constant(source_onehot[s_rows]),
+                                     tf.constant(target_inputs[t_rows]),
+                                     tf.constant(lam if config.ramp_entropy else 1.0, tf.float32))
+            values = {k: float(v) for k, v in terms.items()}
+            if first_step_seconds is None:
+                first_step_seconds = time.perf_counter() - start_time  # includes tracing the step
+            check_finite(values, "METAH training")
+            step.assign(it + 1)
+            if run is not None and (it % config.log_every == 0 or it + 1 == config.iterations):
+                run.log_scalars(it, {**values, "lambda": lam,
+                                     "learning_rate": float(_current_rate(model.optimizer))}, prefix="train/")
+            epoch_end = (it + 1) % steps_per_epoch == 0 or it + 1 == config.iterations
+            if epoch_end and config.eval_every_epoch and it + 1 < config.iterations:
+                figures, _ = evaluate(model, pair, inputs)
+                history.append({"iteration": it + 1, **figures})
+                if run is not None:
+                    _log_figures(run, it + 1, figures)
+            if manager is not None and (epoch_end or cadence.due(it + 1)):
+                if history:
+                    run.save_results({"epochs": history})
+                manager.save(checkpoint_number=it + 1)
+                cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
     seconds = time.perf_counter() - start_time
 
     final, codes = evaluate(model, pair, inputs)
