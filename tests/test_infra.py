@@ -76,30 +76,157 @@ def test_run_folder_create_reopen_and_refuse_overwrite(tmp_path):
     run.log_scalars(0, {"loss": 1.0}, prefix="lab/")
     run.flush()
     assert os.listdir(run.path("tb"))
+    run.close()
     reopened = Run.open(run.dir, {"toy": ToyConfig})
     assert reopened.config == config and reopened.method == "toy"
+    reopened.close()
     with pytest.raises(UserError, match="already holds a run"):
         Run.create("toy", config)
     with pytest.raises(UserError, match="not a run folder"):
         Run.open(str(tmp_path / "nothing"), {"toy": ToyConfig})
 
 
-def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+def test_corrupt_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, capsys):
     import tensorflow as tf
-    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r"))
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r", keep_checkpoints="3"))
     variable = tf.Variable([1.0, 2.0])
     checkpoint = tf.train.Checkpoint(v=variable)
     manager = run.checkpoint_manager(checkpoint)
-    manager.save()
+    run.save_checkpoint(manager, 1)
+    variable.assign([3.0, 4.0])
+    newest = run.save_checkpoint(manager, 2)
     variable.assign([5.0, 6.0])
-    assert run.restore_latest(checkpoint) is not None
+    assert run.restore_latest(checkpoint) == newest
+    np.testing.assert_array_equal(variable.numpy(), [3.0, 4.0])
+
+    def corrupt(prefix):
+        for name in os.listdir(run.path("checkpoints")):
+            if name.startswith(os.path.basename(prefix) + ".data-"):
+                with open(run.path("checkpoints", name), "r+b") as f:
+                    f.truncate(3)  # a write cut short
+    corrupt(newest)
+    restored = run.restore_latest(checkpoint)
+    assert restored.endswith("ckpt-1")
     np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])
-    for name in os.listdir(run.path("checkpoints")):
-        if ".data-" in name:
-            with open(run.path("checkpoints", name), "wb") as f:
-                f.write(b"garbage")
-    with pytest.raises(UserError, match="corrupt"):
+    assert f"cannot read checkpoint {newest}" in capsys.readouterr().out
+    corrupt(restored)
+    with pytest.raises(UserError, match="no readable checkpoint"):
         run.restore_latest(checkpoint)
+
+
+def test_keeps_the_last_and_the_best_checkpoint(tmp_path):
+    import tensorflow as tf
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r"))  # default: last,best
+    variable = tf.Variable(0.0)
+    checkpoint = tf.train.Checkpoint(v=variable)
+    manager = run.checkpoint_manager(checkpoint)
+    for epoch, score in enumerate([0.1, 0.3, 0.2], start=1):
+        variable.assign(float(epoch))
+        run.save_checkpoint(manager, epoch, score=score)
+    kept = sorted(n for n in os.listdir(run.path("checkpoints")) if n.endswith(".index"))
+    assert kept == ["ckpt-3.index"]
+    best_path, best_score = run.best_checkpoint()
+    assert best_path.endswith(os.path.join("best", "ckpt-2")) and best_score == 0.3
+    tf.train.Checkpoint(v=variable).restore(best_path)
+    assert float(variable.numpy()) == 2.0
+    with pytest.raises(UserError, match="keep-checkpoints"):
+        Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="q", keep_checkpoints="some")).checkpoint_manager(checkpoint)
+
+
+def test_resume_drops_tensorboard_events_logged_after_the_checkpoint(tmp_path):
+    import time
+
+    import tensorflow as tf
+    config = ToyConfig(runs_dir=str(tmp_path), run_name="r")
+    run = Run.create("toy", config)
+    variable = tf.Variable(0.0)
+    checkpoint = tf.train.Checkpoint(v=variable)
+    manager = run.checkpoint_manager(checkpoint)
+    for step in (1, 2, 3):
+        run.log_scalars(step, {"loss": step}, prefix="lab/")
+    run.log_scalars(1, {"map": 0.5}, prefix="mAP/")  # another step axis: kept, it was logged before
+    run.flush()
+    time.sleep(0.05)
+    run.save_checkpoint(manager, 1)
+    time.sleep(0.05)
+    for step in (4, 5):  # the half-finished epoch that a kill loses
+        run.log_scalars(step, {"loss": step}, prefix="lab/")
+    run.close()
+
+    resumed = Run.open(run.dir, {"toy": ToyConfig})
+    assert resumed.restore_latest(checkpoint) is not None
+    resumed.log_scalars(4, {"loss": 40}, prefix="lab/")  # the resumed run logs step 4 again
+    resumed.close()
+    logged = []
+    for name in sorted(os.listdir(run.path("tb"))):
+        for event in tf.compat.v1.train.summary_iterator(run.path("tb", name)):
+            for value in event.summary.value:
+                logged.append((value.tag, event.step, float(tf.make_ndarray(value.tensor))))
+    assert sorted(logged) == [("lab/loss", 1, 1.0), ("lab/loss", 2, 2.0), ("lab/loss", 3, 3.0),
+                              ("lab/loss", 4, 40.0), ("mAP/map", 1, 0.5)]
+
+
+def test_run_name_must_be_a_plain_folder_name_and_failed_starts_delete_only_their_own(tmp_path):
+    import train
+    runs = tmp_path / "runs"
+    (runs / "earlier").mkdir(parents=True)
+    (runs / "earlier" / "config.json").write_text("{}")
+    (runs / "important").mkdir()
+    (runs / "important" / "thesis.tex").write_text("years of work")
+    for name in (".", "..", "a/b", "../x"):
+        with pytest.raises(UserError, match="plain folder name"):
+            train.main(["--method", "acmr", "--runs-dir", str(runs), "--run-name", name])
+    with pytest.raises(UserError, match="holds other files"):
+        train.main(["--runs-dir", str(runs), "--run-name", "important", "--bits", "0"])
+    assert (runs / "important" / "thesis.tex").read_text() == "years of work"
+    assert sorted(os.listdir(runs / "important")) == ["thesis.tex"]
+    (runs / "empty").mkdir()  # a folder the user made for the run: used, and kept after a failed start
+    with pytest.raises(UserError, match="positive"):
+        train.main(["--runs-dir", str(runs), "--run-name", "empty", "--bits", "0"])
+    with pytest.raises(UserError, match="positive"):
+        train.main(["--runs-dir", str(runs), "--run-name", "fresh", "--bits", "0"])
+    assert sorted(os.listdir(runs)) == ["earlier", "empty", "important"]
+    assert os.listdir(runs / "empty") == [] and os.listdir(runs / "earlier") == ["config.json"]
+
+
+def test_unwritable_runs_dir_and_weights_without_a_trunk_are_one_line_errors(tmp_path):
+    import train
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="choose a writable --runs-dir"):
+        train.main(["--method", "acmr", "--runs-dir", str(tmp_path / "a-file" / "runs")])
+    for extra in (["--backbone", "features"], []):  # synthetic data are feature vectors
+        with pytest.raises(UserError, match="--weights w.mat .*no trunk"):
+            train.main(["--weights", "w.mat", "--runs-dir", str(tmp_path / "runs")] + extra)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused_and_a_dead_owner_is_stale(tmp_path, capsys):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    config = ToyConfig(runs_dir=str(tmp_path), run_name="r")
+    first = Run.create("toy", config)
+    with pytest.raises(UserError, match=rf"in use by process {os.getpid()} on {socket.gethostname()}"):
+        Run.open(first.dir, {"toy": ToyConfig})
+    with pytest.raises(UserError, match="in use"):  # the same name at once: refused, nothing touched
+        Run.create("toy", config)
+    assert sorted(os.listdir(first.dir)) == ["config.json", "lock"]
+    first.close()
+    assert sorted(os.listdir(first.dir)) == ["config.json"]
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with open(os.path.join(first.dir, "lock"), "w") as f:  # left behind by a kill -9
+        json.dump({"pid": int(dead.stdout), "host": socket.gethostname()}, f)
+    reopened = Run.open(first.dir, {"toy": ToyConfig})
+    assert "stale lock" in capsys.readouterr().out
+    assert json.load(open(reopened.lock.path))["pid"] == os.getpid()
+    reopened.close()
+    with open(os.path.join(first.dir, "lock"), "w") as f:  # another host's: cannot be checked, so it holds
+        json.dump({"pid": 1, "host": "elsewhere"}, f)
+    with pytest.raises(UserError, match="in use by process 1 on elsewhere"):
+        Run.open(first.dir, {"toy": ToyConfig})
 
 
 def test_non_finite_loss_names_the_step_and_term():
