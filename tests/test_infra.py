@@ -276,3 +276,39 @@ def test_checkpoint_cadence_by_steps_time_and_signal():
         with pytest.raises(TrainingInterrupted, match=r"SIGINT.*--resume runs/x"):
             cadence.saved()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(tmp_path, capsys):
+    import json
+
+    import train
+    runs = tmp_path / "runs"
+    results = train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "2", "--runs-dir", str(runs),
+                          "--run-name", "r"])
+    run_dir = runs / "r"
+
+    def snapshot():
+        return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in run_dir.rglob("*") if p.is_file()}
+    before = snapshot()
+    log = (run_dir / "train.log").read_text()
+    assert "run folder:" in log and "acmr original synthetic: 2/2" in log  # a plain line per progress step
+    assert sorted(n for n in os.listdir(run_dir / "checkpoints") if n.endswith(".index")) == ["ckpt-2.index"]
+
+    again = train.main(["--resume", str(run_dir)])
+    assert again["final"] == results["final"]
+    assert f"--resume {run_dir} --epochs N (N > 2)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--bits, --batch-size differ .* only --epochs may grow"):
+        train.main(["--resume", str(run_dir), "--bits", "16", "--batch-size", "8"])
+    with pytest.raises(UserError, match="shorter than the run.s 2; a run can only be extended"):
+        train.main(["--resume", str(run_dir), "--epochs", "1"])
+    with pytest.raises(UserError, match="is a acmr run"):
+        train.main(["--resume", str(run_dir), "--method", "ssah"])
+    assert snapshot() == before  # not one byte rewritten, no file added
+
+    extended = train.main(["--resume", str(run_dir), "--epochs", "3"])
+    assert [e["epoch"] for e in extended["epochs"]] == [1, 2, 3]
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["completed"] == {"epochs": 3, "trained": 3}
+    assert json.loads((run_dir / "config.json").read_text())["config"]["epochs"] == 3
+    assert "acmr original synthetic: 3/3" in (run_dir / "train.log").read_text()
