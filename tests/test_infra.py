@@ -129,8 +129,10 @@ def test_keeps_the_last_and_the_best_checkpoint(tmp_path):
     assert best_path.endswith(os.path.join("best", "ckpt-2")) and best_score == 0.3
     tf.train.Checkpoint(v=variable).restore(best_path)
     assert float(variable.numpy()) == 2.0
+    from utils.run import keep_policy
+    assert keep_policy("last") == (1, False) and keep_policy("4") == (4, False)
     with pytest.raises(UserError, match="keep-checkpoints"):
-        Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="q", keep_checkpoints="some")).checkpoint_manager(checkpoint)
+        keep_policy("some")
 
 
 def test_resume_drops_tensorboard_events_logged_after_the_checkpoint(tmp_path):
