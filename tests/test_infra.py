@@ -314,3 +314,22 @@ def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(tmp_pa
     assert saved["completed"] == {"epochs": 3, "trained": 3}
     assert json.loads((run_dir / "config.json").read_text())["config"]["epochs"] == 3
     assert "acmr original synthetic: 3/3" in (run_dir / "train.log").read_text()
+
+
+def test_metah_resume_extends_its_iterations(tmp_path, capsys):
+    import train
+    from tests.test_metah import write_domain_files
+    write_domain_files(str(tmp_path))
+    argv = ["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "8",
+            "--iterations", "8", "--batch-size", "16", "--hidden", "16", "--discriminator-hidden", "16",
+            "--runs-dir", str(tmp_path / "runs"), "--run-name", "m"]
+    train.main(argv)
+    run_dir = str(tmp_path / "runs" / "m")
+    train.main(["--resume", run_dir])
+    assert f"--resume {run_dir} --iterations N (N > 8)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--split-sizes is for image-text"):
+        train.main(argv[:-1] + ["m2", "--split-sizes", "2,2"])
+    assert os.listdir(tmp_path / "runs") == ["m"]
+    extended = train.main(["--resume", run_dir, "--iterations", "12"])
+    assert extended["iterations"] == 12
+    assert f"resumed from {run_dir}/checkpoints/ckpt-8" in capsys.readouterr().out
