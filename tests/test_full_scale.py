@@ -261,14 +261,14 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
     outputs = {}
     for mode in ("lazy", "memory"):
         def load(*args, **kwargs):
-            data = real_load(*args, **kwargs, split_sizes=(6, 16))
+            data = real_load(*args, **kwargs)
             assert isinstance(data.images, HDF5Images)
             if mode == "memory":
                 data.images = data.images[np.arange(len(data.images))]
             return data
         monkeypatch.setattr(utils.data, "load_dataset", load)
         streamed_calls.clear()
-        results = train.main(FAST + ["--dataset", "coco", "--data", path, "--seed", "3",
+        results = train.main(FAST + ["--dataset", "coco", "--data", path, "--seed", "3", "--split-sizes", "6,16",
                                      "--runs-dir", str(tmp_path), "--run-name", mode])
         outputs[mode] = results, scipy.io.loadmat(tmp_path / mode / "codes.mat"), len(streamed_calls)
     (lazy, lazy_codes, lazy_calls), (memory, memory_codes, memory_calls) = outputs["lazy"], outputs["memory"]

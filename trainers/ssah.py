@@ -571,7 +571,8 @@ def train(config, run, resume=False):
         raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
     if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
         raise UserError("bits, embed_dim and batch_size must be positive")
-    data = load_dataset(config.dataset, config.data, config.seed, config.split_file, config.split_sizes)
+    data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                        split_sizes=config.split_sizes)
     backbone = resolve_backbone(config, data)
     train_images, train_texts, train_labels = data.part("train")
     image_shape = tuple(data.images.shape[1:])
@@ -748,7 +749,8 @@ def encode(run_dir, inputs, modality):
     if modality not in ("image", "text"):
         raise UserError(f"unknown modality {modality!r} for SSAH; choose image or text")
     _, config = saved_config(run_dir, {"ssah": Config})
-    data = load_dataset(config.dataset, config.data, config.seed, config.split_file, config.split_sizes)
+    data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                        split_sizes=config.split_sizes)
     if modality == "text" and _holds_words(inputs):
         inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]
