@@ -333,3 +333,14 @@ def test_metah_resume_extends_its_iterations(tmp_path, capsys):
     extended = train.main(["--resume", run_dir, "--iterations", "12"])
     assert extended["iterations"] == 12
     assert f"resumed from {run_dir}/checkpoints/ckpt-8" in capsys.readouterr().out
+
+
+def test_a_damaged_checkpoint_state_file_does_not_hide_the_checkpoints(tmp_path):
+    import tensorflow as tf
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r"))
+    variable = tf.Variable(7.0)
+    checkpoint = tf.train.Checkpoint(v=variable)
+    run.save_checkpoint(run.checkpoint_manager(checkpoint), 12)
+    (tmp_path / "r" / "checkpoints" / "checkpoint").write_text("\x00 not a state file")
+    variable.assign(0.0)
+    assert run.restore_latest(checkpoint).endswith("ckpt-12") and float(variable.numpy()) == 7.0

@@ -531,12 +531,15 @@ def _check_resume_shapes(run, data_shape):
     path = tf.train.latest_checkpoint(run.path("checkpoints"))
     if path is None:
         return
-    reader = tf.train.load_checkpoint(path)
-    key = next((k for k in reader.get_variable_to_shape_map() if k.startswith("data_shape")), None)
-    if key is None:
+    try:
+        reader = tf.train.load_checkpoint(path)
+        key = next((k for k in reader.get_variable_to_shape_map() if k.startswith("data_shape")), None)
+        if key is None:
+            return
+        saved_shape = reader.get_tensor(key).tolist()
+    except Exception:  # unreadable: Run.restore_latest falls back to an older checkpoint, saying so
         return
-    saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
-                     reader.get_tensor(key).tolist()))
+    saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"), saved_shape))
     differences = [f"{name} {old} (now {new})" for (name, old), new in zip(saved.items(), data_shape) if old != new]
     if differences:
         raise UserError(f"the checkpoint in {run.path('checkpoints')} was trained with "

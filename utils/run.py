@@ -463,14 +463,18 @@ def saved_config(run_dir, config_classes):
 
 
 def checkpoint_candidates(run_dir):
-    """Checkpoint prefixes of RUN_DIR/checkpoints, newest first, then checkpoints/best/'s."""
-    import tensorflow as tf
+    """Checkpoint prefixes in RUN_DIR/checkpoints, newest (highest number) first, then
+    checkpoints/best/'s. Found from the files themselves, so a damaged `checkpoint` state file
+    does not hide them."""
+    import glob
+    import re
     found = []
     for folder in (os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "checkpoints", "best")):
-        state = tf.train.get_checkpoint_state(folder) if os.path.isdir(folder) else None
-        if state is not None:
-            paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-            found += [p if os.path.isabs(p) else os.path.join(folder, p) for p in reversed(paths)]
+        numbered = []
+        for index in glob.glob(os.path.join(glob.escape(folder), "*.index")):
+            match = re.search(r"-(\d+)\.index$", index)
+            numbered.append((int(match.group(1)) if match else -1, index[:-len(".index")]))
+        found += [prefix for _, prefix in sorted(numbered, reverse=True)]
     return found
 
 
