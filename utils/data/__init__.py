@@ -144,11 +144,13 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
         single_label = True
     else:
         images, texts, labels, mean_image = dcmh.read_dcmh(path)
+    if not split_file and name in SPLIT_SIZES:
+        check_split_sizes(name, split_sizes or SPLIT_SIZES[name], len(labels))
 
     if split_file:
         split = splits.load_split(split_file, len(labels))
     elif name != "wiki" and name not in acmr_pickles.LOADERS:
-        num_query, num_train = check_split_sizes(name, split_sizes or SPLIT_SIZES[name], len(labels))
+        num_query, num_train = split_sizes or SPLIT_SIZES[name]
         split = splits.permutation_split(len(labels), num_query, num_train, seed)
     return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,
                           mean_image=mean_image, single_label=single_label)
