@@ -344,3 +344,20 @@ def test_a_damaged_checkpoint_state_file_does_not_hide_the_checkpoints(tmp_path)
     (tmp_path / "r" / "checkpoints" / "checkpoint").write_text("\x00 not a state file")
     variable.assign(0.0)
     assert run.restore_latest(checkpoint).endswith("ckpt-12") and float(variable.numpy()) == 7.0
+
+
+def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "train.py", "--method", "acmr", "--dataset", "synthetic", "--epochs", "1",
+               "--runs-dir", str(tmp_path), "--run-name", "same"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    processes = [subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(), p.stderr.read()) for p in processes)
+    (won, _), (lost, message) = outcomes
+    assert (won, lost) == (0, 2) and "Traceback" not in message
+    assert message.strip().splitlines()[-1].startswith("error: run folder")
+    assert "in use by process" in message or "already holds a run" in message
+    assert os.listdir(tmp_path) == ["same"] and not os.path.exists(tmp_path / "same" / "lock")

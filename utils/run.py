@@ -116,7 +116,6 @@ def set_seed(seed, deterministic=True):
         tf.config.experimental.enable_op_determinism()
 
 
-RUN_FILES = ("config.json", "train.log", "tb", "checkpoints", "codes.mat", "results.json")
 LOCK_NAME = "lock"
 
 
