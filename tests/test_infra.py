@@ -252,6 +252,9 @@ def test_bad_dataset_leaves_no_empty_run_folder(tmp_path, method):
     with pytest.raises(UserError, match="nosuch"):
         train.main(["--method", method, "--dataset", "nosuch", "--runs-dir", str(tmp_path)])
     assert os.listdir(tmp_path) == []
+    with pytest.raises(UserError, match="nosuch"):  # nor the runs folders it made
+        train.main(["--method", method, "--dataset", "nosuch", "--runs-dir", str(tmp_path / "new" / "runs")])
+    assert os.listdir(tmp_path) == []
 
 
 def test_checkpoint_cadence_by_steps_time_and_signal():

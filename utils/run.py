@@ -192,6 +192,15 @@ class RunLock:
                 os.remove(self.path)
 
 
+def _missing_folders(path):
+    """The folders os.makedirs(path) would make, innermost first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
 def _folder_error(path, error):
     return UserError(f"cannot write the run folder {path}: {error.strerror or error}; "
                      f"choose a writable --runs-dir")
@@ -211,6 +220,7 @@ class Run:
         self.method = method
         self.config = config
         self.created_folder = created  # this process made RUN_DIR, so it may remove it
+        self.created_runs_dirs = []    # ... and the folders above it that it made, innermost first
         self.created = set()           # entries of RUN_DIR this process created
         self.lock = RunLock(self.dir)
         self._writer = None
@@ -237,6 +247,7 @@ class Run:
         check_run_name(name)  # a dataset name like mnist->usps is fine; a slash is not
         run_dir = os.path.join(config.runs_dir, name)
         try:
+            made_runs_dirs = _missing_folders(config.runs_dir)
             os.makedirs(config.runs_dir, exist_ok=True)
             try:
                 os.mkdir(run_dir)
@@ -244,6 +255,7 @@ class Run:
             except FileExistsError:
                 created = False
             run = cls(run_dir, method, config, created=created)
+            run.created_runs_dirs = made_runs_dirs
             run.lock.acquire()
         except OSError as error:
             raise _folder_error(run_dir, error) from None
@@ -262,8 +274,7 @@ class Run:
             raise _folder_error(run_dir, error) from None
         except UserError:
             run.close()
-            if created:
-                os.rmdir(run_dir)  # empty: only the lock was in it, and that is gone
+            run.discard()  # removes no file it found; the folders only if it made them and they are empty
             raise
         return run
 
@@ -303,8 +314,9 @@ class Run:
                 shutil.rmtree(target, ignore_errors=True)
             elif os.path.exists(target):
                 os.remove(target)
-        if self.created_folder and os.path.isdir(self.dir) and not os.listdir(self.dir):
-            os.rmdir(self.dir)
+        for folder in ([self.dir] if self.created_folder else []) + self.created_runs_dirs:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
 
     def set_config(self, config):
         """Replaces the saved config (used to extend a run's length on resume)."""
