@@ -67,8 +67,22 @@ def length_done(run, length_field):
     if not os.path.exists(run.path("results.json")):
         return None
     results = io.load_json(run.path("results.json"))
-    completed = results.get("completed", {})
-    return completed if "final" in results and length_field in completed else None
+    if "final" not in results:
+        return None
+    completed = results.get("completed") or _completed_before_marker(run, results, length_field)
+    return completed if completed and length_field in completed else None
+
+
+def _completed_before_marker(run, results, length_field):
+    """The length a run finished before train.py marked completion was for, read from the
+    figures each method writes at its end (SSAH: the final epoch; ACMR: its settings; METAH:
+    its iteration count)."""
+    length = getattr(run.config, length_field)
+    trained = {"ssah": results["final"].get("epoch"), "acmr": results.get("settings", {}).get("epochs"),
+               "metah": results.get("iterations")}.get(run.method)
+    if trained is not None and length in (trained, 0):  # ACMR's 0: the program's length
+        return {length_field: length, "trained": trained}
+    return None
 
 
 def resumed_config(run, module, parser, argv, method_given):

@@ -364,3 +364,19 @@ def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(
     assert message.strip().splitlines()[-1].startswith("error: run folder")
     assert "in use by process" in message or "already holds a run" in message
     assert os.listdir(tmp_path) == ["same"] and not os.path.exists(tmp_path / "same" / "lock")
+
+
+def test_a_run_finished_before_completion_was_marked_is_not_rewritten(tmp_path, capsys):
+    import json
+
+    import train
+    train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--runs-dir", str(tmp_path),
+                "--run-name", "old"])
+    results_path = tmp_path / "old" / "results.json"
+    saved = json.loads(results_path.read_text())
+    del saved["completed"]  # as written before train.py recorded it
+    results_path.write_text(json.dumps(saved))
+    before = results_path.read_bytes(), (tmp_path / "old" / "codes.mat").read_bytes()
+    train.main(["--resume", str(tmp_path / "old")])
+    assert "is finished (1 epochs)" in capsys.readouterr().out
+    assert (results_path.read_bytes(), (tmp_path / "old" / "codes.mat").read_bytes()) == before
