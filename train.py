@@ -118,10 +118,11 @@ def main(argv=None):
         run = Run.open(known.resume, {m: get_method(m).Config for m in METHODS})
         module = get_method(run.method)
     else:
-        module = get_method(known.method or "ssah")
+        method = known.method or "ssah"
+        module = get_method(method)
         config = build_config(module, method_parser(module, first).parse_args(argv))
-        check_config(config, known.method or "ssah")
-        run = Run.create(module.__name__.split(".")[-1], config)
+        check_config(config, method)
+        run = Run.create(method, config)
     length_field = LENGTH_FIELDS.get(run.method, "epochs")
     try:
         if known.resume:
@@ -148,6 +149,7 @@ def main(argv=None):
             try:
                 results = module.train(config, run, resume=bool(known.resume))
             except NonFiniteLoss as error:
+                run.log(f"error: {error}")
                 raise UserError(str(error)) from None
             except UserError as error:
                 if not known.resume and not run.has_checkpoints():

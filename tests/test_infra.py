@@ -380,3 +380,15 @@ def test_a_run_finished_before_completion_was_marked_is_not_rewritten(tmp_path, 
     train.main(["--resume", str(tmp_path / "old")])
     assert "is finished (1 epochs)" in capsys.readouterr().out
     assert (results_path.read_bytes(), (tmp_path / "old" / "codes.mat").read_bytes()) == before
+
+
+def test_split_sizes_are_checked_against_the_data_and_the_dataset(tmp_path):
+    from utils.data import load_dataset
+    data = load_dataset("synthetic", split_sizes=(50, 300))
+    assert (len(data.split.query), len(data.split.train), len(data.split.database)) == (50, 300, 1950)
+    with pytest.raises(UserError, match=r"only 2000; pass smaller sizes, e.g. --split-sizes 250,1000"):
+        load_dataset("synthetic", split_sizes=(1500, 1000))
+    with pytest.raises(UserError, match="two positive numbers"):
+        load_dataset("synthetic", split_sizes=(5,))
+    with pytest.raises(UserError, match="--split-file gives one"):
+        load_dataset("synthetic", split_file=str(tmp_path / "s.npz"), split_sizes=(5, 5))

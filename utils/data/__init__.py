@@ -122,8 +122,8 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
     if split_sizes and (name == "wiki" or name in acmr_pickles.LOADERS or split_file):
-        raise UserError(f"--split-sizes draws a split, but {'--split-file gives one' if split_file else name + ' has its own'}: "
-                        f"drop --split-sizes")
+        given = "--split-file gives one" if split_file else f"{name} has its own"
+        raise UserError(f"--split-sizes draws a split, but {given}: drop --split-sizes")
     path = resolve_path(name, path)
     mean_image, single_label = None, False
     if name == "synthetic":
