@@ -358,9 +358,10 @@ def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     processes = [subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2)]
-    outcomes = sorted((p.wait(), p.stderr.read()) for p in processes)
-    (won, _), (lost, message) = outcomes
+    outcomes = sorted((p.returncode, err, out) for p, (out, err) in [(p, p.communicate()) for p in processes])
+    (won, _, printed), (lost, message, _) = outcomes
     assert (won, lost) == (0, 2) and "Traceback" not in message
+    assert "acmr original synthetic: 1/1 (" in printed  # stdout is a pipe: a plain progress line
     assert message.strip().splitlines()[-1].startswith("error: run folder")
     assert "in use by process" in message or "already holds a run" in message
     assert os.listdir(tmp_path) == ["same"] and not os.path.exists(tmp_path / "same" / "lock")
