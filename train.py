@@ -1,17 +1,24 @@
 """Train a method: `python train.py --method ssah --dataset wiki --bits 32`.
 
 `python train.py --method M --help` lists every setting of method M.
-`python train.py --resume RUN_DIR` continues a killed run from its last checkpoint.
+`python train.py --resume RUN_DIR` continues a killed run from its last checkpoint;
+`python train.py --resume RUN_DIR --epochs N` (METAH: `--iterations N`) extends a run to a
+larger N. A finished run's outputs are never rewritten.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
-import os
-import shutil
+import sys
 
 from trainers import METHODS, get_method
 from utils.config import add_config_arguments, config_from_args
 from utils.errors import UserError, run_command_line
+
+# The setting that says how long a method trains; the only one `--resume` may change (to extend).
+LENGTH_FIELDS = {"ssah": "epochs", "acmr": "epochs", "metah": "iterations"}
+# Settings `--resume` may change because they do not change what is trained.
+RESUME_MAY_CHANGE = ("checkpoint_every", "keep_checkpoints")
 
 
 def build_config(module, args):
@@ -29,9 +36,80 @@ def build_config(module, args):
     return config_from_args(module.Config, args, base=config)
 
 
+def check_config(config, method):
+    """Checks of settings that a method would otherwise ignore silently."""
+    from utils.data import FEATURE_DATASETS
+    from utils.run import keep_policy
+    keep_policy(config.keep_checkpoints)
+    if method == "metah" and config.split_sizes:
+        raise UserError("--split-sizes is for image-text datasets; METAH's domain pairs have fixed splits: "
+                        "drop --split-sizes")
+    weights, backbone = getattr(config, "weights", ""), getattr(config, "backbone", None)
+    if weights and (backbone == "features" or (backbone == "" and config.dataset in FEATURE_DATASETS)):
+        raise UserError(f"--weights {weights} is a trunk weight file but the image side is feature vectors "
+                        f"(backbone features) and has no trunk: drop --weights, or use images with "
+                        f"--backbone cnnf or vgg19")
+
+
+def method_parser(module, first):
+    parser = argparse.ArgumentParser(description=__doc__, parents=[first],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, module.Config)
+    return parser
+
+
+def length_done(run, length_field):
+    """For a finished run, {length_field: the configured length, "trained": the length trained
+    (they differ when the configured value means "the program's default")}; else None."""
+    import os
+
+    from utils import io
+    if not os.path.exists(run.path("results.json")):
+        return None
+    results = io.load_json(run.path("results.json"))
+    if "final" not in results:
+        return None
+    completed = results.get("completed") or _completed_before_marker(run, results, length_field)
+    return completed if completed and length_field in completed else None
+
+
+def _completed_before_marker(run, results, length_field):
+    """The length a run finished before train.py marked completion was for, read from the
+    figures each method writes at its end (SSAH: the final epoch; ACMR: its settings; METAH:
+    its iteration count)."""
+    length = getattr(run.config, length_field)
+    trained = {"ssah": results["final"].get("epoch"), "acmr": results.get("settings", {}).get("epochs"),
+               "metah": results.get("iterations")}.get(run.method)
+    if trained is not None and length in (trained, 0):  # ACMR's 0: the program's length
+        return {length_field: length, "trained": trained}
+    return None
+
+
+def resumed_config(run, module, parser, argv, method_given):
+    """The run's saved config with the options given beside --resume; only the length may
+    change (to a larger value), and the settings in RESUME_MAY_CHANGE."""
+    if method_given and method_given != run.method:
+        raise UserError(f"{run.dir} is a {run.method} run; drop --method {method_given} when resuming it")
+    args = parser.parse_args(argv)
+    config = config_from_args(module.Config, args, base=run.config)
+    length_field = LENGTH_FIELDS.get(run.method, "epochs")
+    changed = [f.name for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(run.config, f.name)
+               and f.name not in RESUME_MAY_CHANGE + (length_field,)]
+    if changed:
+        names = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise UserError(f"{names} differ from the settings of {run.dir}, and --resume continues the same run; "
+                        f"only --{length_field.replace('_', '-')} may grow: drop {names} or start a new run")
+    old, new = getattr(run.config, length_field), getattr(config, length_field)
+    if new < old:
+        raise UserError(f"--{length_field} {new} is shorter than the run's {old}; a run can only be extended")
+    return config
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", default="ssah", choices=METHODS)
+    first.add_argument("--method", default=None, choices=METHODS)
     first.add_argument("--resume", default="")
     known, _ = first.parse_known_args(argv)
 
@@ -39,28 +117,97 @@ def main(argv=None):
     if known.resume:
         run = Run.open(known.resume, {m: get_method(m).Config for m in METHODS})
         module = get_method(run.method)
-        config = run.config
     else:
-        module = get_method(known.method)
-        parser = argparse.ArgumentParser(description=__doc__, parents=[first],
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_config_arguments(parser, module.Config)
-        args = parser.parse_args(argv)
-        config = build_config(module, args)
-        run = Run.create(known.method, config)
-    print(f"run folder: {run.dir}", flush=True)
-    set_seed(config.seed)
+        method = known.method or "ssah"
+        module = get_method(method)
+        config = build_config(module, method_parser(module, first).parse_args(argv))
+        check_config(config, method)
+        run = Run.create(method, config)
+    length_field = LENGTH_FIELDS.get(run.method, "epochs")
     try:
-        results = module.train(config, run, resume=bool(known.resume))
-    except NonFiniteLoss as error:
-        raise UserError(str(error)) from None
-    except UserError:
-        checkpoints = run.path("checkpoints")
-        if not known.resume and not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
-            shutil.rmtree(run.dir)  # bad input found before anything was trained: leave no empty run
-        raise
-    print(json.dumps(results.get("final", results), indent=2, sort_keys=True))
-    return results
+        if known.resume:
+            config = resumed_config(run, module, method_parser(module, first), argv, known.method)
+            check_config(config, run.method)
+            done = length_done(run, length_field)
+            flag = "--" + length_field.replace("_", "-")
+            if done is not None:
+                trained, length = done.get("trained", done[length_field]), getattr(config, length_field)
+                if length == done[length_field]:
+                    print(f"{run.dir} is finished ({trained} {length_field}); its outputs are kept as they are. "
+                          f"To train longer: python train.py --resume {run.dir} {flag} N (N > {trained})")
+                    from utils import io
+                    return io.load_json(run.path("results.json"))
+                if length <= trained:
+                    raise UserError(f"{run.dir} has already trained {trained} {length_field}; give {flag} "
+                                    f"larger than {trained} to extend it")
+            if config != run.config:
+                run.set_config(config)
+        run.start_log()
+        with _tee_stdout(run.path("train.log")):
+            print(f"run folder: {run.dir}", flush=True)
+            set_seed(config.seed)
+            try:
+                results = module.train(config, run, resume=bool(known.resume))
+            except NonFiniteLoss as error:
+                run.log(f"error: {error}")
+                raise UserError(str(error)) from None
+            except UserError as error:
+                if not known.resume and not run.has_checkpoints():
+                    run.discard()  # bad input found before anything was trained: leave no empty run
+                else:
+                    run.log(f"error: {error}")
+                raise
+            mark_completed(run, length_field, getattr(config, length_field))
+            print(json.dumps(results.get("final", results), indent=2, sort_keys=True))
+        return results
+    finally:
+        run.close()
+
+
+def mark_completed(run, length_field, length):
+    """Records in results.json the length its final figures are for (how --resume tells a finished run)."""
+    import os
+
+    from utils import io
+    path = run.path("results.json")
+    if os.path.exists(path):
+        results = io.load_json(path)
+        if "final" in results:
+            trained = results.get("settings", {}).get(length_field) or length
+            results["completed"] = {length_field: length, "trained": trained}
+            run.save_results(results)
+
+
+class _Tee:
+    def __init__(self, stream, path):
+        self.stream, self.logs_to, self.pending = stream, path, ""
+
+    def write(self, text):
+        from utils.run import _append_log
+        self.stream.write(text)
+        self.pending += text
+        if "\n" in self.pending:
+            lines, self.pending = self.pending.rsplit("\n", 1)
+            for line in lines.split("\n"):
+                _append_log(self.logs_to, line)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _tee_stdout(path):
+    """What the run prints goes to RUN_DIR/train.log too."""
+    original = sys.stdout
+    sys.stdout = _Tee(original, path)
+    try:
+        yield
+    finally:
+        sys.stdout = original
 
 
 if __name__ == "__main__":

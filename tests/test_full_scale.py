@@ -17,6 +17,7 @@ import scipy.io
 
 from tests.conftest import shared_path
 from utils.errors import UserError
+from utils.errors import UserError
 
 N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH, ROUNDS = 24, 5, 60, 12, 8, 2
 STEPS = ("lab", "dis", "img", "txt")
@@ -260,14 +261,14 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
     outputs = {}
     for mode in ("lazy", "memory"):
         def load(*args, **kwargs):
-            data = real_load(*args, **kwargs, split_sizes=(6, 16))
+            data = real_load(*args, **kwargs)
             assert isinstance(data.images, HDF5Images)
             if mode == "memory":
                 data.images = data.images[np.arange(len(data.images))]
             return data
         monkeypatch.setattr(utils.data, "load_dataset", load)
         streamed_calls.clear()
-        results = train.main(FAST + ["--dataset", "coco", "--data", path, "--seed", "3",
+        results = train.main(FAST + ["--dataset", "coco", "--data", path, "--seed", "3", "--split-sizes", "6,16",
                                      "--runs-dir", str(tmp_path), "--run-name", mode])
         outputs[mode] = results, scipy.io.loadmat(tmp_path / mode / "codes.mat"), len(streamed_calls)
     (lazy, lazy_codes, lazy_calls), (memory, memory_codes, memory_calls) = outputs["lazy"], outputs["memory"]
@@ -280,27 +281,37 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 # --------------------------------------------------------------------------- real COCO, end to end
 
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
-    """Official COCO layout -> utils.prepare coco -> train.py (CNN-F, 32 bits) -> eval.py report."""
+    """The README's commands on the official COCO layout: `python -m utils.prepare coco
+    --annotations ... --images ... --images ...` (default output: the data folder) -> `python
+    train.py --dataset coco --bits 32 --split-sizes 20,80` (no --data: found where prepare wrote
+    it; a small CNN-F schedule) -> `python eval.py RUN_DIR`."""
     root = shared_path("data", "coco-mini")
     import eval as evaluation
     import train
     import utils.data.pipeline as pipeline
     from utils import prepare
+    from utils.data import resolve_path
 
-    out = str(tmp_path / "coco.h5")
+    data_root = tmp_path / "data"
+    monkeypatch.setenv("ADVHASH_DATA", str(data_root))  # the data folder prepare and train.py share
+    with pytest.raises(UserError, match="python -m utils.prepare coco"):
+        resolve_path("coco", "")
     assert prepare.main(["coco", "--annotations", os.path.join(root, "annotations"),
                          "--images", os.path.join(root, "train2017"), "--images", os.path.join(root, "val2017"),
-                         "--out", out, "--workers", "2", "--split-sizes", "20,80"]) == 0
-    split_file = prepare.sidecar_paths(out)[2]
+                         "--workers", "2"]) == 0
+    assert resolve_path("coco", "") == str(data_root / "coco.h5")
+    with pytest.raises(UserError, match="--split-sizes 19,79"):  # the standard 5,000 / 10,000 do not fit
+        train.main(["--dataset", "coco", "--bits", "32", "--runs-dir", str(tmp_path / "runs")])
     streamed_calls = []
     real_batches = pipeline.image_batches
     monkeypatch.setattr(pipeline, "image_batches", lambda *a, **k: streamed_calls.append(1) or real_batches(*a, **k))
-    results = train.main(["--method", "ssah", "--dataset", "coco", "--data", out, "--split-file", split_file,
-                          "--backbone", "cnnf", "--bits", "32", "--schedule", "tiny", "--epochs", "1",
-                          "--batch-size", "16", "--embed-dim", "64", "--hidden-dim", "256",
-                          "--eval-batch-size", "40", "--runs-dir", str(tmp_path), "--run-name", "coco"])
+    results = train.main(["--dataset", "coco", "--bits", "32", "--split-sizes", "20,80",
+                          "--schedule", "tiny", "--epochs", "1", "--batch-size", "16", "--embed-dim", "64",
+                          "--hidden-dim", "256", "--eval-batch-size", "40",
+                          "--runs-dir", str(tmp_path / "runs"), "--run-name", "coco"])
     assert len(streamed_calls) >= 4  # the 224 x 224 images streamed from the prepared file
-    run_dir = tmp_path / "coco"
+    run_dir = tmp_path / "runs" / "coco"
+    assert json.loads((run_dir / "config.json").read_text())["config"]["backbone"] in ("", "cnnf")
     codes = scipy.io.loadmat(run_dir / "codes.mat")
     assert codes["Qi"].shape == (20, 32) and codes["Di"].shape == (139, 32) and codes["Dt"].shape == (139, 32)
     assert codes["query_L"].shape == (20, 80)

@@ -77,6 +77,7 @@ def test_resume_with_other_data_is_a_one_line_error(tmp_path):
     config_path = tmp_path / "d" / "config.json"
     saved = json.loads(config_path.read_text())
     saved["config"]["dataset"] = "wiki"  # a different tag dimension (10 instead of 300)
+    saved["config"]["epochs"] = 2  # extended: a finished run is not trained again
     config_path.write_text(json.dumps(saved))
     shared_path("data", "wikipedia", "wikiData.mat")
     with pytest.raises(UserError, match=r"tag dimension 300 \(now 10\)"):

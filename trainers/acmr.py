@@ -167,7 +167,8 @@ def lambda_for_epoch(config, epoch, epochs):
 def load_data(config):
     """(CrossModalData, train part, test part) with float32 feature matrices."""
     from utils.data import load_dataset
-    data = load_dataset(config.dataset, config.data, seed=config.seed, split_file=config.split_file)
+    data = load_dataset(config.dataset, config.data, seed=config.seed, split_file=config.split_file,
+                        split_sizes=config.split_sizes)
     if data.image_kind != "features":
         raise UserError(f"ACMR works on feature vectors; dataset '{config.dataset}' holds raw images: "
                         f"extract features first (e.g. VGG fc7) or use wiki / wiki-pickle / nuswide10k")

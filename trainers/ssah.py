@@ -531,12 +531,15 @@ def _check_resume_shapes(run, data_shape):
     path = tf.train.latest_checkpoint(run.path("checkpoints"))
     if path is None:
         return
-    reader = tf.train.load_checkpoint(path)
-    key = next((k for k in reader.get_variable_to_shape_map() if k.startswith("data_shape")), None)
-    if key is None:
+    try:
+        reader = tf.train.load_checkpoint(path)
+        key = next((k for k in reader.get_variable_to_shape_map() if k.startswith("data_shape")), None)
+        if key is None:
+            return
+        saved_shape = reader.get_tensor(key).tolist()
+    except Exception:  # unreadable: Run.restore_latest falls back to an older checkpoint, saying so
         return
-    saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
-                     reader.get_tensor(key).tolist()))
+    saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"), saved_shape))
     differences = [f"{name} {old} (now {new})" for (name, old), new in zip(saved.items(), data_shape) if old != new]
     if differences:
         raise UserError(f"the checkpoint in {run.path('checkpoints')} was trained with "
@@ -571,7 +574,8 @@ def train(config, run, resume=False):
         raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
     if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
         raise UserError("bits, embed_dim and batch_size must be positive")
-    data = load_dataset(config.dataset, config.data, config.seed, config.split_file)
+    data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                        split_sizes=config.split_sizes)
     backbone = resolve_backbone(config, data)
     train_images, train_texts, train_labels = data.part("train")
     image_shape = tuple(data.images.shape[1:])
@@ -748,7 +752,8 @@ def encode(run_dir, inputs, modality):
     if modality not in ("image", "text"):
         raise UserError(f"unknown modality {modality!r} for SSAH; choose image or text")
     _, config = saved_config(run_dir, {"ssah": Config})
-    data = load_dataset(config.dataset, config.data, config.seed, config.split_file)
+    data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                        split_sizes=config.split_sizes)
     if modality == "text" and _holds_words(inputs):
         inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]

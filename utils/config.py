@@ -29,6 +29,12 @@ class CommonConfig:
                 "(SIGINT/SIGTERM also write one before stopping)"})
     split_file: str = dataclasses.field(default="", metadata={
         "help": "optional .npz/.mat with query/train/database index arrays, to share a split between programs"})
+    split_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={
+        "help": "QUERY,TRAIN: sizes of the seeded split instead of the dataset's standard protocol "
+                "(for small or subset files); database = every item but the queries"})
+    keep_checkpoints: str = dataclasses.field(default="last,best", metadata={
+        "help": "checkpoints kept in RUN_DIR/checkpoints: 'last', 'last,best' (the last plus the one "
+                "with the best epoch mAP, in checkpoints/best) or a number N (the last N)"})
 
 
 def _parse_bool(text):

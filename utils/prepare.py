@@ -1,8 +1,10 @@
 """Prepares MS-COCO, MIRFLICKR-25K and NUS-WIDE from their official downloads.
 
-    python -m utils.prepare coco --annotations DIR --images DIR [--images DIR ...] --out FILE.h5
-    python -m utils.prepare flickr --root mirflickr --annotations mirflickr25k_annotations_v080 --out FILE.h5
-    python -m utils.prepare nuswide --root NUS-WIDE --images Flickr --out FILE.h5
+    python -m utils.prepare coco --annotations DIR --images DIR [--images DIR ...]
+    python -m utils.prepare flickr --root mirflickr --annotations mirflickr25k_annotations_v080
+    python -m utils.prepare nuswide --root NUS-WIDE --images Flickr
+
+Each writes data/DATASET.h5 (or --out FILE.h5), where `python train.py --dataset DATASET` looks.
 
 Each writes ONE HDF5 file in the DCMH layout that `utils.data.dcmh.read_dcmh`
 reads, and the layout of the authors' files: arrays stored as MATLAB v7.3 stores
@@ -43,7 +45,7 @@ import numpy as np
 
 from utils import io
 from utils.config import add_config_arguments, config_from_args
-from utils.data import SPLIT_SIZES
+from utils.data import SPLIT_SIZES, prepared_path
 from utils.data.splits import permutation_split
 from utils.errors import UserError
 from utils.run import progress
@@ -84,7 +86,9 @@ WORD_PATTERN = re.compile(r"[a-z]+")
 @dataclasses.dataclass
 class OutputSettings:
     """How the file is written (shared by every dataset)."""
-    out: str = dataclasses.field(default="", metadata={"help": "the HDF5 file to write (e.g. coco.h5)"})
+    out: str = dataclasses.field(default="", metadata={
+        "help": "the HDF5 file to write; empty: data/DATASET.h5 in the repository (or $ADVHASH_DATA/DATASET.h5), "
+                "where train.py --dataset DATASET looks without --data"})
     overwrite: bool = dataclasses.field(default=False, metadata={
         "help": "replace an existing finished file"})
     resize_filter: str = dataclasses.field(default="bilinear", metadata={
@@ -658,6 +662,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     settings = config_from_args(READERS[args.dataset][0], args)
     output = config_from_args(OutputSettings, args)
+    if not output.out:
+        output = dataclasses.replace(output, out=prepared_path(args.dataset))
     try:
         manifest = prepare(args.dataset, settings, output, getattr(args, "images", ()))
     except UserError as error:

@@ -2,10 +2,16 @@
 
 Layout of RUN_DIR:
   config.json     the full config and the method's name (written at creation)
+  lock            held while a process trains in the folder: {"pid", "host", "started"}
+  train.log       one line per progress update and epoch, and what the run printed
   tb/             TensorBoard event files
-  checkpoints/    tf.train.CheckpointManager output
+  checkpoints/    tf.train.CheckpointManager output; checkpoints/best/ the best epoch's
   codes.mat       exported codes or embeddings (fields per method, see utils.exports)
   results.json    final and per-epoch figures
+
+Guarantees: a run deletes only files it created itself (`Run.discard`); one process at a
+time trains in a folder (`lock`, a stale lock of a dead process on this host is taken over);
+a corrupt newest checkpoint falls back to the newest readable one.
 """
 import dataclasses
 import datetime
@@ -13,6 +19,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -109,36 +116,225 @@ def set_seed(seed, deterministic=True):
         tf.config.experimental.enable_op_determinism()
 
 
-class Run:
-    """A run folder with its TensorBoard writer and checkpoint helper."""
+LOCK_NAME = "lock"
 
-    def __init__(self, run_dir, method, config):
-        import tensorflow as tf
+
+def check_run_name(name):
+    """A run name is one plain folder name: no '.', '..' or path separators."""
+    bad = name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name
+    if bad or name != name.strip():
+        raise UserError(f"--run-name {name!r} is not a plain folder name; give a name such as "
+                        f"ssah-coco-32b (no '.', '..', slashes or surrounding spaces)")
+
+
+class RunLock:
+    """An exclusive lock on a run folder: RUN_DIR/lock, created atomically (a hard link of a
+    finished temporary file, so the lock is never seen half written) and holding the PID and
+    host of its owner. A lock whose PID is not alive on this host is stale and taken over."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.held = False
+
+    def acquire(self):
+        import json
+        import socket
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        for _ in range(2):
+            tmp = f"{self.path}.{owner['pid']}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(owner, f)
+            try:
+                os.link(tmp, self.path)
+                self.held = True
+                return
+            except FileExistsError:
+                holder = self._holder()
+                if not self._is_stale(holder, owner["host"]):
+                    where = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+                    raise UserError(f"run folder {os.path.dirname(self.path)} is in use by {where} "
+                                    f"(lock file {self.path}); wait for it to finish, or pick another "
+                                    f"--run-name") from None
+                print(f"taking over the stale lock {self.path}: process {holder.get('pid')} on "
+                      f"{holder.get('host')} is gone", flush=True)
+                os.remove(self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        raise UserError(f"could not lock {os.path.dirname(self.path)}: another process keeps taking it; "
+                        f"retry when it has finished")
+
+    def _holder(self):
+        import json
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _is_stale(holder, host):
+        if not holder or holder.get("host") != host or not isinstance(holder.get("pid"), int):
+            return False  # another host's process (or an unreadable lock) cannot be checked from here
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, owned by another user
+        return False
+
+    def release(self):
+        if self.held:
+            self.held = False
+            if os.path.exists(self.path):
+                os.remove(self.path)
+
+
+def _missing_folders(path):
+    """The folders os.makedirs(path) would make, innermost first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _folder_error(path, error):
+    return UserError(f"cannot write the run folder {path}: {error.strerror or error}; "
+                     f"choose a writable --runs-dir")
+
+
+class Run:
+    """A run folder with its TensorBoard writer and checkpoint helper.
+
+    Training code uses: `checkpoint_manager(checkpoint)`, `restore_latest(checkpoint)` (on
+    resume), `save_checkpoint(manager, number, score=None)` (instead of manager.save: with
+    `score`, the epoch's mAP, the best-scoring checkpoint is also kept in checkpoints/best/ when
+    --keep-checkpoints includes 'best'), `log_scalars`, `export_codes`, `save_results`, and
+    `progress(...)` below for progress lines (also written to RUN_DIR/train.log)."""
+
+    def __init__(self, run_dir, method, config, created=False):
         self.dir = os.fspath(run_dir)
         self.method = method
         self.config = config
-        self.writer = tf.summary.create_file_writer(os.path.join(self.dir, "tb"))
+        self.created_folder = created  # this process made RUN_DIR, so it may remove it
+        self.created_runs_dirs = []    # ... and the folders above it that it made, innermost first
+        self.created = set()           # entries of RUN_DIR this process created
+        self.lock = RunLock(self.dir)
+        self._writer = None
+
+    @property
+    def writer(self):
+        """The TensorBoard writer, opened on first use (a run that only reports writes no events file)."""
+        if self._writer is None:
+            import tensorflow as tf
+            self._note_created("tb")
+            self._writer = tf.summary.create_file_writer(self.path("tb"))
+        return self._writer
+
+    def _note_created(self, name):
+        if not os.path.exists(self.path(name)):
+            self.created.add(name)
 
     @classmethod
     def create(cls, method, config):
+        if config.run_name:
+            check_run_name(config.run_name)
         name = config.run_name or "{}-{}-{}b-{}".format(
             method, config.dataset, config.bits, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        check_run_name(name)  # a dataset name like mnist->usps is fine; a slash is not
         run_dir = os.path.join(config.runs_dir, name)
-        if os.path.exists(os.path.join(run_dir, "config.json")):
-            raise UserError(f"run folder {run_dir} already holds a run; pick another --run-name "
-                            f"or continue it with --resume {run_dir}")
-        os.makedirs(run_dir, exist_ok=True)
-        io.save_json(os.path.join(run_dir, "config.json"),
-                     {"method": method, "config": dataclasses.asdict(config)})
-        return cls(run_dir, method, config)
+        try:
+            made_runs_dirs = _missing_folders(config.runs_dir)
+            os.makedirs(config.runs_dir, exist_ok=True)
+            try:
+                os.mkdir(run_dir)
+                created = True
+            except FileExistsError:
+                created = False
+            run = cls(run_dir, method, config, created=created)
+            run.created_runs_dirs = made_runs_dirs
+            run.lock.acquire()
+        except OSError as error:
+            raise _folder_error(run_dir, error) from None
+        try:
+            if os.path.exists(run.path("config.json")):
+                raise UserError(f"run folder {run_dir} already holds a run; pick another --run-name "
+                                f"or continue it with --resume {run_dir}")
+            others = sorted(set(os.listdir(run_dir)) - {LOCK_NAME})
+            if others:
+                raise UserError(f"{run_dir} exists and holds other files ({', '.join(others[:3])}); "
+                                f"pick another --run-name")
+            run._note_created("config.json")
+            io.save_json(run.path("config.json"), {"method": method, "config": dataclasses.asdict(config)})
+        except OSError as error:
+            run.discard()
+            raise _folder_error(run_dir, error) from None
+        except UserError:
+            run.close()
+            run.discard()  # removes no file it found; the folders only if it made them and they are empty
+            raise
+        return run
 
     @classmethod
     def open(cls, run_dir, config_classes):
-        """Reopens a run folder; `config_classes` maps method name -> its Config class."""
-        return cls(run_dir, *saved_config(run_dir, config_classes))
+        """Reopens a run folder for training (locks it); `config_classes` maps method name ->
+        its Config class."""
+        run = cls(run_dir, *saved_config(run_dir, config_classes))
+        try:
+            run.lock.acquire()
+        except OSError as error:
+            raise _folder_error(run_dir, error) from None
+        return run
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
+
+    def close(self):
+        """Flushes TensorBoard and releases the lock."""
+        global _active_log
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+        if _active_log == self.path("train.log"):
+            _active_log = None
+        self.lock.release()
+
+    def discard(self):
+        """After a failed start: removes what this run created (never a file it found) and the
+        folder itself when this run made it and it is left empty."""
+        import shutil
+        self.close()
+        for name in self.created:
+            target = self.path(name)
+            if os.path.isdir(target):
+                shutil.rmtree(target, ignore_errors=True)
+            elif os.path.exists(target):
+                os.remove(target)
+        for folder in ([self.dir] if self.created_folder else []) + self.created_runs_dirs:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+
+    def set_config(self, config):
+        """Replaces the saved config (used to extend a run's length on resume)."""
+        self.config = config
+        io.save_json(self.path("config.json"), {"method": self.method, "config": dataclasses.asdict(config)})
+
+    # ------------------------------------------------------------------ log file
+
+    def start_log(self):
+        """Makes RUN_DIR/train.log the destination of `progress` lines and `log` messages."""
+        global _active_log
+        self._note_created("train.log")
+        _active_log = self.path("train.log")
+
+    def log(self, message):
+        _append_log(self.path("train.log"), message)
+
+    # ------------------------------------------------------------------ TensorBoard
 
     def log_scalars(self, step, scalars, prefix=""):
         import tensorflow as tf
@@ -153,22 +349,113 @@ class Run:
             tf.summary.image(name, image)
 
     def flush(self):
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
-    def checkpoint_manager(self, checkpoint, max_to_keep=3):
-        """A CheckpointManager in RUN_DIR/checkpoints; TensorFlow writes and renames atomically."""
+    # ------------------------------------------------------------------ checkpoints
+
+    def keep_policy(self):
+        """(number of last checkpoints kept, whether the best is kept) from --keep-checkpoints."""
+        return keep_policy(getattr(self.config, "keep_checkpoints", "last,best"))
+
+    def checkpoint_manager(self, checkpoint, max_to_keep=None):
+        """A CheckpointManager in RUN_DIR/checkpoints keeping --keep-checkpoints' last ones;
+        TensorFlow writes and renames atomically."""
         import tensorflow as tf
-        return tf.train.CheckpointManager(checkpoint, self.path("checkpoints"), max_to_keep=max_to_keep)
+        self._note_created("checkpoints")
+        keep_last, _ = self.keep_policy()
+        return tf.train.CheckpointManager(checkpoint, self.path("checkpoints"),
+                                          max_to_keep=max_to_keep or keep_last)
+
+    def has_checkpoints(self):
+        return bool(checkpoint_candidates(self.dir))
+
+    def save_checkpoint(self, manager, number, score=None):
+        """Writes checkpoint `number` with `manager`; with `score` (higher is better, e.g. the
+        epoch's mean mAP) and 'best' in --keep-checkpoints, a checkpoint that beats every earlier
+        score is also written to checkpoints/best/ (its score in checkpoints/best/score.json).
+        Returns the path written."""
+        import tensorflow as tf
+        path = manager.save(checkpoint_number=number)
+        _, keep_best = self.keep_policy()
+        if score is not None and keep_best and math.isfinite(float(score)):
+            best = self.best_checkpoint()
+            if best is None or float(score) > best[1]:
+                best_dir = self.path("checkpoints", "best")
+                best_manager = tf.train.CheckpointManager(manager.checkpoint, best_dir, max_to_keep=1)
+                best_path = best_manager.save(checkpoint_number=number)
+                io.save_json(os.path.join(best_dir, "score.json"),
+                             {"score": float(score), "checkpoint": os.path.basename(best_path)})
+        return path
+
+    def best_checkpoint(self):
+        """(path, score) of checkpoints/best/, or None."""
+        import tensorflow as tf
+        best_dir = self.path("checkpoints", "best")
+        path = tf.train.latest_checkpoint(best_dir) if os.path.isdir(best_dir) else None
+        score_path = os.path.join(best_dir, "score.json")
+        if path is None or not os.path.exists(score_path):
+            return None
+        return path, float(io.load_json(score_path)["score"])
 
     def restore_latest(self, checkpoint):
-        """Restores the newest checkpoint, if any; returns its path or None."""
-        return restore_latest(self.dir, checkpoint)
+        """Restores the newest readable checkpoint, if any (saying so when a newer one is
+        corrupt); returns its path or None. TensorBoard events logged after that checkpoint was
+        written (the lost part of an interrupted epoch) are dropped, so that resuming does not
+        log those steps twice."""
+        restored = restore_latest(self.dir, checkpoint)
+        if restored:
+            drop_events_after(self.path("tb"), os.path.getmtime(restored + ".index"))
+        return restored
 
     def export_codes(self, arrays):
+        self._note_created("codes.mat")
         io.save_mat(self.path("codes.mat"), arrays)
 
     def save_results(self, results):
+        self._note_created("results.json")
         io.save_json(self.path("results.json"), results)
+
+
+def keep_policy(text):
+    """'last' -> (1, False), 'last,best' -> (1, True), 'N' -> (N, False)."""
+    text = str(text).strip().lower()
+    if text.isdigit() and int(text) > 0:
+        return int(text), False
+    parts = {part.strip() for part in text.split(",") if part.strip()}
+    if parts in ({"last"}, {"last", "best"}):
+        return 1, "best" in parts
+    raise UserError(f"--keep-checkpoints {text!r} is not understood; give 'last', 'last,best' or a "
+                    f"number of last checkpoints")
+
+
+def drop_events_after(tb_dir, wall_time):
+    """Rewrites the TensorBoard event files in `tb_dir` without the events written after
+    `wall_time` (seconds since the epoch); files left empty of summaries are removed."""
+    if not os.path.isdir(tb_dir):
+        return
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+    dropped_total = 0
+    for name in sorted(os.listdir(tb_dir)):
+        path = os.path.join(tb_dir, name)
+        if "tfevents" not in name or not os.path.isfile(path):
+            continue
+        kept, dropped = [], 0
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            if event.wall_time > wall_time and event.HasField("summary"):
+                dropped += 1
+            else:
+                kept.append(record.numpy())
+        if dropped:
+            dropped_total += dropped
+            with io.atomic_path(path) as tmp:
+                with tf.io.TFRecordWriter(tmp) as writer:
+                    for record in kept:
+                        writer.write(record)
+    if dropped_total:
+        print(f"TensorBoard: dropped {dropped_total} events logged after the restored checkpoint", flush=True)
 
 
 def saved_config(run_dir, config_classes):
@@ -186,19 +473,45 @@ def saved_config(run_dir, config_classes):
     return method, config_from_dict(config_classes[method], saved["config"])
 
 
+def checkpoint_candidates(run_dir):
+    """Checkpoint prefixes in RUN_DIR/checkpoints, newest (highest number) first, then
+    checkpoints/best/'s. Found from the files themselves, so a damaged `checkpoint` state file
+    does not hide them."""
+    import glob
+    import re
+    found = []
+    for folder in (os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "checkpoints", "best")):
+        numbered = []
+        for index in glob.glob(os.path.join(glob.escape(folder), "*.index")):
+            match = re.search(r"-(\d+)\.index$", index)
+            numbered.append((int(match.group(1)) if match else -1, index[:-len(".index")]))
+        found += [prefix for _, prefix in sorted(numbered, reverse=True)]
+    return found
+
+
 def restore_latest(run_dir, checkpoint):
-    """Restores RUN_DIR/checkpoints' newest checkpoint into `checkpoint`, if any; returns its path or None."""
-    import tensorflow as tf
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if latest is None:
+    """Restores RUN_DIR/checkpoints' newest readable checkpoint into `checkpoint`, if any;
+    returns its path or None. A corrupt or truncated newer one is skipped with a message; none
+    readable is a one-line error."""
+    candidates = checkpoint_candidates(run_dir)
+    if not candidates:
         return None
-    try:
-        checkpoint.restore(latest).expect_partial()
-    except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot restore {latest}: {first_line}; the checkpoint "
-                        f"is corrupt or from a different model shape: start a new run") from None
-    return latest
+    problems = []
+    for path in candidates:
+        try:
+            checkpoint.restore(path).expect_partial()
+        except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
+            text = str(error).strip()
+            problems.append(f"{path}: {text.splitlines()[0] if text else type(error).__name__}")
+            print(f"cannot read checkpoint {path} ({problems[-1].split(': ', 1)[1]}); "
+                  f"trying an older one", flush=True)
+            continue
+        if problems:
+            print(f"restored the older checkpoint {path}", flush=True)
+        return path
+    raise UserError(f"no readable checkpoint in {os.path.join(run_dir, 'checkpoints')} (newest: "
+                    f"{problems[0]}); the checkpoints are corrupt or from a different model shape: "
+                    f"start a new run")
 
 
 def restore_trained(run_dir, checkpoint):
@@ -222,8 +535,74 @@ def item_rows(inputs, item_shape, what):
     return inputs
 
 
+_active_log = None  # RUN_DIR/train.log of the run in progress (Run.start_log)
+
+
+def _append_log(path, message):
+    with open(path, "a") as f:
+        f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+
+class _Progress:
+    """tqdm on a terminal; otherwise (and always into the run's train.log) one plain line per
+    tenth of the total and at the end, so a log shows progress without carriage returns."""
+
+    def __init__(self, iterable, total, desc, initial=0, **kwargs):
+        from tqdm.auto import tqdm
+        self.iterable = iterable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.desc = desc or "progress"
+        self.count = initial
+        self.start = time.monotonic()
+        self.plain = not sys.stdout.isatty()
+        self.last_tenth = self._tenth()
+        self.bar = tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
+                        disable=None if not self.plain else True, **kwargs)
+        self.postfix = ""
+
+    def _tenth(self):
+        return int(10 * self.count / self.total) if self.total else 0
+
+    def _line(self, force=False):
+        tenth = self._tenth()
+        if tenth == self.last_tenth and not force:
+            return
+        self.last_tenth = tenth
+        total = f"/{self.total}" if self.total else ""
+        line = f"{self.desc}: {self.count}{total} ({time.monotonic() - self.start:.0f} s){self.postfix}"
+        if self.plain:
+            print(line, flush=True)
+        if _active_log and not (self.plain and getattr(sys.stdout, "logs_to", None) == _active_log):
+            _append_log(_active_log, line)  # (a plain line printed into train.py's tee is logged already)
+
+    def __iter__(self):
+        for item in self.bar:
+            yield item
+            self.count += 1
+            self._line()
+        self._line(force=self.total is None)
+
+    def update(self, n=1):
+        self.bar.update(n)
+        self.count += n
+        self._line()
+
+    def set_postfix(self, **values):
+        self.bar.set_postfix(**values)
+        self.postfix = " " + ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self):
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
 def progress(iterable=None, total=None, desc=None, **kwargs):
-    """A tqdm progress bar that stays quiet when output is not a terminal (CI logs)."""
-    from tqdm.auto import tqdm
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
-                disable=None, **kwargs)
+    """A progress bar: tqdm on a terminal; when stdout is not a terminal, a plain line per tenth
+    of the total; every such line also goes to the active run's train.log."""
+    return _Progress(iterable, total, desc, **kwargs)

@@ -25,16 +25,20 @@ SPLIT_SIZES = {
     "synthetic": (200, 1000),
 }
 
-# Where a dataset is looked for when --data is not given, relative to each data root.
+# Where a dataset is looked for when --data is not given, relative to each data root: the file
+# `python -m utils.prepare NAME` writes by default (prepared_path), then a DCMH-layout folder.
+PREPARED = ("flickr", "nuswide", "coco")
 DEFAULT_LOCATIONS = {
-    "wiki": "wikipedia/wikiData.mat",
-    "flickr": "mirflickr25k",
-    "nuswide": "nuswide",
-    "coco": "coco",
-    **acmr_pickles.DEFAULT_LOCATIONS,
+    "wiki": ("wikipedia/wikiData.mat",),
+    "flickr": ("flickr.h5", "mirflickr25k"),
+    "nuswide": ("nuswide.h5", "nuswide"),
+    "coco": ("coco.h5", "coco"),
+    **{name: (location,) for name, location in acmr_pickles.DEFAULT_LOCATIONS.items()},
 }
 
 DATASETS = ("synthetic", "wiki", "flickr", "nuswide", "coco") + tuple(acmr_pickles.LOADERS)
+# Datasets whose image side is always feature vectors (no image trunk, so no trunk weights).
+FEATURE_DATASETS = ("synthetic", "wiki") + tuple(acmr_pickles.LOADERS)
 
 
 def data_roots():
@@ -89,15 +93,26 @@ class LazyRows:
         return self.source[self.rows[index]]
 
 
+def prepared_path(name):
+    """Where `python -m utils.prepare NAME` writes by default: DATA_ROOT/NAME.h5 in the first
+    data root ($ADVHASH_DATA, else ./data of the repository), the first place train.py looks."""
+    return os.path.join(data_roots()[0], f"{name}.h5")
+
+
 def resolve_path(name, path):
     if path:
         return path
     if name not in DEFAULT_LOCATIONS:
         return ""
     for root in data_roots():
-        candidate = os.path.join(root, DEFAULT_LOCATIONS[name])
-        if os.path.exists(candidate):
-            return candidate
+        for location in DEFAULT_LOCATIONS[name]:
+            candidate = os.path.join(root, location)
+            if os.path.exists(candidate):
+                return candidate
+    if name in PREPARED:
+        raise UserError(f"dataset '{name}' is not prepared: no {prepared_path(name)}; build it with "
+                        f"python -m utils.prepare {name} ... (README, section Full-scale data and "
+                        f"training), or pass --data PATH")
     raise UserError(f"dataset '{name}' not found under {data_roots()}; pass --data PATH "
                     f"(see README, section Datasets)")
 
@@ -106,6 +121,9 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
     """Loads a dataset by name; `split_sizes=(query, train)` overrides the standard protocol."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    if split_sizes and (name == "wiki" or name in acmr_pickles.LOADERS or split_file):
+        given = "--split-file gives one" if split_file else f"{name} has its own"
+        raise UserError(f"--split-sizes draws a split, but {given}: drop --split-sizes")
     path = resolve_path(name, path)
     mean_image, single_label = None, False
     if name == "synthetic":
@@ -126,6 +144,8 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
         single_label = True
     else:
         images, texts, labels, mean_image = dcmh.read_dcmh(path)
+    if not split_file and name in SPLIT_SIZES:
+        check_split_sizes(name, split_sizes or SPLIT_SIZES[name], len(labels))
 
     if split_file:
         split = splits.load_split(split_file, len(labels))  # checked there, naming the file
@@ -136,3 +156,16 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
         splits.check_split(split, len(labels), f"{path or name}: the {name} split")
     return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,
                           mean_image=mean_image, single_label=single_label)
+
+
+def check_split_sizes(name, sizes, num_items):
+    """(queries, training items) when they fit the dataset; a one-line error naming
+    --split-sizes otherwise."""
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise UserError(f"--split-sizes takes two positive numbers QUERY,TRAIN (got {','.join(map(str, sizes))})")
+    num_query, num_train = sizes
+    if num_query + num_train > num_items:
+        small = f"{max(1, num_items // 8)},{max(1, num_items // 2)}"
+        raise UserError(f"the split of '{name}' needs {num_query} queries + {num_train} training items but the "
+                        f"data has only {num_items}; pass smaller sizes, e.g. --split-sizes {small}")
+    return num_query, num_train
