@@ -59,6 +59,7 @@ def main(argv=None):
         if not known.resume and not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
             shutil.rmtree(run.dir)  # bad input found before anything was trained: leave no empty run
         raise
+    print(f"final figures (ties: {config.ties}):")
     print(json.dumps(results.get("final", results), indent=2, sort_keys=True))
     return results
 

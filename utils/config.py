@@ -9,6 +9,7 @@ import dataclasses
 import typing
 
 from utils.errors import UserError
+from utils.metrics import DEFAULT_TIES, TIE_RULES
 
 
 @dataclasses.dataclass
@@ -26,6 +27,10 @@ class CommonConfig:
         "help": "name of this run's folder (default: method-dataset-bits-time)"})
     split_file: str = dataclasses.field(default="", metadata={
         "help": "optional .npz/.mat with query/train/database index arrays, to share a split between programs"})
+    ties: str = dataclasses.field(default=DEFAULT_TIES, metadata={
+        "help": "order of items at equal distance in every ranked figure: expected (mean over random "
+                "orders, exact), argsort (the original programs' np.argsort), pessimistic (relevant "
+                "last) or optimistic (relevant first)", "choices": TIE_RULES})
 
 
 def _parse_bool(text):
