@@ -97,6 +97,21 @@ def test_ties_all_prints_the_four_rules_side_by_side(tmp_path, capsys):
         evaluator.main(["--compare", run_dir, run_dir, "--ties", "all"])
 
 
+def test_every_method_takes_ties():
+    import argparse
+
+    from trainers import METHODS, get_method
+    from utils.config import add_config_arguments, config_from_args
+    for method in METHODS:
+        config_class = get_method(method).Config
+        assert config_class().ties == "expected"
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, config_class)
+        assert config_from_args(config_class, parser.parse_args(["--ties", "argsort"])).ties == "argsort"
+        with pytest.raises(UserError, match="tie rule 'random'"):
+            config_class(ties="random")
+
+
 def test_plots_go_to_tensorboard(tmp_path):
     tf = pytest.importorskip("tensorflow")
     run_dir = make_run(tmp_path / "run", "ssah", ssah_fields(bits=8, n_db=100))

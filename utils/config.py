@@ -9,7 +9,7 @@ import dataclasses
 import typing
 
 from utils.errors import UserError
-from utils.metrics import DEFAULT_TIES, TIE_RULES
+from utils.metrics import DEFAULT_TIES, TIE_RULES, check_ties
 
 
 @dataclasses.dataclass
@@ -31,6 +31,9 @@ class CommonConfig:
         "help": "order of items at equal distance in every ranked figure: expected (mean over random "
                 "orders, exact), argsort (the original programs' np.argsort), pessimistic (relevant "
                 "last) or optimistic (relevant first)", "choices": TIE_RULES})
+
+    def __post_init__(self):
+        check_ties(self.ties)  # before training, not at the first evaluation
 
 
 def _parse_bool(text):
