@@ -536,21 +536,20 @@ class _SortedProblem:
     def __init__(self, query, db, query_labels, db_labels, distance, ties):
         self.distance, self.ties = distance, ties
         self.labels = _Labels(query_labels, db_labels)
-        if distance == "hamming":  # the programs' 0.5 * (K - q . b) on float32 +-1 codes
-            as_signs = lambda bits: np.where(bits, 1, -1).astype(ARGSORT_HAMMING_DTYPE)
-            query, db = as_signs(query), np.ascontiguousarray(as_signs(db).T)
+        if distance == "hamming":
+            query, db = pack_bits(query, np.uint64), pack_bits(db, np.uint64)
         self.query, self.db = query, db
-        self.n_queries = query.shape[0]
-        self.n_db = db.shape[1] if distance == "hamming" else db.shape[0]
+        self.n_queries, self.n_db = query.shape[0], db.shape[0]
         self.inverse_ranks = 1.0 / np.arange(1, self.n_db + 1, dtype=np.float64)
 
     def distances(self, rows):
         if self.distance == "hamming":
-            return 0.5 * (self.query.shape[1] - self.query[rows] @ self.db)
+            # the programs' 0.5 * (K - q . b) on +-1 codes in float32: the same integers, same dtype
+            return hamming_distances(self.query[rows], self.db).astype(ARGSORT_HAMMING_DTYPE)
         return embedding_distances(self.query[rows], self.db, self.distance)
 
     def ranked(self, rows):
-        """(sorted distances, relevance of the ranked items) under the tie rule."""
+        """(distances, order of the database, relevance of the ranked items) under the tie rule."""
         distances = self.distances(rows)
         relevant = self.labels.ranked_hits(rows, np.arange(self.n_db)[None, :])
         if self.ties == "argsort":
@@ -559,13 +558,13 @@ class _SortedProblem:
             order = np.lexsort((~relevant, distances), axis=-1)
         else:  # pessimistic; expected only needs the groups, any order inside them
             order = np.lexsort((relevant, distances), axis=-1)
-        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(relevant, order, axis=1)
+        return distances, order, np.take_along_axis(relevant, order, axis=1)
 
     def figures(self, rows, top_ks, n_max, pr_ranks, radius=None):
         """Per-query AP figures and summed rank curves of one chunk of queries."""
-        sorted_distances, hits = self.ranked(rows)
+        distances, order, hits = self.ranked(rows)
         if self.ties == "expected":
-            groups = _expected_places(sorted_distances, hits)
+            groups = _expected_places(np.take_along_axis(distances, order, axis=1), hits)
             term = groups["term"]
             found = np.cumsum(groups["share"], axis=1)  # expected relevant items among the first n
         else:
@@ -585,7 +584,7 @@ class _SortedProblem:
                                                    last + 1 - first, groups["size"][:, last],
                                                    groups["relevant"][:, last])
         if radius is not None:  # whole distance groups: a prefix of the ranking
-            inside = (sorted_distances <= radius).sum(axis=1)
+            inside = (distances <= radius).sum(axis=1)
             at = np.maximum(inside - 1, 0)
             rows_index = np.arange(len(inside))
             out["ap_radius"] = np.where(inside > 0, _safe_divide(term_sums[rows_index, at],
