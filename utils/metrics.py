@@ -334,23 +334,28 @@ def expected_truncated_ap(whole_sum, relevant_before, ranked_before, taken, size
     items precede it, and `whole_sum` is the expected AP sum of the groups before it.
     sum over x of P(x relevant among the taken places, hypergeometric) *
     (whole_sum + expected_group_sum(R, b, taken, x)) / (R + x); elementwise over queries."""
-    whole_sum, relevant_before, ranked_before, taken, size, relevant = (np.asarray(v, np.float64) for v in (
-        whole_sum, relevant_before, ranked_before, taken, size, relevant))
-    low = np.maximum(0, taken - (size - relevant))
+    arrays = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (
+        whole_sum, relevant_before, ranked_before, taken, size, relevant)))
+    shape = arrays[0].shape
+    whole_sum, relevant_before, ranked_before, taken, size, relevant = (v.ravel() for v in arrays)
+    low = np.maximum(0, taken - (size - relevant))  # the support of x
     high = np.minimum(relevant, taken)
-    log_total = _log_binomial(size, taken)
-    out = np.zeros(np.broadcast(whole_sum, taken, size).shape)
-    for step in range(int(np.max(high - low, initial=0)) + 1):
-        x = low + step
-        inside = x <= high
-        if not inside.any():
-            break
-        x = np.where(inside, x, low)
-        probability = np.exp(_log_binomial(relevant, x) + _log_binomial(size - relevant, taken - x) - log_total)
-        found = relevant_before + x
-        value = _safe_divide(whole_sum + expected_group_sum(relevant_before, ranked_before, taken, x), found)
-        out += np.where(inside, probability * value, 0.0)
-    return out
+    width = int(np.max(high - low, initial=0)) + 1
+    out = np.zeros(len(low))
+    rows = max(1, PAIRS_PER_CHUNK // width)  # queries x support values at once
+    for start in range(0, len(low), rows):
+        part = slice(start, start + rows)
+        column = lambda values: values[part, None]
+        x = column(low) + np.arange(width)
+        inside = x <= column(high)
+        x = np.where(inside, x, column(low))
+        log_probability = (_log_binomial(column(relevant), x) + _log_binomial(column(size - relevant), column(taken) - x)
+                           - column(_log_binomial(size, taken)))
+        value = _safe_divide(column(whole_sum) + expected_group_sum(column(relevant_before), column(ranked_before),
+                                                                    column(taken), x),
+                             column(relevant_before) + x)
+        out[part] = np.where(inside, np.exp(log_probability) * value, 0.0).sum(axis=1)
+    return out.reshape(shape)
 
 
 TIE_RULES = ("expected", "argsort", "pessimistic", "optimistic")
