@@ -3,12 +3,14 @@
   python eval.py RUN_DIR                   re-evaluate RUN_DIR/codes.mat -> RUN_DIR/report/
   python eval.py CODES.mat                 a bare codes file (SSAH fields unless --method)
   python eval.py --compare RUN_A RUN_B ... overlay runs in one plot, print one table
+  python eval.py RUN_DIR --ties all         the figures under the four tie rules side by side
   python eval.py RUN_DIR --query N --top 10
                                            the top database items for query item N,
                                            with distances and labels, in every direction
 
 The fields and directions come from utils.exports.EXPORTS for the run's method
-(RUN_DIR/config.json). Metrics and their tie rule: utils/metrics.py.
+(RUN_DIR/config.json). Metrics and their tie rules (--ties: expected, argsort,
+pessimistic, optimistic; default: the run's own --ties, else expected): utils/metrics.py.
 """
 import argparse
 import os
@@ -117,15 +119,16 @@ def binarise(codes):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(source, top_ks=(50, 500), n_max=1000, radius=2, empty="zero", directions=None):
-    """{direction: retrieval_report} for every direction of the source's method."""
+def evaluate(source, top_ks=(50, 500), n_max=1000, radius=2, empty="zero", directions=None,
+             ties=metrics.DEFAULT_TIES):
+    """{direction: retrieval_report} for every direction of the source's method, tie rule `ties`."""
     names = list(source.spec["directions"]) if not directions else directions
     unknown = [d for d in names if d not in source.spec["directions"]]
     if unknown:
         raise UserError(f"unknown direction(s) {', '.join(unknown)} for {source.method}; "
                         f"choose from {', '.join(source.spec['directions'])}")
     return {name: metrics.retrieval_report(*source.direction(name), distance=source.distance, top_ks=top_ks,
-                                           n_max=n_max, radius=radius, empty=empty)
+                                           n_max=n_max, radius=radius, empty=empty, ties=ties)
             for name in names}
 
 
@@ -135,20 +138,23 @@ def summary_row(reports):
             for direction, report in reports.items()}
 
 
-def write_report(source, reports, settings, tensorboard=True):
-    """RUN_DIR/report/report.json and PNGs (beside CODES.mat for a bare file); returns the folder."""
+def write_report(source, reports, settings, tensorboard=True, by_tie_rule=None):
+    """RUN_DIR/report/report.json and PNGs (beside CODES.mat for a bare file); returns the folder.
+    settings["ties"] names the rule of `reports`; by_tie_rule: {rule: summary_row} of --ties all."""
     if source.run_dir:
         folder = os.path.join(source.run_dir, "report")
     else:
         folder = os.path.splitext(source.codes_path)[0] + "-report"
-    pngs = {"pr_curve": plots.pr_curve_png(reports, f"{source.method} {source.label}"),
-            "top_n": plots.top_n_png(reports, f"{source.method} {source.label}")}
+    title = f"{source.method} {source.label} (ties: {settings['ties']})"
+    pngs = {"pr_curve": plots.pr_curve_png(reports, title), "top_n": plots.top_n_png(reports, title)}
     for name, png in pngs.items():
         plots.save_png(os.path.join(folder, f"{name}.png"), png)
-    io.save_json(os.path.join(folder, "report.json"), {
-        "method": source.method, "codes": os.path.abspath(source.codes_path), "distance": source.distance,
-        "settings": settings, "summary": summary_row(reports), "directions": reports,
-        "plots": {name: f"{name}.png" for name in pngs}})
+    content = {"method": source.method, "codes": os.path.abspath(source.codes_path), "distance": source.distance,
+               "ties": settings["ties"], "settings": settings, "summary": summary_row(reports),
+               "directions": reports, "plots": {name: f"{name}.png" for name in pngs}}
+    if by_tie_rule:
+        content["by_tie_rule"] = by_tie_rule
+    io.save_json(os.path.join(folder, "report.json"), content)
     if tensorboard and source.run_dir:
         from utils.run import Run
         run = Run(source.run_dir, source.method, source.config)
@@ -159,7 +165,8 @@ def write_report(source, reports, settings, tensorboard=True):
 
 
 def format_table(rows):
-    """rows: {label: {direction: summary}} -> a Markdown table of mAP and the other scalars."""
+    """rows: {label: {direction: summary}} -> a Markdown table of mAP and the other scalars
+    (the tie rule comes from each summary's "ties")."""
     keys = []
     for per_direction in rows.values():
         for summary in per_direction.values():
@@ -167,14 +174,27 @@ def format_table(rows):
     directions = []
     for per_direction in rows.values():
         directions += [d for d in per_direction if d not in directions]
-    header = ["run", "direction"] + keys
+    header = ["run", "direction", "ties"] + keys
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, per_direction in rows.items():
         for direction in directions:
             if direction in per_direction:
-                values = [f"{per_direction[direction][k]:.4f}" if k in per_direction[direction] else "-"
-                          for k in keys]
-                lines.append("| " + " | ".join([label, direction] + values) + " |")
+                summary = per_direction[direction]
+                values = [f"{summary[k]:.4f}" if k in summary else "-" for k in keys]
+                lines.append("| " + " | ".join([label, direction, summary.get("ties", "-")] + values) + " |")
+    return "\n".join(lines)
+
+
+def format_tie_rules(by_tie_rule):
+    """{rule: {direction: summary}} -> a Markdown table: one row per direction and figure,
+    one column per tie rule."""
+    rules = list(by_tie_rule)
+    first = by_tie_rule[rules[0]]
+    lines = ["| direction | figure | " + " | ".join(rules) + " |", "|" + "---|" * (len(rules) + 2)]
+    for direction, summary in first.items():
+        for key in [k for k in summary if k.startswith(("map", "precision"))]:
+            values = [f"{by_tie_rule[rule][direction][key]:.4f}" for rule in rules]
+            lines.append(f"| {direction} | {key} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
@@ -260,6 +280,10 @@ def build_parser():
     parser.add_argument("--radius", type=int, default=2, help="hash-lookup radius for map/precision (default 2)")
     parser.add_argument("--empty", choices=metrics.EMPTY_RULES, default="zero",
                         help="a query with nothing within the radius: precision 0 (zero, TAH) or left out (skip)")
+    parser.add_argument("--ties", choices=metrics.TIE_RULES + ("all",),
+                        help="order of items at equal distance: expected (mean over random orders), argsort "
+                             "(the original programs' np.argsort), pessimistic, optimistic, or all four side "
+                             "by side (default: the run's own --ties, else expected)")
     parser.add_argument("--query", type=int, help="list the top database items for this query item")
     parser.add_argument("--top", type=int, default=10, help="how many items --query lists (default 10)")
     parser.add_argument("--out", default="compare.png", help="--compare: the plot's path (default compare.png)")
@@ -280,17 +304,31 @@ def main(argv=None):
     sources = [Source(p, args.method, args.distance) for p in args.paths]
     if len(sources) > 1 and not args.compare:
         raise UserError("several paths given: add --compare to overlay them, or give one path")
+    if args.ties == "all" and args.compare:
+        raise UserError("--ties all sets the four tie rules side by side for one run; with --compare "
+                        "choose one rule (--ties expected, argsort, pessimistic or optimistic)")
     if args.query is not None:
         for source in sources:
             print_nearest(source, args.query, args.top)
         return None
     results = {}
     for source in sources:
-        reports = evaluate(source, directions=directions, **settings)
+        ties = args.ties if args.ties not in (None, "all") else source.config.get("ties", metrics.DEFAULT_TIES)
+        reports = evaluate(source, directions=directions, ties=ties, **settings)
         results[source.label] = reports
         if not args.compare:
-            folder = write_report(source, reports, settings, tensorboard=not args.no_tensorboard)
-            print(format_table({source.label: summary_row(reports)}))
+            by_tie_rule = None
+            if args.ties == "all":
+                by_tie_rule = {rule: summary_row(reports) if rule == ties else
+                               summary_row(evaluate(source, directions=directions, ties=rule, **settings))
+                               for rule in metrics.TIE_RULES}
+                print(f"{source.label}: every figure under the four tie rules")
+                print(format_tie_rules(by_tie_rule))
+            else:
+                print(f"{source.label}: tie rule {ties}")
+                print(format_table({source.label: summary_row(reports)}))
+            folder = write_report(source, reports, dict(settings, ties=ties), tensorboard=not args.no_tensorboard,
+                                  by_tie_rule=by_tie_rule)
             print(f"report: {os.path.join(folder, 'report.json')}")
     if args.compare:
         plots.save_png(args.out, plots.compare_png(results, curve=args.curve))

@@ -158,6 +158,7 @@ def main(argv=None):
                     run.log(f"error: {error}")
                 raise
             mark_completed(run, length_field, getattr(config, length_field))
+            print(f"final figures (ties: {config.ties}):")
             print(json.dumps(results.get("final", results), indent=2, sort_keys=True))
         return results
     finally:

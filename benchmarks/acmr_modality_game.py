@@ -76,7 +76,7 @@ def run_one(name, args):
     variant, overrides = RUNS[name]
     config = dataclasses.replace(acmr.Config(), **{**acmr.PRESETS[variant], **overrides}, variant=variant,
                                  seed=args.seed, epochs=args.epochs, eval_every=10, separability_every=1,
-                                 log_every=1, runs_dir=args.runs_dir,
+                                 log_every=1, runs_dir=args.runs_dir, ties=args.ties,
                                  run_name=f"{name}-seed{args.seed}-{time.strftime('%H%M%S')}")
     set_seed(args.seed)
     data = acmr.load_data(config)
@@ -143,6 +143,8 @@ def main(argv=None):
     parser.add_argument("--runs-dir", default=os.path.join("/tmp", "acmr-modality-game"))
     parser.add_argument("--out", default=os.path.join(RESULTS, "acmr_modality_game.json"))
     parser.add_argument("--png", default=os.path.join(RESULTS, "acmr_modality_game.png"))
+    from utils.metrics import DEFAULT_TIES, TIE_RULES
+    parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the mAP figures")
     args = parser.parse_args(argv)
     from utils import io
     from utils.errors import UserError
@@ -154,9 +156,9 @@ def main(argv=None):
     for name in names:
         curves[name] = run_one(name, args)
         c = curves[name]
-        print(f"{name}: {c['seconds']:.0f} s, final mAP@50 avg {c['final_map'][TEST_PROTOCOL]['average']:.3f}",
-              flush=True)
-    io.save_json(args.out, {"seed": args.seed, "runs": curves})
+        print(f"{name}: {c['seconds']:.0f} s, final mAP@50 (ties: {args.ties}) avg "
+              f"{c['final_map'][TEST_PROTOCOL]['average']:.3f}", flush=True)
+    io.save_json(args.out, {"seed": args.seed, "runs": curves, "ties": args.ties})
     plot(curves, args.png)
 
     print("\nModality accuracy (0.5 = chance). live: the trained modality classifier; separability: a fresh "

@@ -8,6 +8,7 @@ vs the 2,173 training pairs), i->t, t->i and average, per run and as mean +- std
 variant, next to the paper's shallow-feature row; then the modality classifier's accuracy
 over training (epoch means of the batches' accuracy before each update). Each run is a
 normal run folder (TensorBoard under RUN/tb: train/modality_accuracy, epoch/modality_accuracy).
+--ties (default expected): the tie rule of the figures (utils.metrics), recorded in --output.
 """
 import argparse
 import dataclasses
@@ -31,6 +32,7 @@ def run_one(variant, seed, args):
     from utils.run import Run, set_seed
     config = dataclasses.replace(acmr.Config(), **acmr.PRESETS[variant], variant=variant, seed=seed,
                                  epochs=args.epochs, eval_every=args.eval_every, runs_dir=args.runs_dir,
+                                 ties=args.ties,
                                  run_name=f"{variant}-seed{seed}-{time.strftime('%H%M%S')}")
     set_seed(seed)
     run = Run.create("acmr", config)
@@ -49,6 +51,8 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--runs-dir", default=os.path.join("/tmp", "acmr-wiki"))
     parser.add_argument("--output", default="", help="also save every figure as JSON here")
+    from utils.metrics import DEFAULT_TIES, TIE_RULES
+    parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the figures")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
@@ -60,6 +64,7 @@ def main(argv=None):
             results, run_dir = run_one(variant, seed, args)
             final = results["final"]
             rows.append({"variant": variant, "seed": seed, "run": run_dir, "seconds": time.perf_counter() - start,
+                         "ties": args.ties,
                          **{f"{p}/{d}": final[p][d] for p in PROTOCOLS for d in DIRECTIONS}})
             traces.setdefault(variant, []).append(accuracy_trace(results))
             print(f"{variant:8s} seed {seed}: test vs test "
@@ -67,6 +72,7 @@ def main(argv=None):
                   + " | test vs database " + " ".join(f"{final[PROTOCOLS[1]][d]:.3f}" for d in DIRECTIONS)
                   + f"  ({rows[-1]['seconds']:.0f} s, {run_dir})", flush=True)
 
+    print(f"\nmAP, tie rule {args.ties}")
     print("\n| variant | protocol | i->t | t->i | average |")
     print("|---|---|---|---|---|")
     for variant in variants:
@@ -88,7 +94,8 @@ def main(argv=None):
               + f"  | min {trace.min():.3f} (ep{trace.argmin() + 1}) max {trace.max():.3f} (ep{trace.argmax() + 1})")
     if args.output:
         from utils import io
-        io.save_json(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW})
+        io.save_json(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW,
+                                   "ties": args.ties})
     return rows, traces
 
 

@@ -16,6 +16,10 @@ ramped by the DANN schedule; SGD momentum 0.9, lr 0.03, 300 iterations, 64 + 64 
 batch). The learning rate and the iteration count were picked on SOURCE validation
 queries (validation_fraction 0.2), never on target queries. The seed sets the weights,
 the batches and the seeded 10% target query split.
+
+--ties (default expected) is the tie rule of the mAP figures (utils.metrics); it is
+recorded in --out, and a file of runs under another rule (files from before the setting:
+pessimistic) is not extended: give a fresh --out.
 """
 import argparse
 import dataclasses
@@ -28,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils import io  # noqa: E402
+from utils.metrics import DEFAULT_TIES, TIE_RULES  # noqa: E402
 
 PAIRS = {
     "A-D": "office-googlenet:amazon->dslr", "A-W": "office-googlenet:amazon->webcam",
@@ -77,7 +82,7 @@ def run_grid(args, results):
     started = time.perf_counter()
     for index, (bits, seed, pair, preset) in enumerate(todo):
         config = metah.Config(dataset=PAIRS[pair], bits=bits, seed=seed, preset=preset,
-                              eval_every_epoch=False, **metah.PRESETS[preset])
+                              eval_every_epoch=False, ties=args.ties, **metah.PRESETS[preset])
         config = dataclasses.replace(config, **{k: convert(getattr(config, k), v) for k, v in overrides.items()})
         if (pair, seed) not in loaded:
             loaded.clear()  # one pair in memory at a time
@@ -200,15 +205,22 @@ def main(argv=None):
                         help="override a trainers.metah.Config setting for every run (e.g. iterations=600); "
                              "use a fresh --out, since finished runs are not redone")
     parser.add_argument("--table-only", action="store_true", help="only print the table of finished runs")
+    parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the mAP figures")
     args = parser.parse_args(argv)
     args.pairs, args.presets = parse_list(args.pairs), parse_list(args.presets)
     args.bits, args.seeds = parse_list(args.bits, int), parse_list(args.seeds, int)
     unknown = [p for p in args.pairs if p not in PAIRS] + [p for p in args.presets if p not in PRESET_ORDER]
     if unknown:
         parser.error(f"unknown pairs/presets {unknown}; pairs: {', '.join(PAIRS)}; presets: {', '.join(PRESET_ORDER)}")
-    results = io.load_json(args.out) if os.path.exists(args.out) else {"runs": {}}
+    results = io.load_json(args.out) if os.path.exists(args.out) else {"runs": {}, "ties": args.ties}
+    results.setdefault("ties", "pessimistic")  # the only rule before --ties
+    if not args.table_only and results["runs"] and results["ties"] != args.ties:
+        parser.error(f"{args.out} holds runs evaluated with tie rule {results['ties']}; give a fresh --out "
+                     f"for --ties {args.ties} (or --ties {results['ties']} to extend it)")
+    results["ties"] = results["ties"] if results["runs"] else args.ties
     if not args.table_only:
         run_grid(args, results)
+    print(f"tie rule of the mAP figures: {results['ties']}")
     print_table(results, args.pairs, args.bits, args.presets)
     print()
     print_comparisons(results, args.pairs, args.bits, args.presets)

@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--bits", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", default="", help="more train.py options")
+    from utils.metrics import DEFAULT_TIES, TIE_RULES
+    parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the figures")
     args = parser.parse_args()
     import scipy.io
 
@@ -55,14 +57,14 @@ def main():
         make_folder(source, data_dir)
         command = ["--method", "ssah", "--dataset", "flickr", "--data", data_dir, "--backbone", "features",
                    "--bits", str(args.bits), "--schedule", args.schedule, "--epochs", str(args.epochs),
-                   "--seed", str(args.seed), "--runs-dir", folder, "--run-name", "mir"] + SMALL
+                   "--seed", str(args.seed), "--runs-dir", folder, "--run-name", "mir", "--ties", args.ties] + SMALL
         command += shlex.split(args.extra)
         print("train.py " + " ".join(command), flush=True)
         results = train.main(command)
         codes = scipy.io.loadmat(os.path.join(folder, "mir", "codes.mat"))
-        baseline = random_codes_map(codes["query_L"], codes["retrieval_L"], args.bits)
+        baseline = random_codes_map(codes["query_L"], codes["retrieval_L"], args.bits, ties=args.ties)
     final = results["final"]
-    print("\n" + "  ".join(f"{d} {final[d]:.4f}" for d in ("t->t", "i->t", "t->i", "i->i"))
+    print(f"\nmAP (ties: {args.ties}): " + "  ".join(f"{d} {final[d]:.4f}" for d in ("t->t", "i->t", "t->i", "i->i"))
           + f"  | random codes {baseline:.4f}")
 
 

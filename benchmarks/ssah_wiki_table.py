@@ -15,6 +15,11 @@ a pretrained CNN-F and barely moves the random feature trunk.
     python benchmarks/ssah_wiki_table.py
     python benchmarks/ssah_wiki_table.py --lr "--lr-lab-exponent 2 --lr-img-exponent 4.5"   # the program's rates
     python benchmarks/ssah_wiki_table.py --variant-extra "paper=--labnet-activation relu"
+    python benchmarks/ssah_wiki_table.py --ties argsort      # the figures the program's calc_map prints
+
+--ties (default expected) is the tie rule of the figures (utils.metrics); it is given to
+new runs and recorded in the JSON; a finished run evaluated under another rule is
+re-evaluated from its codes.mat (runs from before the setting used pessimistic).
 """
 import argparse
 import json
@@ -25,6 +30,21 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from utils.metrics import DEFAULT_TIES, TIE_RULES  # noqa: E402
+
+
+def figures_under(run_dir, final, ties):
+    """The run's i->t / t->i mAP under tie rule `ties`: its own figures when it was evaluated
+    under that rule, else recomputed from its codes.mat."""
+    from eval import Source, evaluate
+    with open(os.path.join(run_dir, "config.json")) as f:
+        run_ties = json.load(f)["config"].get("ties", "pessimistic")  # the only rule before --ties
+    if run_ties == ties:
+        return final
+    reports = evaluate(Source(run_dir), top_ks=(), n_max=1, directions=["i->t", "t->i"], ties=ties)
+    return {direction: report["map"] for direction, report in reports.items()}
 
 
 def main():
@@ -42,6 +62,7 @@ def main():
                         help="train.py options for one variant only, e.g. 'paper=--labnet-activation relu'")
     parser.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "ssah_wiki_table.json"))
     parser.add_argument("--label", default="", help="name for the --extra options in run names and the table")
+    parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the figures")
     args = parser.parse_args()
 
     bits = [int(b) for b in args.bits.split(",")]
@@ -60,20 +81,21 @@ def main():
                     command = [sys.executable, os.path.join(REPO, "train.py"), "--method", "ssah",
                                "--dataset", "wiki", "--backbone", "features", "--bits", str(k),
                                "--variant", variant, "--seed", str(seed), "--schedule", args.schedule,
-                               "--epochs", str(args.epochs), "--runs-dir", args.runs_dir, "--run-name", name]
+                               "--epochs", str(args.epochs), "--runs-dir", args.runs_dir, "--run-name", name,
+                               "--ties", args.ties]
                     command += options[variant].split()
                     print(" ".join(command[1:]), flush=True)
                     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
                 with open(results_path) as f:
-                    final = json.load(f)["final"]
+                    final = figures_under(os.path.dirname(results_path), json.load(f)["final"], args.ties)
                 figures[(variant, k, seed)] = final
                 print(f"{variant} {k} bits seed {seed}: i->t {final['i->t']:.4f} t->i {final['t->i']:.4f}",
                       flush=True)
 
-    print(f"\nWikipedia, mAP@all, schedule {args.schedule}, {args.epochs} epoch(s), "
+    print(f"\nWikipedia, mAP@all (ties: {args.ties}), schedule {args.schedule}, {args.epochs} epoch(s), "
           f"mean +- std over seeds {seeds}\n")
     table = {"schedule": args.schedule, "epochs": args.epochs, "seeds": seeds, "bits": bits,
-             "options": options, "rows": []}
+             "options": options, "ties": args.ties, "rows": []}
     print("| variant | direction | " + " | ".join(f"{k} bits" for k in bits) + " |")
     print("|---|---|" + "---|" * len(bits))
     for variant in variants:
@@ -87,7 +109,6 @@ def main():
                                       "per_seed": values.tolist()})
             print(f"| {variant} {options[variant]} | {direction} | " + " | ".join(cells) + " |")
     if args.json:
-        sys.path.insert(0, REPO)
         from utils import io
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
         io.save_json(args.json, table)

@@ -8,7 +8,8 @@ import pytest
 
 import eval as evaluator
 from tests.conftest import REPO_ROOT
-from tests.test_metrics import ref_lookup, ref_map
+from tests.test_metrics import authors_calc_map, ref_lookup, ref_map
+from utils import metrics
 from utils import io
 from utils.errors import UserError
 
@@ -36,26 +37,28 @@ def ssah_fields(seed=0, bits=16, n_query=40, n_db=300, classes=5):
             "query_L": query_labels, "retrieval_L": db_labels}
 
 
-def make_run(folder, method, fields):
+def make_run(folder, method, fields, **config):
     os.makedirs(folder, exist_ok=True)
-    io.save_json(os.path.join(folder, "config.json"), {"method": method, "config": {"bits": 16}})
+    io.save_json(os.path.join(folder, "config.json"), {"method": method, "config": {"bits": 16, **config}})
     io.save_mat(os.path.join(folder, "codes.mat"), fields)
     return str(folder)
 
 
-def test_run_folder_report_matches_reference(tmp_path, capsys):
+@pytest.mark.parametrize("ties", ["pessimistic", "argsort"])
+def test_run_folder_report_matches_reference(tmp_path, capsys, ties):
     fields = ssah_fields()
     run_dir = make_run(tmp_path / "run", "ssah", fields)
-    evaluator.main([run_dir, "--no-tensorboard", "--top-k", "10,50", "--n-max", "60"])
+    evaluator.main([run_dir, "--no-tensorboard", "--top-k", "10,50", "--n-max", "60", "--ties", ties])
     report = io.load_json(os.path.join(run_dir, "report", "report.json"))
     assert set(report["directions"]) == {"i->t", "t->i", "i->i", "t->t"}
+    assert report["ties"] == report["settings"]["ties"] == ties
     for direction, (q, d, ql, dl) in {"i->t": ("Qi", "Dt", "query_L", "retrieval_L"),
                                       "t->i": ("Qt", "Di", "query_L", "retrieval_L")}.items():
         figures = report["directions"][direction]
         args = (fields[q], fields[d], fields[ql], fields[dl])
-        assert abs(figures["map"] - ref_map(*args)) < 1e-9
-        assert abs(figures["map@50"] - ref_map(*args, top_k=50)) < 1e-9
-        precision, recall, radius_map = ref_lookup(*args)
+        assert abs(figures["map"] - ref_map(*args, ties=ties)) < 1e-9
+        assert abs(figures["map@50"] - ref_map(*args, top_k=50, ties=ties)) < 1e-9
+        precision, recall, radius_map = ref_lookup(*args, ties=ties)
         np.testing.assert_allclose(figures["hash_lookup"]["precision"], precision, atol=1e-9)
         assert abs(figures["map_radius2"] - radius_map) < 1e-9
         assert len(figures["top_n"]["precision"]) == 60
@@ -65,7 +68,48 @@ def test_run_folder_report_matches_reference(tmp_path, capsys):
             content = f.read()
         assert content.startswith(PNG_MAGIC) and len(content) > 5000
     printed = capsys.readouterr().out
-    assert "| run | direction | map |" in printed and "i->t" in printed
+    assert f"tie rule {ties}" in printed and "| run | direction | ties | map |" in printed
+    assert f"| run | i->t | {ties} |" in printed
+
+
+def test_ties_all_prints_the_four_rules_side_by_side(tmp_path, capsys):
+    fields = ssah_fields(bits=8)  # 8-bit codes: many ties
+    run_dir = make_run(tmp_path / "run", "ssah", fields, ties="argsort")
+    evaluator.main([run_dir, "--no-tensorboard", "--ties", "all", "--top-k", "50"])
+    printed = capsys.readouterr().out
+    assert "| direction | figure | expected | argsort | pessimistic | optimistic |" in printed
+    report = io.load_json(os.path.join(run_dir, "report", "report.json"))
+    assert report["ties"] == "argsort"  # the run's own rule for the curves and the main figures
+    by_rule = report["by_tie_rule"]
+    assert set(by_rule) == set(metrics.TIE_RULES)
+    for direction, (q, d) in {"i->t": ("Qi", "Dt"), "t->i": ("Qt", "Di")}.items():
+        args = (fields[q], fields[d], fields["query_L"], fields["retrieval_L"])
+        assert abs(by_rule["argsort"][direction]["map"] - authors_calc_map(*args)) < 1e-12
+        assert abs(by_rule["argsort"][direction]["map@50"] - authors_calc_map(*args, topk=50)) < 1e-12
+        assert abs(by_rule["expected"][direction]["map"] - metrics.mean_average_precision(*args)) < 1e-12
+        values = {rule: by_rule[rule][direction]["map"] for rule in metrics.TIE_RULES}
+        assert values["pessimistic"] < values["expected"] < values["optimistic"]
+        assert f"| {direction} | map | {values['expected']:.4f} | {values['argsort']:.4f} |" in printed
+    # the default follows the run's config
+    evaluator.main([run_dir, "--no-tensorboard"])
+    assert io.load_json(os.path.join(run_dir, "report", "report.json"))["ties"] == "argsort"
+    with pytest.raises(UserError, match="--ties all"):
+        evaluator.main(["--compare", run_dir, run_dir, "--ties", "all"])
+
+
+def test_every_method_takes_ties():
+    import argparse
+
+    from trainers import METHODS, get_method
+    from utils.config import add_config_arguments, config_from_args
+    for method in METHODS:
+        config_class = get_method(method).Config
+        assert config_class().ties == "expected"
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, config_class)
+        assert config_from_args(config_class, parser.parse_args(["--ties", "argsort"])).ties == "argsort"
+        with pytest.raises(UserError, match="tie rule 'random'"):
+            config_class(ties="random")
 
 
 def test_plots_go_to_tensorboard(tmp_path):
@@ -85,7 +129,7 @@ def test_bare_codes_file_uses_ssah_fields(tmp_path):
     fields = ssah_fields(seed=1)
     path = tmp_path / "codes.mat"
     io.save_mat(path, fields)
-    evaluator.main([str(path)])
+    evaluator.main([str(path), "--ties", "pessimistic"])
     report = io.load_json(str(tmp_path / "codes-report" / "report.json"))
     expected = ref_map(fields["Qt"], fields["Dt"], fields["query_L"], fields["retrieval_L"])
     assert abs(report["directions"]["t->t"]["map"] - expected) < 1e-9
@@ -99,7 +143,7 @@ def test_acmr_embeddings_use_euclidean_ranking(tmp_path):
     fields = {"Qi": embed()[:30], "Qt": embed()[:30], "Di": embed(), "Dt": embed(),
               "query_L": labels[:30], "retrieval_L": labels}
     run_dir = make_run(tmp_path / "acmr", "acmr", fields)
-    evaluator.main([run_dir, "--no-tensorboard", "--top-k", "50"])
+    evaluator.main([run_dir, "--no-tensorboard", "--top-k", "50", "--ties", "pessimistic"])
     report = io.load_json(os.path.join(run_dir, "report", "report.json"))
     assert set(report["directions"]) == {"i->t", "t->i"} and report["distance"] == "euclidean"
     figures = report["directions"]["i->t"]
@@ -120,7 +164,7 @@ def test_metah_fields_and_class_id_labels(tmp_path):
     fields = {"Q": code(20), "Dt": code(150), "Ds": code(200), "query_L": ids(20), "target_L": ids(150),
               "source_L": ids(200)[:, 0]}  # a 1-D vector: MATLAB files store it as one row
     run_dir = make_run(tmp_path / "metah", "metah", fields)
-    evaluator.main([run_dir, "--no-tensorboard"])
+    evaluator.main([run_dir, "--no-tensorboard", "--ties", "pessimistic"])
     report = io.load_json(os.path.join(run_dir, "report", "report.json"))
     one_hot = lambda y: (y.reshape(-1, 1) == np.arange(1, 11)).astype(int)
     expected = ref_map(fields["Q"], fields["Ds"], one_hot(fields["query_L"]), one_hot(fields["source_L"]))
@@ -135,7 +179,8 @@ def test_compare_overlays_runs_and_prints_one_table(tmp_path, capsys):
     assert set(results) == {"run_a", "run_b"}
     assert out.read_bytes().startswith(PNG_MAGIC)
     printed = capsys.readouterr().out
-    assert printed.count("| run_a |") == 4 and printed.count("| run_b |") == 4
+    assert printed.count("| run_a | ") == 4 and printed.count("| run_b | ") == 4
+    assert printed.count("| expected |") == 8
 
 
 def test_query_lists_nearest_items_in_every_direction(tmp_path, capsys):

@@ -330,7 +330,8 @@ def evaluate(model, data, config):
 
     TEST_PROTOCOL (the authors'): mAP@top_k, Euclidean on raw embeddings, test against test (only
     full batches when full_test_batches). DATABASE_PROTOCOL: mAP over the whole ranking, test
-    queries against the database part."""
+    queries against the database part.
+    Ties (rare for real embeddings) follow config.ties."""
     from utils import metrics
     query_img, query_txt, query_labels = data.part("query")
     db_img, db_txt, db_labels = data.part("database")
@@ -341,12 +342,13 @@ def evaluate(model, data, config):
         raise UserError(f"the test set has {len(q_img)} pairs, fewer than one batch of {config.batch_size}: "
                         f"pass --full-test-batches false")
     t_img, t_txt, t_lab = q_img[:n_test], q_txt[:n_test], query_labels[:n_test]
+    ties = config.ties
     figures = {TEST_PROTOCOL: {
-        "i->t": metrics.embedding_map(t_img, t_txt, t_lab, t_lab, top_k=config.top_k),
-        "t->i": metrics.embedding_map(t_txt, t_img, t_lab, t_lab, top_k=config.top_k),
+        "i->t": metrics.embedding_map(t_img, t_txt, t_lab, t_lab, top_k=config.top_k, ties=ties),
+        "t->i": metrics.embedding_map(t_txt, t_img, t_lab, t_lab, top_k=config.top_k, ties=ties),
     }, DATABASE_PROTOCOL: {
-        "i->t": metrics.embedding_map(q_img, d_txt, query_labels, db_labels),
-        "t->i": metrics.embedding_map(q_txt, d_img, query_labels, db_labels),
+        "i->t": metrics.embedding_map(q_img, d_txt, query_labels, db_labels, ties=ties),
+        "t->i": metrics.embedding_map(q_txt, d_img, query_labels, db_labels, ties=ties),
     }}
     for protocol in figures.values():
         protocol["average"] = (protocol["i->t"] + protocol["t->i"]) / 2
@@ -467,7 +469,8 @@ def fit(config, data=None, run=None, resume=False, model=None):
                 record["map"], _ = evaluate(model, data, config)
             history.append(record)
             bar.set_postfix(modality_acc=f"{means.get('modality_accuracy', 0):.2f}",
-                            map=f"{record.get('map', {}).get(TEST_PROTOCOL, {}).get('average', float('nan')):.3f}")
+                            map=f"{record.get('map', {}).get(TEST_PROTOCOL, {}).get('average', float('nan')):.3f}",
+                            ties=config.ties)
             if run is not None:
                 run.log_scalars(epoch + 1, {**means, "lambda": lam}, prefix="epoch/")
                 if "modality" in record:

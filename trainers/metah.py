@@ -18,6 +18,7 @@ import numpy as np
 from utils.config import CommonConfig
 from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
 from utils.errors import UserError
+from utils.metrics import DEFAULT_TIES
 
 PRESET_FIELD = "preset"
 
@@ -257,17 +258,19 @@ def binary_codes(codes):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def retrieval_figures(query_codes, db_codes, query_labels, db_labels):
+def retrieval_figures(query_codes, db_codes, query_labels, db_labels, ties=DEFAULT_TIES):
     """mAP over the whole ranking, mAP within Hamming radius 2, precision within radius 2
-    (TAH's rule: a query with nothing within the radius scores 0), from one ranking pass."""
+    (TAH's rule: a query with nothing within the radius scores 0), from one ranking pass;
+    `ties`: the tie rule of the mAPs (utils.metrics)."""
     from utils import metrics
     report = metrics.retrieval_report(query_codes, db_codes, query_labels, db_labels, "hamming",
-                                      n_max=1, radius=2, empty="zero")
+                                      n_max=1, radius=2, empty="zero", ties=ties)
     return {key: float(report[key]) for key in ("map", "map_radius2", "precision_radius2")}
 
 
-def evaluate(model, pair, inputs):
-    """Codes of every split and the figures of both protocols (labels as one-hot matrices)."""
+def evaluate(model, pair, inputs, ties=DEFAULT_TIES):
+    """Codes of every split and the figures of both protocols (labels as one-hot matrices),
+    ranked figures under the tie rule `ties`."""
     source_inputs, target_inputs = inputs
     source_codes, _ = model.encode(source_inputs)
     target_codes, target_logits = model.encode(target_inputs)
@@ -280,12 +283,12 @@ def evaluate(model, pair, inputs):
     figures = {}
     for protocol, (query, database) in PROTOCOLS.items():
         figures[protocol] = retrieval_figures(codes[query][0], codes[database][0],
-                                              codes[query][1], codes[database][1])
+                                              codes[query][1], codes[database][1], ties)
     if len(pair.source_validation):
         val_codes = binary_codes(source_codes[pair.source_validation])
         figures["source-validation"] = retrieval_figures(
             val_codes, codes["source_database"][0], pair.one_hot(pair.source.labels[pair.source_validation]),
-            codes["source_database"][1])
+            codes["source_database"][1], ties)
     predictions = target_logits[pair.target_database].argmax(axis=1)
     figures["target_classifier_accuracy"] = float(np.mean(predictions == pair.target.labels[pair.target_database]))
     return figures, codes
@@ -360,7 +363,7 @@ def fit(config, pair=None, run=None, resume=False):
                                      "learning_rate": float(_current_rate(model.optimizer))}, prefix="train/")
             epoch_end = (it + 1) % steps_per_epoch == 0 or it + 1 == config.iterations
             if epoch_end and config.eval_every_epoch and it + 1 < config.iterations:
-                figures, _ = evaluate(model, pair, inputs)
+                figures, _ = evaluate(model, pair, inputs, config.ties)
                 history.append({"iteration": it + 1, **figures})
                 if run is not None:
                     _log_figures(run, it + 1, figures)
@@ -371,7 +374,7 @@ def fit(config, pair=None, run=None, resume=False):
                 cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
     seconds = time.perf_counter() - start_time
 
-    final, codes = evaluate(model, pair, inputs)
+    final, codes = evaluate(model, pair, inputs, config.ties)
     results = {"final": final, "epochs": history, "seconds": seconds, "first_step_seconds": first_step_seconds,
                "iterations": config.iterations, "steps_per_epoch": steps_per_epoch}
     if run is not None:

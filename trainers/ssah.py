@@ -547,7 +547,7 @@ def _check_resume_shapes(run, data_shape):
 
 
 def evaluate(trainer, data, config):
-    """Codes of query and database items and mAP in all four directions."""
+    """Codes of query and database items and mAP in all four directions (tie rule config.ties)."""
     from utils.metrics import mean_average_precision
     q_img, q_txt, q_lab = data.part("query")
     d_img, d_txt, d_lab = data.part("database")
@@ -558,7 +558,7 @@ def evaluate(trainer, data, config):
              "Dt": trainer.hash_codes("txt", d_txt, bs),
              "query_L": q_lab, "retrieval_L": d_lab}
     from utils.exports import EXPORTS
-    maps = {direction: mean_average_precision(codes[q], codes[d], codes[ql], codes[dl])
+    maps = {direction: mean_average_precision(codes[q], codes[d], codes[ql], codes[dl], ties=config.ties)
             for direction, (q, d, ql, dl) in EXPORTS["ssah"]["directions"].items()}
     return maps, codes
 
@@ -689,7 +689,8 @@ def train(config, run, resume=False):
         results["final"] = dict(maps)
         results["final"]["epoch"] = epoch + 1
         run.save_results(results)
-        print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()), flush=True)
+        print(f"epoch {epoch + 1}: mAP (ties: {config.ties}) " + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()),
+              flush=True)
     if "final" not in results:  # resumed a finished run: report its last epoch again
         maps, codes = evaluate(trainer, data, config)
         run.export_codes(codes)

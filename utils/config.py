@@ -9,6 +9,7 @@ import dataclasses
 import typing
 
 from utils.errors import UserError
+from utils.metrics import DEFAULT_TIES, TIE_RULES, check_ties
 
 
 @dataclasses.dataclass
@@ -35,6 +36,13 @@ class CommonConfig:
     keep_checkpoints: str = dataclasses.field(default="last,best", metadata={
         "help": "checkpoints kept in RUN_DIR/checkpoints: 'last', 'last,best' (the last plus the one "
                 "with the best epoch mAP, in checkpoints/best) or a number N (the last N)"})
+    ties: str = dataclasses.field(default=DEFAULT_TIES, metadata={
+        "help": "order of items at equal distance in every ranked figure: expected (mean over random "
+                "orders, exact), argsort (the original programs' np.argsort), pessimistic (relevant "
+                "last) or optimistic (relevant first)", "choices": TIE_RULES})
+
+    def __post_init__(self):
+        check_ties(self.ties)  # before training, not at the first evaluation
 
 
 def _parse_bool(text):

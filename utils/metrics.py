@@ -1,14 +1,22 @@
 """Retrieval metrics for every method: Hamming codes and real-valued embeddings.
 
-Ranking and tie rule (every figure, codes and embeddings alike): the database is
-ranked by distance to the query; among items at EQUAL distance, the items that are
-not relevant come first and the relevant ones last (the pessimistic order). A set of
-codes therefore gains nothing from ties, and every figure is a function of how many
-items, and how many relevant items, lie at each distance, so Hamming figures are
-computed from per-query counts by distance without sorting anything. (The original
-programs sort with np.argsort, whose order inside a tie is arbitrary; on codes with
-many ties their values lie above this rule's.) The order among items that tie in
-both distance and relevance changes no figure.
+Ranking and tie rules (every ranked figure, codes and embeddings alike): the database
+is ranked by distance to the query. Items at EQUAL distance (a tie group) are ordered
+by the tie rule `ties`:
+  expected     the expected value of the figure over uniformly random orders inside
+               every tie group (default): what an arbitrary sort estimates, but
+               deterministic;
+  argsort      exactly the original programs' calc_map / calc_map@K: np.argsort (its
+               default kind) of the float distances. Hamming distances are computed as
+               those programs do, 0.5 * (K - q . b) on +-1 codes held in float32 (the
+               SSAH program's code arrays are float32), so the order inside ties is
+               the one the program gets on this machine and NumPy build;
+  pessimistic  the items that are not relevant first, the relevant ones last;
+  optimistic   the relevant items first.
+The order among items that tie in both distance and relevance changes no figure, so
+every rule but argsort is a function of how many items, and how many relevant items,
+lie in each tie group: Hamming figures are computed from per-query counts by distance
+without sorting anything (argsort sorts). Every report names its rule ("ties").
 
 Relevance: a database item is relevant to a query when they share a label.
 Labels are multi-hot rows (give single labels as one-hot rows), so for
@@ -29,20 +37,39 @@ within the radius has precision 0 and counts in the mean (TAH's rule,
 `empty="zero"`); `empty="skip"` leaves such queries out of the precision mean
 instead. Recall is averaged over the queries that have a relevant item.
 mAP within radius r (TAH's protocol): AP over the items within the radius,
-ranked as above; AP = 0 when nothing relevant lies within it. These figures do not
-depend on the tie rule except the mAP within the radius.
+ranked as above; AP = 0 when nothing relevant lies within it. The lookup curve and
+precision within the radius do not depend on the tie rule (whole tie groups).
+
+Expected figures under random order inside ties (closed forms, checked against the
+mean over random orders and exact enumeration in the tests). Take a tie group of n
+items ranked after b items, r of them relevant, R relevant items before it. Place
+b + j of the group is relevant with probability r / n; given that, the other r - 1
+relevant items of the group are spread uniformly over its other n - 1 places, so
+the expected number of them before place j is (j - 1)(r - 1)/(n - 1). The group
+adds to the sum over relevant items of (rank among relevant / rank) the expected
+  E = sum_{j=1..n} (r/n) (R + 1 + (j-1) c) / (b + j),   c = (r - 1)/(n - 1) (0 if n = 1)
+    = (r/n) [ (R + 1 - c (b + 1)) (H(b + n) - H(b)) + c n ]          (H: harmonic numbers)
+(the form of McSherry and Najork, ECIR 2008). AP = sum of E over groups / relevant
+items (fixed), and likewise AP within a radius (whole groups). AP@K also divides by
+the relevant items in the top K, which is random when place K cuts a group: if m
+places of the group lie in the top K, the group's relevant items among them X are
+hypergeometric (n, r, m), and given X = x they are uniform over those m places, so
+  E[AP@K] = sum_x P(X = x) (A + E(R, b, m, x)) / (R + x)   (0 where R + x = 0),
+A = the sum of E over the whole groups before. Expected found@N (top-N precision and
+recall) is linear: R + (N - b) r / n inside the group holding place N.
 
 Speed (Hamming): for each query, one pass over the database counts the items and
 the relevant items at each distance 0..K (popcount of XORed packed codes, AND of
 packed labels): utils/hamming_kernel.py, compiled with numba when it is installed,
 else NumPy bincounts over chunks of queries (same counts, a few times slower).
 Memory: the compiled pass holds no pair-sized array; the NumPy one works on chunks
-of PAIRS_PER_CHUNK pairs. From the counts, AP has a closed form: the relevant items
-of distance d are ranked right after M_d = (items at distance < d) + (irrelevant
-items at d) items, R_<d of them relevant, so they add
-sum_{j=1..r_d} (R_<d + j) / (M_d + j) = r_d - (M_d - R_<d) (H(M_d + r_d) - H(M_d)),
-H the harmonic numbers (differences taken with log1p, no cancellation).
-Embeddings are ranked by a real sort (np.lexsort on distance, then relevance).
+of PAIRS_PER_CHUNK pairs. From the counts, AP has closed forms: a run of r relevant
+items ranked right after M items, R of them relevant, adds
+sum_{j=1..r} (R + j) / (M + j) = r - (M - R) (H(M + r) - H(M)) (pessimistic: M = the
+items before the group plus its irrelevant ones; optimistic: M = the items before
+the group), and E above for `expected`; differences of H are taken with log1p (no
+cancellation). Embeddings, and the argsort rule, are ranked by a real sort (one
+chunk of queries at a time).
 """
 import concurrent.futures
 import os
@@ -55,6 +82,7 @@ from utils.errors import UserError
 PR_POINTS = 100  # points of the ranking precision-recall curve
 THREADS = None  # threads that count or rank; None = min(4, CPU cores)
 KERNEL = "auto"  # Hamming counts: "numba" (compiled), "numpy", or "auto" (numba when installed)
+ARGSORT_HAMMING_DTYPE = np.float32  # the argsort rule's Hamming distances: the SSAH program's code dtype
 PAIRS_PER_CHUNK = 1 << 18  # query x database pairs held at once by the NumPy paths: ~10 MB of work
                            # arrays per thread; the fastest of 2^16..2^21 on 2,000 x 18,015 (cache-sized)
 
@@ -282,40 +310,125 @@ def relevant_run_sum(relevant_before, ranked_before, count):
     return count - (ranked_before - relevant_before) * _harmonic_gap(ranked_before, count)
 
 
-class _HammingCounts:
-    """Per-query counts by distance, and every figure of the ranking rule computed from them."""
+def expected_group_sum(relevant_before, ranked_before, size, relevant):
+    """E[sum over the relevant items of a tie group of (rank among relevant / rank)] when
+    the group's `size` items (`relevant` of them relevant) follow `ranked_before` items
+    (`relevant_before` relevant) in uniformly random order; elementwise, closed form:
+    (r/n) [(R + 1 - c (b + 1)) (H(b + n) - H(b)) + c n], c = (r - 1)/(n - 1) (module doc)."""
+    relevant_before, ranked_before, size, relevant = (np.asarray(v, np.float64) for v in (
+        relevant_before, ranked_before, size, relevant))
+    share = _safe_divide(relevant, size)
+    spread = _safe_divide(relevant - 1, size - 1)  # c; 0 for a group of one
+    return share * ((relevant_before + 1 - spread * (ranked_before + 1)) * _harmonic_gap(ranked_before, size)
+                    + spread * size)
 
-    def __init__(self, histograms):
+
+def _log_binomial(n, k):
+    from scipy.special import gammaln
+    return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+
+def expected_truncated_ap(whole_sum, relevant_before, ranked_before, taken, size, relevant):
+    """E[AP@K] when place K cuts a tie group: `taken` of its `size` places lie in the top K,
+    `relevant` of its items are relevant, `relevant_before` relevant and `ranked_before`
+    items precede it, and `whole_sum` is the expected AP sum of the groups before it.
+    sum over x of P(x relevant among the taken places, hypergeometric) *
+    (whole_sum + expected_group_sum(R, b, taken, x)) / (R + x); elementwise over queries."""
+    arrays = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (
+        whole_sum, relevant_before, ranked_before, taken, size, relevant)))
+    shape = arrays[0].shape
+    whole_sum, relevant_before, ranked_before, taken, size, relevant = (v.ravel() for v in arrays)
+    low = np.maximum(0, taken - (size - relevant))  # the support of x
+    high = np.minimum(relevant, taken)
+    width = int(np.max(high - low, initial=0)) + 1
+    out = np.zeros(len(low))
+    rows = max(1, PAIRS_PER_CHUNK // width)  # queries x support values at once
+    for start in range(0, len(low), rows):
+        part = slice(start, start + rows)
+        column = lambda values: values[part, None]
+        x = column(low) + np.arange(width)
+        inside = x <= column(high)
+        x = np.where(inside, x, column(low))
+        log_probability = (_log_binomial(column(relevant), x) + _log_binomial(column(size - relevant), column(taken) - x)
+                           - column(_log_binomial(size, taken)))
+        value = _safe_divide(column(whole_sum) + expected_group_sum(column(relevant_before), column(ranked_before),
+                                                                    column(taken), x),
+                             column(relevant_before) + x)
+        out[part] = np.where(inside, np.exp(log_probability) * value, 0.0).sum(axis=1)
+    return out.reshape(shape)
+
+
+TIE_RULES = ("expected", "argsort", "pessimistic", "optimistic")
+DEFAULT_TIES = "expected"
+
+
+def check_ties(ties):
+    """`ties` if it names a tie rule, else a UserError listing them."""
+    if ties not in TIE_RULES:
+        raise UserError(f"unknown tie rule '{ties}'; choose one of {', '.join(TIE_RULES)} "
+                        f"(see the README, Evaluation)")
+    return ties
+
+
+class _HammingCounts:
+    """Per-query counts by distance (the tie groups), and every figure of a count-based
+    tie rule (expected, pessimistic, optimistic) computed from them."""
+
+    def __init__(self, histograms, ties=DEFAULT_TIES):
+        if ties not in ("expected", "pessimistic", "optimistic"):
+            raise ValueError(f"tie rule {ties!r} is not computed from counts")
+        self.ties = ties
         relevant_at = histograms[:, :, 1]
+        self.size = histograms.sum(axis=2)  # items at distance d: the tie group
         self.bits = histograms.shape[1] - 1
-        self.within = np.cumsum(histograms.sum(axis=2), axis=1)  # items at distance <= d
+        self.within = np.cumsum(self.size, axis=1)  # items at distance <= d
+        self.before = self.within - self.size  # items at distance < d
         self.relevant_within = np.cumsum(relevant_at, axis=1)
         self.relevant_at = relevant_at
         self.relevant_before = self.relevant_within - relevant_at  # relevant items at distance < d
-        self.first_relevant = self.within - relevant_at  # items ranked before distance d's relevant ones
         self.relevant = self.relevant_within[:, -1]
         self.n_db = int(self.within[0, -1])
+        # where each group's relevant items may stand: places run_start + 1 .. run_start + run_length,
+        # each relevant with probability `density` (1 for the fixed orders)
+        if ties == "pessimistic":
+            self.run_start, self.run_length, self.density = self.within - relevant_at, relevant_at, 1.0
+        elif ties == "optimistic":
+            self.run_start, self.run_length, self.density = self.before, relevant_at, 1.0
+        else:
+            self.run_start, self.run_length = self.before, self.size
+            self.density = _safe_divide(relevant_at, self.size)
 
-    def _ap(self, taken):
-        """AP when `taken` (queries x distances) relevant items of each distance are retrieved."""
-        sums = relevant_run_sum(self.relevant_before, self.first_relevant, taken).sum(axis=1)
-        return _safe_divide(sums, taken.sum(axis=1))
+    def _group_sums(self, taken=None):
+        """AP sum of each group; `taken` (fixed orders): only its first `taken` relevant items."""
+        if self.ties == "expected":
+            return expected_group_sum(self.relevant_before, self.before, self.size, self.relevant_at)
+        return relevant_run_sum(self.relevant_before, self.run_start,
+                                self.relevant_at if taken is None else taken)
 
     def ap(self):
-        return self._ap(self.relevant_at)
+        return _safe_divide(self._group_sums().sum(axis=1), self.relevant)
 
     def ap_at(self, k):
         """AP over the first k ranked items (divided by the relevant items among them)."""
-        return self._ap(np.clip(k - self.first_relevant, 0, self.relevant_at))
+        if k >= self.n_db:
+            return self.ap()
+        if self.ties != "expected":
+            taken = np.clip(k - self.run_start, 0, self.relevant_at)
+            return _safe_divide(self._group_sums(taken).sum(axis=1), taken.sum(axis=1))
+        group = np.argmax(self.within >= k, axis=1)[:, None]  # the group holding place k
+        pick = lambda values: np.take_along_axis(values, group, axis=1)[:, 0]
+        sums = self._group_sums()
+        whole = pick(np.cumsum(sums, axis=1) - sums)
+        return expected_truncated_ap(whole, pick(self.relevant_before), pick(self.before),
+                                     k - pick(self.before), pick(self.size), pick(self.relevant_at))
 
     def ap_within(self, radius):
-        taken = self.relevant_at.copy()
-        taken[:, min(radius, self.bits) + 1:] = 0
-        return self._ap(taken)
+        last = min(radius, self.bits) + 1
+        return _safe_divide(self._group_sums()[:, :last].sum(axis=1), self.relevant_within[:, last - 1])
 
     def rank_sums(self, name, ranks):
         """Sums over queries of found@N and found@N / relevant (queries with a relevant item),
-        found@N = relevant items among the first N, for the sorted ranks N."""
+        found@N = relevant items among the first N (expected under `expected`), for sorted ranks N."""
         ranks = np.asarray(ranks, dtype=np.int64)
         dense = len(ranks) * 4 >= ranks[-1]  # most ranks up to the last: count along all of them
         found_sum, recall_sum = np.zeros(len(ranks)), np.zeros(len(ranks))
@@ -327,16 +440,22 @@ class _HammingCounts:
             recall_sum += np.einsum("ij,i->j", found, inverse)
         return {name + "_found": found_sum, name + "_recall": recall_sum}
 
+    def _density(self, rows):
+        return self.density[rows] if isinstance(self.density, np.ndarray) else None
+
     def _found_dense(self, rows, ranks):
-        """found@N for N = 1..max(ranks): the relevant items of distance d fill the ranked
-        places first_relevant[d] + 1 .. within[d]; mark run starts and ends, sum twice."""
+        """found@N for N = 1..max(ranks): each group's relevant run fills places
+        run_start + 1 .. run_start + run_length with `density`; mark run starts and ends, sum twice."""
         last = int(ranks[-1])
         n_rows = len(self.within[rows])
         offsets = (np.arange(n_rows, dtype=np.intp) * (last + 1))[:, None]
-        starts = np.minimum(self.first_relevant[rows], last) + offsets
-        ends = np.minimum(self.within[rows], last) + offsets
+        starts = np.minimum(self.run_start[rows], last) + offsets
+        ends = np.minimum(self.run_start[rows] + self.run_length[rows], last) + offsets
         size = n_rows * (last + 1)
-        steps = (np.bincount(starts.ravel(), minlength=size) - np.bincount(ends.ravel(), minlength=size))
+        weights = self._density(rows)
+        weights = None if weights is None else weights.ravel()
+        steps = (np.bincount(starts.ravel(), weights, minlength=size)
+                 - np.bincount(ends.ravel(), weights, minlength=size))
         relevant_at_place = np.cumsum(steps.reshape(n_rows, last + 1)[:, :last], axis=1)
         return np.cumsum(relevant_at_place, axis=1)[:, ranks - 1].astype(np.float64)
 
@@ -348,9 +467,11 @@ class _HammingCounts:
         flat = (within + offsets * (self.n_db + 1)).ravel()
         group = np.searchsorted(flat, (ranks[None, :] + offsets * (self.n_db + 1)).ravel())
         group = group.reshape(len(within), len(ranks)) - offsets * (self.bits + 1)
-        taken = np.clip(ranks[None, :] - np.take_along_axis(self.first_relevant[rows], group, axis=1),
-                        0, np.take_along_axis(self.relevant_at[rows], group, axis=1))
-        return (np.take_along_axis(self.relevant_before[rows], group, axis=1) + taken).astype(np.float64)
+        pick = lambda values: np.take_along_axis(values[rows], group, axis=1)
+        taken = np.clip(ranks[None, :] - pick(self.run_start), 0, pick(self.run_length)).astype(np.float64)
+        if isinstance(self.density, np.ndarray):
+            taken *= pick(self.density)
+        return pick(self.relevant_before) + taken
 
 
 # ----------------------------------------------------------------------------- embeddings: a real sort
@@ -389,34 +510,90 @@ def _weighted_sum(matrix, weights):
     return np.einsum("ij,j->i", matrix, weights[:matrix.shape[1]])
 
 
-class _EmbeddingProblem:
-    """One query set against one database of real embeddings: ranking of a chunk of queries."""
+def _expected_places(sorted_distances, hits):
+    """Per ranked place, under random order inside ties: `share`, the probability that it
+    holds a relevant item (r/n of its group), `term`, its expected AP term (module doc), and
+    its group's first place, size, relevant items and relevant items before it."""
+    n_rows, n_db = hits.shape
+    place = np.arange(n_db)
+    new_group = np.ones((n_rows, n_db), bool)
+    new_group[:, 1:] = sorted_distances[:, 1:] != sorted_distances[:, :-1]
+    group_end = np.ones((n_rows, n_db), bool)
+    group_end[:, :-1] = new_group[:, 1:]
+    start = np.maximum.accumulate(np.where(new_group, place, 0), axis=1)
+    end = np.minimum.accumulate(np.where(group_end, place, n_db)[:, ::-1], axis=1)[:, ::-1]
+    found_through = np.cumsum(hits, axis=1, dtype=np.int64)  # relevant among places 0..p
+    found_before = np.concatenate([np.zeros((n_rows, 1), np.int64), found_through[:, :-1]], axis=1)
+    relevant_before = np.take_along_axis(found_before, start, axis=1)
+    size = end - start + 1
+    relevant = np.take_along_axis(found_through, end, axis=1) - relevant_before
+    share = relevant / size
+    spread = _safe_divide(relevant - 1, size - 1)
+    term = share * (relevant_before + 1 + (place - start) * spread) / (place + 1)
+    return {"share": share, "term": term, "start": start, "size": size, "relevant_before": relevant_before,
+            "relevant": relevant}
 
-    def __init__(self, query, db, query_labels, db_labels, metric):
-        self.metric = metric
+
+class _SortedProblem:
+    """One query set against one database, ranked by a real sort (one chunk of queries at a
+    time): embeddings under every tie rule, Hamming codes under the argsort rule."""
+
+    def __init__(self, query, db, query_labels, db_labels, distance, ties):
+        self.distance, self.ties = distance, ties
         self.labels = _Labels(query_labels, db_labels)
+        if distance == "hamming":
+            query, db = pack_bits(query, np.uint64), pack_bits(db, np.uint64)
         self.query, self.db = query, db
         self.n_queries, self.n_db = query.shape[0], db.shape[0]
         self.inverse_ranks = 1.0 / np.arange(1, self.n_db + 1, dtype=np.float64)
 
-    def ranked_hits(self, rows):
-        """Relevance of the ranked items: by distance, then irrelevant before relevant."""
-        distances = embedding_distances(self.query[rows], self.db, self.metric)
-        relevant = self.labels.ranked_hits(rows, np.arange(self.n_db)[None, :])
-        order = np.lexsort((relevant, distances), axis=-1)
-        return np.take_along_axis(relevant, order, axis=1)
+    def distances(self, rows):
+        if self.distance == "hamming":
+            # the programs' 0.5 * (K - q . b) on +-1 codes in float32: the same integers, same dtype
+            return hamming_distances(self.query[rows], self.db).astype(ARGSORT_HAMMING_DTYPE)
+        return embedding_distances(self.query[rows], self.db, self.distance)
 
-    def figures(self, rows, top_ks, n_max, pr_ranks):
+    def ranked(self, rows):
+        """(distances, order of the database, relevance of the ranked items) under the tie rule."""
+        distances = self.distances(rows)
+        relevant = self.labels.ranked_hits(rows, np.arange(self.n_db)[None, :])
+        if self.ties == "argsort":
+            order = np.argsort(distances, axis=1)  # the programs' call: default kind, same dtype
+        elif self.ties == "optimistic":
+            order = np.lexsort((~relevant, distances), axis=-1)
+        else:  # pessimistic; expected only needs the groups, any order inside them
+            order = np.lexsort((relevant, distances), axis=-1)
+        return distances, order, np.take_along_axis(relevant, order, axis=1)
+
+    def figures(self, rows, top_ks, n_max, pr_ranks, radius=None):
         """Per-query AP figures and summed rank curves of one chunk of queries."""
-        hits = self.ranked_hits(rows)
-        found = np.cumsum(hits, axis=1, dtype=np.int32)  # relevant items among the first n
-        relevant = found[:, -1].astype(np.float64)
-        weighted = found * hits  # k at the k-th relevant place, 0 elsewhere
-        out = {"relevant": relevant, "ap": _safe_divide(_weighted_sum(weighted, self.inverse_ranks), relevant)}
+        distances, order, hits = self.ranked(rows)
+        if self.ties == "expected":
+            groups = _expected_places(np.take_along_axis(distances, order, axis=1), hits)
+            term = groups["term"]
+            found = np.cumsum(groups["share"], axis=1)  # expected relevant items among the first n
+        else:
+            found = np.cumsum(hits, axis=1, dtype=np.int32)
+            term = found * hits * self.inverse_ranks  # k / place at the k-th relevant place, 0 elsewhere
+        relevant = np.round(found[:, -1]).astype(np.float64)
+        term_sums = np.cumsum(term, axis=1)
+        out = {"relevant": relevant, "ap": _safe_divide(term_sums[:, -1], relevant)}
         for k in top_ks:  # K beyond the database ranks all of it (mAP@K = mAP there)
-            ranked = min(k, self.n_db)
-            out[f"ap@{k}"] = _safe_divide(_weighted_sum(weighted[:, :ranked], self.inverse_ranks),
-                                          found[:, ranked - 1].astype(np.float64))
+            last = min(k, self.n_db) - 1
+            if self.ties != "expected" or last == self.n_db - 1:
+                out[f"ap@{k}"] = _safe_divide(term_sums[:, last], found[:, last].astype(np.float64))
+                continue
+            first = groups["start"][:, last]  # the group holding place k, and the places before it
+            whole = np.where(first > 0, term_sums[np.arange(len(first)), np.maximum(first - 1, 0)], 0.0)
+            out[f"ap@{k}"] = expected_truncated_ap(whole, groups["relevant_before"][:, last], first,
+                                                   last + 1 - first, groups["size"][:, last],
+                                                   groups["relevant"][:, last])
+        if radius is not None:  # whole distance groups: a prefix of the ranking
+            inside = (distances <= radius).sum(axis=1)
+            at = np.maximum(inside - 1, 0)
+            rows_index = np.arange(len(inside))
+            out["ap_radius"] = np.where(inside > 0, _safe_divide(term_sums[rows_index, at],
+                                                                 np.asarray(found[rows_index, at], np.float64)), 0.0)
         has_relevant = relevant > 0
         sums = {}
         for name, ranks in (("top_n", np.arange(1, n_max + 1)), ("ranking_pr", pr_ranks)):
@@ -445,9 +622,9 @@ def embedding_distances(query, db, metric="euclidean"):
     return cdist(query, db, metric=metric)
 
 
-def _embedding_figures(problem, top_ks, n_max, pr_ranks):
+def _sorted_figures(problem, top_ks, n_max, pr_ranks, radius=None):
     chunks = _chunks(problem.n_queries, problem.n_db)
-    parts = _map_chunks(lambda rows: problem.figures(rows, top_ks, n_max, pr_ranks), chunks)
+    parts = _map_chunks(lambda rows: problem.figures(rows, top_ks, n_max, pr_ranks, radius), chunks)
     per_query = {key: np.concatenate([p[0][key] for p in parts]) for key in parts[0][0]}
     sums = {key: np.sum([p[1][key] for p in parts], axis=0) for key in parts[0][1]}
     return per_query, sums
@@ -483,34 +660,39 @@ def _pr_ranks(n_db):
 
 # ----------------------------------------------------------------------------- public API
 
-def mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k=None):
+def mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k=None, ties=DEFAULT_TIES):
     """mAP of Hamming ranking ({-1,+1} or {0,1} codes); top_k=None ranks the whole database.
 
-    Ties: irrelevant items before relevant ones (module doc); queries with no relevant
-    item add 0 but count in the divisor; with top_k, AP divides by the relevant items in the top K.
+    ties: the tie rule (module doc; default expected). Queries with no relevant item add 0
+    but count in the divisor; with top_k, AP divides by the relevant items in the top K.
     """
     _check_top_k(top_k)
-    counts = _HammingCounts(distance_histograms(query_codes, db_codes, query_labels, db_labels))
+    check_ties(ties)
+    if ties == "argsort":
+        report = retrieval_report(query_codes, db_codes, query_labels, db_labels, "hamming",
+                                  top_ks=() if top_k is None else (int(top_k),), n_max=1, ties=ties)
+        return report["map" if top_k is None else f"map@{int(top_k)}"]
+    counts = _HammingCounts(distance_histograms(query_codes, db_codes, query_labels, db_labels), ties)
     ap = counts.ap() if top_k is None else counts.ap_at(int(top_k))
     return float(ap.mean())
 
 
-def random_codes_map(query_labels, db_labels, bits, draws=3, seed=0):
+def random_codes_map(query_labels, db_labels, bits, draws=3, seed=0, ties=DEFAULT_TIES):
     """The chance level: mAP of random +-1 codes (seeded, mean over `draws`) on these labels."""
     rng = np.random.RandomState(seed)
     return float(np.mean([mean_average_precision(np.sign(rng.randn(len(query_labels), bits)),
                                                  np.sign(rng.randn(len(db_labels), bits)),
-                                                 query_labels, db_labels) for _ in range(draws)]))
+                                                 query_labels, db_labels, ties=ties) for _ in range(draws)]))
 
 
-def embedding_map(query, db, query_labels, db_labels, metric="euclidean", top_k=None):
+def embedding_map(query, db, query_labels, db_labels, metric="euclidean", top_k=None, ties=DEFAULT_TIES):
     """mAP of ranking real-valued embeddings by euclidean or cosine distance; same AP and tie rules."""
     if metric not in ("euclidean", "cosine"):
         raise UserError(f"unknown metric '{metric}'; choose euclidean or cosine")
     _check_top_k(top_k)
-    problem = _EmbeddingProblem(*_validated(query, db, query_labels, db_labels, "embedding"), metric)
+    problem = _SortedProblem(*_validated(query, db, query_labels, db_labels, "embedding"), metric, check_ties(ties))
     top_ks = () if top_k is None else (int(top_k),)
-    per_query, _ = _embedding_figures(problem, top_ks, 1, np.array([1]))
+    per_query, _ = _sorted_figures(problem, top_ks, 1, np.array([1]))
     return float(per_query["ap" if top_k is None else f"ap@{int(top_k)}"].mean())
 
 
@@ -527,8 +709,6 @@ def _check_empty(empty):
 
 def _hamming_figures(counts, top_ks, n_max, pr_ranks, radius):
     per_query = {"relevant": counts.relevant.astype(np.float64), "ap": counts.ap(),
-                 "within": counts.within.astype(np.float64),
-                 "relevant_within": counts.relevant_within.astype(np.float64),
                  "ap_radius": counts.ap_within(radius)}
     for k in top_ks:
         per_query[f"ap@{k}"] = counts.ap_at(k)
@@ -563,10 +743,12 @@ def _lookup(per_query, bits, radius, empty):
 
 
 def retrieval_report(query, db, query_labels, db_labels, distance="hamming", top_ks=(), n_max=1000,
-                     radius=2, empty="zero"):
-    """Every figure of one retrieval direction (one counting pass for codes, one sort for embeddings).
+                     radius=2, empty="zero", ties=DEFAULT_TIES):
+    """Every figure of one retrieval direction (one counting pass for codes, one sort for
+    embeddings and for the argsort rule).
 
     distance: "hamming" (codes), "euclidean" or "cosine" (embeddings).
+    ties: the tie rule of every ranked figure (module doc), recorded as report["ties"].
     Returns map, map@K for K in top_ks, top_n {n, precision, recall} for N = 1..n_max
     (precision@N over all queries; recall@N over queries with a relevant item), the same
     at about 100 log-spaced N up to the whole database (ranking_pr: the PR curve of a
@@ -575,6 +757,7 @@ def retrieval_report(query, db, query_labels, db_labels, distance="hamming", top
     `empty`, see the module doc).
     """
     _check_empty(empty)
+    check_ties(ties)
     if int(radius) < 0:
         raise UserError(f"radius must be >= 0, got {radius}")
     kind = "hamming" if distance == "hamming" else "embedding"
@@ -588,12 +771,20 @@ def retrieval_report(query, db, query_labels, db_labels, distance="hamming", top
     n_max = max(1, min(int(n_max), n_db))
     pr_ranks = _pr_ranks(n_db)
     if kind == "hamming":
-        counts = _HammingCounts(_count_histograms(query, db, query_labels, db_labels))
-        per_query, sums = _hamming_figures(counts, top_ks, n_max, pr_ranks, int(radius))
+        histograms = _count_histograms(query, db, query_labels, db_labels)
+        if ties == "argsort":
+            counts = _HammingCounts(histograms, "pessimistic")  # the lookup curve only (no tie rule)
+            problem = _SortedProblem(query, db, query_labels, db_labels, "hamming", ties)
+            per_query, sums = _sorted_figures(problem, top_ks, n_max, pr_ranks, int(radius))
+        else:
+            counts = _HammingCounts(histograms, ties)
+            per_query, sums = _hamming_figures(counts, top_ks, n_max, pr_ranks, int(radius))
+        per_query["within"] = counts.within.astype(np.float64)
+        per_query["relevant_within"] = counts.relevant_within.astype(np.float64)
     else:
-        problem = _EmbeddingProblem(query, db, query_labels, db_labels, distance)
-        per_query, sums = _embedding_figures(problem, top_ks, n_max, pr_ranks)
-    report = {"map": float(per_query["ap"].mean()),
+        problem = _SortedProblem(query, db, query_labels, db_labels, distance, ties)
+        per_query, sums = _sorted_figures(problem, top_ks, n_max, pr_ranks)
+    report = {"map": float(per_query["ap"].mean()), "ties": ties,
               "queries": query.shape[0], "database": n_db,
               "queries_without_relevant": int((per_query["relevant"] == 0).sum())}
     for k in top_ks:
@@ -607,19 +798,20 @@ def retrieval_report(query, db, query_labels, db_labels, distance="hamming", top
     return report
 
 
-def radius_figures(query_codes, db_codes, query_labels, db_labels, radius=2, empty="zero"):
+def radius_figures(query_codes, db_codes, query_labels, db_labels, radius=2, empty="zero", ties=DEFAULT_TIES):
     """TAH's figures: {"map_radius<r>": mAP within Hamming radius r, "precision_radius<r>": ...}."""
     report = retrieval_report(query_codes, db_codes, query_labels, db_labels, "hamming", n_max=1,
-                              radius=radius, empty=empty)
+                              radius=radius, empty=empty, ties=ties)
     return {key: report[key] for key in (f"map_radius{radius}", f"precision_radius{radius}")}
 
 
 def hash_lookup_curve(query_codes, db_codes, query_labels, db_labels, empty="zero"):
-    """Precision and recall within Hamming radius r for r = 0..K: {radius, precision, recall}."""
+    """Precision and recall within Hamming radius r for r = 0..K: {radius, precision, recall}
+    (whole distance groups: no tie rule)."""
     return retrieval_report(query_codes, db_codes, query_labels, db_labels, "hamming", n_max=1,
-                            empty=empty)["hash_lookup"]
+                            empty=empty, ties="pessimistic")["hash_lookup"]
 
 
-def top_n_curve(query, db, query_labels, db_labels, n_max=1000, distance="hamming"):
+def top_n_curve(query, db, query_labels, db_labels, n_max=1000, distance="hamming", ties=DEFAULT_TIES):
     """precision@N and recall@N for N = 1..n_max: {n, precision, recall}."""
-    return retrieval_report(query, db, query_labels, db_labels, distance, n_max=n_max)["top_n"]
+    return retrieval_report(query, db, query_labels, db_labels, distance, n_max=n_max, ties=ties)["top_n"]
