@@ -475,23 +475,39 @@ class SSAHTrainer:
         out = [fn(tf.convert_to_tensor(x)).numpy() for x in batches]
         return np.where(np.concatenate(out) >= 0, 1.0, -1.0).astype(np.float32)
 
-    def checkpoint_objects(self):
-        """Every variable of the trainer for tf.train.Checkpoint, each net's and optimizer's by
-        path: Keras 3 layers kept in Python lists or dicts (CNN-F's convolutions, the
-        discriminators' hidden layers, TxtNet's multi-scale weights) are invisible to the
-        checkpoint's object graph, so the variables are listed explicitly.
+    def variable_keys(self):
+        """{id(variable): "NET/PATH"} for every variable of every net: PATH is the variable's path
+        below the net, with the image trunk's own name (which Keras numbers per process: cnnf,
+        cnnf_1, ...) written as "trunk", so that the keys are the same in every process."""
+        keys = {}
+        for name, net in self.nets.items():
+            trunk = getattr(net, "trunk", None)
+            for variable in net.variables:
+                path = variable.path.removeprefix(net.name + "/")
+                if trunk is not None and path.startswith(trunk.name + "/"):
+                    path = "trunk/" + path[len(trunk.name) + 1:]
+                keys[id(variable)] = f"{name}/{path}"
+        if len(set(keys.values())) < len(keys):
+            raise ValueError("two variables of one SSAH net share a path: give their layers distinct names")
+        return keys
 
-        net_NAME: {variable.path: variable}; optimizer_NAME: {"iterations", "m/PATH", "v/PATH"}
-        (the moment slots of the variable at PATH); buffers, unified codes, the batch RNG and
-        the loss scales as objects."""
-        objects = {f"net_{name}": variables_by_path(net.variables) for name, net in self.nets.items()}
+    def checkpoint_objects(self):
+        """Every variable of the trainer for tf.train.Checkpoint. Keras 3 layers kept in Python
+        lists or dicts (CNN-F's convolutions, the discriminators' hidden layers, TxtNet's
+        multi-scale weights) are invisible to the checkpoint's object graph, so variables are
+        listed explicitly by key (`variable_keys`): net_NAME: {PATH: variable};
+        optimizer_NAME: {"iterations", "m/NAME/PATH", "v/NAME/PATH"} (the moment slots of the
+        variables it updates); buffers, unified codes, the batch RNG and the loss scales as objects."""
+        keys = self.variable_keys()
+        objects = {f"net_{name}": {keys[id(v)].split("/", 1)[1]: v for v in net.variables}
+                   for name, net in self.nets.items()}
         served = {}  # optimizer -> the variables it updates
         for step, optimizer in self.optimizers.items():
             served.setdefault(optimizer, {}).update({id(v): v for v in self.step_variables(step)})
         for optimizer, variables in served.items():
             entries = {"iterations": optimizer.iterations}
             for variable in variables.values():
-                entries["m/" + variable.path], entries["v/" + variable.path] = optimizer.slots(variable)
+                entries["m/" + keys[id(variable)]], entries["v/" + keys[id(variable)]] = optimizer.slots(variable)
             objects[f"optimizer_{optimizer.name}"] = entries
         objects.update({f"buffer_{name}": var for name, var in self.buffers.items()})
         objects["unified_codes"] = self.unified_codes
@@ -501,14 +517,12 @@ class SSAHTrainer:
         return objects
 
 
-def variables_by_path(variables):
-    """{variable.path: variable}; a repeated path would silently drop a variable from checkpoints."""
-    table = {}
-    for variable in variables:
-        if variable.path in table and table[variable.path] is not variable:
-            raise ValueError(f"two variables share the path {variable.path}: give their layers distinct names")
-        table[variable.path] = variable
-    return table
+def checkpoint_variable_names(objects):
+    """The names tf.train.Checkpoint(**objects) gives the variables held in its dicts."""
+    def escape(name):
+        return name.replace(".", "..").replace("/", ".S")
+    return {f"{key}/{escape(inner)}/.ATTRIBUTES/VARIABLE_VALUE"
+            for key, value in objects.items() if isinstance(value, dict) for inner in value}
 
 
 # --------------------------------------------------------------------------- data and trunk
@@ -785,7 +799,8 @@ class EpochLoop:
                                                    for check in checks]
                 if bar is not None:
                     bar.update(self.updates_per_pass * (passes - passes_run))
-            resume = resume if not resuming_step else None
+            if resuming_step:
+                resume = None  # the steps after it run whole
         return dict(self._summaries)
 
     def end_epoch(self):
@@ -796,27 +811,30 @@ class EpochLoop:
 
 # --------------------------------------------------------------------------- training loop
 
-def _check_resume_checkpoint(run_dir, data_shape=None):
-    """One-line errors for a checkpoint this trainer cannot continue from: one written before
-    checkpoints held every variable (restoring it would silently leave parts at their initial
-    values), or one trained on other data (e.g. another tag file)."""
+def _check_resume_checkpoint(run_dir, objects, data_shape=None):
+    """One-line errors for a checkpoint that cannot restore `objects` (checkpoint_objects):
+    one lacking some of their variables (an older version that did not save every variable,
+    or other network settings; restoring would silently leave those at their initial values),
+    or one trained on other data (e.g. another tag file)."""
     import tensorflow as tf
     path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if path is None:
         return
-    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    if not any(name.startswith("net_lab/") for name in names):
-        raise UserError(f"the checkpoint in {run_dir} was written by an older version that did not save "
-                        f"every variable (CNN-F trunk, discriminator and multi-scale weights): train a new run")
+    reader = tf.train.load_checkpoint(path)
+    names = reader.get_variable_to_shape_map()
     key = next((k for k in names if k.startswith("data_shape")), None)
-    if key is None or data_shape is None:
-        return
-    saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
-                     tf.train.load_checkpoint(path).get_tensor(key).tolist()))
-    differences = [f"{name} {old} (now {new})" for (name, old), new in zip(saved.items(), data_shape) if old != new]
-    if differences:
-        raise UserError(f"the checkpoint in {os.path.join(run_dir, 'checkpoints')} was trained with "
-                        f"{', '.join(differences)}: resume with the same data or start a new run")
+    if key is not None and data_shape is not None:
+        saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
+                         reader.get_tensor(key).tolist()))
+        differences = [f"{name} {old} (now {new})" for (name, old), new in zip(saved.items(), data_shape) if old != new]
+        if differences:
+            raise UserError(f"the checkpoint in {os.path.join(run_dir, 'checkpoints')} was trained with "
+                            f"{', '.join(differences)}: resume with the same data or start a new run")
+    missing = sorted(checkpoint_variable_names(objects) - set(names))
+    if missing:
+        raise UserError(f"the checkpoint {path} lacks {len(missing)} variables of this model (e.g. "
+                        f"{missing[0].split('/.ATTRIBUTES')[0]}): it was written by an older version that "
+                        f"did not save every variable, or with other network settings; train a new run")
 
 
 def evaluate(trainer, data, config):
@@ -852,10 +870,9 @@ def train(config, run, resume=False):
     image_shape = tuple(data.images.shape[1:])
     data_shape = (len(train_labels), data.text_dim, data.num_classes,
                   int(image_shape[0]) if backbone == "features" else 0)
-    if resume:
-        _check_resume_checkpoint(run.dir, data_shape)
-
     trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
+    if resume:
+        _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape)
     loop = EpochLoop(trainer, config, (train_images, train_texts, train_labels), run=run)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # epochs finished
     shape_var = tf.Variable(np.asarray(data_shape, np.int64), trainable=False, name="data_shape")
@@ -966,6 +983,7 @@ def encode(run_dir, inputs, modality):
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]
     inputs = item_rows(inputs, item_shape, f"{modality} inputs")
     trainer = build_trainer(config, data, resolve_backbone(config, data))
-    _check_resume_checkpoint(run_dir)
-    restore_trained(run_dir, tf.train.Checkpoint(**trainer.checkpoint_objects()))
+    objects = trainer.checkpoint_objects()
+    _check_resume_checkpoint(run_dir, objects)
+    restore_trained(run_dir, tf.train.Checkpoint(**objects))
     return trainer.hash_codes("img" if modality == "image" else "txt", inputs, config.eval_batch_size)
