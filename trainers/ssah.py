@@ -588,9 +588,9 @@ StopCheck = collections.namedtuple("StopCheck", "pass_index previous last stoppe
 def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
     """The passes of one inner index of one net, with the program's early stop.
 
-    run_pass(k) runs pass k; monitor(k) gives the net's monitoring loss after it; rule: an EarlyStopRule,
-    or None (no early stop); records: the net's list of recorded monitoring losses, which runs
-    on across inner indices (appended to here). first_pass: resume at that pass.
+    run_pass(k) runs pass k; monitor(k) gives the net's monitoring loss after it; rule: an
+    EarlyStopRule, or None (no early stop); records: the net's list of recorded monitoring
+    losses, which runs on across inner indices (appended to here). first_pass: resume there.
     Returns (passes run, counted from 0, [StopCheck of every check made])."""
     checks = []
     for k in range(first_pass, passes):
