@@ -42,6 +42,32 @@ def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
         ssah.encode(run_dir, query_texts, "audio")
 
 
+def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(tmp_path, monkeypatch):
+    """Every trunk variable is in the checkpoint: the rebuilt CNN-F gives the run's own codes."""
+    import functools
+
+    import models.cnnf
+    import trainers.ssah as ssah
+    import utils.data
+    from tests.test_full_scale import write_small_image_file
+    path = str(tmp_path / "small.h5")
+    write_small_image_file(path, n=24, size=224)
+    real_load = utils.data.load_dataset
+    monkeypatch.setattr(utils.data, "load_dataset", lambda *a, **k: real_load(*a, **k, split_sizes=(6, 12)))
+    # CNN-F's geometry with few channels (the golden file's), so that a checkpoint stays small
+    monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
+    train.main(SSAH_TINY + ["--dataset", "coco", "--data", path, "--backbone", "cnnf", "--batch-size", "6",
+                            "--runs-dir", str(tmp_path), "--run-name", "cnnf"])
+    run_dir = str(tmp_path / "cnnf")
+    exported = scipy.io.loadmat(f"{run_dir}/codes.mat")
+    data = utils.data.load_dataset("coco", path)
+    query_images, query_texts, _ = data.part("query")
+    query_images = query_images[np.arange(len(query_images))]  # read from the lazy HDF5 source
+    assert len(np.unique(exported["Qi"], axis=0)) > 1  # codes that tell the items apart
+    np.testing.assert_array_equal(ssah.encode(run_dir, query_images, "image"), exported["Qi"])
+    np.testing.assert_array_equal(ssah.encode(run_dir, query_texts, "text"), exported["Qt"])
+
+
 def test_acmr_encode_reproduces_the_exported_embeddings(tmp_path):
     import trainers.acmr as acmr
     run_dir, exported, query_images, query_texts = trained_on_synthetic(

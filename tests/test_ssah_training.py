@@ -84,6 +84,21 @@ def test_resume_with_other_data_is_a_one_line_error(tmp_path):
         train.main(["--resume", str(tmp_path / "d")])
 
 
+def test_a_checkpoint_without_every_variable_is_a_one_line_error(tmp_path, monkeypatch):
+    """As one from a version that left the trunk out: restoring it would silently keep random weights."""
+    import trainers.ssah as ssah
+    real_objects = ssah.SSAHTrainer.checkpoint_objects
+    monkeypatch.setattr(ssah.SSAHTrainer, "checkpoint_objects",
+                        lambda self: {k: v for k, v in real_objects(self).items() if k != "net_img"})
+    train.main(FAST + ["--hidden-dim", "64", "--epochs", "1", "--runs-dir", str(tmp_path), "--run-name", "old"])
+    monkeypatch.undo()
+    run_dir = str(tmp_path / "old")
+    with pytest.raises(UserError, match=r"lacks \d+ variables .*net_img/.*train a new run"):
+        train.main(["--resume", run_dir])
+    with pytest.raises(UserError, match="lacks"):
+        ssah.encode(run_dir, np.zeros((1, 256), np.float32), "image")
+
+
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
     # Entry 1 of the LabNet list (epoch 2) becomes 10^10: the LabNet loss overflows.
     with pytest.raises(UserError, match="LabNet step"):

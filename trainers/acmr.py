@@ -416,14 +416,15 @@ def fit(config, data=None, run=None, resume=False, model=None):
             history = _saved_history(run)[:int(epoch_var.numpy())] if restored else []
     partial = json.loads(partial_var.numpy().decode() or "null")
 
-    def save_checkpoint(epoch, batches_done, sums, count, batch_accuracy):
-        """Checkpoint numbers count iterations, so mid-epoch ones sort between epoch ends."""
+    def save_checkpoint(epoch, batches_done, sums, count, batch_accuracy, score=None):
+        """Checkpoint numbers count iterations, so mid-epoch ones sort between epoch ends;
+        `score` (an epoch end's mean mAP) lets the run keep its best checkpoint too."""
         run.save_results({"epochs": history, "settings": settings})
         epoch_var.assign(epoch)
         iteration_var.assign(iteration)
         partial_var.assign(json.dumps({"batches": batches_done, "sums": sums, "count": count,
                                        "modality_accuracy_batches": batch_accuracy}) if batches_done else "")
-        manager.save(checkpoint_number=iteration)
+        run.save_checkpoint(manager, iteration, score=score)
 
     start_time = time.perf_counter()
     iteration = int(iteration_var.numpy())
@@ -477,7 +478,8 @@ def fit(config, data=None, run=None, resume=False, model=None):
                     run.log_scalars(epoch + 1, record["modality"], prefix="eval/modality/")
                 for protocol, figures in record.get("map", {}).items():
                     run.log_scalars(epoch + 1, figures, prefix=f"eval/{protocol}/")
-                save_checkpoint(epoch + 1, 0, {}, 0, [])
+                save_checkpoint(epoch + 1, 0, {}, 0, [],
+                                score=record["map"][TEST_PROTOCOL]["average"] if "map" in record else None)
                 cadence.saved()
     seconds = time.perf_counter() - start_time
 

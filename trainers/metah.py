@@ -370,7 +370,9 @@ def fit(config, pair=None, run=None, resume=False):
             if manager is not None and (epoch_end or cadence.due(it + 1)):
                 if history:
                     run.save_results({"epochs": history})
-                manager.save(checkpoint_number=it + 1)
+                # The best checkpoint is chosen on source validation queries, never on the target's.
+                score = history[-1].get("source-validation", {}).get("map") if epoch_end and history else None
+                run.save_checkpoint(manager, it + 1, score=score)
                 cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
     seconds = time.perf_counter() - start_time
 

@@ -10,6 +10,7 @@ writes its batch's outputs (computed before the update) into its buffers, as the
 authors' program does. Every departure of the program from the paper is a named
 setting of `Config`; `PRESETS["original"]` is the program, `PRESETS["paper"]` the paper.
 """
+import collections
 import dataclasses
 import os
 
@@ -33,9 +34,27 @@ SCHEDULES = {
     "short": {"lab": (4, 2), "dis": (1, 1), "img": (5, 3, 2), "txt": (5, 3, 2)},
     "tiny": {"lab": (1,), "dis": (1,), "img": (1,), "txt": (1,)},
 }
-# Early stop: LabNet checks every pass from its third on; ImgNet/TxtNet check every second
-# pass (0, 2, 4, ...) and may stop from the fourth pass on (the program's k > 1 and k > 2).
-LAB_STOP_FROM, MODALITY_STOP_FROM, MODALITY_MONITOR_EVERY = 2, 3, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopRule:
+    """The program's early stop of one net's inner loop (pass k counts from 0).
+
+    After pass k it records the net's monitoring loss when k % record_every == 0, appending it
+    to one list per net that runs on across inner indices. After EVERY pass k >= check_from it
+    compares the list's last two entries and stops when the newer one is not lower
+    (newer - older >= 0, equality included). ImgNet/TxtNet record only after even passes, so
+    their check at k = 3 compares passes 2 and 0, and at k = 5 repeats the one of k = 4."""
+    record_every: int
+    check_from: int
+
+
+# LabNet records every pass and checks from its third; ImgNet/TxtNet record every second pass
+# and check from their fourth (the program's k > 1 and k > 2). The program's discriminator loop
+# has the same test (k > 1) but runs one pass per inner index in every schedule, so never checks.
+EARLY_STOP = {"lab": EarlyStopRule(record_every=1, check_from=2),
+              "img": EarlyStopRule(record_every=2, check_from=3),
+              "txt": EarlyStopRule(record_every=2, check_from=3)}
 
 STEP_NAMES = {"lab": "LabNet", "dis": "discriminator", "img": "ImgNet", "txt": "TxtNet"}
 
@@ -456,16 +475,54 @@ class SSAHTrainer:
         out = [fn(tf.convert_to_tensor(x)).numpy() for x in batches]
         return np.where(np.concatenate(out) >= 0, 1.0, -1.0).astype(np.float32)
 
+    def variable_keys(self):
+        """{id(variable): "NET/PATH"} for every variable of every net: PATH is the variable's path
+        below the net, with the image trunk's own name (which Keras numbers per process: cnnf,
+        cnnf_1, ...) written as "trunk", so that the keys are the same in every process."""
+        keys = {}
+        for name, net in self.nets.items():
+            trunk = getattr(net, "trunk", None)
+            for variable in net.variables:
+                path = variable.path.removeprefix(net.name + "/")
+                if trunk is not None and path.startswith(trunk.name + "/"):
+                    path = "trunk/" + path[len(trunk.name) + 1:]
+                keys[id(variable)] = f"{name}/{path}"
+        if len(set(keys.values())) < len(keys):
+            raise ValueError("two variables of one SSAH net share a path: give their layers distinct names")
+        return keys
+
     def checkpoint_objects(self):
-        objects = {name: net for name, net in self.nets.items()}
+        """Every variable of the trainer for tf.train.Checkpoint. Keras 3 layers kept in Python
+        lists or dicts (CNN-F's convolutions, the discriminators' hidden layers, TxtNet's
+        multi-scale weights) are invisible to the checkpoint's object graph, so variables are
+        listed explicitly by key (`variable_keys`): net_NAME: {PATH: variable};
+        optimizer_NAME: {"iterations", "m/NAME/PATH", "v/NAME/PATH"} (the moment slots of the
+        variables it updates); buffers, unified codes, the batch RNG and the loss scales as objects."""
+        keys = self.variable_keys()
+        objects = {f"net_{name}": {keys[id(v)].split("/", 1)[1]: v for v in net.variables}
+                   for name, net in self.nets.items()}
+        served = {}  # optimizer -> the variables it updates
+        for step, optimizer in self.optimizers.items():
+            served.setdefault(optimizer, {}).update({id(v): v for v in self.step_variables(step)})
+        for optimizer, variables in served.items():
+            entries = {"iterations": optimizer.iterations}
+            for variable in variables.values():
+                entries["m/" + keys[id(variable)]], entries["v/" + keys[id(variable)]] = optimizer.slots(variable)
+            objects[f"optimizer_{optimizer.name}"] = entries
         objects.update({f"buffer_{name}": var for name, var in self.buffers.items()})
         objects["unified_codes"] = self.unified_codes
         objects["rng"] = self.rng
         for step, loss_scale in self.loss_scales.items():
             objects[f"loss_scale_{step}"] = loss_scale
-        for step, optimizer in self.optimizers.items():
-            objects[f"optimizer_{step}"] = optimizer
         return objects
+
+
+def checkpoint_variable_names(objects):
+    """The names tf.train.Checkpoint(**objects) gives the variables held in its dicts."""
+    def escape(name):
+        return name.replace(".", "..").replace("/", ".S")
+    return {f"{key}/{escape(inner)}/.ATTRIBUTES/VARIABLE_VALUE"
+            for key, value in objects.items() if isinstance(value, dict) for inner in value}
 
 
 # --------------------------------------------------------------------------- data and trunk
@@ -523,27 +580,264 @@ def build_trainer(config, data, backbone, strategy=None):
     return trainer
 
 
+# --------------------------------------------------------------------------- the epoch loop
+
+StopCheck = collections.namedtuple("StopCheck", "pass_index previous last stopped")
+
+
+def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
+    """The passes of one inner index of one net, with the program's early stop.
+
+    run_pass(k) runs pass k; monitor(k) gives the net's monitoring loss after it; rule: an
+    EarlyStopRule, or None (no early stop); records: the net's list of recorded monitoring
+    losses, which runs on across inner indices (appended to here). first_pass: resume there.
+    Returns (passes run, counted from 0, [StopCheck of every check made])."""
+    checks = []
+    for k in range(first_pass, passes):
+        run_pass(k)
+        if rule is None:
+            continue
+        if k % rule.record_every == 0:
+            records.append(float(monitor(k)))
+        if k >= rule.check_from and len(records) >= 2:
+            stopped = records[-1] - records[-2] >= 0
+            checks.append(StopCheck(k, records[-2], records[-1], stopped))
+            if stopped:
+                return k + 1, checks
+    return passes, checks
+
+
+SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and discriminator accuracy)
+
+
+class EpochLoop:
+    """SSAH's epochs as the program runs them: per net, the inner indices of the schedule, each
+    up to its passes with the program's early stop; a pass is n // batch updates, each on a
+    fresh random batch (the first `batch` of a random permutation of the n training items).
+
+    batch_order: None draws every batch from trainer.rng; else an iterable of row arrays
+    (indices into the training items, `batch` each), one per update in the order the loop
+    runs them (discriminator updates included), e.g. the batches the authors' program drew.
+    run: the run folder for TensorBoard (None: no logging). keep_record: list every update,
+    monitoring loss and stop check in `self.record`.
+
+    Checkpoints inside an epoch: with `cadence` (utils.run.CheckpointCadence) and `save` set,
+    after every update the loop asks the cadence; when due it stores its position (net, inner
+    index, pass, updates done in the pass, the rows drawn for the pass, the recorded monitoring
+    losses, the pass's running loss sums) in its variables (`checkpoint_objects`) and calls
+    save(). After restoring such a checkpoint (and trainer.rng with it), `resume_from_variables`
+    makes the next run_epoch continue at that update, so the rest of the run is the same as
+    without the interruption."""
+
+    def __init__(self, trainer, config, parts, schedule=None, batch_order=None, run=None, keep_record=False):
+        import tensorflow as tf
+        self.trainer, self.config, self.run = trainer, config, run
+        self.images, self.texts, self.labels = parts
+        self.schedule = schedule or SCHEDULES[config.schedule]
+        self.batch = trainer.batch_size
+        self.updates_per_pass = max(1, trainer.num_items // self.batch)
+        self.batch_order = None if batch_order is None else iter(batch_order)
+        self.cadence, self.save = None, None
+        self.counters = dict.fromkeys(STEP_NAMES, 0)   # updates per step (TensorBoard's x axis)
+        self.record = {"updates": [], "monitors": [], "stop_checks": []} if keep_record else None
+        self._resume = None
+        # position: mid-epoch flag, step (index in the epoch's order), inner index, pass, updates done in it
+        self.position = tf.Variable(np.zeros(5, np.int64), trainable=False, name="loop_position")
+        self.pass_rows = tf.Variable(np.zeros((self.updates_per_pass, self.batch), np.int64), trainable=False,
+                                     name="pass_rows")
+        self.monitor_records = tf.Variable(np.full(2, np.nan), trainable=False, name="monitor_records")
+        self.pass_sums = tf.Variable(np.zeros(len(SUMMARY_KEYS)), trainable=False, name="pass_sums")
+        self.step_summaries = tf.Variable(np.full((len(STEP_NAMES), len(SUMMARY_KEYS)), np.nan), trainable=False,
+                                          name="step_summaries")
+        self.iterations = tf.Variable(np.zeros(len(STEP_NAMES), np.int64), trainable=False, name="iterations")
+
+    def checkpoint_objects(self):
+        return {"loop_position": self.position, "pass_rows": self.pass_rows, "monitor_records": self.monitor_records,
+                "pass_sums": self.pass_sums, "step_summaries": self.step_summaries, "iterations": self.iterations}
+
+    def resume_from_variables(self):
+        """After a restore: the update counters continue, and a checkpoint written inside an
+        epoch makes the next run_epoch continue at its position."""
+        self.counters = dict(zip(STEP_NAMES, (int(v) for v in self.iterations.numpy())))
+        mid_epoch, step, inner, k, done = (int(v) for v in self.position.numpy())
+        if not mid_epoch:
+            self._resume = None
+            return
+        summaries = {name: {key: float(v) for key, v in zip(SUMMARY_KEYS, row) if not np.isnan(v)}
+                     for name, row in zip(STEP_NAMES, self.step_summaries.numpy())}
+        self._resume = {"step": step, "inner": inner, "pass": k, "done": done,
+                        "rows": self.pass_rows.numpy(), "sums": self.pass_sums.numpy().copy(),
+                        "records": [float(v) for v in self.monitor_records.numpy() if not np.isnan(v)],
+                        "summaries": {name: s for name, s in summaries.items() if s}}
+
+    @property
+    def total_updates(self):
+        return sum(self.counters.values())
+
+    # ----------------------------------------------------------------- batches
+    def _draw(self):
+        import tensorflow as tf
+        if self.batch_order is None:
+            return tf.argsort(self.trainer.rng.uniform([self.trainer.num_items]))[:self.batch].numpy()
+        rows = np.asarray(next(self.batch_order, ()))
+        if rows.shape != (self.batch,):
+            raise UserError(f"the given batch order ran out or holds a batch of shape {rows.shape}; "
+                            f"give one row array of {self.batch} training-item indices per update")
+        return rows
+
+    def _inputs(self, step, draws):
+        """The step inputs of the given batches; images of a lazy (HDF5) source stream through
+        tf.data (parallel reads, prefetch)."""
+        from utils.data.pipeline import image_batches
+        images = None
+        if step in ("img", "dis") and len(draws):
+            if isinstance(self.images, np.ndarray):
+                images = (self.images[rows] for rows in draws)
+            else:
+                images = (values for values, _ in image_batches(self.images, np.concatenate(draws), self.batch))
+        for rows in draws:
+            if step == "lab":
+                yield (rows, self.labels[rows])
+            elif step == "img":
+                yield (rows, next(images), self.labels[rows])
+            elif step == "txt":
+                yield (rows, self.texts[rows], self.labels[rows])
+            else:
+                yield (next(images), self.texts[rows], self.labels[rows])
+
+    # ----------------------------------------------------------------- one pass, one epoch
+    def _pass(self, where, lr, bar, k):
+        """Pass k: draws all its batches first (the same RNG sequence as one by one: nothing
+        else draws in between), then updates; returns the pass's mean loss (and accuracy)."""
+        from utils.run import check_finite
+        step = where["step_name"]
+        resume, self._resume_pass = self._resume_pass, None
+        if resume is not None:
+            draws, done, sums = resume["rows"], resume["done"], resume["sums"]
+        else:
+            draws, done, sums = np.stack([self._draw() for _ in range(self.updates_per_pass)]), 0, np.zeros(2)
+        for b, inputs in enumerate(self._inputs(step, draws[done:]), start=done):
+            losses = self.trainer.step(step, *inputs, learning_rate=lr)
+            check_finite(losses, STEP_NAMES[step])
+            self.counters[step] += 1
+            if self.run is not None:
+                self.run.log_scalars(self.counters[step], losses, prefix=f"{step}/")
+            sums = sums + [losses.get(key, 0.0) for key in SUMMARY_KEYS]
+            if self.record is not None:
+                self.record["updates"].append({"step": step, "inner": where["inner"], "pass": k, "batch": b,
+                                               "rows": draws[b], "lr": lr, "loss": losses["loss"]})
+            if bar is not None:
+                bar.update(1)
+            if self.cadence is not None and self.cadence.due(self.total_updates):
+                self._store_position(where, k, b + 1, draws, sums)
+                self.save()
+                self.cadence.saved()
+        means = sums / self.updates_per_pass
+        self._summaries[step] = {"loss": float(means[0])}
+        if step == "dis":
+            self._summaries[step]["accuracy"] = float(means[1])
+        return self._summaries[step]
+
+    def _store_position(self, where, k, done, draws, sums):
+        self.position.assign([1, where["step"], where["inner"], k, done])
+        self.pass_rows.assign(draws)
+        records = ([np.nan, np.nan] + self._records)[-2:]
+        self.monitor_records.assign(records)
+        self.pass_sums.assign(sums)
+        self.step_summaries.assign([[self._summaries.get(name, {}).get(key, np.nan) for key in SUMMARY_KEYS]
+                                    for name in STEP_NAMES])
+        self.iterations.assign([self.counters[name] for name in STEP_NAMES])
+
+    def _monitor(self, step, inner, k):
+        from utils.run import check_finite
+        value = self.trainer.monitoring_loss(step)
+        check_finite({"monitoring": value}, STEP_NAMES[step] + " monitoring")
+        if self.run is not None:
+            self.run.log_scalars(self.counters[step], {"monitoring": value}, prefix=f"{step}/")
+        if self.record is not None:
+            self.record["monitors"].append({"step": step, "inner": inner, "pass": k, "value": value})
+        return value
+
+    def run_epoch(self, epoch, bar=None):
+        """One epoch (or the rest of it after resume_from_variables); returns per step the
+        mean loss (discriminators: and accuracy) of its last pass."""
+        resume, self._resume = self._resume, None
+        self._summaries = dict(resume["summaries"]) if resume else {}
+        self._resume_pass = None
+        position = -1
+        for step in ("lab", "dis", "img", "txt"):
+            position += 1
+            if resume and position < resume["step"]:
+                continue
+            resuming_step = resume is not None and position == resume["step"]
+            self._records = list(resume["records"]) if resuming_step else []
+            rule = EARLY_STOP.get(step) if self.config.early_stop else None
+            for inner, passes in enumerate(self.schedule[step]):
+                if resuming_step and inner < resume["inner"]:
+                    continue
+                first_pass = 0
+                lr = learning_rate(self.config, step, epoch + inner)
+                if resuming_step and inner == resume["inner"]:
+                    first_pass = resume["pass"]
+                    self._resume_pass = resume
+                    if bar is not None:
+                        bar.update(self.updates_per_pass * first_pass + resume["done"])
+                elif self.run is not None:  # at mAP's convention: the epoch being trained counts from 1
+                    self.run.log_scalars(epoch + 1, {f"lr_{step}_{inner}": lr}, prefix="learning_rate/")
+                where = {"step": position, "step_name": step, "inner": inner}
+
+                def run_pass(k, where=where, lr=lr):
+                    return self._pass(where, lr, bar, k)
+
+                def monitor(k, step=step, inner=inner):
+                    return self._monitor(step, inner, k)
+
+                passes_run, checks = inner_loop(passes, run_pass, monitor, rule, self._records, first_pass)
+                self._records = self._records[-2:]
+                if self.record is not None:
+                    self.record["stop_checks"] += [{"step": step, "inner": inner, **check._asdict()}
+                                                   for check in checks]
+                if bar is not None:
+                    bar.update(self.updates_per_pass * (passes - passes_run))
+            if resuming_step:
+                resume = None  # the steps after it run whole
+        return dict(self._summaries)
+
+    def end_epoch(self):
+        """Position and counters for the checkpoint written at the end of an epoch."""
+        self.position.assign(np.zeros(5, np.int64))
+        self.iterations.assign([self.counters[name] for name in STEP_NAMES])
+
+
 # --------------------------------------------------------------------------- training loop
 
-def _check_resume_shapes(run, data_shape):
-    """One-line error when the data no longer matches the checkpoint (e.g. another tag file)."""
+def _check_resume_checkpoint(run_dir, objects, data_shape=None):
+    """One-line errors for a checkpoint that cannot restore `objects` (checkpoint_objects):
+    one lacking some of their variables (an older version that did not save every variable,
+    or other network settings; restoring would silently leave those at their initial values),
+    or one trained on other data (e.g. another tag file)."""
     import tensorflow as tf
-    path = tf.train.latest_checkpoint(run.path("checkpoints"))
+    path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if path is None:
         return
     try:
         reader = tf.train.load_checkpoint(path)
-        key = next((k for k in reader.get_variable_to_shape_map() if k.startswith("data_shape")), None)
-        if key is None:
-            return
-        saved_shape = reader.get_tensor(key).tolist()
+        names = reader.get_variable_to_shape_map()
     except Exception:  # unreadable: Run.restore_latest falls back to an older checkpoint, saying so
         return
-    saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"), saved_shape))
-    differences = [f"{name} {old} (now {new})" for (name, old), new in zip(saved.items(), data_shape) if old != new]
-    if differences:
-        raise UserError(f"the checkpoint in {run.path('checkpoints')} was trained with "
-                        f"{', '.join(differences)}: resume with the same data or start a new run")
+    key = next((k for k in names if k.startswith("data_shape")), None)
+    if key is not None and data_shape is not None:
+        saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
+                         reader.get_tensor(key).tolist()))
+        differences = [f"{name} {old} (now {new})" for (name, old), new in zip(saved.items(), data_shape) if old != new]
+        if differences:
+            raise UserError(f"the checkpoint in {os.path.join(run_dir, 'checkpoints')} was trained with "
+                            f"{', '.join(differences)}: resume with the same data or start a new run")
+    missing = sorted(checkpoint_variable_names(objects) - set(names))
+    if missing:
+        raise UserError(f"the checkpoint {path} lacks {len(missing)} variables of this model (e.g. "
+                        f"{missing[0].split('/.ATTRIBUTES')[0]}): it was written by an older version that "
+                        f"did not save every variable, or with other network settings; train a new run")
 
 
 def evaluate(trainer, data, config):
@@ -567,8 +861,7 @@ def train(config, run, resume=False):
     import tensorflow as tf
 
     from utils.data import load_dataset
-    from utils.data.pipeline import image_batches
-    from utils.run import check_finite, progress
+    from utils.run import CheckpointCadence, progress
 
     if config.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
@@ -581,116 +874,51 @@ def train(config, run, resume=False):
     image_shape = tuple(data.images.shape[1:])
     data_shape = (len(train_labels), data.text_dim, data.num_classes,
                   int(image_shape[0]) if backbone == "features" else 0)
-    if resume:
-        _check_resume_shapes(run, data_shape)
-
     trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
-
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    if resume:
+        _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape)
+    loop = EpochLoop(trainer, config, (train_images, train_texts, train_labels), run=run)
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # epochs finished
     shape_var = tf.Variable(np.asarray(data_shape, np.int64), trainable=False, name="data_shape")
-    # Iterations done per step (TensorBoard's x axis), kept across resumes.
-    iteration_var = tf.Variable(np.zeros(4, np.int64), trainable=False, name="iterations")
-    checkpoint = tf.train.Checkpoint(epoch=epoch_var, data_shape=shape_var, iterations=iteration_var,
+    checkpoint = tf.train.Checkpoint(epoch=epoch_var, data_shape=shape_var, **loop.checkpoint_objects(),
                                      **trainer.checkpoint_objects())
     manager = run.checkpoint_manager(checkpoint)
     history = []
     if resume:
         restored = run.restore_latest(checkpoint)
         if restored:
-            print(f"resumed from {restored} (epoch {int(epoch_var.numpy())})", flush=True)
+            loop.resume_from_variables()
+            inside = " inside it" if int(loop.position[0]) else ""
+            print(f"resumed from {restored} (epoch {int(epoch_var.numpy()) + 1}{inside})", flush=True)
             if os.path.exists(run.path("results.json")):
                 from utils import io
                 history = list(io.load_json(run.path("results.json")).get("epochs", []))[:int(epoch_var.numpy())]
 
-    schedule = SCHEDULES[config.schedule]
-    n, batch = trainer.num_items, trainer.batch_size
-    iterations = max(1, n // batch)
-    counters = dict(zip(("lab", "dis", "img", "txt"), (int(v) for v in iteration_var.numpy())))
-
-    def draw():
-        return tf.argsort(trainer.rng.uniform([n]))[:batch].numpy()
-
-    def pass_inputs(step):
-        """The step inputs of one pass. The rows of all its batches are drawn first (the same
-        RNG sequence as drawing them one by one: nothing else draws in between); images of a
-        lazy (HDF5) source then stream through tf.data (parallel reads, prefetch)."""
-        draws = [draw() for _ in range(iterations)]
-        images = None
-        if step in ("img", "dis"):
-            if isinstance(train_images, np.ndarray):
-                images = (train_images[rows] for rows in draws)
-            else:
-                images = (values for values, _ in image_batches(train_images, np.concatenate(draws), batch))
-        for rows in draws:
-            if step == "lab":
-                yield (rows, train_labels[rows])
-            elif step == "img":
-                yield (rows, next(images), train_labels[rows])
-            elif step == "txt":
-                yield (rows, train_texts[rows], train_labels[rows])
-            else:
-                yield (next(images), train_texts[rows], train_labels[rows])
-
-    def one_pass(step, lr, bar):
-        totals = {}
-        for inputs in pass_inputs(step):
-            losses = trainer.step(step, *inputs, learning_rate=lr)
-            check_finite(losses, STEP_NAMES[step])
-            counters[step] += 1
-            run.log_scalars(counters[step], losses, prefix=f"{step}/")
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value / iterations
-            bar.update(1)
-        return totals
-
-    def train_net(step, epoch, bar):
-        """The inner loops of one net: passes per inner index with early stopping."""
-        summary = {}
-        for inner, passes in enumerate(schedule[step]):
-            lr = learning_rate(config, step, epoch + inner)
-            run.log_scalars(epoch, {f"lr_{step}_{inner}": lr}, prefix="learning_rate/")
-            previous = None
-            for k in range(passes):
-                summary = one_pass(step, lr, bar)
-                if step == "dis" or not config.early_stop:
-                    continue
-                every, stop_from = (1, LAB_STOP_FROM) if step == "lab" else (MODALITY_MONITOR_EVERY,
-                                                                              MODALITY_STOP_FROM)
-                if k % every:
-                    continue
-                monitored = trainer.monitoring_loss(step)
-                check_finite({"monitoring": monitored}, STEP_NAMES[step] + " monitoring")
-                run.log_scalars(counters[step], {"monitoring": monitored}, prefix=f"{step}/")
-                if k >= stop_from and previous is not None and monitored > previous:
-                    bar.update(iterations * (passes - k - 1))
-                    break
-                previous = monitored
-        return summary
-
     results = {"epochs": history}
     start = int(epoch_var.numpy())
-    total_passes = sum(sum(p) for p in schedule.values())
-    for epoch in range(start, config.epochs):
-        with progress(total=total_passes * iterations, desc=f"SSAH epoch {epoch + 1}/{config.epochs}") as bar:
-            epoch_summary = {}
-            for step in ("lab", "dis", "img", "txt"):
-                epoch_summary[step] = train_net(step, epoch, bar)
-        trainer.update_unified_codes()
-        maps, codes = evaluate(trainer, data, config)
-        run.log_scalars(epoch + 1, maps, prefix="mAP/")
-        run.flush()
-        history.append({"epoch": epoch + 1, "mAP": maps,
-                        "last_pass_losses": {s: v.get("loss", 0.0) for s, v in epoch_summary.items()},
-                        "discriminator_accuracy": epoch_summary["dis"].get("accuracy")})
-        epoch_var.assign(epoch + 1)
-        iteration_var.assign([counters[s] for s in ("lab", "dis", "img", "txt")])
-        manager.save(checkpoint_number=epoch + 1)
-        run.export_codes(codes)
-        results["final"] = dict(maps)
-        results["final"]["epoch"] = epoch + 1
-        run.save_results(results)
-        print(f"epoch {epoch + 1}: mAP (ties: {config.ties}) " + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()),
-              flush=True)
+    total_updates = sum(sum(p) for p in loop.schedule.values()) * loop.updates_per_pass
+    with CheckpointCadence(run.dir, config.checkpoint_every) as cadence:
+        loop.cadence, loop.save = cadence, manager.save
+        for epoch in range(start, config.epochs):
+            with progress(total=total_updates, desc=f"SSAH epoch {epoch + 1}/{config.epochs}") as bar:
+                epoch_summary = loop.run_epoch(epoch, bar)
+            trainer.update_unified_codes()
+            maps, codes = evaluate(trainer, data, config)
+            run.log_scalars(epoch + 1, maps, prefix="mAP/")
+            run.flush()
+            history.append({"epoch": epoch + 1, "mAP": maps,
+                            "last_pass_losses": {s: v.get("loss", 0.0) for s, v in epoch_summary.items()},
+                            "discriminator_accuracy": epoch_summary.get("dis", {}).get("accuracy")})
+            epoch_var.assign(epoch + 1)
+            loop.end_epoch()
+            run.save_checkpoint(manager, None, score=float(np.mean(list(maps.values()))))  # keeps the best too
+            run.export_codes(codes)
+            results["final"] = dict(maps)
+            results["final"]["epoch"] = epoch + 1
+            run.save_results(results)
+            print(f"epoch {epoch + 1}: mAP (ties: {config.ties}) " + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()), flush=True)
+            if epoch + 1 < config.epochs:
+                cadence.saved()
     if "final" not in results:  # resumed a finished run: report its last epoch again
         maps, codes = evaluate(trainer, data, config)
         run.export_codes(codes)
@@ -760,5 +988,7 @@ def encode(run_dir, inputs, modality):
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]
     inputs = item_rows(inputs, item_shape, f"{modality} inputs")
     trainer = build_trainer(config, data, resolve_backbone(config, data))
-    restore_trained(run_dir, tf.train.Checkpoint(**trainer.checkpoint_objects()))
+    objects = trainer.checkpoint_objects()
+    _check_resume_checkpoint(run_dir, objects)
+    restore_trained(run_dir, tf.train.Checkpoint(**objects))
     return trainer.hash_codes("img" if modality == "image" else "txt", inputs, config.eval_batch_size)

@@ -47,6 +47,11 @@ class TF1Adam(tf.Module):
             self.m.append(tf.Variable(tf.zeros(variable.shape, variable.dtype), trainable=False, name="m"))
             self.v.append(tf.Variable(tf.zeros(variable.shape, variable.dtype), trainable=False, name="v"))
 
+    def slots(self, variable):
+        """(m, v) of a variable this optimizer has built slots for."""
+        index = self._index[self._key(variable)]
+        return self.m[index], self.v[index]
+
     def apply_gradients(self, grads_and_vars, learning_rate, apply_if=None):
         """One update of the given variables; a None gradient leaves its variable (and slots) alone,
         as TF1's minimize does. The counter advances once per call. `apply_if` (a scalar bool
