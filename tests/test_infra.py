@@ -298,7 +298,9 @@ def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(tmp_pa
     before = snapshot()
     log = (run_dir / "train.log").read_text()
     assert "run folder:" in log and "acmr original synthetic: 2/2" in log  # a plain line per progress step
-    assert sorted(n for n in os.listdir(run_dir / "checkpoints") if n.endswith(".index")) == ["ckpt-2.index"]
+    kept = [n for n in os.listdir(run_dir / "checkpoints") if n.endswith(".index")]
+    assert len(kept) == 1  # the last one; the best one is in checkpoints/best
+    assert len([n for n in os.listdir(run_dir / "checkpoints" / "best") if n.endswith(".index")]) == 1
 
     again = train.main(["--resume", str(run_dir)])
     assert again["final"] == results["final"]

@@ -371,7 +371,8 @@ def fit(config, pair=None, run=None, resume=False):
                 if history:
                     run.save_results({"epochs": history})
                 # The best checkpoint is chosen on source validation queries, never on the target's.
-                score = history[-1].get("source-validation", {}).get("map") if epoch_end and history else None
+                evaluated_now = epoch_end and history and history[-1]["iteration"] == it + 1
+                score = history[-1].get("source-validation", {}).get("map") if evaluated_now else None
                 run.save_checkpoint(manager, it + 1, score=score)
                 cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
     seconds = time.perf_counter() - start_time
