@@ -142,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(RESULTS, "acmr_modality_game.json"))
     parser.add_argument("--png", default=os.path.join(RESULTS, "acmr_modality_game.png"))
     args = parser.parse_args(argv)
-    from utils import io
+    from benchmarks import results_io
     from utils.errors import UserError
     names = args.runs.split(",")
     unknown = sorted(set(names) - set(RUNS))
@@ -153,7 +153,7 @@ def main(argv=None):
         curves[name] = run_one(name, args)
         c = curves[name]
         print(f"{name}: {c['seconds']:.0f} s, final mAP@50 avg {c['final_map']['authors']['average']:.3f}", flush=True)
-    io.save_json(args.out, {"seed": args.seed, "runs": curves})
+    results_io.write_results(args.out, {"seed": args.seed, "runs": curves})
     plot(curves, args.png)
 
     print("\nModality accuracy (0.5 = chance). live: the trained modality classifier; separability: a fresh "

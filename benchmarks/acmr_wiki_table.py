@@ -83,8 +83,8 @@ def main(argv=None):
         print(f"  {variant:8s} " + "  ".join(f"ep{m + 1}: {trace[m]:.3f}" for m in marks)
               + f"  | min {trace.min():.3f} (ep{trace.argmin() + 1}) max {trace.max():.3f} (ep{trace.argmax() + 1})")
     if args.output:
-        from utils import io
-        io.save_json(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW})
+        from benchmarks import results_io
+        results_io.write_results(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW})
     return rows, traces
 
 

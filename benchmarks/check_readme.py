@@ -74,7 +74,8 @@ def expected_block(renderer, paths, repo):
 
 def check(readme=os.path.join(REPO, "README.md"), repo=REPO, write=False):
     """Returns a list of problems (empty: every figure block matches and every figure table is
-    marked). write=True replaces each renderable block by its rendering (atomically)."""
+    marked). write=True replaces the text of every block whose results files exist by their
+rendering (atomically; the problems returned are those found before)."""
     with open(readme) as f:
         lines = f.read().split("\n")
     problems, replacements = [], []
@@ -87,17 +88,17 @@ def check(readme=os.path.join(REPO, "README.md"), repo=REPO, write=False):
         if reason:
             problems.append(f"{where}: {reason}")
             continue
-        actual = "\n".join(lines[begin + 1:end]).strip("\n")
+        replacements.append((begin, end, expected))
+        actual = "\n".join(lines[begin + 1:end]).strip("\n")  # blank lines around the block's text are free
         if actual != expected:
             diff = difflib.unified_diff(actual.split("\n"), expected.split("\n"), "README", "results", lineterm="", n=0)
             problems.append(f"{where}: README differs from the results file:\n" + "\n".join(diff))
-            replacements.append((begin, end, expected))
     for number in unmarked_tables(lines):
         problems.append(f"{os.path.basename(readme)} line {number}: a table with decimal numbers outside any "
                         f"figures block; put it in a <!-- figures: ... --> block or mark it {NOT_FIGURES}")
     if write and replacements:
         for begin, end, expected in sorted(replacements, reverse=True):
-            lines[begin + 1:end] = expected.split("\n")
+            lines[begin + 1:end] = [""] + expected.split("\n") + [""]
         with io.atomic_path(readme) as tmp:
             with open(tmp, "w") as f:
                 f.write("\n".join(lines))
@@ -107,7 +108,7 @@ def check(readme=os.path.join(REPO, "README.md"), repo=REPO, write=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", default=os.path.join(REPO, "README.md"))
-    parser.add_argument("--write", action="store_true", help="rewrite the blocks that differ from their results")
+    parser.add_argument("--write", action="store_true", help="rewrite every block from its results files")
     args = parser.parse_args(argv)
     problems = check(args.readme, write=args.write)
     for problem in problems:

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402
 from utils import io  # noqa: E402
 
 PAIRS = {
@@ -90,7 +91,7 @@ def run_grid(args, results):
         results["settings"] = {**{k: v for k, v in dataclasses.asdict(config).items()
                                   if k not in ("dataset", "bits", "seed", "preset", "alpha", "beta",
                                                "domain_weight", "quantise_target")}}
-        io.save_json(args.out, results)
+        results_io.write_results(args.out, results, announce=False)
         elapsed = time.perf_counter() - started
         final = outcome["final"]
         print(f"[{index + 1}/{len(todo)} {elapsed / 60:.1f} min] {pair} {bits}b seed {seed} {preset:11s} "

@@ -9,8 +9,8 @@ A figure block in README.md is
 RENDERER names a function of RENDERERS (optionally `NAME:ARGUMENT`); it receives the loaded
 results files in the order given and returns the block's markdown; `render_block` adds one
 provenance line per file (machine, commit, date, command: results_io.describe).
-benchmarks/check_readme.py compares every block with this rendering; a benchmark prints
-its block after writing its results file.
+benchmarks/check_readme.py compares every block with this rendering (and --write rewrites
+the blocks from it).
 """
 import os
 import shlex
@@ -31,7 +31,7 @@ DIRECTIONS = ("i->t", "t->i")
 def table(header, rows):
     """Markdown table from a header list and rows of cell strings."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return "\n".join(lines + ["|" + "|".join(f" {c} " if str(c) else " " for c in row) + "|" for row in rows])
 
 
 def mean_std(values, ddof=0, digits=3):
@@ -102,7 +102,8 @@ def ssah_step_speed(_, f):
         target = STEP_TARGETS.get(step["step"])
         verdict = "" if target is None else (f"at most {target:g} s: "
                                              + ("met" if step["median_seconds"] <= target else "NOT met"))
-        rows.append([step["label"], f"{step['median_seconds']:.3g}", f"{step['items_per_second']:,.0f}", verdict])
+        label = step["step"] + (" (feature trunk)" if step["step"] == "ImgNet" else "")
+        rows.append([label, f"{step['median_seconds']:.3g}", f"{step['items_per_second']:,.0f}", verdict])
     monitoring = ", ".join(f"{m['net']} {m['seconds']:.2f} s" for m in f.get("monitoring", []))
     return (table(["step", "s / iteration", "items / s",
                    "target (the authors' program: ~1 s LabNet, ~25 s TxtNet)"], rows)
@@ -174,9 +175,11 @@ def acmr_modality_game(_, f):
                      f"{c['live_test'][-1]:.2f}", pick(sep, (0, 1, 5, len(sep) - 1)),
                      f"{c['frozen_classifier_test']:.2f} ({c['classifier_updates']:,})",
                      f"{c['final_map']['authors']['average']:.3f}"])
-    return table(["run", "settings", "live accuracy, batch mean, epoch 1 / 2 / 5 / 50", "live on test, end",
-                  "separability: init / ep 1 / 5 / 50",
-                  "fresh classifier, same settings and updates, frozen final embeddings", "mAP@50 avg"], rows)
+    return (table(["run", "settings", "live accuracy, batch mean, epoch 1 / 2 / 5 / 50", "live on test, end",
+                   "separability: init / ep 1 / 5 / 50",
+                   "fresh classifier, same settings and updates, frozen final embeddings", "mAP@50 avg"], rows)
+            + f"\n\nSeed {f['seed']}, {len(acc)} epochs; wall time of the "
+              f"{len(rows)} runs: {sum(c['seconds'] for c in f['runs'].values()) / 60:.0f} min in all.")
 
 
 # ---------------------------------------------------------------- METAH
@@ -260,11 +263,5 @@ def render_block(renderer, paths, repo=REPO):
     """The whole block: the rendering, then one provenance line per results file (paths relative to repo)."""
     datas = [io.load_json(os.path.join(repo, p)) for p in paths]
     lines = [results_io.describe(d.get("provenance")) for d in datas]
-    return render(renderer, datas) + "\n\n" + "\n".join(dict.fromkeys(lines))
+    return render(renderer, datas) + "\n\n" + "\n\n".join(dict.fromkeys(lines))
 
-
-def print_block(renderer, paths):
-    """What a benchmark prints after writing: the marker and block to paste into README.md."""
-    paths = [os.path.relpath(os.path.abspath(p), REPO) for p in paths]
-    print(f"\nREADME block:\n<!-- figures: {renderer} {' '.join(paths)} -->\n"
-          f"{render_block(renderer, paths)}\n<!-- /figures -->", flush=True)

@@ -46,11 +46,15 @@ def gpu_names():
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
-def package_version(name):
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def package_version(module):
+    """Version of the installed distribution that provides `module` (tensorflow may come as
+    tensorflow-cpu, for example), without importing it; None when it is not installed."""
+    for distribution in importlib.metadata.packages_distributions().get(module, [module]):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def git(*args):
@@ -78,10 +82,11 @@ def provenance(argv=None):
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def write_results(path, data, argv=None):
-    """Writes `data` plus a fresh `provenance` block to `path` atomically; returns the path."""
+def write_results(path, data, argv=None, announce=True):
+    """Writes `data` plus a fresh `provenance` block (replacing any in `data`) to `path` atomically."""
     io.save_json(path, {**data, "provenance": provenance(argv)})
-    print(f"results written to {os.path.relpath(os.path.abspath(path), REPO)}", flush=True)
+    if announce:
+        print(f"results written to {os.path.relpath(os.path.abspath(path), REPO)}", flush=True)
     return path
 
 

@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--bits", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", default="", help="more train.py options")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ssah_mirflickr_tags.json"),
+                        help="results JSON")
     args = parser.parse_args()
     import scipy.io
 
@@ -64,6 +66,10 @@ def main():
     final = results["final"]
     print("\n" + "  ".join(f"{d} {final[d]:.4f}" for d in ("t->t", "i->t", "t->i", "i->i"))
           + f"  | random codes {baseline:.4f}")
+    from benchmarks import results_io
+    settings = {k: v for k, v in vars(args).items() if k not in ("data", "out")}
+    results_io.write_results(args.out, {"final": final, "random_codes_map": baseline, "settings": settings,
+                                        "train_options": command})
 
 
 if __name__ == "__main__":

@@ -88,10 +88,8 @@ def main():
             print(f"| {variant} {options[variant]} | {direction} | " + " | ".join(cells) + " |")
     if args.json:
         sys.path.insert(0, REPO)
-        from utils import io
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        io.save_json(args.json, table)
-        print(f"\nwritten {args.json}")
+        from benchmarks import results_io
+        results_io.write_results(args.json, table)
 
 
 if __name__ == "__main__":
