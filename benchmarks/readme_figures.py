@@ -87,7 +87,8 @@ def ssah_vs_acmr(_, ssah, acmr):
 def ssah_mirflickr_tags(_, f):
     """benchmarks/ssah_mirflickr_tags.py: the four directions against random codes."""
     s, final = f["settings"], f["final"]
-    return (f"`{s['schedule']}` schedule, {s['epochs']} epochs, seed {s['seed']}, {s['bits']} bits: "
+    epochs = f"{s['epochs']} epoch" + ("s" if s["epochs"] != 1 else "")
+    return (f"`{s['schedule']}` schedule, {epochs}, seed {s['seed']}, {s['bits']} bits: "
             + ", ".join(f"{d} {final[d]:.3f}" for d in ("t->t", "i->t", "t->i", "i->i"))
             + f"; random codes on the same split: {f['random_codes_map']:.3f}.")
 
