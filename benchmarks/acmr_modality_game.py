@@ -24,6 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 import numpy as np  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -142,7 +144,6 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(RESULTS, "acmr_modality_game.json"))
     parser.add_argument("--png", default=os.path.join(RESULTS, "acmr_modality_game.png"))
     args = parser.parse_args(argv)
-    from benchmarks import results_io
     from utils.errors import UserError
     names = args.runs.split(",")
     unknown = sorted(set(names) - set(RUNS))

@@ -17,6 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 import numpy as np  # noqa: E402
 
 PAPER_SHALLOW = {"i->t": 0.366, "t->i": 0.277, "average": 0.322}
@@ -83,7 +85,6 @@ def main(argv=None):
         print(f"  {variant:8s} " + "  ".join(f"ep{m + 1}: {trace[m]:.3f}" for m in marks)
               + f"  | min {trace.min():.3f} (ep{trace.argmin() + 1}) max {trace.max():.3f} (ep{trace.argmax() + 1})")
     if args.output:
-        from benchmarks import results_io
         results_io.write_results(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW})
     return rows, traces
 

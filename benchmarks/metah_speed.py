@@ -17,6 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 from benchmarks.metah_ablation import PAIRS  # noqa: E402
 
 
@@ -84,7 +86,6 @@ def main(argv=None):
                       f"| {row['peak_rss_mb']:.0f} |", flush=True)
     print(f"\n{os.cpu_count()} CPUs visible, {args.threads} TensorFlow threads; load average "
           f"{os.getloadavg()[0]:.1f} at the end (the machine is shared, so times vary).")
-    from benchmarks import results_io
     results_io.write_results(args.out, {"rows": rows, "threads": args.threads,
                                         "load_average_at_end": os.getloadavg()[0]})
 

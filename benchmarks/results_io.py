@@ -68,16 +68,23 @@ def machine():
             "numpy": package_version("numpy"), "gpu": gpu_names()}
 
 
-def provenance(argv=None):
-    """Where and from what these figures come: machine, commit, command, date (UTC).
+def code_version():
+    """The git commit of the working tree and whether tracked files other than
+    benchmarks/results/ differ from it (results files rewritten by a run do not count)."""
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
-    `dirty` is whether tracked files other than benchmarks/results/ differed from the commit
-    (results files being rewritten by the run itself do not count)."""
+
+# Taken when a benchmark starts (it imports this module first): the code that produced its
+# figures, even if the tree changes while it runs.
+CODE_AT_START = code_version()
+
+
+def provenance(argv=None):
+    """Where and from what these figures come: machine, commit (at the start), command, date (UTC, now)."""
     argv = sys.argv if argv is None else argv
     script = os.path.relpath(os.path.abspath(argv[0]), REPO) if argv and argv[0].endswith(".py") else argv[0]
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
-    return {"machine": machine(), "commit": git("rev-parse", "HEAD"),
-            "dirty": None if status is None else bool(status),
+    return {"machine": machine(), **CODE_AT_START,
             "command": " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 

@@ -16,6 +16,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 import numpy as np  # noqa: E402
 
 # Small nets; image/text rates raised so that a few passes learn (the program's 10^-4.5 / 10^-3.5
@@ -66,7 +68,6 @@ def main():
     final = results["final"]
     print("\n" + "  ".join(f"{d} {final[d]:.4f}" for d in ("t->t", "i->t", "t->i", "i->i"))
           + f"  | random codes {baseline:.4f}")
-    from benchmarks import results_io
     settings = {k: v for k, v in vars(args).items() if k not in ("data", "out")}
     results_io.write_results(args.out, {"final": final, "random_codes_map": baseline, "settings": settings,
                                         "train_options": command})

@@ -24,6 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,7 +44,6 @@ def main():
     args.batch = args.batch or (32 if cnnf else 128)
     args.repeats = args.repeats or (3 if cnnf else 10)
     args.warmup = args.warmup or (1 if cnnf else 2)
-    from benchmarks import results_io
     args.out = args.out or results_io.results_path(f"ssah_step_speed_{args.trunk}.json")
 
     import numpy as np

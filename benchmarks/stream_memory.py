@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 IMAGE_BYTES = 224 * 224 * 3
 
 
@@ -121,7 +123,6 @@ def main():
                                 "--batch", str(args.batch), "--parallel-reads", str(args.parallel_reads),
                                 "--prefetch", str(args.prefetch)], check=True, stdout=subprocess.PIPE, text=True)
         print(child.stdout, end="")
-        from benchmarks import results_io
         figures = json.loads(child.stdout.strip().splitlines()[-1])
         settings = {"batch": args.batch, "parallel_reads": args.parallel_reads, "prefetch": args.prefetch}
         results_io.write_results(args.out or results_io.results_path(f"stream_memory_{args.images}.json"),
