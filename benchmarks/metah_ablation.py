@@ -148,20 +148,25 @@ def print_table(results, pairs, bits_list, presets):
     return table
 
 
+def paired_differences(results, pairs, bits_list, protocol, other):
+    """METAH's mAP minus `other`'s, one value per (pair, bits, seed) that both finished."""
+    diffs = []
+    for key, run in results["runs"].items():
+        pair, bits, seed, preset = key.split("|")
+        if preset != "metah" or pair not in pairs or int(bits) not in bits_list:
+            continue
+        other_run = results["runs"].get(run_key(pair, bits, seed, other))
+        if other_run:
+            diffs.append(run["final"][protocol]["map"] - other_run["final"][protocol]["map"])
+    return np.asarray(diffs)
+
+
 def print_comparisons(results, pairs, bits_list, presets):
     """How often and by how much METAH beats TAH and source-only (paired by pair, bits, seed)."""
     for protocol in PROTOCOLS:
         for other in ("tah", "source-only"):
-            diffs = []
-            for key, run in results["runs"].items():
-                pair, bits, seed, preset = key.split("|")
-                if preset != "metah" or pair not in pairs or int(bits) not in bits_list:
-                    continue
-                other_run = results["runs"].get(run_key(pair, bits, seed, other))
-                if other_run:
-                    diffs.append(run["final"][protocol]["map"] - other_run["final"][protocol]["map"])
-            if diffs:
-                diffs = np.asarray(diffs)
+            diffs = paired_differences(results, pairs, bits_list, protocol, other)
+            if len(diffs):
                 print(f"METAH - {other:11s} mAP, {protocol}: mean {diffs.mean():+.4f}, median "
                       f"{np.median(diffs):+.4f}, METAH higher in {np.sum(diffs > 0)}/{len(diffs)} paired runs")
 

@@ -204,6 +204,21 @@ def metah_ablation(protocol, f):
     return table(["pair", "bits", *PRESET_ORDER, "seeds"], rows)
 
 
+def metah_comparisons(_, f):
+    """benchmarks/metah_ablation.py: METAH against TAH and source-only, paired by pair, bits and seed."""
+    from benchmarks.metah_ablation import PAIRS, PROTOCOLS, paired_differences
+    bits_list = sorted({int(k.split("|")[1]) for k in f["runs"]})
+    lines = []
+    for protocol in PROTOCOLS:
+        parts = []
+        for other, name in (("tah", "TAH"), ("source-only", "source-only")):
+            d = paired_differences(f, list(PAIRS), bits_list, protocol, other)
+            parts.append(f"minus {name} {d.mean():+.3f} on average (median {np.median(d):+.3f}; METAH higher "
+                         f"in {int(np.sum(d > 0))} of {len(d)} paired runs)")
+        lines.append(f"- {protocol.replace('->', ' -> ')}: METAH " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def metah_speed(_, f):
     """benchmarks/metah_speed.py: one fresh process per row."""
     rows = [[r["pair"], r["bits"], r["preset"], f"{r['seconds_per_epoch']:.2f}", f"{r['ms_per_iteration']:.1f}",
@@ -247,7 +262,7 @@ RENDERERS = {
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
     "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
-    "metah_ablation": metah_ablation, "metah_speed": metah_speed,
+    "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
     "printed_tables": printed_tables, "quickstart": quickstart,
 }
 
