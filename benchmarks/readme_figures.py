@@ -213,6 +213,8 @@ def metah_comparisons(_, f):
         parts = []
         for other, name in (("tah", "TAH"), ("source-only", "source-only")):
             d = paired_differences(f, list(PAIRS), bits_list, protocol, other)
+            if not len(d):
+                continue
             parts.append(f"minus {name} {d.mean():+.3f} on average (median {np.median(d):+.3f}; METAH higher "
                          f"in {int(np.sum(d > 0))} of {len(d)} paired runs)")
         lines.append(f"- {protocol.replace('->', ' -> ')}: METAH " + ", ".join(parts))
