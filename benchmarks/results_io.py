@@ -58,7 +58,11 @@ def package_version(module):
 
 
 def git(*args):
-    out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    """git's output in the repository, None without git or outside a checkout."""
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
