@@ -24,6 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 import numpy as np  # noqa: E402
 
 from trainers.acmr import TEST_PROTOCOL  # noqa: E402
@@ -146,7 +148,6 @@ def main(argv=None):
     from utils.metrics import DEFAULT_TIES, TIE_RULES
     parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the mAP figures")
     args = parser.parse_args(argv)
-    from utils import io
     from utils.errors import UserError
     names = args.runs.split(",")
     unknown = sorted(set(names) - set(RUNS))
@@ -158,7 +159,7 @@ def main(argv=None):
         c = curves[name]
         print(f"{name}: {c['seconds']:.0f} s, final mAP@50 (ties: {args.ties}) avg "
               f"{c['final_map'][TEST_PROTOCOL]['average']:.3f}", flush=True)
-    io.save_json(args.out, {"seed": args.seed, "runs": curves, "ties": args.ties})
+    results_io.write_results(args.out, {"seed": args.seed, "runs": curves, "ties": args.ties})
     plot(curves, args.png)
 
     print("\nModality accuracy (0.5 = chance). live: the trained modality classifier; separability: a fresh "

@@ -18,6 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 import numpy as np  # noqa: E402
 
 from trainers.acmr import DATABASE_PROTOCOL, TEST_PROTOCOL  # noqa: E402
@@ -93,9 +95,8 @@ def main(argv=None):
         print(f"  {variant:8s} " + "  ".join(f"ep{m + 1}: {trace[m]:.3f}" for m in marks)
               + f"  | min {trace.min():.3f} (ep{trace.argmin() + 1}) max {trace.max():.3f} (ep{trace.argmax() + 1})")
     if args.output:
-        from utils import io
-        io.save_json(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW,
-                                   "ties": args.ties})
+        results_io.write_results(args.output, {"rows": rows, "modality_accuracy": traces, "paper_shallow": PAPER_SHALLOW,
+                                               "ties": args.ties})
     return rows, traces
 
 

@@ -201,4 +201,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import results_io
+    results_io.record_output(main, results_io.results_path("eval_speed_quick.json" if "--quick" in sys.argv
+                                                           else "eval_speed.json"))

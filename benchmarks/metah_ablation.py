@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402
 from utils import io  # noqa: E402
 from utils.metrics import DEFAULT_TIES, TIE_RULES  # noqa: E402
 
@@ -95,7 +96,7 @@ def run_grid(args, results):
         results["settings"] = {**{k: v for k, v in dataclasses.asdict(config).items()
                                   if k not in ("dataset", "bits", "seed", "preset", "alpha", "beta",
                                                "domain_weight", "quantise_target")}}
-        io.save_json(args.out, results)
+        results_io.write_results(args.out, results, announce=False)
         elapsed = time.perf_counter() - started
         final = outcome["final"]
         print(f"[{index + 1}/{len(todo)} {elapsed / 60:.1f} min] {pair} {bits}b seed {seed} {preset:11s} "
@@ -152,20 +153,25 @@ def print_table(results, pairs, bits_list, presets):
     return table
 
 
+def paired_differences(results, pairs, bits_list, protocol, other):
+    """METAH's mAP minus `other`'s, one value per (pair, bits, seed) that both finished."""
+    diffs = []
+    for key, run in results["runs"].items():
+        pair, bits, seed, preset = key.split("|")
+        if preset != "metah" or pair not in pairs or int(bits) not in bits_list:
+            continue
+        other_run = results["runs"].get(run_key(pair, bits, seed, other))
+        if other_run:
+            diffs.append(run["final"][protocol]["map"] - other_run["final"][protocol]["map"])
+    return np.asarray(diffs)
+
+
 def print_comparisons(results, pairs, bits_list, presets):
     """How often and by how much METAH beats TAH and source-only (paired by pair, bits, seed)."""
     for protocol in PROTOCOLS:
         for other in ("tah", "source-only"):
-            diffs = []
-            for key, run in results["runs"].items():
-                pair, bits, seed, preset = key.split("|")
-                if preset != "metah" or pair not in pairs or int(bits) not in bits_list:
-                    continue
-                other_run = results["runs"].get(run_key(pair, bits, seed, other))
-                if other_run:
-                    diffs.append(run["final"][protocol]["map"] - other_run["final"][protocol]["map"])
-            if diffs:
-                diffs = np.asarray(diffs)
+            diffs = paired_differences(results, pairs, bits_list, protocol, other)
+            if len(diffs):
                 print(f"METAH - {other:11s} mAP, {protocol}: mean {diffs.mean():+.4f}, median "
                       f"{np.median(diffs):+.4f}, METAH higher in {np.sum(diffs > 0)}/{len(diffs)} paired runs")
 

@@ -17,6 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 from benchmarks.metah_ablation import PAIRS  # noqa: E402
 
 
@@ -56,6 +58,8 @@ def main(argv=None):
     parser.add_argument("--presets", default="source-only,metah")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "metah_speed.json"),
+                        help="results JSON")
     parser.add_argument("--one", nargs=3, metavar=("PAIR", "BITS", "PRESET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -65,6 +69,7 @@ def main(argv=None):
     print("| pair | bits | preset | s / epoch | ms / iteration | first step s (tracing) | train s (iterations) "
           "| build + eval s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for pair in args.pairs.split(","):
         for bits in args.bits.split(","):
             for preset in args.presets.split(","):
@@ -75,11 +80,14 @@ def main(argv=None):
                     print(f"| {pair} | {bits} | {preset} | failed: {out.stderr.strip().splitlines()[-1]} |")
                     continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(row)
                 print(f"| {pair} | {bits} | {preset} | {row['seconds_per_epoch']:.2f} | {row['ms_per_iteration']:.1f} "
                       f"| {row['first_step_seconds']:.2f} | {row['train_seconds']:.1f} ({row['iterations']}) | {row['build_and_eval_seconds']:.1f} "
                       f"| {row['peak_rss_mb']:.0f} |", flush=True)
     print(f"\n{os.cpu_count()} CPUs visible, {args.threads} TensorFlow threads; load average "
           f"{os.getloadavg()[0]:.1f} at the end (the machine is shared, so times vary).")
+    results_io.write_results(args.out, {"rows": rows, "threads": args.threads,
+                                        "load_average_at_end": os.getloadavg()[0]})
 
 
 if __name__ == "__main__":

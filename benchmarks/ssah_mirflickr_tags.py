@@ -16,6 +16,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 import numpy as np  # noqa: E402
 
 # Small nets; image/text rates raised so that a few passes learn (the program's 10^-4.5 / 10^-3.5
@@ -44,6 +46,8 @@ def main():
     parser.add_argument("--extra", default="", help="more train.py options")
     from utils.metrics import DEFAULT_TIES, TIE_RULES
     parser.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES, help="tie rule of the figures")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ssah_mirflickr_tags.json"),
+                        help="results JSON")
     args = parser.parse_args()
     import scipy.io
 
@@ -66,6 +70,9 @@ def main():
     final = results["final"]
     print(f"\nmAP (ties: {args.ties}): " + "  ".join(f"{d} {final[d]:.4f}" for d in ("t->t", "i->t", "t->i", "i->i"))
           + f"  | random codes {baseline:.4f}")
+    settings = {k: v for k, v in vars(args).items() if k not in ("data", "out")}
+    results_io.write_results(args.out, {"final": final, "random_codes_map": baseline, "settings": settings,
+                                        "train_options": command})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,11 +38,13 @@ def main():
     parser.add_argument("--variant", default="original", choices=("original", "paper"))
     parser.add_argument("--jit", action="store_true", help="compile the steps with XLA")
     parser.add_argument("--mixed-precision", action="store_true", help="Keras mixed_float16")
+    parser.add_argument("--out", default="", help="results JSON (default: benchmarks/results/ssah_step_speed_TRUNK.json)")
     args = parser.parse_args()
     cnnf = args.trunk == "cnnf"
     args.batch = args.batch or (32 if cnnf else 128)
     args.repeats = args.repeats or (3 if cnnf else 10)
     args.warmup = args.warmup or (1 if cnnf else 2)
+    args.out = args.out or results_io.results_path(f"ssah_step_speed_{args.trunk}.json")
 
     import numpy as np
     import tensorflow as tf
@@ -86,6 +90,7 @@ def main():
           f"threads={args.threads or 'all'}, variant={args.variant}, jit={args.jit}, "
           f"mixed_precision={args.mixed_precision}, device={'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}")
     print(f"| step | median s/iteration | items/s | min | max |\n|---|---|---|---|---|")
+    results = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "steps": [], "monitoring": []}
     for step, name in (("lab", "LabNet"), ("dis", f"discriminators ({args.trunk})"),
                        ("img", f"ImgNet ({args.trunk})"), ("txt", "TxtNet")):
         times = []
@@ -97,13 +102,16 @@ def main():
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
         median = statistics.median(times)
+        results["steps"].append({"step": name.split(" (")[0], "median_seconds": median,
+                                 "items_per_second": batch / median, "seconds": times})
         print(f"| {name} | {median:.4f} | {batch / median:.0f} | {min(times):.4f} | {max(times):.4f} |", flush=True)
-    if cnnf:
-        return
-    for net in ("lab", "img", "txt"):
+    for net, name in (() if cnnf else (("lab", "LabNet"), ("img", "ImgNet"), ("txt", "TxtNet"))):
         start = time.perf_counter()
         trainer.monitoring_loss(net)
-        print(f"| monitoring loss {net} (once per checked pass) | {time.perf_counter() - start:.3f} | | | |")
+        seconds = time.perf_counter() - start
+        results["monitoring"].append({"net": name, "seconds": seconds})
+        print(f"| monitoring loss {net} (once per checked pass) | {seconds:.3f} | | | |")
+    results_io.write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,9 @@ def main():
                                       "per_seed": values.tolist()})
             print(f"| {variant} {options[variant]} | {direction} | " + " | ".join(cells) + " |")
     if args.json:
-        from utils import io
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        io.save_json(args.json, table)
+        sys.path.insert(0, REPO)
+        from benchmarks import results_io
+        results_io.write_results(args.json, table)
         print(f"\nwritten {args.json}")
 
 

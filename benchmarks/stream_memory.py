@@ -11,6 +11,7 @@ The streaming pass reads a file just written, so it is mostly served from the
 page cache: the figure is the pipeline's cost, not the disk's.
 """
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -22,6 +23,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
 
 IMAGE_BYTES = 224 * 224 * 3
 
@@ -87,6 +90,9 @@ def stream(path, batch, parallel_reads, prefetch):
     print(f"RSS after loading the dataset and TensorFlow: {baseline:.0f} MB; sampled peak while streaming "
           f"{max(sampled):.0f} MB; process peak (ru_maxrss) {peak_rss_mb():.0f} MB "
           f"(file size {count * IMAGE_BYTES / 2**20:.0f} MB)")
+    print(json.dumps({"images": count, "file_mb": count * IMAGE_BYTES / 2**20, "baseline_rss_mb": baseline,
+                      "peak_rss_mb": max(sampled), "ru_maxrss_mb": peak_rss_mb(), "seconds": seconds,
+                      "images_per_second": count / seconds}))  # last line: read by the parent
 
 
 def main():
@@ -97,6 +103,7 @@ def main():
     parser.add_argument("--prefetch", type=int, default=2)
     parser.add_argument("--dir", default="/tmp")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic file")
+    parser.add_argument("--out", default="", help="results JSON (default: benchmarks/results/stream_memory_IMAGES.json)")
     parser.add_argument("--stream-only", default="", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.stream_only:
@@ -112,9 +119,14 @@ def main():
     try:
         write_file(path, args.images)
         # A fresh process, so the peak RSS counts the streaming only.
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--stream-only", path,
-                        "--batch", str(args.batch), "--parallel-reads", str(args.parallel_reads),
-                        "--prefetch", str(args.prefetch)], check=True)
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--stream-only", path,
+                                "--batch", str(args.batch), "--parallel-reads", str(args.parallel_reads),
+                                "--prefetch", str(args.prefetch)], check=True, stdout=subprocess.PIPE, text=True)
+        print(child.stdout, end="")
+        figures = json.loads(child.stdout.strip().splitlines()[-1])
+        settings = {"batch": args.batch, "parallel_reads": args.parallel_reads, "prefetch": args.prefetch}
+        results_io.write_results(args.out or results_io.results_path(f"stream_memory_{args.images}.json"),
+                                 {**figures, "settings": settings})
     finally:
         if not args.keep and os.path.exists(path):
             os.remove(path)

@@ -19,7 +19,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from utils import io, metrics  # noqa: E402
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
+from utils import metrics  # noqa: E402
 
 RUNS = {
     "ssah": ["--method", "ssah", "--dataset", "wiki", "--backbone", "features", "--bits", "32"],
@@ -92,8 +93,8 @@ def main(argv=None):
                   + " | ".join(f"{values[rule]:.4f}" for rule in rules) + " |")
             rows.append({"method": method, "protocol": protocol, "direction": direction, "figure": figure,
                          **{rule: float(values[rule]) for rule in rules}})
-    io.save_json(args.out, {"seed": args.seed, "ties": rules, "commands": {k: " ".join(v) for k, v in RUNS.items()},
-                            "runs": folders, "rows": rows})
+    results_io.write_results(args.out, {"seed": args.seed, "ties": rules, "commands": {k: " ".join(v) for k, v in RUNS.items()},
+                                        "runs": folders, "rows": rows})
     print(f"\nwritten {args.out}")
     return rows
 

@@ -1,0 +1,285 @@
+"""The README's figure blocks, rendered from the benchmarks' results files.
+
+A figure block in README.md is
+
+    <!-- figures: RENDERER FILE [FILE ...] -->
+    ...markdown rendered from the FILEs...
+    <!-- /figures -->
+
+RENDERER names a function of RENDERERS (optionally `NAME:ARGUMENT`); it receives the loaded
+results files in the order given and returns the block's markdown; `render_block` adds one
+provenance line per file (machine, commit, date, command: results_io.describe).
+benchmarks/check_readme.py compares every block with this rendering (and --write rewrites
+the blocks from it).
+"""
+import os
+import shlex
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from benchmarks import results_io  # noqa: E402
+from utils import io  # noqa: E402
+
+DIRECTIONS = ("i->t", "t->i")
+
+
+def table(header, rows):
+    """Markdown table from a header list and rows of cell strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["|" + "|".join(f" {c} " if str(c) else " " for c in row) + "|" for row in rows])
+
+
+def mean_std(values, ddof=0, digits=3):
+    values = np.asarray(values, float)
+    spread = values.std(ddof=ddof) if len(values) > ddof else 0.0
+    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
+
+
+def option_pairs(options):
+    """'--a 1 --b x --flag' -> ['--a 1', '--b x', '--flag']."""
+    pairs = []
+    for token in shlex.split(options or ""):
+        if token.startswith("--") or not pairs:
+            pairs.append(token)
+        else:
+            pairs[-1] += " " + token
+    return pairs
+
+
+# ---------------------------------------------------------------- SSAH
+
+def ssah_wiki_table(_, *files):
+    """benchmarks/ssah_wiki_table.py: mean ± std over seeds per variant, direction and code length.
+    A row is labelled with its variant plus the train.py options that not every row shares."""
+    groups = [(f, variant, options) for f in files for variant, options in f["options"].items()]
+    common = set.intersection(*(set(option_pairs(o)) for _, _, o in groups))
+    bits = files[0]["bits"]
+    rows = []
+    for f, variant, options in groups:
+        extra = [p for p in option_pairs(options) if p not in common]
+        label = variant + (f", `{' '.join(extra)}`" if extra else "")
+        for direction in DIRECTIONS:
+            by_bits = {r["bits"]: r for r in f["rows"] if r["variant"] == variant and r["direction"] == direction}
+            rows.append([label, direction] + [f"{by_bits[k]['mean']:.3f} ± {by_bits[k]['std']:.3f}" for k in bits])
+    return table(["variant", "direction"] + [f"{k} bits" for k in bits], rows)
+
+
+def ssah_vs_acmr(_, ssah, acmr):
+    """SSAH's 16-bit original row against ACMR's mAP over all (same queries and database)."""
+    picked = {r["direction"]: r["mean"] for r in ssah["rows"] if r["variant"] == "original" and r["bits"] == 16}
+    seeds = len(ssah["seeds"])
+    average = (picked["i->t"] + picked["t->i"]) / 2
+    acmr_cells = []
+    for variant in ("original", "paper"):
+        rows = [r for r in acmr["rows"] if r["variant"] == variant]
+        acmr_cells.append(" / ".join(f"{np.mean([r[f'all/{d}'] for r in rows]):.3f}"
+                                     for d in ("i->t", "t->i", "average")) + f" ({variant})")
+    return (f"SSAH original variant, 16-bit binary codes, {seeds} seeds: i->t {picked['i->t']:.3f}, "
+            f"t->i {picked['t->i']:.3f}, average {average:.3f}, against ACMR's {acmr_cells[0]} and "
+            f"{acmr_cells[1]} with real-valued embeddings and Euclidean ranking.")
+
+
+def ssah_mirflickr_tags(_, f):
+    """benchmarks/ssah_mirflickr_tags.py: the four directions against random codes."""
+    s, final = f["settings"], f["final"]
+    epochs = f"{s['epochs']} epoch" + ("s" if s["epochs"] != 1 else "")
+    return (f"`{s['schedule']}` schedule, {epochs}, seed {s['seed']}, {s['bits']} bits: "
+            + ", ".join(f"{d} {final[d]:.3f}" for d in ("t->t", "i->t", "t->i", "i->i"))
+            + f"; random codes on the same split: {f['random_codes_map']:.3f}.")
+
+
+STEP_TARGETS = {"LabNet": 0.1, "TxtNet": 1.0}  # seconds per iteration (the authors' program: ~1 s, ~25 s)
+
+
+def ssah_step_speed(_, f):
+    """benchmarks/ssah_step_speed.py (feature trunk): seconds and items/s per step, with the targets."""
+    rows = []
+    for step in f["steps"]:
+        target = STEP_TARGETS.get(step["step"])
+        verdict = "" if target is None else (f"at most {target:g} s: "
+                                             + ("met" if step["median_seconds"] <= target else "NOT met"))
+        label = step["step"] + (" (feature trunk)" if step["step"] == "ImgNet" else "")
+        rows.append([label, f"{step['median_seconds']:.3g}", f"{step['items_per_second']:,.0f}", verdict])
+    monitoring = ", ".join(f"{m['net']} {m['seconds']:.2f} s" for m in f.get("monitoring", []))
+    return (table(["step", "s / iteration", "items / s",
+                   "target (the authors' program: ~1 s LabNet, ~25 s TxtNet)"], rows)
+            + f"\n\nMonitoring loss over all n items (once per checked early-stop pass): {monitoring}.")
+
+
+def ssah_step_speed_trunks(_, features, cnnf):
+    """benchmarks/ssah_step_speed.py, feature trunk and CNN-F trunk side by side."""
+    rows = []
+    for a, b in zip(features["steps"], cnnf["steps"]):
+        rows.append([a["step"], f"{a['median_seconds']:.3g}", f"{a['items_per_second']:,.0f}",
+                     f"{b['median_seconds']:.3g}", f"{b['items_per_second']:,.0f}"])
+    return table(["step", "feature trunk: s/iteration", "items/s", "CNN-F trunk: s/iteration", "items/s"], rows)
+
+
+def stream_memory(_, *files):
+    """benchmarks/stream_memory.py, one row per file (the first one's peak against the 2 GB target)."""
+    rows = []
+    for i, f in enumerate(files):
+        peak = f"{f['peak_rss_mb']:,.0f} MB"
+        rows.append([f"{f['images']:,}", f"{f['file_mb']:,.0f} MB", f"{f['baseline_rss_mb']:,.0f} MB",
+                     f"**{peak}** (target: under 2 GB)" if i == 0 else peak, f"{f['images_per_second']:,.0f}"])
+    return table(["images in the file", "file size", "RSS after loading TensorFlow and the dataset",
+                  "peak RSS while streaming", "images/s"], rows)
+
+
+# ---------------------------------------------------------------- ACMR
+
+ACMR_PROTOCOLS = (("authors", "mAP@50, test vs test (640 pairs)"), ("all", "mAP over all, test vs train (693 x 2,173)"))
+
+
+def acmr_wiki_table(_, f):
+    """benchmarks/acmr_wiki_table.py: mean ± std (ddof 1) over seeds, both protocols, and the paper's row."""
+    variants = list(dict.fromkeys(r["variant"] for r in f["rows"]))
+    seeds = sorted({r["seed"] for r in f["rows"]})
+    rows = []
+    for variant in variants:
+        picked = [r for r in f["rows"] if r["variant"] == variant]
+        for protocol, label in ACMR_PROTOCOLS:
+            rows.append([variant, label] + [mean_std([r[f"{protocol}/{d}"] for r in picked], ddof=1)
+                                            for d in ("i->t", "t->i", "average")])
+    paper = f["paper_shallow"]
+    rows.append(["the paper's Table (shallow features)", "mAP, its own 1,300 / 1,566 split"]
+                + [f"{paper[d]:.3f}" for d in ("i->t", "t->i", "average")])
+    times = ", ".join(f"{np.mean([r['seconds'] for r in f['rows'] if r['variant'] == v]):.0f} s ({v})"
+                      for v in variants)
+    return (table([f"variant ({len(seeds)} seeds, mean ± std)", "protocol", "i->t", "t->i", "average"], rows)
+            + f"\n\nSeeds {', '.join(map(str, seeds))}; mean wall time per run: {times}.")
+
+
+MODALITY_GAME_SETTINGS = {
+    "original": "the program", "paper": "lambda 0.05, k = 5, classifier lr 1e-4",
+    "paper-no-adv": "the same, lambda 0", "fast-adv": "k = 1, classifier lr 1e-2, lambda 1",
+    "fast-no-adv": "the same, lambda 0",
+}
+
+
+def acmr_modality_game(_, f):
+    """benchmarks/acmr_modality_game.py: live accuracy, separability, fresh classifier, mAP per run."""
+    def pick(values, indices):
+        return " / ".join(f"{values[min(i, len(values) - 1)]:.2f}" for i in indices)
+
+    rows = []
+    order = list(MODALITY_GAME_SETTINGS) + sorted(set(f["runs"]) - set(MODALITY_GAME_SETTINGS))
+    for name in [n for n in order if n in f["runs"]]:
+        c = f["runs"][name]
+        acc, sep = c["epoch_accuracy"], c["separability"]
+        rows.append([name, MODALITY_GAME_SETTINGS.get(name, c["variant"]), pick(acc, (0, 1, 4, len(acc) - 1)),
+                     f"{c['live_test'][-1]:.2f}", pick(sep, (0, 1, 5, len(sep) - 1)),
+                     f"{c['frozen_classifier_test']:.2f} ({c['classifier_updates']:,})",
+                     f"{c['final_map']['authors']['average']:.3f}"])
+    return (table(["run", "settings", "live accuracy, batch mean, epoch 1 / 2 / 5 / 50", "live on test, end",
+                   "separability: init / ep 1 / 5 / 50",
+                   "fresh classifier, same settings and updates, frozen final embeddings", "mAP@50 avg"], rows)
+            + f"\n\nSeed {f['seed']}, {len(acc)} epochs; wall time of the "
+              f"{len(rows)} runs: {sum(c['seconds'] for c in f['runs'].values()) / 60:.0f} min in all.")
+
+
+# ---------------------------------------------------------------- METAH
+
+def metah_ablation(protocol, f):
+    """benchmarks/metah_ablation.py: mAP mean ± std over seeds per pair, code length and preset."""
+    from benchmarks.metah_ablation import PAIRS, PRESET_ORDER, summarise
+    keys = [k.split("|") for k in f["runs"]]
+    pairs = [p for p in PAIRS if any(k[0] == p for k in keys)]
+    bits_list = sorted({int(k[1]) for k in keys})
+    summary = summarise(f, pairs, bits_list, PRESET_ORDER)
+    rows = []
+    for bits in bits_list:
+        for pair in pairs:
+            entries = [summary[(pair, bits, preset, protocol, "map")] for preset in PRESET_ORDER]
+            counts = sorted({e[2] for e in entries})
+            rows.append([pair, bits] + [f"{e[0]:.3f} ± {e[1]:.3f}" for e in entries]
+                        + ["-".join(map(str, counts))])
+        means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in PRESET_ORDER]
+        rows.append(["mean of pairs", bits] + [f"**{m:.3f}**" for m in means] + [""])
+    return table(["pair", "bits", *PRESET_ORDER, "seeds"], rows)
+
+
+def metah_comparisons(_, f):
+    """benchmarks/metah_ablation.py: METAH against TAH and source-only, paired by pair, bits and seed."""
+    from benchmarks.metah_ablation import PAIRS, PROTOCOLS, paired_differences
+    bits_list = sorted({int(k.split("|")[1]) for k in f["runs"]})
+    lines = []
+    for protocol in PROTOCOLS:
+        parts = []
+        for other, name in (("tah", "TAH"), ("source-only", "source-only")):
+            d = paired_differences(f, list(PAIRS), bits_list, protocol, other)
+            if not len(d):
+                continue
+            parts.append(f"minus {name} {d.mean():+.3f} on average (median {np.median(d):+.3f}; METAH higher "
+                         f"in {int(np.sum(d > 0))} of {len(d)} paired runs)")
+        lines.append(f"- {protocol.replace('->', ' -> ')}: METAH " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def metah_speed(_, f):
+    """benchmarks/metah_speed.py: one fresh process per row."""
+    rows = [[r["pair"], r["bits"], r["preset"], f"{r['seconds_per_epoch']:.2f}", f"{r['ms_per_iteration']:.1f}",
+             f"{r['train_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in f["rows"]]
+    iterations = sorted({r["iterations"] for r in f["rows"]})
+    return table(["pair", "bits", "preset", "s / epoch", "ms / iteration",
+                  f"train s ({', '.join(map(str, iterations))} it.)", "peak RSS MB"], rows)
+
+
+# ---------------------------------------------------------------- evaluation and quick start
+
+def printed_tables(_, f):
+    """A benchmark's printed tables as they were printed (results_io.record_output), blank lines
+    around each table."""
+    blocks, current, in_table = [], [], False
+    for line in f["output"].splitlines():
+        is_row = line.startswith("|")
+        if not line.strip() or is_row != in_table:
+            if current:
+                blocks.append("\n".join(current))
+            current = []
+        in_table = is_row
+        if line.strip():
+            current.append(line.rstrip())
+    if current:
+        blocks.append("\n".join(current))
+    return "\n\n".join(blocks)
+
+
+def quickstart(_, f):
+    """benchmarks/quickstart.py: each quick-start command, its wall time and its final figures."""
+    rows = []
+    for run in f["runs"]:
+        figures = ", ".join(f"{d} {run['final'][d]:.3f}" for d in DIRECTIONS if d in run["final"])
+        rows.append([f"`{run['readme_command']}`", f"{run['seconds']:.0f}", figures])
+    return table(["command", "wall time (s)", "printed mAP"], rows)
+
+
+RENDERERS = {
+    "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr,
+    "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
+    "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
+    "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
+    "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
+    "printed_tables": printed_tables, "quickstart": quickstart,
+}
+
+
+def render(renderer, datas):
+    """The block's markdown without provenance: RENDERERS[name](argument, *datas)."""
+    name, _, argument = renderer.partition(":")
+    if name not in RENDERERS:
+        raise KeyError(f"unknown figures renderer {name!r}; known: {', '.join(sorted(RENDERERS))}")
+    return RENDERERS[name](argument, *datas)
+
+
+def render_block(renderer, paths, repo=REPO):
+    """The whole block: the rendering, then one provenance line per results file (paths relative to repo)."""
+    datas = [io.load_json(os.path.join(repo, p)) for p in paths]
+    lines = [results_io.describe(d.get("provenance")) for d in datas]
+    return render(renderer, datas) + "\n\n" + "\n\n".join(dict.fromkeys(lines))
+
