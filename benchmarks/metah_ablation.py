@@ -11,7 +11,7 @@ are skipped, so a killed grid continues where it stopped. Runs are ordered bits 
 pair and preset at the first code lengths.
 
 Hyperparameters are fixed in advance for every pair (trainers.metah.Config defaults:
-TAH's weights pairwise 6, q 9, domain 0.8; our alpha = beta = 1 with the entropy weight
+TAH's weights as its program applies them (pairwise 1, target unquantised), q 9, domain 0.8; our alpha = beta = 1 with the entropy weight
 ramped by the DANN schedule; SGD momentum 0.9, lr 0.03, 300 iterations, 64 + 64 per
 batch). The learning rate and the iteration count were picked on SOURCE validation
 queries (validation_fraction 0.2), never on target queries. The seed sets the weights,
