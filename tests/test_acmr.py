@@ -394,9 +394,9 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--runs-dir",
               str(tmp_path / "runs"), "--batch-size", "32", "--variant", "paper", "--architecture", "coded",
               "--epochs", "3", "--seed", "5", "--eval-every", "3"]
-    whole = train.main(common + ["--run-name", "whole", "--checkpoint-every", "2"])
+    whole = train.main(common + ["--run-name", "whole", "--checkpoint-every", "2", "--keep-checkpoints", "3"])
     # Every 2 updates inside an epoch (2, 4, 8) and at every epoch end (3, 6, 9), numbered by
-    # iteration; the manager keeps the last three.
+    # iteration; --keep-checkpoints 3 keeps the last three.
     kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths
     assert [os.path.basename(p) for p in kept] == ["ckpt-6", "ckpt-8", "ckpt-9"]
     real_check, calls = utils.run.check_finite, {"n": 0}

@@ -309,8 +309,8 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     argv = ["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "16",
             "--iterations", "12", "--batch-size", "16", "--hidden", "32", "--discriminator-hidden", "32",
             "--pairwise-gradient-accumulates", "true", "--runs-dir", str(tmp_path / "runs")]
-    whole = train.main(argv + ["--run-name", "whole", "--checkpoint-every", "3"])
-    # Every 3 updates and at every epoch end (3, 4, 6, 8, 9, 12); the manager keeps the last three.
+    whole = train.main(argv + ["--run-name", "whole", "--checkpoint-every", "3", "--keep-checkpoints", "3"])
+    # Every 3 updates and at every epoch end (3, 4, 6, 8, 9, 12); --keep-checkpoints 3 keeps the last three.
     kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths
     assert [os.path.basename(p) for p in kept] == ["ckpt-8", "ckpt-9", "ckpt-12"]
     real_check, calls = utils.run.check_finite, {"n": 0}
