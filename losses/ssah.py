@@ -13,9 +13,9 @@ def half_sum_squares(a, b):
     return 0.5 * tf.reduce_sum(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
 
 
-def pairwise_logits(stored, batch):
+def pairwise_logits(stored, batch, dtype=tf.float32):
     """Theta = 0.5 * stored @ batch^T (n x batch)."""
-    return 0.5 * tf.matmul(tf.cast(stored, tf.float32), tf.cast(batch, tf.float32), transpose_b=True)
+    return 0.5 * tf.matmul(tf.cast(stored, dtype), tf.cast(batch, dtype), transpose_b=True)
 
 
 def pairwise_squared(stored, batch, similarity):
@@ -28,10 +28,10 @@ def pairwise_squared(stored, batch, similarity):
     return half_sum_squares(tf.cast(similarity, tf.float32) * theta, tf.nn.softplus(theta))
 
 
-def pairwise_nll(stored, batch, similarity):
+def pairwise_nll(stored, batch, similarity, dtype=tf.float32):
     """The paper's pairwise term: sum(log(1 + exp(Theta)) - S * Theta)."""
-    theta = pairwise_logits(stored, batch)
-    return tf.reduce_sum(tf.nn.softplus(theta) - tf.cast(similarity, tf.float32) * theta)
+    theta = pairwise_logits(stored, batch, dtype)
+    return tf.reduce_sum(tf.nn.softplus(theta) - tf.cast(similarity, dtype) * theta)
 
 
 def quantisation_loss(hashes):
@@ -63,9 +63,13 @@ def discriminator_loss(logits_img, logits_txt, logits_lab_img, logits_lab_txt):
             + adversarial_loss(logits_lab_img, 1.0) + adversarial_loss(logits_lab_txt, 1.0)) / 4.0
 
 
+# The program computes its early-stop losses in NumPy from float64 copies of the stored outputs.
+MONITORING_DTYPE = tf.float64
+
+
 def squared_error(a, b):
-    """sum((a - b)^2), the FULL sum (the monitoring losses' NumPy code does not halve it)."""
-    return tf.reduce_sum(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
+    """sum((a - b)^2) in float64, the FULL sum (the monitoring losses' NumPy code does not halve it)."""
+    return tf.reduce_sum(tf.square(tf.cast(a, MONITORING_DTYPE) - tf.cast(b, MONITORING_DTYPE)))
 
 
 def monitoring_loss(hashes, features, similarity, labels, predicted_labels, alpha=1.0, gamma=1.0, beta=1.0):
@@ -73,11 +77,12 @@ def monitoring_loss(hashes, features, similarity, labels, predicted_labels, alph
 
     alpha * sum((predicted - labels)^2) + gamma * NLL(H, H) + beta * NLL(F, F), with
     NLL(X, X) = sum(log(1 + exp(Theta)) - S * Theta), Theta = 0.5 X X^T over all n x n pairs
-    and `similarity` the full n x n S. Not the training loss.
+    and `similarity` the full n x n S (give it in float64: 0.999 in float32 is 1.3e-8 off).
+    Not the training loss; computed in float64.
     """
     return (alpha * squared_error(predicted_labels, labels)
-            + gamma * pairwise_nll(hashes, hashes, similarity)
-            + beta * pairwise_nll(features, features, similarity))
+            + gamma * pairwise_nll(hashes, hashes, similarity, MONITORING_DTYPE)
+            + beta * pairwise_nll(features, features, similarity, MONITORING_DTYPE))
 
 
 def modality_monitoring_loss(codes, first, second, label_hashes, similarity, predicted_labels, labels,
@@ -87,9 +92,9 @@ def modality_monitoring_loss(codes, first, second, label_hashes, similarity, pre
     alpha * NLL(first, second) + beta * sum((B - first)^2 + (B - second)^2)
     + gamma * sum((H - first)^2 + (H - second)^2) + eta * sum((predicted - labels)^2),
     Theta = 0.5 * first @ second^T. The program calls it as (B=sign(F), F, H, H) for the
-    image net and (B=sign(G), H, G, H) for the text net (H: stored label hashes).
+    image net and (B=sign(G), H, G, H) for the text net (H: stored label hashes). In float64.
     """
-    return (alpha * pairwise_nll(first, second, similarity)
+    return (alpha * pairwise_nll(first, second, similarity, MONITORING_DTYPE)
             + beta * (squared_error(codes, first) + squared_error(codes, second))
             + gamma * (squared_error(label_hashes, first) + squared_error(label_hashes, second))
             + eta * squared_error(predicted_labels, labels))

@@ -112,23 +112,6 @@ def test_inner_loop_resumes_with_its_recorded_losses():
 
 # --------------------------------------------------------------------------- one epoch of the program
 
-def program_map(query_codes, db_codes, query_labels, db_labels):
-    """The program's calc_map: per query, the database sorted by np.argsort (its default,
-    unstable sort) of the Hamming distances 0.5 (K - q . d); AP = mean over the relevant
-    ranks r_j of j / r_j; a query with no relevant item adds 0 but counts in the divisor."""
-    bits = query_codes.shape[1]
-    total = 0.0
-    for q in range(len(query_codes)):
-        relevant = (query_labels[q] @ db_labels.T > 0).astype(np.float32)
-        if relevant.sum() == 0:
-            continue
-        distance = 0.5 * (bits - query_codes[q] @ db_codes.T)
-        ranked = relevant[np.argsort(distance)]
-        ranks = np.flatnonzero(ranked) + 1.0
-        total += np.mean(np.arange(1, len(ranks) + 1) / ranks)
-    return total / len(query_codes)
-
-
 @pytest.fixture(scope="module")
 def epoch_record():
     """The port loaded with the golden file's initial weights and buffers and driven with the
@@ -181,18 +164,17 @@ def test_one_epoch_runs_the_programs_updates_and_stop_decisions(epoch_record):
     loss = np.array([u["loss"] for u in updates])
     relative = np.abs(loss - golden["step/loss_before"]) / np.abs(golden["step/loss_before"])
     kinds = golden["step/kind"]
-    # The program against itself on another thread count: <= 1.4e-7 for LabNet, discriminator and
-    # TxtNet updates; ImgNet ~1e-7 for its first updates, growing to 2.7e-3 (Adam amplifies rounding).
-    # The port's first update of each net matches to float32 rounding; its own float32 gradients (another
-    # op order) then move Adam's near-zero-gradient elements differently (see test_ssah_golden), which
-    # measured 1.8e-5 for LabNet, 3e-6 discriminators, 6e-6 TxtNet and 4.1e-3 ImgNet after 88 updates.
-    first = [np.flatnonzero(kinds == kind)[0] for kind in ("lab", "dis", "txt")]
-    first_img = np.flatnonzero(kinds == "img")[:2]
+    # The tolerances the program has against itself on another thread count: LabNet, discriminator
+    # and TxtNet updates <= 1.4e-7 over the whole epoch; ImgNet ~1e-7 for its first 3 updates, then
+    # growing to 2.7e-3 (Adam turns float32 noise in tiny gradient components into full steps).
+    # Measured here: lab/dis/txt 1.4e-7, first ImgNet updates 1.1e-7, ImgNet 4.3e-3. (With Adam's
+    # 1 - beta rounded from float64 (1.3e-5 off in v) lab drifted to 1.8e-5; with pow(beta, t) in
+    # place of TF1's running float32 product, TxtNet to 2.8e-6.)
+    first_img = np.flatnonzero(kinds == "img")[:3]
     print(f"\nlargest relative loss difference: lab/dis/txt {relative[kinds != 'img'].max():.2g}, "
           f"first ImgNet {relative[first_img].max():.2g}, ImgNet {relative[kinds == 'img'].max():.2g}")
-    assert relative[first].max() <= 1e-6
-    assert relative[kinds != "img"].max() <= 5e-5
-    assert relative[first_img].max() <= 1e-5
+    assert relative[kinds != "img"].max() <= 1e-6
+    assert relative[first_img].max() <= 1e-6
     assert relative[kinds == "img"].max() <= 5e-3
 
     monitors = record["monitors"]
@@ -202,7 +184,9 @@ def test_one_epoch_runs_the_programs_updates_and_stop_decisions(epoch_record):
     relative = np.abs(value - golden["monitor/value"]) / np.abs(golden["monitor/value"])
     is_img = golden["monitor/net"] == "img"
     print(f"monitoring losses: lab/txt {relative[~is_img].max():.2g}, ImgNet {relative[is_img].max():.2g}")
-    assert relative[~is_img].max() <= 5e-5 and relative[is_img].max() <= 5e-3  # measured 7.5e-6, 1.1e-3
+    # float64 as the program's NumPy code; the program against itself <= 1e-8 (lab/txt), 2.4e-3 (img).
+    # Measured 1.7e-8 and 3.6e-3 (in float32 they were 9e-8 for lab/txt).
+    assert relative[~is_img].max() <= 3e-8 and relative[is_img].max() <= 5e-3
 
     checks = record["stop_checks"]
     assert [(c["step"], c["inner"], c["pass_index"], c["stopped"]) for c in checks] == list(zip(
@@ -220,13 +204,18 @@ def test_one_epoch_gives_the_programs_codes_and_maps(epoch_record):
     print(f"\ncode bits that differ from the program's: {differing}")
     assert differing["qBY"] == differing["rBY"] == 0
     assert differing["B"] <= 20 and differing["qBX"] <= 8 and differing["rBX"] <= 40
+    from utils.metrics import mean_average_precision
     query_labels, db_labels = labels[golden["split/query"]], labels[golden["split/database"]]
     pairs = {"i2t": ("qBX", "rBY"), "t2i": ("qBY", "rBX"), "i2i": ("qBX", "rBX"), "t2t": ("qBY", "rBY")}
-    maps = {name: program_map(codes[q], codes[d], query_labels, db_labels) for name, (q, d) in pairs.items()}
+    # ties="argsort": the program's calc_map ranks by np.argsort of the Hamming distances
+    maps = {name: mean_average_precision(codes[q], codes[d], query_labels, db_labels, ties="argsort")
+            for name, (q, d) in pairs.items()}
     expected = dict(zip(golden["map_names"], golden["map"]))
     print("mAP (argsort ties): " + ", ".join(f"{k} {maps[k]:.5f} (program {expected[k]:.5f})" for k in maps))
     assert maps["t2t"] == pytest.approx(expected["t2t"], abs=1e-9)  # identical text codes, same ranking rule
-    for name in ("i2t", "t2i", "i2i"):  # the program against itself: up to 1.8e-2
+    # the program against itself: up to 1.8e-2 (measured: these codes give exactly the mAPs of the
+    # program's run on 1 thread instead of 2, 0.52840, 0.53673, 0.55011)
+    for name in ("i2t", "t2i", "i2i"):
         assert maps[name] == pytest.approx(expected[name], abs=0.02), name
 
 

@@ -421,20 +421,21 @@ class SSAHTrainer:
 
         Equals losses.ssah.monitoring_loss (LabNet) and modality_monitoring_loss (ImgNet:
         codes sign(F), pair (F, H); TxtNet: sign(G), pair (H, G)) with all weights 1; the
-        n x n pairwise NLL is summed over row chunks so that n = 10,000 fits in memory.
+        n x n pairwise NLL is summed over row chunks so that n = 10,000 fits in memory. In float64
+        (the program computes it in NumPy from float64 copies of the stored outputs).
         """
         import tensorflow as tf
 
         from losses import ssah as L
         b = self.buffers
 
-        def nll(first, second):
+        def nll(first, second):  # in float64, as the program's NumPy code (S too: 0.999 in float64)
             total = 0.0
             for start in range(0, self.num_items, chunk):
                 stop = min(start + chunk, self.num_items)
                 sim = tf.cast(tf.matmul(self.labels[start:stop], self.labels, transpose_b=True) > 0,
-                              tf.float32) * self.config.similarity_scale
-                total += float(L.pairwise_nll(first[start:stop], second, sim))
+                              L.MONITORING_DTYPE) * self.config.similarity_scale
+                total += float(L.pairwise_nll(first[start:stop], second, sim, L.MONITORING_DTYPE))
             return total
 
         if net == "lab":

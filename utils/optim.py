@@ -8,9 +8,13 @@ instance too, but it is built for a fixed variable list; this class accepts any
 variable, creates its slots on first sight (`build`), and takes the learning
 rate per call, so one traced tf.function serves every learning rate.
 
-Update (TF1 `_apply_dense`), with t the counter after this update's increment:
-  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-  lr_t = lr sqrt(1 - b2^t) / (1 - b1^t);  var -= lr_t m / (sqrt(v) + eps)
+Update (TF1's ApplyAdam kernel, in its float32 operation order), with t the counter
+after this update's increment:
+  m += (g - m) (1 - b1);  v += (g^2 - v) (1 - b2)
+  lr_t = lr sqrt(1 - b2^t) / (1 - b1^t);  var -= (m lr_t) / (sqrt(v) + eps)
+where b^t is the float32 running product b * b * ... (TF1's beta1_power, beta2_power
+variables), here read from a table indexed by the counter, so that nothing but the
+counter is state.
 
 Under a tf.distribute strategy `apply_gradients` is called in each replica with the
 already summed gradients and updates every device's copy (utils.distribute).
@@ -18,9 +22,32 @@ already summed gradients and updates every device's copy (utils.distribute).
 """
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from utils import distribute
+
+
+@functools.lru_cache(maxsize=None)
+def _power_table(beta, longest=1 << 20):
+    """float32 beta^t for t = 0, 1, ... as TF1 forms it: a variable multiplied by beta after
+    every update (its rounding differs from pow(beta, t) by up to ~1e-6 relative in 1 - beta^t
+    at t ~ 100). The table ends where 1 - beta^t is 1 in float32 (the product has fallen below
+    half an ulp of 1), after which any later power gives the same step size."""
+    beta = np.float32(beta)
+    powers, power = [np.float32(1.0)], np.float32(1.0)
+    while np.float32(1.0) - power != np.float32(1.0) and len(powers) < longest:
+        power = np.float32(power * beta)
+        powers.append(power)
+    return np.array(powers, np.float32)
+
+
+def _beta_power(beta, step):
+    """beta^step (step: an int64 tensor) as TF1's float32 power variable holds it."""
+    table = _power_table(float(beta))
+    inside = tf.minimum(step, len(table) - 1)
+    return tf.where(step < len(table), tf.gather(table, inside),
+                    tf.pow(tf.constant(beta, tf.float32), tf.cast(step, tf.float32)))
 
 
 class TF1Adam(tf.Module):
@@ -86,19 +113,24 @@ class TF1Adam(tf.Module):
         return iterations.assign_add(1 if apply_if is None else tf.cast(apply_if, tf.int64))
 
     def _apply_one(self, index, variable, grad, learning_rate, apply_if):
-        step = tf.cast(self.iterations, tf.float32)
-        lr_t = learning_rate * tf.sqrt(1.0 - tf.pow(self.beta_2, step)) / (1.0 - tf.pow(self.beta_1, step))
+        # TF1's ApplyAdam kernel, operation for operation in float32: the constants 1 - beta are
+        # float32 differences (1 - float32(0.999) is 1.3e-5 below float32(0.001), which would
+        # scale every step), and the moments move by (g - m) (1 - b1), not b1 m + (1 - b1) g.
+        step = tf.convert_to_tensor(self.iterations)
+        one = tf.constant(1.0, tf.float32)
+        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
+        lr_t = learning_rate * tf.sqrt(one - _beta_power(self.beta_2, step)) / (one - _beta_power(self.beta_1, step))
         m, v = self.m[index], self.v[index]
         grad = tf.convert_to_tensor(grad)
+        new_m = m + (grad - m) * (one - beta_1)
+        new_v = v + (tf.square(grad) - v) * (one - beta_2)
         if apply_if is None:
-            m.assign(self.beta_1 * m + (1.0 - self.beta_1) * grad)
-            v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad))
-            return variable.assign_sub(lr_t * m / (tf.sqrt(v) + self.epsilon))
-        new_m = self.beta_1 * m + (1.0 - self.beta_1) * grad
-        new_v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad)
+            m.assign(new_m)
+            v.assign(new_v)
+            return variable.assign_sub((m * lr_t) / (tf.sqrt(v) + self.epsilon))
         m.assign(tf.where(apply_if, new_m, m))
         v.assign(tf.where(apply_if, new_v, v))
-        return variable.assign_sub(tf.where(apply_if, lr_t * m / (tf.sqrt(v) + self.epsilon), tf.zeros_like(m)))
+        return variable.assign_sub(tf.where(apply_if, (m * lr_t) / (tf.sqrt(v) + self.epsilon), tf.zeros_like(m)))
 
 
 def _assign(variable, value):
