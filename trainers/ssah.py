@@ -39,6 +39,9 @@ SCHEDULES = {
 LAB_STOP_FROM, MODALITY_STOP_FROM, MODALITY_MONITOR_EVERY = 2, 3, 2
 
 STEP_NAMES = {"lab": "LabNet", "dis": "discriminator", "img": "ImgNet", "txt": "TxtNet"}
+# The program's order of the steps in an epoch and its multi-scale fusion windows (TxtNet).
+PROGRAM_STEP_ORDER = ("lab", "dis", "img", "txt")
+PROGRAM_MS_WINDOWS = (50, 30, 15, 10, 5)
 
 # Per-channel ImageNet mean (RGB), used for uint8 images when neither the CNN-F file
 # nor the dataset provides a mean image.
@@ -57,7 +60,7 @@ PRESETS = {
         "share_label_discriminators": False, "shared_adam_counter": True,
         "similarity_scale": 0.999, "pairwise_loss": "squared", "labnet_activation": "relu",
         "discriminator_hidden": (512, 256), "discriminator_activation": "relu",
-        "ms_windows": (50, 30, 15, 10, 5), "ms_fusion": "per_window", "step_order": ("lab", "dis", "img", "txt"),
+        "ms_windows": PROGRAM_MS_WINDOWS, "ms_fusion": "per_window", "step_order": PROGRAM_STEP_ORDER,
     },
     "paper": {
         "adversarial_to_generators": True, "generator_steps_move_discriminators": False,
@@ -91,7 +94,7 @@ class Config(CommonConfig):
                                                    "(program 512,256; paper 4096,4096)")
     discriminator_activation: str = _field("relu", "discriminator hidden activation: relu (program) or "
                                            "tanh (paper)", choices=("relu", "tanh"))
-    ms_windows: tuple[int, ...] = _field((50, 30, 15, 10, 5), "TxtNet multi-scale fusion: average-pooling "
+    ms_windows: tuple[int, ...] = _field(PROGRAM_MS_WINDOWS, "TxtNet multi-scale fusion: average-pooling "
                                          "window widths (program 50,30,15,10,5; paper 1,2,3,5,10); a window "
                                          "wider than the text dimension is dropped")
     ms_fusion: str = _field("per_window", "TxtNet multi-scale fusion: per_window (program: a learned scalar "
@@ -128,7 +131,7 @@ class Config(CommonConfig):
                                        "bias-correction step counter advances on any of their updates; "
                                        "false: one Adam (own counter) per net")
     # Optimisation and schedule
-    step_order: tuple[str, ...] = _field(("lab", "dis", "img", "txt"), "order of the four steps in an epoch: "
+    step_order: tuple[str, ...] = _field(PROGRAM_STEP_ORDER, "order of the four steps in an epoch: "
                                          "lab,dis,img,txt (program) or lab,img,txt,dis (paper)")
     batch_size: int = _field(128, "batch size")
     schedule: str = _field("original", "passes per epoch: original (LabNet 10,5; D 1,1; ImgNet/TxtNet "
