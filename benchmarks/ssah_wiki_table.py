@@ -2,8 +2,10 @@
 
 Runs `python train.py --method ssah --dataset wiki --backbone features --bits K --variant V
 --seed S` for every combination, one run at a time, and prints i->t and t->i mAP as
-mean +- std over the seeds (JSON to --json). Runs already finished in --runs-dir are read,
-not redone.
+mean +- std over the seeds (JSON to --json, with every setting of each variant as train.py
+builds it). Runs already finished in --runs-dir are read, not redone, but only when their
+saved settings are the ones the command asks for now (otherwise: an error naming the
+difference; a stale folder once put a relu-LabNet run into the sigmoid paper row).
 
 Defaults: the program's passes (--schedule original), one epoch, and train.py's rates for
 --dataset wiki (trainers.ssah.DATASET_DEFAULTS: LabNet/ImgNet 10^-2.5 / 10^-3.5 instead of
@@ -14,7 +16,8 @@ a pretrained CNN-F and barely moves the random feature trunk.
 
     python benchmarks/ssah_wiki_table.py
     python benchmarks/ssah_wiki_table.py --lr "--lr-lab-exponent 2 --lr-img-exponent 4.5"   # the program's rates
-    python benchmarks/ssah_wiki_table.py --variant-extra "paper=--labnet-activation relu"
+    python benchmarks/ssah_wiki_table.py --variants paper --label=-relu \
+        --variant-extra "paper=--labnet-activation relu" --json benchmarks/results/ssah_wiki_table_paper_relu.json
     python benchmarks/ssah_wiki_table.py --ties argsort      # the figures the program's calc_map prints
 
 --ties (default expected) is the tie rule of the figures (utils.metrics); it is given to
@@ -22,6 +25,7 @@ new runs and recorded in the JSON; a finished run evaluated under another rule i
 re-evaluated from its codes.mat (runs from before the setting used pessimistic).
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -45,6 +49,31 @@ def figures_under(run_dir, final, ties):
         return final
     reports = evaluate(Source(run_dir), top_ks=(), n_max=1, directions=["i->t", "t->i"], ties=ties)
     return {direction: report["map"] for direction, report in reports.items()}
+
+
+PER_RUN_SETTINGS = ("bits", "seed", "run_name", "runs_dir")
+
+
+def planned_settings(options):
+    """Every setting train.py builds from `options` (a train.py argument list), as JSON values."""
+    from train import build_config
+    from trainers import ssah
+    from utils.config import add_config_arguments
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, ssah.Config)
+    return json.loads(json.dumps(dataclasses.asdict(build_config(ssah, parser.parse_args(options)))))
+
+
+def check_reused_run(run_dir, planned):
+    """Stops when a finished run folder was trained with other settings than those planned now
+    (the tie rule aside: figures_under re-evaluates a run under the rule asked for)."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)["config"]
+    differences = [f"{name} {saved.get(name)!r} (now {value!r})" for name, value in planned.items()
+                   if name not in ("run_name", "runs_dir", "ties") and saved.get(name) != value]
+    if differences:
+        sys.exit(f"error: {run_dir} was trained with {', '.join(differences)}: delete it or use another "
+                 "--runs-dir or --label")
 
 
 def main():
@@ -71,19 +100,23 @@ def main():
     variant_extra = dict(item.split("=", 1) for item in args.variant_extra)
     options = {v: " ".join(filter(None, (args.lr, args.extra, variant_extra.get(v, "")))) for v in variants}
     lr_tag = "-" + "-".join(args.lr.replace("--lr-", "").replace("-exponent", "").split()) if args.lr else ""
-    figures = {}
+    figures, settings = {}, {}
     for variant in variants:
         for k in bits:
             for seed in seeds:
                 name = f"{variant}{args.label}{lr_tag}-{k}b-seed{seed}-{args.schedule}-e{args.epochs}"
                 results_path = os.path.join(args.runs_dir, name, "results.json")
-                if not os.path.exists(results_path):
-                    command = [sys.executable, os.path.join(REPO, "train.py"), "--method", "ssah",
-                               "--dataset", "wiki", "--backbone", "features", "--bits", str(k),
-                               "--variant", variant, "--seed", str(seed), "--schedule", args.schedule,
-                               "--epochs", str(args.epochs), "--runs-dir", args.runs_dir, "--run-name", name,
-                               "--ties", args.ties]
-                    command += options[variant].split()
+                train_options = ["--dataset", "wiki", "--backbone", "features", "--bits", str(k),
+                                 "--variant", variant, "--seed", str(seed), "--schedule", args.schedule,
+                                 "--epochs", str(args.epochs), "--runs-dir", args.runs_dir, "--run-name", name,
+                                 "--ties", args.ties]
+                train_options += options[variant].split()
+                planned = planned_settings(train_options)
+                settings[variant] = {key: v for key, v in planned.items() if key not in PER_RUN_SETTINGS}
+                if os.path.exists(results_path):
+                    check_reused_run(os.path.dirname(results_path), planned)
+                else:
+                    command = [sys.executable, os.path.join(REPO, "train.py"), "--method", "ssah"] + train_options
                     print(" ".join(command[1:]), flush=True)
                     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
                 with open(results_path) as f:
@@ -95,7 +128,7 @@ def main():
     print(f"\nWikipedia, mAP@all (ties: {args.ties}), schedule {args.schedule}, {args.epochs} epoch(s), "
           f"mean +- std over seeds {seeds}\n")
     table = {"schedule": args.schedule, "epochs": args.epochs, "seeds": seeds, "bits": bits,
-             "options": options, "ties": args.ties, "rows": []}
+             "options": options, "settings": settings, "ties": args.ties, "rows": []}
     print("| variant | direction | " + " | ".join(f"{k} bits" for k in bits) + " |")
     print("|---|---|" + "---|" * len(bits))
     for variant in variants:

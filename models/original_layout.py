@@ -44,6 +44,9 @@ def variable_table(nets):
                                     f"Variable_{2 * i + 1}", (1, units))
     if "txt" in nets:
         txt = nets["txt"]
+        if txt.fusion.fusion != "per_window":
+            raise UserError("the program's layout exists only for the program's per-window MS fusion; "
+                            f"this TxtNet fuses with {txt.fusion.fusion!r}")
         number = 8
         for window in txt.fusion.windows:  # creation order 50, 30, 15, 10, 5
             table.append((f"Variable_{number}", txt.fusion.scales[window], (1, 1, 1, 1)))

@@ -57,7 +57,9 @@ class LRN(keras.layers.Layer):
 class LabNet(keras.Model):
     """Label network: c -> hidden [act] -> LRN -> E [relu] = feature; heads K [tanh], c [sigmoid].
 
-    hidden_activation "relu" is the program; "sigmoid" is the paper's text.
+    hidden_activation applies to both hidden layers (c -> 4096 and -> E, so the feature F^l
+    too): "relu" is the program; "sigmoid" is the paper's one activation for LabNet's fully
+    connected stack. The heads keep tanh (the hash must approach +-1) and sigmoid.
     """
 
     def __init__(self, num_classes, bits, embed_dim=512, hidden_dim=4096, hidden_activation="relu", **kwargs):
@@ -95,45 +97,75 @@ def legacy_bilinear_matrix(in_size, out_size):
 
 
 class MultiScaleFusion(keras.layers.Layer):
-    """The MS block of TxtNet: [batch, d] -> [batch, d, 1 + branches].
+    """The MS block of TxtNet: [batch, d] -> [batch, d, channels].
 
-    Each branch: average over non-overlapping windows (VALID, stride = window, the trailing
-    d mod window entries dropped), times one learned scalar (the program's 1x1 convolution,
-    no bias), relu, bilinear resize back to d (TF1 legacy mapping). Channels: the raw vector,
-    then the branches by ascending window (5, 10, 15, 30, 50); the scalar weights are created
-    in the program's order (50, 30, 15, 10, 5), as `self.scales` lists them.
+    Each window w averages the vector over non-overlapping windows (VALID, stride = w, the
+    trailing d mod w entries dropped) and resizes the averages bilinearly back to d (TF1
+    legacy mapping). `fusion` says what combines them:
 
-    A window wider than d cannot pool (VALID gives zero length; TF1 would fail): that branch
-    is dropped, so e.g. Wikipedia's 10-d text keeps windows 10 and 5 and has 3 channels.
-    `self.windows` holds the kept windows in creation order.
+    - "per_window" (the program): each window's averages times its own learned scalar (a
+      1x1 convolution, one channel in and out, no bias), relu, then resized. Channels: the
+      raw vector, then the windows ascending (5, 10, 15, 30, 50); the scalars are created
+      in the program's order (50, 30, 15, 10, 5), as `self.scales` lists them.
+    - "joint" (the paper: five average poolings and one 1x1 convolution that turns the sparse
+      bag of words into one denser vector): the resized averages, windows ascending, are the
+      channels of ONE 1x1 convolution (`fusion_kernel[i]` weighs the i-th smallest window;
+      one bias) with relu, giving one channel. Window 1 is the raw vector itself, so no raw channel is added.
+
+    A window wider than d cannot pool (VALID gives zero length; TF1 would fail): it is
+    dropped, so e.g. Wikipedia's 10-d text keeps the program's windows 10 and 5 (3 channels);
+    a joint fusion with no window left is an error. `self.windows` holds the kept windows in
+    the order given, `self.dropped_windows` the others.
     """
 
-    def __init__(self, windows=TEXT_WINDOWS, **kwargs):
+    FUSIONS = ("per_window", "joint")
+
+    def __init__(self, windows=TEXT_WINDOWS, fusion="per_window", **kwargs):
         super().__init__(**kwargs)
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"fusion must be one of {self.FUSIONS}, got {fusion!r}")
         self.requested_windows = tuple(int(w) for w in windows)
+        if not self.requested_windows or min(self.requested_windows) < 1:
+            raise ValueError(f"windows must be positive widths, got {windows!r}")
+        if len(set(self.requested_windows)) != len(self.requested_windows):
+            raise ValueError(f"windows must differ from each other, got {windows!r}")
+        self.fusion = fusion
 
     def build(self, input_shape):
         length = int(input_shape[-1])
         self.length = length
         self.windows = tuple(w for w in self.requested_windows if w <= length)
         self.dropped_windows = tuple(w for w in self.requested_windows if w > length)
+        if self.fusion == "joint" and not self.windows:
+            raise ValueError(f"every MS window {self.requested_windows} is wider than the {length}-d text: "
+                             "give at least one window <= the text dimension")
         self.scales = {}
-        for window in self.windows:
-            self.scales[window] = self.add_weight(shape=(), initializer=new_layer_initializer(),
-                                                  name=f"scale_w{window}")
+        if self.fusion == "per_window":
+            for window in self.windows:
+                self.scales[window] = self.add_weight(shape=(), initializer=new_layer_initializer(),
+                                                      name=f"scale_w{window}")
+        else:
+            self.fusion_kernel = self.add_weight(shape=(len(self.windows),), initializer=new_layer_initializer(),
+                                                 name="fusion_kernel")
+            self.fusion_bias = self.add_weight(shape=(), initializer=new_layer_initializer(), name="fusion_bias")
         # kept as NumPy: a graph tensor made here would be out of scope in later traces
         self.resize = {w: legacy_bilinear_matrix(length // w, length) for w in self.windows}
 
     @property
     def channels(self):
-        return 1 + len(self.windows)
+        return 1 if self.fusion == "joint" else 1 + len(self.windows)
+
+    def pooled(self, x, window):
+        pooled_len = self.length // window
+        return tf.reduce_mean(tf.reshape(x[:, :pooled_len * window], [-1, pooled_len, window]), axis=-1)
 
     def branch(self, x, window):
-        pooled_len = self.length // window
-        pooled = tf.reduce_mean(tf.reshape(x[:, :pooled_len * window], [-1, pooled_len, window]), axis=-1)
-        return tf.matmul(tf.nn.relu(pooled * self.scales[window]), self.resize[window])
+        return tf.matmul(tf.nn.relu(self.pooled(x, window) * self.scales[window]), self.resize[window])
 
     def call(self, x):
+        if self.fusion == "joint":
+            scales = tf.stack([tf.matmul(self.pooled(x, w), self.resize[w]) for w in sorted(self.windows)], axis=-1)
+            return tf.nn.relu(tf.tensordot(scales, self.fusion_kernel, axes=[[2], [0]]) + self.fusion_bias)[..., None]
         branches = [self.branch(x, w) for w in sorted(self.windows)]
         return tf.stack([x] + branches, axis=-1)
 
@@ -145,15 +177,16 @@ class TxtNet(keras.Model):
     The first dense layer reads the row-major flattening of the (d, channels) MS output,
     i.e. the program's VALID [1, d, 6, 4096] convolution. With d smaller than some window
     (e.g. Wikipedia's 10-d LDA text) those branches are dropped (see MultiScaleFusion) and
-    the first dense layer sees fewer channels: d * (1 + kept windows) inputs.
+    the first dense layer sees fewer channels: d * (1 + kept windows) inputs. With the joint
+    fusion (the paper's) the MS output is one channel: d inputs.
     """
 
     def __init__(self, text_dim, num_classes, bits, embed_dim=512, hidden_dim=4096,
-                 windows=TEXT_WINDOWS, **kwargs):
+                 windows=TEXT_WINDOWS, fusion="per_window", **kwargs):
         super().__init__(**kwargs)
         self.text_dim, self.num_classes = int(text_dim), int(num_classes)
         self.bits, self.embed_dim = int(bits), int(embed_dim)
-        self.fusion = MultiScaleFusion(windows, name="ms")
+        self.fusion = MultiScaleFusion(windows, fusion, name="ms")
         self.flatten = keras.layers.Flatten(name="flatten")
         self.fc1 = dense(hidden_dim, "relu", name="fc1")
         self.lrn1 = LRN(name="lrn1")
@@ -200,14 +233,19 @@ class ImgNet(keras.Model):
 
 
 class Discriminator(keras.Model):
-    """E -> 512 [relu] -> dropout -> 256 [relu] -> dropout -> 1 logit.
+    """E -> 512 [act] -> dropout -> 256 [act] -> dropout -> 1 logit.
 
-    The program feeds keep probability 1.0 everywhere, i.e. dropout_rate 0.0.
+    The program: relu, and keep probability 1.0 everywhere, i.e. dropout_rate 0.0. The
+    paper: hidden (4096, 4096) with tanh.
     """
 
-    def __init__(self, hidden=(512, 256), dropout_rate=0.0, **kwargs):
+    ACTIVATIONS = ("relu", "tanh")
+
+    def __init__(self, hidden=(512, 256), dropout_rate=0.0, activation="relu", **kwargs):
         super().__init__(**kwargs)
-        self.hidden_layers = [dense(units, "relu", name=f"fc{i + 1}") for i, units in enumerate(hidden)]
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {self.ACTIVATIONS}, got {activation!r}")
+        self.hidden_layers = [dense(units, activation, name=f"fc{i + 1}") for i, units in enumerate(hidden)]
         self.dropouts = [keras.layers.Dropout(dropout_rate, name=f"dropout{i + 1}") for i in range(len(hidden))]
         self.out = dense(1, None, name="out")
 

@@ -43,6 +43,19 @@ def numpy_fusion(x, scales):
     return np.stack(channels, axis=-1)
 
 
+def numpy_joint_fusion(x, windows, kernel, bias):
+    """The paper's MS block: each window's averages (VALID) resized back to d, windows ascending,
+    fused by one 1x1 convolution (a weight per window, one bias) and relu: (batch, d, 1)."""
+    d = x.shape[1]
+    resized = []
+    for window in sorted(windows):
+        count = d // window
+        pooled = x[:, :count * window].reshape(len(x), count, window).mean(axis=2)
+        resized.append(numpy_legacy_resize(pooled, d))
+    fused = np.einsum("bdw,w->bd", np.stack(resized, axis=-1), np.asarray(kernel, np.float64)) + bias
+    return np.maximum(fused, 0.0)[..., None]
+
+
 def test_lrn_matches_the_formula_on_the_channel_axis():
     x = np.random.default_rng(0).normal(0, 30, (5, 40)).astype(np.float32)  # large enough for LRN to act
     got = local_response_normalization(tf.constant(x)).numpy()
@@ -108,6 +121,51 @@ def test_windows_wider_than_the_text_are_dropped():
     feature, hashes, labels = txt(np.ones((3, 10), np.float32))
     assert txt.fusion.windows == (10, 5) and txt.fusion.dropped_windows == (50, 30, 15)
     assert txt.fusion.channels == 3 and tuple(txt.fc1.kernel.shape) == (30, 32)
+    assert feature.shape == (3, 16) and hashes.shape == (3, 8) and labels.shape == (3, 10)
+
+
+@pytest.mark.parametrize("d", [10, 37, 7])
+def test_joint_fusion_over_the_papers_windows_matches_numpy(d):
+    """Windows 1, 2, 3, 5, 10 and one 1x1 convolution; d = 10 is Wikipedia's text, d = 7 drops window 10."""
+    rng = np.random.default_rng(d)
+    x = rng.random((5, d)).astype(np.float32) * (rng.random((5, d)) < 0.5)
+    fusion = MultiScaleFusion((1, 2, 3, 5, 10), fusion="joint")
+    fusion(x[:1])
+    kept = tuple(w for w in (1, 2, 3, 5, 10) if w <= d)
+    assert fusion.windows == kept and fusion.dropped_windows == tuple(w for w in (10,) if w > d)
+    assert fusion.channels == 1 and fusion.scales == {}
+    kernel = np.array([0.9, -0.5, 1.2, 0.4, -0.8][:len(kept)], np.float32)
+    fusion.fusion_kernel.assign(kernel)
+    fusion.fusion_bias.assign(-0.3)
+    got = fusion(x).numpy()
+    assert got.shape == (5, d, 1)
+    np.testing.assert_allclose(got, numpy_joint_fusion(x, kept, kernel, -0.3), rtol=1e-5, atol=1e-6)
+    assert 0 < np.mean(got == 0) < 1  # the relu acts on some positions, not all
+    # window 1 is the raw vector: with only its weight on, the block is relu(w * x + b)
+    fusion.fusion_kernel.assign(np.eye(len(kept), dtype=np.float32)[0] * 2.0)
+    fusion.fusion_bias.assign(0.0)
+    np.testing.assert_allclose(fusion(x).numpy()[..., 0], 2.0 * x, rtol=1e-6)
+
+
+def test_joint_fusion_needs_a_window_no_wider_than_the_text():
+    with pytest.raises(ValueError, match="wider than the 10-d text"):
+        MultiScaleFusion((50, 30), fusion="joint")(np.zeros((1, 10), np.float32))
+    with pytest.raises(ValueError, match="fusion must be"):
+        MultiScaleFusion(fusion="sum")
+    with pytest.raises(ValueError, match="differ"):
+        MultiScaleFusion((5, 5))
+
+
+def test_txtnet_with_joint_fusion_reads_one_channel():
+    txt = TxtNet(text_dim=10, num_classes=10, bits=8, embed_dim=16, hidden_dim=32, windows=(1, 2, 3, 5, 10),
+                 fusion="joint")
+    x = np.random.default_rng(4).random((3, 10)).astype(np.float32)
+    feature, hashes, labels = txt(x)
+    assert tuple(txt.fc1.kernel.shape) == (10, 32)
+    assert [v.path.split("/")[-1] for v in txt.fusion.weights] == ["fusion_kernel", "fusion_bias"]
+    fused = txt.fusion(x).numpy()[..., 0]
+    expected = np.maximum(fused @ txt.fc1.kernel.numpy() + txt.fc1.bias.numpy(), 0)
+    np.testing.assert_allclose(txt.fc1(txt.flatten(txt.fusion(x))).numpy(), expected, rtol=1e-5, atol=1e-6)
     assert feature.shape == (3, 16) and hashes.shape == (3, 8) and labels.shape == (3, 10)
 
 
@@ -180,6 +238,22 @@ def test_imgnet_on_feature_trunk_and_discriminator_shapes():
     assert dis(x).shape == (64, 1)
     assert not np.allclose(dis(x, training=True).numpy(), dis(x).numpy())  # dropout acts only when training
     assert [tuple(v.shape) for v in dis.trainable_weights] == [(16, 512), (512,), (512, 256), (256,), (256, 1), (1,)]
+
+
+@pytest.mark.parametrize("activation,fn", [("relu", lambda v: np.maximum(v, 0)), ("tanh", np.tanh)])
+def test_discriminator_hidden_activation(activation, fn):
+    dis = Discriminator(hidden=(24, 12), activation=activation)
+    x = np.random.default_rng(5).normal(0, 30, (7, 16)).astype(np.float32)
+    got = dis(x).numpy()
+    hidden = x.astype(np.float64)
+    for layer in dis.hidden_layers:
+        hidden = fn(hidden @ layer.kernel.numpy() + layer.bias.numpy())
+    if activation == "tanh":
+        assert hidden.min() < 0  # tanh passes negative values on, where relu would zero them
+    np.testing.assert_allclose(got, hidden @ dis.out.kernel.numpy() + dis.out.bias.numpy(), rtol=1e-4, atol=1e-7)
+    assert got.shape == (7, 1)
+    with pytest.raises(ValueError, match="activation"):
+        Discriminator(activation="sigmoid")
 
 
 def test_cnnf_geometry_gives_6x6_before_fc6_and_fc7_features():

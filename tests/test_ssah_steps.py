@@ -159,3 +159,55 @@ def test_chunked_monitoring_loss_equals_the_loss_functions():
     np.testing.assert_allclose(trainer.monitoring_loss("img", chunk=7), float(expected), rtol=1e-5)
     expected = L.modality_monitoring_loss(tf.sign(b["G"]), b["H"], b["G"], b["H"], sim, b["pred_T"], labels)
     np.testing.assert_allclose(trainer.monitoring_loss("txt", chunk=7), float(expected), rtol=1e-5)
+
+
+def test_paper_variant_nets_are_the_papers():
+    """Discriminators E -> 4096 -> 4096 -> 1 with tanh; TxtNet's joint fusion over windows 1, 2, 3, 5, 10."""
+    trainer, inputs = make_trainer("paper")
+    dis = trainer.nets["dis_img"]
+    assert [tuple(layer.kernel.shape) for layer in dis.hidden_layers + [dis.out]] == [(16, 4096), (4096, 4096),
+                                                                                      (4096, 1)]
+    features = np.random.default_rng(0).normal(0, 3, (4, 16)).astype(np.float32)
+    first = dis.hidden_layers[0](features).numpy()
+    np.testing.assert_allclose(first, np.tanh(features @ dis.hidden_layers[0].kernel.numpy()
+                                              + dis.hidden_layers[0].bias.numpy()), rtol=1e-5, atol=1e-6)
+    assert first.min() < 0  # tanh, not relu
+    fusion = trainer.nets["txt"].fusion
+    assert fusion.windows == (1, 2, 3, 5, 10) and fusion.fusion == "joint" and fusion.channels == 1
+    assert tuple(trainer.nets["txt"].fc1.kernel.shape) == (TEXT_DIM, 32)
+    original, _ = make_trainer("original")
+    assert original.nets["txt"].fusion.windows == (50, 30, 15, 10, 5)
+    assert original.nets["dis_img"].hidden_layers[0](features).numpy().min() >= 0  # relu
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"step_order": ("lab", "img", "txt")}, "step_order"),
+    ({"step_order": ("lab", "img", "img", "dis")}, "step_order"),
+    ({"ms_windows": (0, 5)}, "ms_windows"),
+    ({"ms_windows": (100,), "ms_fusion": "joint"}, "wider than the 60-d text"),
+    ({"discriminator_activation": "sigmoid"}, "discriminator_activation"),
+])
+def test_bad_paper_settings_are_one_line_errors(overrides, message):
+    from utils.errors import UserError
+    with pytest.raises(UserError, match=message):
+        make_trainer("original", **overrides)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--variant", "paper"], ["lab", "img", "txt", "dis"]),                     # the paper's order
+    (["--step-order", "txt,dis,lab,img"], ["txt", "dis", "lab", "img"]),         # any order given
+])
+def test_an_epoch_runs_the_steps_in_step_order(tmp_path, monkeypatch, argv, expected):
+    import train
+    from trainers import ssah
+    calls = []
+
+    def recording_step(self, name, *args, **kwargs):  # the updates themselves are tested above
+        if not calls or calls[-1] != name:
+            calls.append(name)
+        return {"loss": 0.0}
+    monkeypatch.setattr(ssah.SSAHTrainer, "step", recording_step)
+    train.main(["--method", "ssah", "--schedule", "tiny", "--epochs", "1", "--bits", "8", "--embed-dim", "16",
+                "--hidden-dim", "32", "--discriminator-hidden", "16,16", "--runs-dir", str(tmp_path),
+                "--run-name", "order"] + argv)
+    assert calls == expected

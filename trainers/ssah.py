@@ -3,7 +3,8 @@
 `python train.py --method ssah --variant original --dataset flickr --bits 32`
 
 One epoch = four alternating steps (see /work/shared/spec/ssah.md): LabNet passes,
-discriminator passes, ImgNet passes, TxtNet passes. Each step is ONE tf.GradientTape
+discriminator passes, ImgNet passes, TxtNet passes (the program's order; the paper's,
+`step_order`, runs the discriminators last). Each step is ONE tf.GradientTape
 update of a random batch against stored copies of all n training items (buffers
 F, G, H of hashes and feat_I, feat_T, feat_L of semantic features). A step first
 writes its batch's outputs (computed before the update) into its buffers, as the
@@ -57,6 +58,9 @@ EARLY_STOP = {"lab": EarlyStopRule(record_every=1, check_from=2),
               "txt": EarlyStopRule(record_every=2, check_from=3)}
 
 STEP_NAMES = {"lab": "LabNet", "dis": "discriminator", "img": "ImgNet", "txt": "TxtNet"}
+# The program's order of the steps in an epoch and its multi-scale fusion windows (TxtNet).
+PROGRAM_STEP_ORDER = ("lab", "dis", "img", "txt")
+PROGRAM_MS_WINDOWS = (50, 30, 15, 10, 5)
 
 # Per-channel ImageNet mean (RGB), used for uint8 images when neither the CNN-F file
 # nor the dataset provides a mean image.
@@ -74,13 +78,15 @@ PRESETS = {
         "adversarial_to_generators": False, "generator_steps_move_discriminators": True,
         "share_label_discriminators": False, "shared_adam_counter": True,
         "similarity_scale": 0.999, "pairwise_loss": "squared", "labnet_activation": "relu",
-        "discriminator_hidden": (512, 256),
+        "discriminator_hidden": (512, 256), "discriminator_activation": "relu",
+        "ms_windows": PROGRAM_MS_WINDOWS, "ms_fusion": "per_window", "step_order": PROGRAM_STEP_ORDER,
     },
     "paper": {
         "adversarial_to_generators": True, "generator_steps_move_discriminators": False,
         "share_label_discriminators": True, "shared_adam_counter": False,
         "similarity_scale": 1.0, "pairwise_loss": "nll", "labnet_activation": "sigmoid",
-        "discriminator_hidden": (4096, 4096),
+        "discriminator_hidden": (4096, 4096), "discriminator_activation": "tanh",
+        "ms_windows": (1, 2, 3, 5, 10), "ms_fusion": "joint", "step_order": ("lab", "img", "txt", "dis"),
     },
 }
 
@@ -105,6 +111,15 @@ class Config(CommonConfig):
                                     choices=("relu", "sigmoid"))
     discriminator_hidden: tuple[int, ...] = _field((512, 256), "discriminator hidden widths "
                                                    "(program 512,256; paper 4096,4096)")
+    discriminator_activation: str = _field("relu", "discriminator hidden activation: relu (program) or "
+                                           "tanh (paper)", choices=("relu", "tanh"))
+    ms_windows: tuple[int, ...] = _field(PROGRAM_MS_WINDOWS, "TxtNet multi-scale fusion: average-pooling "
+                                         "window widths (program 50,30,15,10,5; paper 1,2,3,5,10); a window "
+                                         "wider than the text dimension is dropped")
+    ms_fusion: str = _field("per_window", "TxtNet multi-scale fusion: per_window (program: a learned scalar "
+                            "and relu per window, the raw vector kept as a channel) or joint (paper: one "
+                            "1x1 convolution with relu fuses the windows' averages into one vector)",
+                            choices=("per_window", "joint"))
     discriminator_dropout: float = _field(0.0, "discriminator dropout rate (the program feeds keep "
                                           "probability 1.0 everywhere: off)")
     # Losses
@@ -135,6 +150,8 @@ class Config(CommonConfig):
                                        "bias-correction step counter advances on any of their updates; "
                                        "false: one Adam (own counter) per net")
     # Optimisation and schedule
+    step_order: tuple[str, ...] = _field(PROGRAM_STEP_ORDER, "order of the four steps in an epoch: "
+                                         "lab,dis,img,txt (program) or lab,img,txt,dis (paper)")
     batch_size: int = _field(128, "batch size")
     schedule: str = _field("original", "passes per epoch: original (LabNet 10,5; D 1,1; ImgNet/TxtNet "
                            "15,7,5, early stop), short (4,2; 1,1; 5,3,2), tiny (one pass each, for tests)",
@@ -179,6 +196,24 @@ def resolve_backbone(config, data):
     return "features" if data.image_kind == "features" else "cnnf"
 
 
+def check_network_settings(config, text_dim):
+    """One-line errors for settings the CLI's choices do not catch (or a Config built in code)."""
+    choices = {"pairwise_loss": ("squared", "nll"), "discriminator_activation": ("relu", "tanh"),
+               "ms_fusion": ("per_window", "joint"), "labnet_activation": ("relu", "sigmoid")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    if sorted(config.step_order) != sorted(STEP_NAMES):
+        raise UserError(f"step_order {','.join(config.step_order)} must name each of "
+                        f"{','.join(STEP_NAMES)} once, e.g. --step-order lab,img,txt,dis")
+    windows = tuple(config.ms_windows)
+    if not windows or min(windows) < 1 or len(set(windows)) != len(windows):
+        raise UserError(f"ms_windows {windows} must be distinct positive widths, e.g. --ms-windows 1,2,3,5,10")
+    if config.ms_fusion == "joint" and min(windows) > text_dim:
+        raise UserError(f"every --ms-windows width {windows} is wider than the {text_dim}-d text, so the joint "
+                        f"fusion has nothing to fuse: give a window <= {text_dim}")
+
+
 # --------------------------------------------------------------------------- the trainer
 
 def _to_float(x):
@@ -219,21 +254,21 @@ class SSAHTrainer:
         self.bits, self.embed_dim = config.bits, config.embed_dim
         self.batch_size = min(config.batch_size, self.num_items)
         self.image_preprocess = image_preprocess or _to_float
-        if config.pairwise_loss not in ("squared", "nll"):
-            raise UserError(f"pairwise_loss must be squared or nll, got {config.pairwise_loss!r}")
+        check_network_settings(config, text_dim)
 
         c, k, e = self.num_classes, self.bits, self.embed_dim
         self.nets = {
             "lab": LabNet(c, k, e, hidden_dim=config.hidden_dim, hidden_activation=config.labnet_activation,
                           name="lab_net"),
             "img": ImgNet(trunk, c, k, e, name="img_net"),
-            "txt": TxtNet(text_dim, c, k, e, hidden_dim=config.hidden_dim, name="txt_net"),
+            "txt": TxtNet(text_dim, c, k, e, hidden_dim=config.hidden_dim, windows=config.ms_windows,
+                          fusion=config.ms_fusion, name="txt_net"),
         }
         dis_names = ["dis_img", "dis_txt"] + ([] if config.share_label_discriminators
                                               else ["dis_img_label", "dis_txt_label"])
         for name in dis_names:
             self.nets[name] = Discriminator(tuple(config.discriminator_hidden), config.discriminator_dropout,
-                                            name=name)
+                                            config.discriminator_activation, name=name)
         self.rng = tf.random.Generator.from_seed(seed)
 
         def buffer(name, width):
@@ -766,7 +801,7 @@ class EpochLoop:
         self._summaries = dict(resume["summaries"]) if resume else {}
         self._resume_pass = None
         position = -1
-        for step in ("lab", "dis", "img", "txt"):
+        for step in self.config.step_order:
             position += 1
             if resume and position < resume["step"]:
                 continue
