@@ -52,15 +52,13 @@ def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(tmp_path,
     from tests.test_full_scale import write_small_image_file
     path = str(tmp_path / "small.h5")
     write_small_image_file(path, n=24, size=224)
-    real_load = utils.data.load_dataset
-    monkeypatch.setattr(utils.data, "load_dataset", lambda *a, **k: real_load(*a, **k, split_sizes=(6, 12)))
     # CNN-F's geometry with few channels (the golden file's), so that a checkpoint stays small
     monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
     train.main(SSAH_TINY + ["--dataset", "coco", "--data", path, "--backbone", "cnnf", "--batch-size", "6",
-                            "--runs-dir", str(tmp_path), "--run-name", "cnnf"])
+                            "--split-sizes", "6,12", "--runs-dir", str(tmp_path), "--run-name", "cnnf"])
     run_dir = str(tmp_path / "cnnf")
     exported = scipy.io.loadmat(f"{run_dir}/codes.mat")
-    data = utils.data.load_dataset("coco", path)
+    data = utils.data.load_dataset("coco", path, split_sizes=(6, 12))
     query_images, query_texts, _ = data.part("query")
     query_images = query_images[np.arange(len(query_images))]  # read from the lazy HDF5 source
     assert len(np.unique(exported["Qi"], axis=0)) > 1  # codes that tell the items apart

@@ -63,7 +63,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.main(FAST + ["--hidden-dim", "64", "--epochs", "2", "--runs-dir", str(tmp_path), "--run-name", "r"])
     run_dir = str(tmp_path / "r")
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[0].startswith("checkpoint")
+    assert "checkpoint" in os.listdir(os.path.join(run_dir, "checkpoints"))
     counted = []
     monkeypatch.setattr(ssah, "evaluate", lambda *a, **k: counted.append(1) or real_evaluate(*a, **k))
     results = train.main(["--resume", run_dir])
@@ -94,7 +94,7 @@ def test_a_checkpoint_without_every_variable_is_a_one_line_error(tmp_path, monke
     monkeypatch.undo()
     run_dir = str(tmp_path / "old")
     with pytest.raises(UserError, match=r"lacks \d+ variables .*net_img/.*train a new run"):
-        train.main(["--resume", run_dir])
+        train.main(["--resume", run_dir, "--epochs", "2"])  # extending it restores the checkpoint
     with pytest.raises(UserError, match="lacks"):
         ssah.encode(run_dir, np.zeros((1, 256), np.float32), "image")
 
