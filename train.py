@@ -143,6 +143,7 @@ def main(argv=None):
             if config != run.config:
                 run.set_config(config)
         run.start_log()
+        run.log_config()
         with _tee_stdout(run.path("train.log")):
             print(f"run folder: {run.dir}", flush=True)
             set_seed(config.seed)

@@ -168,6 +168,25 @@ def test_resume_drops_tensorboard_events_logged_after_the_checkpoint(tmp_path):
                               ("lab/loss", 4, 40.0), ("mAP/map", 1, 0.5)]
 
 
+def test_tensorboard_holds_the_config_and_the_tie_rule_of_a_run(tmp_path):
+    import tensorflow as tf
+
+    import train
+    train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--ties", "argsort",
+                "--runs-dir", str(tmp_path), "--run-name", "r"])
+    texts, scalar_tags = {}, set()
+    for name in os.listdir(tmp_path / "r" / "tb"):
+        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "r" / "tb" / name)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "text":
+                    texts[value.tag] = tf.make_ndarray(value.tensor).item().decode()
+                else:
+                    scalar_tags.add(value.tag)
+    assert texts["ties"] == "argsort"
+    assert "| ties | argsort |" in texts["config"] and "method: acmr" in texts["config"]
+    assert any(tag.startswith("eval/") for tag in scalar_tags)
+
+
 def test_run_name_must_be_a_plain_folder_name_and_failed_starts_delete_only_their_own(tmp_path):
     import train
     runs = tmp_path / "runs"

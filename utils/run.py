@@ -336,6 +336,15 @@ class Run:
 
     # ------------------------------------------------------------------ TensorBoard
 
+    def log_config(self, step=0):
+        """The run's settings as TensorBoard text (tab Text: `config`), so that a figure's
+        settings, its tie rule (`ties`) among them, travel with its curves."""
+        import tensorflow as tf
+        rows = "\n".join(f"| {name} | {value} |" for name, value in dataclasses.asdict(self.config).items())
+        with self.writer.as_default(step=int(step)):
+            tf.summary.text("config", f"method: {self.method}\n\n| setting | value |\n|---|---|\n{rows}")
+            tf.summary.text("ties", str(getattr(self.config, "ties", "")))
+
     def log_scalars(self, step, scalars, prefix=""):
         import tensorflow as tf
         with self.writer.as_default(step=int(step)):
