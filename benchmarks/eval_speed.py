@@ -2,6 +2,7 @@
 
     python benchmarks/eval_speed.py              # the whole table (a few minutes)
     python benchmarks/eval_speed.py --quick      # the loops on 200 queries only, scaled
+    python benchmarks/eval_speed.py --quick --skip-nuswide --out /tmp/eval_speed.json   # a short check
 
 MIRFLICKR-25K size: 2,000 queries x 18,015 database items, random codes, the real
 24-concept labels when ../shared/data/mirflickr25k is present (else random 24-class
@@ -13,7 +14,9 @@ same values as the loop: max abs difference column), and the figure that `expect
 and the loop give (they differ by the luck of the tie order). Also the lexsort loop
 (reference_loop_map: the same loop sorting by (distance, relevance), the pessimistic
 rule) against ours under `pessimistic`. Ours is warmed up first (numba compiles or
-loads its cache once). Writes benchmarks/results/eval_speed.json.
+loads its cache once). Writes every timing as data (results_io: with the machine and the
+commit) to --out, benchmarks/results/eval_speed.json by default (eval_speed_quick.json with
+--quick); the README's table is rendered from it (benchmarks/readme_figures.py: eval_speed).
 NUS-WIDE size: 2,100 x 193,734, ours alone (compiled and NumPy kernels), with the
 peak memory that tracemalloc sees during the call (NumPy reports its buffers to
 tracemalloc; the compiled kernel holds only queries x (K+1) counts) and ru_maxrss.
@@ -37,7 +40,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import results_io  # noqa: E402  (early: it notes the commit the run starts from)
 from utils import metrics  # noqa: E402
+
+LOOP_REPEATS, OURS_REPEATS = 2, 5  # best of: the loops take seconds, ours milliseconds
 
 SHARED = os.environ.get("ADVHASH_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                        "..", "shared"))
@@ -117,15 +123,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="time the reference on 200 queries and scale")
     parser.add_argument("--skip-nuswide", action="store_true")
+    parser.add_argument("--out", default="", help="results JSON (default benchmarks/results/eval_speed.json, "
+                                                  "eval_speed_quick.json with --quick)")
     args = parser.parse_args(argv)
+    out = args.out or results_io.results_path("eval_speed_quick.json" if args.quick else "eval_speed.json")
     rng = np.random.default_rng(0)
     query_labels, db_labels, label_source = mirflickr_labels(rng)
     results = {"labels": label_source, "cpu_cores": os.cpu_count(), "numpy": np.__version__,
                "kernel": kernel_name(), "load_average": os.getloadavg()[0], "quick": args.quick,
+               "repeats": {"loops": LOOP_REPEATS, "ours": OURS_REPEATS},
                "ties": "expected (speed-up), argsort (equality with the loop)", "mirflickr": []}
     print(f"MIRFLICKR-25K size: 2000 x 18015, {label_source}, {os.cpu_count()} CPU cores, numpy {np.__version__}, "
           f"Hamming kernel: {kernel_name()}, load average {os.getloadavg()[0]:.1f} "
-          f"(times are best of 2 for the loops, of 5 for ours)")
+          f"(times are best of {LOOP_REPEATS} for the loops, of {OURS_REPEATS} for ours)")
     print("| bits | authors' calc_map loop (s) | ours, ties expected (s) | speed-up | ours expected, 1 thread (s) "
           "| speed-up, 1 thread | ours, ties argsort (s) | abs(argsort - calc_map) | mAP calc_map / expected "
           "| lexsort loop (s) | ours, ties pessimistic (s) | abs(pessimistic - lexsort loop) | full report, expected (s) |")
@@ -137,15 +147,15 @@ def main(argv=None):
         query, db = codes(rng, 2000, bits), codes(rng, 18015, bits)
         program_codes = query.astype(np.float32), db.astype(np.float32)  # the program's code arrays
         loop_time, loop_value = best_time(lambda: authors_calc_map(
-            program_codes[0][:n_ref], program_codes[1], program_labels[0][:n_ref], program_labels[1]), 2)
+            program_codes[0][:n_ref], program_codes[1], program_labels[0][:n_ref], program_labels[1]), LOOP_REPEATS)
         loop_time *= scale
         lexsort_time, lexsort_value = best_time(
-            lambda: reference_loop_map(query[:n_ref], db, query_labels[:n_ref], db_labels), 2)
+            lambda: reference_loop_map(query[:n_ref], db, query_labels[:n_ref], db_labels), LOOP_REPEATS)
         lexsort_time *= scale
         run = lambda ties, rows=slice(None): metrics.mean_average_precision(
             query[rows], db, query_labels[rows], db_labels, ties=ties)
         run("expected", slice(0, 8))  # warm-up
-        expected_time, expected_value = best_time(lambda: run("expected"), 5)
+        expected_time, expected_value = best_time(lambda: run("expected"), OURS_REPEATS)
         metrics.THREADS = 1
         single_time, _ = best_time(lambda: run("expected"), 3)
         metrics.THREADS = None
@@ -168,10 +178,9 @@ def main(argv=None):
             "calc_map_value": loop_value, "expected_value": expected_part, "lexsort_loop_s": lexsort_time,
             "pessimistic_s": pessimistic_time, "pessimistic_minus_lexsort_loop": pessimistic_difference,
             "full_report_expected_s": report_time, "expected_map_all_queries": expected_value})
-    from utils import io
-    io.save_json(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "eval_speed.json"), results)
+    results_io.write_results(out, results)  # the MIRFLICKR part is kept even if NUS-WIDE is stopped
     if args.skip_nuswide:
-        return
+        return results
     print()
     print("NUS-WIDE size: 2100 x 193734, random 21-class multi-hot labels, ours alone")
     print("| bits | kernel | mAP@all (s) | full report (s) | peak traced memory during the call (MB) | inputs (MB) "
@@ -179,6 +188,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     query_labels = (rng.random((2100, 21)) < 0.12).astype(np.uint8)
     db_labels = (rng.random((193734, 21)) < 0.12).astype(np.uint8)
+    results["nuswide"] = []
     for bits in (16, 32, 64):
         query, db = codes(rng, 2100, bits), codes(rng, 193734, bits)
         inputs = sum(a.nbytes for a in (query, db, query_labels, db_labels)) / 2 ** 20
@@ -195,12 +205,15 @@ def main(argv=None):
             report_time, _ = best_time(lambda: metrics.retrieval_report(query, db, query_labels, db_labels,
                                                                         top_ks=(50, 500), n_max=1000), 1)
             maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"| {bits} | {kernel_name()} | {elapsed:.2f} | {report_time:.2f} | {peak / 2 ** 20:.1f} "
+            name = kernel_name() if kernel == "auto" else "numpy"
+            print(f"| {bits} | {name} | {elapsed:.2f} | {report_time:.2f} | {peak / 2 ** 20:.1f} "
                   f"| {inputs:.1f} | {maxrss:.0f} |")
+            results["nuswide"].append({"bits": bits, "kernel": name, "map_s": elapsed, "full_report_s": report_time,
+                                       "peak_traced_mb": peak / 2 ** 20, "inputs_mb": inputs, "ru_maxrss_mb": maxrss})
         metrics.KERNEL = "auto"
+    results_io.write_results(out, results)
+    return results
 
 
 if __name__ == "__main__":
-    from benchmarks import results_io
-    results_io.record_output(main, results_io.results_path("eval_speed_quick.json" if "--quick" in sys.argv
-                                                           else "eval_speed.json"))
+    main()

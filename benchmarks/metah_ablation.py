@@ -224,6 +224,14 @@ def main(argv=None):
         parser.error(f"{args.out} holds runs evaluated with tie rule {results['ties']}; give a fresh --out "
                      f"for --ties {args.ties} (or --ties {results['ties']} to extend it)")
     results["ties"] = results["ties"] if results["runs"] else args.ties
+    malformed = [arg for arg in args.set if "=" not in arg]
+    if malformed:
+        parser.error(f"--set takes FIELD=VALUE (e.g. --set quantise_target=true), not {malformed}")
+    overrides = dict(arg.split("=", 1) for arg in args.set)
+    if not args.table_only and results["runs"] and results.get("overrides", {}) != overrides:
+        parser.error(f"{args.out} holds runs made with --set {results.get('overrides', {})}; give a fresh --out "
+                     f"for --set {overrides}")
+    results["overrides"] = results.get("overrides", {}) if results["runs"] else overrides
     if not args.table_only:
         run_grid(args, results)
     print(f"tie rule of the mAP figures: {results['ties']}")

@@ -51,6 +51,20 @@ def option_pairs(options):
     return pairs
 
 
+def tie_rule(f):
+    """The tie rule of a results file's mAPs: its `ties` (or its settings'); a file that records
+    none was written before `--ties` existed, when every figure was pessimistic."""
+    return f.get("ties") or (f.get("settings") or {}).get("ties") or "pessimistic"
+
+
+def tie_rule_sentence(*files, labels=None):
+    """'Tie rule: `R`.' or, when the files differ, each rule with the label of its file."""
+    rules = [tie_rule(f) for f in files]
+    if len(set(rules)) == 1:
+        return f"Tie rule: `{rules[0]}`."
+    return "Tie rules: " + ", ".join(f"`{r}` ({label})" for r, label in zip(rules, labels)) + "."
+
+
 # ---------------------------------------------------------------- SSAH
 
 def ssah_wiki_table(_, *files):
@@ -66,7 +80,9 @@ def ssah_wiki_table(_, *files):
         for direction in DIRECTIONS:
             by_bits = {r["bits"]: r for r in f["rows"] if r["variant"] == variant and r["direction"] == direction}
             rows.append([label, direction] + [f"{by_bits[k]['mean']:.3f} ± {by_bits[k]['std']:.3f}" for k in bits])
-    return table(["variant", "direction"] + [f"{k} bits" for k in bits], rows)
+    labels = [", ".join(f["options"]) for f in files]
+    return (table(["variant", "direction"] + [f"{k} bits" for k in bits], rows)
+            + "\n\n" + tie_rule_sentence(*files, labels=labels))
 
 
 def ssah_vs_acmr(_, ssah, acmr):
@@ -81,7 +97,8 @@ def ssah_vs_acmr(_, ssah, acmr):
                                      for d in ("i->t", "t->i", "average")) + f" ({variant})")
     return (f"SSAH original variant, 16-bit binary codes, {seeds} seeds: i->t {picked['i->t']:.3f}, "
             f"t->i {picked['t->i']:.3f}, average {average:.3f}, against ACMR's {acmr_cells[0]} and "
-            f"{acmr_cells[1]} with real-valued embeddings and Euclidean ranking.")
+            f"{acmr_cells[1]} with real-valued embeddings and Euclidean ranking. "
+            + tie_rule_sentence(ssah, acmr, labels=("SSAH", "ACMR")))
 
 
 def ssah_mirflickr_tags(_, f):
@@ -90,7 +107,7 @@ def ssah_mirflickr_tags(_, f):
     epochs = f"{s['epochs']} epoch" + ("s" if s["epochs"] != 1 else "")
     return (f"`{s['schedule']}` schedule, {epochs}, seed {s['seed']}, {s['bits']} bits: "
             + ", ".join(f"{d} {final[d]:.3f}" for d in ("t->t", "i->t", "t->i", "i->i"))
-            + f"; random codes on the same split: {f['random_codes_map']:.3f}.")
+            + f"; random codes on the same split: {f['random_codes_map']:.3f}. " + tie_rule_sentence(f))
 
 
 STEP_TARGETS = {"LabNet": 0.1, "TxtNet": 1.0}  # seconds per iteration (the authors' program: ~1 s, ~25 s)
@@ -136,6 +153,11 @@ def stream_memory(_, *files):
 ACMR_PROTOCOLS = (("authors", "mAP@50, test vs test (640 pairs)"), ("all", "mAP over all, test vs train (693 x 2,173)"))
 
 
+# The paper's figures as printed, under its labels (benchmarks/acmr_wiki_table.py prints the same caveat):
+# the program's own deep-feature output has them the other way round, see the README.
+ACMR_PAPER_ROW = "the paper's Table (shallow features; its direction labels appear swapped, see below)"
+
+
 def acmr_wiki_table(_, f):
     """benchmarks/acmr_wiki_table.py: mean ± std (ddof 1) over seeds, both protocols, and the paper's row."""
     variants = list(dict.fromkeys(r["variant"] for r in f["rows"]))
@@ -147,12 +169,12 @@ def acmr_wiki_table(_, f):
             rows.append([variant, label] + [mean_std([r[f"{protocol}/{d}"] for r in picked], ddof=1)
                                             for d in ("i->t", "t->i", "average")])
     paper = f["paper_shallow"]
-    rows.append(["the paper's Table (shallow features)", "mAP, its own 1,300 / 1,566 split"]
+    rows.append([ACMR_PAPER_ROW, "mAP, its own 1,300 / 1,566 split"]
                 + [f"{paper[d]:.3f}" for d in ("i->t", "t->i", "average")])
     times = ", ".join(f"{np.mean([r['seconds'] for r in f['rows'] if r['variant'] == v]):.0f} s ({v})"
                       for v in variants)
     return (table([f"variant ({len(seeds)} seeds, mean ± std)", "protocol", "i->t", "t->i", "average"], rows)
-            + f"\n\nSeeds {', '.join(map(str, seeds))}; mean wall time per run: {times}.")
+            + f"\n\nSeeds {', '.join(map(str, seeds))}; mean wall time per run: {times}. " + tie_rule_sentence(f))
 
 
 MODALITY_GAME_SETTINGS = {
@@ -180,7 +202,8 @@ def acmr_modality_game(_, f):
                    "separability: init / ep 1 / 5 / 50",
                    "fresh classifier, same settings and updates, frozen final embeddings", "mAP@50 avg"], rows)
             + f"\n\nSeed {f['seed']}, {len(acc)} epochs; wall time of the "
-              f"{len(rows)} runs: {sum(c['seconds'] for c in f['runs'].values()) / 60:.0f} min in all.")
+              f"{len(rows)} runs: {sum(c['seconds'] for c in f['runs'].values()) / 60:.0f} min in all. "
+            + tie_rule_sentence(f))
 
 
 # ---------------------------------------------------------------- METAH
@@ -201,7 +224,7 @@ def metah_ablation(protocol, f):
                         + ["-".join(map(str, counts))])
         means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in PRESET_ORDER]
         rows.append(["mean of pairs", bits] + [f"**{m:.3f}**" for m in means] + [""])
-    return table(["pair", "bits", *PRESET_ORDER, "seeds"], rows)
+    return table(["pair", "bits", *PRESET_ORDER, "seeds"], rows) + "\n\n" + tie_rule_sentence(f)
 
 
 def metah_comparisons(_, f):
@@ -218,6 +241,60 @@ def metah_comparisons(_, f):
             parts.append(f"minus {name} {d.mean():+.3f} on average (median {np.median(d):+.3f}; METAH higher "
                          f"in {int(np.sum(d > 0))} of {len(d)} paired runs)")
         lines.append(f"- {protocol.replace('->', ' -> ')}: METAH " + ", ".join(parts))
+    return "\n".join(lines) + "\n\n" + tie_rule_sentence(f)
+
+
+# What each set of --set overrides of benchmarks/metah_ablation.py changes in the `tah` preset.
+TAH_BASES = {
+    (): "the program's (target unquantised, pairwise 1)",
+    (("pairwise_weight", "6"), ("quantise_target", "true")): "the previous base",
+    (("pairwise_weight", "6"),): "only the pairwise weight of the previous base",
+    (("quantise_target", "true"),): "only the target quantisation of the previous base",
+    (("pairwise_gradient_accumulates", "true"),): "the program's, pairwise gradient accumulating",
+}
+
+
+def train_options(overrides):
+    """metah_ablation's --set FIELD=VALUE overrides as train.py options."""
+    return " ".join(f"--{field.replace('_', '-')} {value}" for field, value in sorted(overrides.items()))
+
+
+def tah_base(_, *files):
+    """benchmarks/metah_ablation.py, one file per base (its --set overrides), one preset, one code
+    length: mean over seeds of target->target / target->source mAP and target->target mAP within
+    Hamming radius 2 per pair; then the first file minus the second in target->target mAP."""
+    from benchmarks.metah_ablation import PAIRS
+    keys = [key.split("|") for f in files for key in f["runs"]]
+    pairs = [p for p in PAIRS if any(k[0] == p for k in keys)]
+    (bits,), (preset,) = {k[1] for k in keys}, {k[3] for k in keys}
+    seeds = sorted({int(k[2]) for k in keys})
+
+    def mean(f, pair, protocol, figure):
+        values = [run["final"][protocol][figure] for key, run in f["runs"].items() if key.split("|")[0] == pair]
+        if len(values) != len(seeds):
+            raise ValueError(f"{pair}: {len(values)} runs where the other cells have {len(seeds)} seeds")
+        return float(np.mean(values))
+
+    def title(pair):
+        return "mnist->usps" if pair == "mnist-usps" else f"office-googlenet {pair.replace('-', '->')}"
+
+    rows, names = [], []
+    for f in files:
+        overrides = f.get("overrides", {})
+        names.append(TAH_BASES.get(tuple(sorted((k, str(v).lower()) for k, v in overrides.items())), "other"))
+        options = "`" + " ".join(filter(None, [f"--preset {preset}", train_options(overrides)])) + "`"
+        rows.append([names[-1], options] + [" / ".join(f"{mean(f, pair, *figure):.3f}" for figure in (
+            ("target->target", "map"), ("target->source", "map"), ("target->target", "map_radius2")))
+            for pair in pairs])
+    lines = [f"`{preset}` preset, {bits} bits, seeds {', '.join(map(str, seeds))}; mean over seeds of mAP "
+             f"target->target / target->source / target->target within Hamming radius 2:", "",
+             table(["base", "options", *map(title, pairs)], rows)]
+    if len(files) > 1:
+        lines += ["", f"{names[0][0].upper() + names[0][1:]} minus {names[1]}, target->target mAP: " + ", ".join(
+            f"{mean(files[0], p, 'target->target', 'map') - mean(files[1], p, 'target->target', 'map'):+.3f} "
+            f"({title(p)})" for p in pairs) + ". " + tie_rule_sentence(*files, labels=names)]
+    else:
+        lines += ["", tie_rule_sentence(*files)]
     return "\n".join(lines)
 
 
@@ -232,22 +309,57 @@ def metah_speed(_, f):
 
 # ---------------------------------------------------------------- evaluation and quick start
 
-def printed_tables(_, f):
-    """A benchmark's printed tables as they were printed (results_io.record_output), blank lines
-    around each table."""
-    blocks, current, in_table = [], [], False
-    for line in f["output"].splitlines():
-        is_row = line.startswith("|")
-        if not line.strip() or is_row != in_table:
-            if current:
-                blocks.append("\n".join(current))
-            current = []
-        in_table = is_row
-        if line.strip():
-            current.append(line.rstrip())
-    if current:
-        blocks.append("\n".join(current))
-    return "\n\n".join(blocks)
+def tie_rules(_, f):
+    """benchmarks/tie_rules.py: every figure of one SSAH and one ACMR run under each tie rule."""
+    rules = list(f["ties"])
+    rows = [[r["method"], r["protocol"], r["direction"], r["figure"]] + [f"{r[rule]:.3f}" for rule in rules]
+            for r in f["rows"]]
+    runs = "; ".join(f"{method.upper()}: `python train.py {command} --seed {f['seed']}`"
+                     for method, command in f["commands"].items())
+    return (f"Wikipedia features, seed {f['seed']}, every figure under the {len(rules)} tie rules ({runs}):\n\n"
+            + table(["method", "protocol", "direction", "figure", *(f"`{rule}`" for rule in rules)], rows))
+
+
+def eval_speed(_, f):
+    """benchmarks/eval_speed.py: ours against the authors' calc_map loop at MIRFLICKR-25K size
+    (speed-ups under `expected`, equality under `argsort`), then NUS-WIDE size when measured."""
+    est = " (est.)" if f["quick"] else ""
+    repeats = f.get("repeats", {"loops": 2, "ours": 5})
+    rows = []
+    for r in f["mirflickr"]:
+        loop = r["authors_calc_map_s"]
+        rows.append([r["bits"], f"{loop:.2f}{est}", f"{r['expected_s']:.3f}", f"{loop / r['expected_s']:.0f}x",
+                     f"{r['expected_one_thread_s']:.3f}", f"{loop / r['expected_one_thread_s']:.0f}x",
+                     f"{r['argsort_s']:.2f}", f"{r['argsort_minus_calc_map']:.1e}",
+                     f"{r['calc_map_value']:.4f} / {r['expected_value']:.4f}", f"{r['lexsort_loop_s']:.2f}{est}",
+                     f"{r['pessimistic_s']:.3f}", f"{r['pessimistic_minus_lexsort_loop']:.1e}",
+                     f"{r['full_report_expected_s']:.2f}"])
+    speed_ups = [r["authors_calc_map_s"] / r["expected_s"] for r in f["mirflickr"]]
+    single = [r["authors_calc_map_s"] / r["expected_one_thread_s"] for r in f["mirflickr"]]
+    quick = " The loops ran on 200 queries and are scaled to 2,000 (`--quick`)." if f["quick"] else ""
+    parts = [
+        f"MIRFLICKR-25K size: 2,000 queries x 18,015 items, {f['labels']}, {f['cpu_cores']} CPU cores, "
+        f"numpy {f['numpy']}, Hamming kernel: {f['kernel']}, load average {f['load_average']:.1f} at the start; "
+        f"times are the best of {repeats['loops']} for the loops, of {repeats['ours']} for ours.{quick} "
+        "Tie rules: `expected` for the speed-ups, `argsort` for equality with the calc_map loop, "
+        "`pessimistic` for equality with the lexsort loop.",
+        table(["bits", "authors' calc_map loop (s)", "ours, `expected` (s)", "speed-up", "ours, `expected`, 1 thread (s)",
+               "speed-up, 1 thread", "ours, `argsort` (s)", "abs(argsort - calc_map)", "mAP calc_map / expected",
+               "lexsort loop (s)", "ours, `pessimistic` (s)", "abs(pessimistic - lexsort loop)",
+               "full report, `expected` (s)"], rows),
+        f"Speed-up against the authors' calc_map loop under `expected`: {min(speed_ups):.0f}-{max(speed_ups):.0f}x "
+        f"(one thread: {min(single):.0f}-{max(single):.0f}x)."]
+    if f.get("nuswide"):
+        parts += [f"NUS-WIDE size: 2,100 queries x 193,734 items, random 21-class multi-hot labels, ours alone "
+                  "(`expected`)",
+                  table(["bits", "kernel", "mAP@all (s)", "full report (s)", "peak traced memory during the call (MB)",
+                         "inputs (MB)", "ru_maxrss (MB)"],
+                        [[r["bits"], r["kernel"], f"{r['map_s']:.2f}", f"{r['full_report_s']:.2f}",
+                          f"{r['peak_traced_mb']:.1f}", f"{r['inputs_mb']:.1f}", f"{r['ru_maxrss_mb']:.0f}"]
+                         for r in f["nuswide"]])]
+    else:
+        parts.append("NUS-WIDE size: not measured in this results file (`--skip-nuswide`).")
+    return "\n\n".join(parts)
 
 
 def quickstart(_, f):
@@ -265,7 +377,8 @@ RENDERERS = {
     "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
-    "printed_tables": printed_tables, "quickstart": quickstart,
+    "tah_base": tah_base, "tie_rules": tie_rules, "eval_speed": eval_speed,
+    "quickstart": quickstart,
 }
 
 

@@ -104,7 +104,7 @@ def write_results(path, data, argv=None, announce=True):
 def describe(provenance_block):
     """One README line naming the machine, the commit, the date and the command of a results file."""
     p = provenance_block or {}
-    m, date = p.get("machine"), str(p.get("date") or "date unknown")[:10]
+    m, date = p.get("machine"), str(p["date"])[:10] if p.get("date") else "date unknown"
     command = f": `{p['command']}`" if p.get("command") else ""
     if not (m and p.get("commit")):  # a file written before provenance was recorded
         added = f"file added in commit {p['added_in_commit'][:7]}, " if p.get("added_in_commit") else ""
@@ -113,28 +113,3 @@ def describe(provenance_block):
     dirty = " with uncommitted changes" if p.get("dirty") else ""
     return (f"Measured on {m.get('cpu')} ({m.get('cores')} cores), {gpu}, {m.get('os')}, Python {m.get('python')}, "
             f"TensorFlow {m.get('tensorflow')}; commit {p['commit'][:7]}{dirty}, {date}{command}.")
-
-
-class _Tee:
-    def __init__(self, stream):
-        self.stream, self.copy = stream, []
-
-    def write(self, text):
-        self.copy.append(text)
-        return self.stream.write(text)
-
-    def flush(self):
-        self.stream.flush()
-
-
-def record_output(main, path, argv=None):
-    """Runs main(argv) while keeping a copy of what it prints, then writes {"output": the text}
-    as the results file `path` (for benchmarks whose printed tables are their figures)."""
-    tee, saved = _Tee(sys.stdout), sys.stdout
-    sys.stdout = tee
-    try:
-        value = main(argv)
-    finally:
-        sys.stdout = saved
-    write_results(path, {"output": "".join(tee.copy)})
-    return value

@@ -1,6 +1,8 @@
 """README figures against the benchmarks' results files (benchmarks/check_readme.py)."""
 import os
 
+import pytest
+
 from benchmarks import check_readme, readme_figures, results_io
 from utils import io
 
@@ -78,7 +80,94 @@ def test_checker_catches_unmarked_figure_tables_and_missing_files(tmp_path):
     assert len(problems) == 1 and "no closing" in problems[0]
 
 
-def test_printed_tables_keep_a_benchmarks_output(tmp_path):
-    output = "size: 10 x 20\n| a | b |\n|---|---|\n| 1 | 0.5 |\n\nsecond\n| c |\n|---|\n| 2.5 |\n"
-    assert readme_figures.render("printed_tables", [{"output": output}]) == (
-        "size: 10 x 20\n\n| a | b |\n|---|---|\n| 1 | 0.5 |\n\nsecond\n\n| c |\n|---|\n| 2.5 |")
+def metah_file(overrides, figures, ties="expected"):
+    """A metah_ablation.py results file: `tah` runs at 32 bits, figures[pair] = one
+    (target->target map, target->source map, target->target map_radius2) per seed."""
+    runs = {}
+    for pair, per_seed in figures.items():
+        for seed, (tt, ts, radius) in enumerate(per_seed):
+            final = {"target->target": {"map": tt, "map_radius2": radius}, "target->source": {"map": ts}}
+            runs[f"{pair}|32|{seed}|tah"] = {"final": final}
+    return {"runs": runs, "overrides": overrides, "ties": ties}
+
+
+def test_tah_base_renders_a_row_per_base_and_the_first_minus_the_second():
+    program = metah_file({}, {"A-D": [(0.8, 0.9, 0.7), (0.9, 0.7, 0.8)], "mnist-usps": [(0.3, 0.4, 0.5)] * 2})
+    previous = metah_file({"quantise_target": "true", "pairwise_weight": "6"},
+                          {"A-D": [(0.95, 0.9, 0.9)] * 2, "mnist-usps": [(0.5, 0.5, 0.6), (0.3, 0.5, 0.6)]})
+    text = readme_figures.render("tah_base", [program, previous])
+    assert "`tah` preset, 32 bits, seeds 0, 1;" in text
+    assert "| base | options | office-googlenet A->D | mnist->usps |" in text
+    assert ("| the program's (target unquantised, pairwise 1) | `--preset tah` "
+            "| 0.850 / 0.800 / 0.750 | 0.300 / 0.400 / 0.500 |") in text
+    assert ("| the previous base | `--preset tah --pairwise-weight 6 --quantise-target true` "
+            "| 0.950 / 0.900 / 0.900 | 0.400 / 0.500 / 0.600 |") in text
+    assert ("The program's (target unquantised, pairwise 1) minus the previous base, target->target mAP: "
+            "-0.100 (office-googlenet A->D), -0.100 (mnist->usps).") in text
+    assert text.endswith("Tie rule: `expected`.")
+    program["ties"] = "argsort"
+    assert readme_figures.render("tah_base", [program, previous]).endswith(
+        "Tie rules: `argsort` (the program's (target unquantised, pairwise 1)), `expected` (the previous base).")
+    del previous["runs"]["A-D|32|1|tah"]  # a cell with fewer seeds than the others is refused
+    with pytest.raises(ValueError, match="A-D: 1 runs where the other cells have 2 seeds"):
+        readme_figures.render("tah_base", [program, previous])
+
+
+def test_map_tables_state_their_tie_rule_and_files_without_one_are_pessimistic():
+    rows = [{"variant": "original", "seed": s, "seconds": 10.0, **{f"{p}/{d}": 0.2 + s / 100
+            for p in ("authors", "all") for d in ("i->t", "t->i", "average")}} for s in (0, 1)]
+    acmr = {"rows": rows, "paper_shallow": {"i->t": 0.366, "t->i": 0.277, "average": 0.322}}
+    text = readme_figures.render("acmr_wiki_table", [acmr])
+    assert "| the paper's Table (shallow features; its direction labels appear swapped, see below) |" in text
+    assert text.endswith("Tie rule: `pessimistic`.")  # written before --ties: the only rule then
+    assert readme_figures.render("acmr_wiki_table", [{**acmr, "ties": "expected"}]).endswith("Tie rule: `expected`.")
+    # ssah_mirflickr_tags records the rule among its settings
+    mirflickr = {**MIRFLICKR, "settings": {**MIRFLICKR["settings"], "ties": "argsort"}}
+    assert readme_figures.render("ssah_mirflickr_tags", [mirflickr]).endswith("Tie rule: `argsort`.")
+    assert readme_figures.render("metah_comparisons", [metah_file({}, {})]).endswith("Tie rule: `expected`.")
+
+
+def test_tie_rules_table_has_a_column_per_rule():
+    f = {"seed": 0, "ties": ["expected", "pessimistic"], "commands": {"ssah": "--method ssah --dataset wiki"},
+         "rows": [{"method": "ssah", "protocol": "query vs database", "direction": "i->t", "figure": "map",
+                   "expected": 0.1816, "pessimistic": 0.1331}]}
+    assert readme_figures.render("tie_rules", [f]) == (
+        "Wikipedia features, seed 0, every figure under the 2 tie rules "
+        "(SSAH: `python train.py --method ssah --dataset wiki --seed 0`):\n\n"
+        "| method | protocol | direction | figure | `expected` | `pessimistic` |\n|---|---|---|---|---|---|\n"
+        "| ssah | query vs database | i->t | map | 0.182 | 0.133 |")
+
+
+def test_eval_speed_renders_speed_ups_against_the_calc_map_loop():
+    def row(bits, loop, ours, single):
+        return {"bits": bits, "authors_calc_map_s": loop, "expected_s": ours, "expected_one_thread_s": single,
+                "argsort_s": 3.0, "argsort_minus_calc_map": 2e-16, "calc_map_value": 0.5544,
+                "expected_value": 0.5543, "lexsort_loop_s": 6.0, "pessimistic_s": 0.1,
+                "pessimistic_minus_lexsort_loop": 0.0, "full_report_expected_s": 0.4}
+    f = {"labels": "real MIRFLICKR-25K labels", "cpu_cores": 2, "numpy": "2.4.6", "kernel": "numba 0.68.1",
+         "load_average": 0.7, "quick": False, "repeats": {"loops": 2, "ours": 5},
+         "mirflickr": [row(16, 4.0, 0.08, 0.1), row(32, 4.5, 0.05, 0.09), row(64, 6.0, 0.1, 0.2)]}
+    text = readme_figures.render("eval_speed", [f])
+    assert ("| 16 | 4.00 | 0.080 | 50x | 0.100 | 40x | 3.00 | 2.0e-16 | 0.5544 / 0.5543 | 6.00 | 0.100 "
+            "| 0.0e+00 | 0.40 |") in text
+    assert "under `expected`: 50-90x (one thread: 30-50x)." in text
+    assert "load average 0.7" in text and text.endswith("not measured in this results file (`--skip-nuswide`).")
+    f["quick"] = True
+    f["nuswide"] = [{"bits": 16, "kernel": "numpy", "map_s": 1.18, "full_report_s": 0.95, "peak_traced_mb": 23.24,
+                     "inputs_mb": 6.9, "ru_maxrss_mb": 214.2}]
+    text = readme_figures.render("eval_speed", [f])
+    assert "| 16 | 4.00 (est.) | 0.080 | 50x |" in text and "scaled to 2,000 (`--quick`)" in text
+    assert text.endswith("|---|---|---|---|---|---|---|\n| 16 | numpy | 1.18 | 0.95 | 23.2 | 6.9 | 214 |")
+
+
+def test_metah_ablation_keeps_one_set_of_overrides_per_results_file(tmp_path, capsys):
+    from benchmarks import metah_ablation
+    path = str(tmp_path / "tah.json")
+    io.save_json(path, {**metah_file({}, {"A-D": [(0.8, 0.9, 0.7)]}), "ties": "expected"})
+    grid = ["--pairs", "A-D", "--bits", "32", "--seeds", "0", "--presets", "tah", "--out", path]
+    with pytest.raises(SystemExit):
+        metah_ablation.main(grid + ["--set", "pairwise_weight=6"])
+    assert "holds runs made with --set {}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        metah_ablation.main(grid + ["--set", "pairwise_weight"])
+    assert "--set takes FIELD=VALUE" in capsys.readouterr().err
