@@ -149,3 +149,15 @@ def test_wiki_starts_from_its_dataset_defaults_and_explicit_options_win():
     wiki = config_for(["--dataset", "wiki", "--variant", "paper"])
     assert rates(wiki) == (2.5, 3.5, 1) and wiki.labnet_activation == "sigmoid"  # the variant still applies
     assert rates(config_for(["--dataset", "wiki", "--lr-lab-exponent", "2", "--epochs", "3"])) == (2.0, 3.5, 3)
+
+
+def test_train_log_has_a_line_per_pass(tmp_path):
+    """A run's progress is readable from RUN_DIR/train.log: one line per pass of every net."""
+    train.main(FAST + ["--hidden-dim", "64", "--epochs", "1", "--runs-dir", str(tmp_path), "--run-name", "log"])
+    log = (tmp_path / "log" / "train.log").read_text()
+    from trainers.ssah import SCHEDULES
+    schedule = SCHEDULES[FAST[FAST.index("--schedule") + 1]]
+    for step, name in (("lab", "LabNet"), ("dis", "discriminator"), ("img", "ImgNet"), ("txt", "TxtNet")):
+        lines = [line for line in log.splitlines() if f": {name} lr index" in line]
+        assert 1 <= len(lines) <= sum(schedule[step])  # early stops may end an inner loop sooner
+        assert all(" pass " in line and "loss " in line for line in lines)

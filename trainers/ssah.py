@@ -772,6 +772,9 @@ class EpochLoop:
         self._summaries[step] = {"loss": float(means[0])}
         if step == "dis":
             self._summaries[step]["accuracy"] = float(means[1])
+        if bar is not None and hasattr(bar, "note"):  # one plain line per pass in logs
+            bar.note(f"{STEP_NAMES[step]} lr index {where['inner']} pass {k + 1}: "
+                     + ", ".join(f"{key} {value:.4f}" for key, value in self._summaries[step].items()))
         return self._summaries[step]
 
     def _store_position(self, where, k, done, draws, sums):

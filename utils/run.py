@@ -552,9 +552,13 @@ def _append_log(path, message):
         f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
 
 
+SHORT_LOOP = 100  # progress totals up to this get a plain line per step
+
+
 class _Progress:
     """tqdm on a terminal; otherwise (and always into the run's train.log) one plain line per
-    tenth of the total and at the end, so a log shows progress without carriage returns."""
+    tenth of the total (per step of a short loop) and at the end, and the lines given to
+    `note`, so a log shows progress without carriage returns."""
 
     def __init__(self, iterable, total, desc, initial=0, **kwargs):
         from tqdm.auto import tqdm
@@ -570,6 +574,10 @@ class _Progress:
         self.postfix = ""
 
     def _tenth(self):
+        """The bucket a plain line is printed per: a tenth of the total, or each step of a
+        short loop (an ACMR epoch bar: one line per epoch)."""
+        if self.total and self.total <= SHORT_LOOP:
+            return self.count
         return int(10 * self.count / self.total) if self.total else 0
 
     def _line(self, force=False):
@@ -578,7 +586,14 @@ class _Progress:
             return
         self.last_tenth = tenth
         total = f"/{self.total}" if self.total else ""
-        line = f"{self.desc}: {self.count}{total} ({time.monotonic() - self.start:.0f} s){self.postfix}"
+        self._plain_line(f"{self.desc}: {self.count}{total} ({time.monotonic() - self.start:.0f} s){self.postfix}")
+
+    def note(self, text):
+        """A plain line about where the work is (e.g. one per training pass), in the same places
+        as the progress lines: stdout when it is not a terminal, and the run's train.log."""
+        self._plain_line(f"{self.desc}: {text}")
+
+    def _plain_line(self, line):
         if self.plain:
             print(line, flush=True)
         if _active_log and not (self.plain and getattr(sys.stdout, "logs_to", None) == _active_log):
