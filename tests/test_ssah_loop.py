@@ -55,6 +55,7 @@ class StubConfig:
     early_stop = True
     lr_lab_exponent = lr_img_exponent = lr_txt_exponent = lr_dis_exponent = 1.0
     lr_exponent_step = 0.5
+    step_order = ("lab", "dis", "img", "txt")  # the program's
 
 
 def run_stub_epoch(schedule, values):
