@@ -16,8 +16,8 @@ a pretrained CNN-F and barely moves the random feature trunk.
 
     python benchmarks/ssah_wiki_table.py
     python benchmarks/ssah_wiki_table.py --lr "--lr-lab-exponent 2 --lr-img-exponent 4.5"   # the program's rates
-    python benchmarks/ssah_wiki_table.py --variants paper --label=-relu \
-        --variant-extra "paper=--labnet-activation relu" --json benchmarks/results/ssah_wiki_table_paper_relu.json
+    python benchmarks/ssah_wiki_table.py --variants paper --label=-relu-pw \
+        --variant-extra "paper=--labnet-activation relu --ms-fusion per_window" --json /tmp/relu.json
     python benchmarks/ssah_wiki_table.py --ties argsort      # the figures the program's calc_map prints
 
 --ties (default expected) is the tie rule of the figures (utils.metrics); it is given to
