@@ -13,3 +13,25 @@ def shared_path(*parts):
     if not os.path.exists(path):
         pytest.skip(f"real data not available: {path} is missing (set ADVHASH_SHARED to the shared folder)")
     return path
+
+
+def stop_by_signal(monkeypatch, argv, signum, at_update):
+    """Runs `train.py argv` in this process, sends itself `signum` during training update
+    `at_update` (counted by the NaN check every update makes) and expects the clean stop
+    (a checkpoint, then TrainingInterrupted naming the signal)."""
+    import signal
+
+    import train
+    import utils.run
+    from utils.run import TrainingInterrupted
+    real_check, calls = utils.run.check_finite, {"n": 0}
+
+    def signalling_check(values, step_name):
+        calls["n"] += 1
+        if calls["n"] == at_update:
+            os.kill(os.getpid(), signum)
+        return real_check(values, step_name)
+    monkeypatch.setattr(utils.run, "check_finite", signalling_check)
+    with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name):
+        train.main(argv)
+    monkeypatch.setattr(utils.run, "check_finite", real_check)

@@ -386,8 +386,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     import signal
 
     import train
-    import utils.run
-    from utils.run import TrainingInterrupted
+    from tests.conftest import stop_by_signal
     data_dir = tmp_path / "wiki"
     data_dir.mkdir()
     write_wiki_pickles(str(data_dir), n_train=96, n_test=40, seed=4)
@@ -399,17 +398,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     # iteration; --keep-checkpoints 3 keeps the last three.
     kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths
     assert [os.path.basename(p) for p in kept] == ["ckpt-6", "ckpt-8", "ckpt-9"]
-    real_check, calls = utils.run.check_finite, {"n": 0}
-
-    def signalling_check(values, step_name):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_check(values, step_name)
-    monkeypatch.setattr(utils.run, "check_finite", signalling_check)
-    with pytest.raises(TrainingInterrupted, match="SIGINT"):
-        train.main(common + ["--run-name", "stopped"])
-    monkeypatch.setattr(utils.run, "check_finite", real_check)
+    stop_by_signal(monkeypatch, common + ["--run-name", "stopped"], signal.SIGINT, 5)
     stopped = tmp_path / "runs" / "stopped"
     assert os.path.basename(tf.train.latest_checkpoint(str(stopped / "checkpoints"))) == "ckpt-5"
     resumed = train.main(["--resume", str(stopped)])

@@ -303,8 +303,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     import signal
 
     import train
-    import utils.run
-    from utils.run import TrainingInterrupted
+    from tests.conftest import stop_by_signal
     write_domain_files(str(tmp_path))
     argv = ["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "16",
             "--iterations", "12", "--batch-size", "16", "--hidden", "32", "--discriminator-hidden", "32",
@@ -313,17 +312,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     # Every 3 updates and at every epoch end (3, 4, 6, 8, 9, 12); --keep-checkpoints 3 keeps the last three.
     kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths
     assert [os.path.basename(p) for p in kept] == ["ckpt-8", "ckpt-9", "ckpt-12"]
-    real_check, calls = utils.run.check_finite, {"n": 0}
-
-    def signalling_check(values, step_name):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_check(values, step_name)
-    monkeypatch.setattr(utils.run, "check_finite", signalling_check)
-    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
-        train.main(argv + ["--run-name", "stopped"])
-    monkeypatch.setattr(utils.run, "check_finite", real_check)
+    stop_by_signal(monkeypatch, argv + ["--run-name", "stopped"], signal.SIGTERM, 7)
     stopped = tmp_path / "runs" / "stopped"
     assert not (stopped / "codes.mat").exists()
     assert os.path.basename(tf.train.latest_checkpoint(str(stopped / "checkpoints"))) == "ckpt-7"
