@@ -6,7 +6,6 @@
 larger N. A finished run's outputs are never rewritten.
 """
 import argparse
-import contextlib
 import dataclasses
 import json
 import sys
@@ -58,33 +57,6 @@ def method_parser(module, first):
     return parser
 
 
-def length_done(run, length_field):
-    """For a finished run, {length_field: the configured length, "trained": the length trained
-    (they differ when the configured value means "the program's default")}; else None."""
-    import os
-
-    from utils import io
-    if not os.path.exists(run.path("results.json")):
-        return None
-    results = io.load_json(run.path("results.json"))
-    if "final" not in results:
-        return None
-    completed = results.get("completed") or _completed_before_marker(run, results, length_field)
-    return completed if completed and length_field in completed else None
-
-
-def _completed_before_marker(run, results, length_field):
-    """The length a run finished before train.py marked completion was for, read from the
-    figures each method writes at its end (SSAH: the final epoch; ACMR: its settings; METAH:
-    its iteration count)."""
-    length = getattr(run.config, length_field)
-    trained = {"ssah": results["final"].get("epoch"), "acmr": results.get("settings", {}).get("epochs"),
-               "metah": results.get("iterations")}.get(run.method)
-    if trained is not None and length in (trained, 0):  # ACMR's 0: the program's length
-        return {length_field: length, "trained": trained}
-    return None
-
-
 def resumed_config(run, module, parser, argv, method_given):
     """The run's saved config with the options given beside --resume; only the length may
     change (to a larger value), and the settings in RESUME_MAY_CHANGE."""
@@ -113,7 +85,7 @@ def main(argv=None):
     first.add_argument("--resume", default="")
     known, _ = first.parse_known_args(argv)
 
-    from utils.run import NonFiniteLoss, Run, set_seed
+    from utils.run import NonFiniteLoss, Run, finished_length, mark_completed, set_seed, tee_stdout
     if known.resume:
         run = Run.open(known.resume, {m: get_method(m).Config for m in METHODS})
         module = get_method(run.method)
@@ -128,7 +100,7 @@ def main(argv=None):
         if known.resume:
             config = resumed_config(run, module, method_parser(module, first), argv, known.method)
             check_config(config, run.method)
-            done = length_done(run, length_field)
+            done = finished_length(run, length_field)
             flag = "--" + length_field.replace("_", "-")
             if done is not None:
                 trained, length = done.get("trained", done[length_field]), getattr(config, length_field)
@@ -144,7 +116,7 @@ def main(argv=None):
                 run.set_config(config)
         run.start_log()
         run.log_config()
-        with _tee_stdout(run.path("train.log")):
+        with tee_stdout(run.path("train.log")):
             print(f"run folder: {run.dir}", flush=True)
             set_seed(config.seed)
             try:
@@ -164,52 +136,6 @@ def main(argv=None):
         return results
     finally:
         run.close()
-
-
-def mark_completed(run, length_field, length):
-    """Records in results.json the length its final figures are for (how --resume tells a finished run)."""
-    import os
-
-    from utils import io
-    path = run.path("results.json")
-    if os.path.exists(path):
-        results = io.load_json(path)
-        if "final" in results:
-            trained = results.get("settings", {}).get(length_field) or length
-            results["completed"] = {length_field: length, "trained": trained}
-            run.save_results(results)
-
-
-class _Tee:
-    def __init__(self, stream, path):
-        self.stream, self.logs_to, self.pending = stream, path, ""
-
-    def write(self, text):
-        from utils.run import _append_log
-        self.stream.write(text)
-        self.pending += text
-        if "\n" in self.pending:
-            lines, self.pending = self.pending.rsplit("\n", 1)
-            for line in lines.split("\n"):
-                _append_log(self.logs_to, line)
-        return len(text)
-
-    def flush(self):
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def _tee_stdout(path):
-    """What the run prints goes to RUN_DIR/train.log too."""
-    original = sys.stdout
-    sys.stdout = _Tee(original, path)
-    try:
-        yield
-    finally:
-        sys.stdout = original
 
 
 if __name__ == "__main__":

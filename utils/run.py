@@ -13,6 +13,7 @@ Guarantees: a run deletes only files it created itself (`Run.discard`); one proc
 time trains in a folder (`lock`, a stale lock of a dead process on this host is taken over);
 a corrupt newest checkpoint falls back to the newest readable one.
 """
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -547,9 +548,79 @@ def item_rows(inputs, item_shape, what):
 _active_log = None  # RUN_DIR/train.log of the run in progress (Run.start_log)
 
 
+# ----------------------------------------------------------------------------- finished runs
+
+def finished_length(run, length_field):
+    """For a finished run, {length_field: the configured length, "trained": the length trained
+    (they differ when the configured value means "the program's default")}; else None."""
+    if not os.path.exists(run.path("results.json")):
+        return None
+    results = io.load_json(run.path("results.json"))
+    if "final" not in results:
+        return None
+    completed = results.get("completed") or _completed_before_marker(run, results, length_field)
+    return completed if completed and length_field in completed else None
+
+
+def _completed_before_marker(run, results, length_field):
+    """The length a run finished before train.py marked completion was for, read from the
+    figures each method writes at its end (SSAH: the final epoch; ACMR: its settings; METAH:
+    its iteration count)."""
+    length = getattr(run.config, length_field)
+    trained = {"ssah": results["final"].get("epoch"), "acmr": results.get("settings", {}).get("epochs"),
+               "metah": results.get("iterations")}.get(run.method)
+    if trained is not None and length in (trained, 0):  # ACMR's 0: the program's length
+        return {length_field: length, "trained": trained}
+    return None
+
+
+def mark_completed(run, length_field, length):
+    """Records in results.json the length its final figures are for (how --resume tells a finished run)."""
+    path = run.path("results.json")
+    if os.path.exists(path):
+        results = io.load_json(path)
+        if "final" in results:
+            trained = results.get("settings", {}).get(length_field) or length
+            results["completed"] = {length_field: length, "trained": trained}
+            run.save_results(results)
+
+
 def _append_log(path, message):
     with open(path, "a") as f:
         f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+
+class _Tee:
+    """A stdout that also appends each complete line to a log file."""
+
+    def __init__(self, stream, path):
+        self.stream, self.logs_to, self.pending = stream, path, ""
+
+    def write(self, text):
+        self.stream.write(text)
+        self.pending += text
+        if "\n" in self.pending:
+            lines, self.pending = self.pending.rsplit("\n", 1)
+            for line in lines.split("\n"):
+                _append_log(self.logs_to, line)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def tee_stdout(path):
+    """What the run prints goes to RUN_DIR/train.log too."""
+    original = sys.stdout
+    sys.stdout = _Tee(original, path)
+    try:
+        yield
+    finally:
+        sys.stdout = original
 
 
 SHORT_LOOP = 100  # progress totals up to this get a plain line per step
