@@ -504,12 +504,6 @@ class _Labels:
         return hits
 
 
-def _weighted_sum(matrix, weights):
-    """Row sums of matrix * weights. einsum, not matmul: BLAS's threaded matrix-vector
-    product stalls on one long row when the cores are busy (measured 8-16 ms vs 0.06 ms)."""
-    return np.einsum("ij,j->i", matrix, weights[:matrix.shape[1]])
-
-
 def _expected_places(sorted_distances, hits):
     """Per ranked place, under random order inside ties: `share`, the probability that it
     holds a relevant item (r/n of its group), `term`, its expected AP term (module doc), and
