@@ -29,6 +29,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.metrics import PAIRS_PER_CHUNK, code_bits, hamming_distances, pack_bits
+from utils.optional import optional_module
 
 BACKENDS = ("auto", "faiss", "numpy")
 KINDS = ("flat", "hash", "mih")
@@ -36,11 +37,9 @@ HASH_BITS = 16  # bits per hash table: 2^16 buckets, about one item each for 100
 
 
 def faiss_available():
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when faiss imports; the first time it does not, says once that the search falls back."""
+    return optional_module("faiss", "Hamming search scans with NumPy instead of faiss's indexes "
+                           "(same neighbours, slower on large databases)", "faiss-cpu") is not None
 
 
 def _byte_codes(codes, name):
