@@ -94,8 +94,12 @@ def test_optional_module_returns_the_module_or_says_once_that_it_is_missing(monk
     assert optional.optional_module("numpy", "unused", "numpy") is np
     assert optional.optional_module("numba", "counts are slower", "numba") is None
     assert optional.optional_module("numba", "counts are slower", "numba") is None
-    assert warnings_about(capsys, "numba") == ["warning: numba is not installed: counts are slower "
-                                               "(pip install numba)"]
+    assert warnings_about(capsys, "numba") == ["warning: numba is not installed: counts are slower; "
+                                               "to use it: pip install numba"]
+    # Installed but broken (say, built for another NumPy): the import error is named instead.
+    optional.announce_missing("faiss", "search is slower", "faiss-cpu", ImportError("numpy.core.multiarray failed"))
+    assert warnings_about(capsys, "faiss") == ["warning: faiss does not import (numpy.core.multiarray failed): "
+                                               "search is slower; to use it: pip install faiss-cpu"]
 
 
 def hashing_case(seed=3, n_query=40, n_db=700, bits=32, classes=12):

@@ -8,14 +8,22 @@ import sys
 _ANNOUNCED = set()
 
 
+def announce_missing(package, without, pip_name, error=None):
+    """Prints, the first time only, "warning: PACKAGE is not installed: WITHOUT; to use it:
+    pip install PIP_NAME" on stderr (with the import error when the package is there but broken)."""
+    if package in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(package)
+    missing = isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == package
+    state = "is not installed" if error is None or missing else f"does not import ({error})"
+    print(f"warning: {package} {state}: {without}; to use it: pip install {pip_name}", file=sys.stderr)
+
+
 def optional_module(name, without, pip_name):
-    """The imported module `name`, or None when it cannot be imported. The first time it is
-    missing, prints "warning: NAME is not installed: WITHOUT (pip install PIP_NAME)" on stderr."""
+    """The imported module `name`, or None (announced once, see announce_missing) when it cannot
+    be imported."""
     try:
         return importlib.import_module(name)
-    except ImportError:
-        if name not in _ANNOUNCED:
-            _ANNOUNCED.add(name)
-            print(f"warning: {name.split('.')[0]} is not installed: {without} (pip install {pip_name})",
-                  file=sys.stderr)
+    except ImportError as error:
+        announce_missing(name.split(".")[0], without, pip_name, error)
         return None
