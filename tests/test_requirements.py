@@ -188,19 +188,28 @@ def test_without_pycocotools_the_tiny_layout_and_its_errors_read_the_same(monkey
     from tests.test_prepare import write_tiny_coco
     root = str(tmp_path / "coco")
     write_tiny_coco(root)
+    annotations = os.path.join(root, "annotations")
     folders = [os.path.join(root, "trainX"), os.path.join(root, "valX")]
-    official, own = read_coco_both_ways(monkeypatch, os.path.join(root, "annotations"), folders)
+    captions = os.path.join(annotations, "captions_valX.json")
+    with open(captions) as f:
+        good_captions = f.read()
+
+    def broken_files_give_one_line_errors():
+        for content, message in (('{"images": [', "captions_valX.json is malformed"),
+                                 ("[1, 2]", "captions_valX.json is malformed"),
+                                 ('{"images": [{"file_name": "x.jpg"}]}', r"malformed \('id'\)")):
+            with open(captions, "w") as f:
+                f.write(content)
+            with pytest.raises(UserError, match=message):
+                prepare.read_coco(prepare.CocoSettings(annotations=annotations), folders)
+        with open(captions, "w") as f:
+            f.write(good_captions)
+
+    broken_files_give_one_line_errors()
+    official, own = read_coco_both_ways(monkeypatch, annotations, folders)
     assert official.label_names == ["bicycle", "airplane", "train"]  # id order, not the file's order
     assert_same_prepared(official, own)
-    # Broken files are the same one-line errors.
-    captions = os.path.join(root, "annotations", "captions_valX.json")
-    for content, message in (('{"images": [', "captions_valX.json is malformed"),
-                             ("[1, 2]", "captions_valX.json is malformed"),
-                             ('{"images": [{"file_name": "x.jpg"}]}', r"malformed \('id'\)")):
-        with open(captions, "w") as f:
-            f.write(content)
-        with pytest.raises(UserError, match=message):
-            prepare.read_coco(prepare.CocoSettings(annotations=os.path.join(root, "annotations")), folders)
+    broken_files_give_one_line_errors()
 
 
 def test_without_pillow_preparing_is_a_one_line_error_and_writes_nothing(monkeypatch, tmp_path):
