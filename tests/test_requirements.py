@@ -219,6 +219,9 @@ def test_without_pillow_preparing_is_a_one_line_error_and_writes_nothing(monkeyp
     out = str(tmp_path / "coco.h5")
     with pytest.raises(UserError, match="needs Pillow.*pip install Pillow"):
         prepare.write_dcmh_file(prepared, prepare.OutputSettings(out=out))
+    with pytest.raises(UserError, match="pip install Pillow"):  # said before the inputs are even looked at
+        prepare.prepare("coco", prepare.CocoSettings(annotations=str(tmp_path / "absent")),
+                        prepare.OutputSettings(out=out), [str(tmp_path / "absent")])
     assert os.listdir(tmp_path) == []
 
 

@@ -697,6 +697,7 @@ def build_parser():
 
 
 def prepare(dataset, settings, output, image_dirs=()):
+    pil_image()  # before the annotations are read (minutes at full scale)
     if dataset == "coco":
         prepared = read_coco(settings, list(image_dirs))
     elif dataset == "flickr":
