@@ -51,6 +51,33 @@ def check_config(config, method):
         raise UserError(f"--weights {weights} is a trunk weight file but the image side is feature vectors "
                         f"(backbone features) and has no trunk: drop --weights, or use images with "
                         f"--backbone cnnf or vgg19")
+    warning = random_trunk_warning(config, method)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+# What to fetch for a pretrained image trunk, by trunk name.
+TRUNK_WEIGHT_FILES = {
+    "cnnf": "imagenet-vgg-f.mat (MatConvNet's CNN-F)",
+    "vgg19": "the VGG-19 weights (Keras vgg19_weights_tf_dim_ordering_tf_kernels.h5 or MatConvNet "
+             "imagenet-vgg-verydeep-19.mat)",
+}
+
+
+def random_trunk_warning(config, method):
+    """The one-line warning when an image trunk would train from random weights because no weight
+    file was given (`python train.py --dataset coco` alone does that), else None."""
+    from utils.data import PREPARED
+    if method == "metah":
+        trunk, weights, flag = config.trunk, config.trunk_weights, "--trunk-weights"
+    else:
+        trunk, weights, flag = getattr(config, "backbone", None), getattr(config, "weights", ""), "--weights"
+        if trunk == "" and config.dataset in PREPARED:
+            trunk = "cnnf"  # what an empty --backbone becomes on an image dataset
+    if weights or trunk not in TRUNK_WEIGHT_FILES:
+        return None
+    return (f"warning: the {trunk} image trunk starts from random weights (no {flag}); for the pretrained "
+            f"trunk fetch {TRUNK_WEIGHT_FILES[trunk]} and pass {flag} PATH")
 
 
 def method_parser(module, first):

@@ -5,8 +5,8 @@
     python benchmarks/eval_speed.py --quick --skip-nuswide --out /tmp/eval_speed.json   # a short check
 
 MIRFLICKR-25K size: 2,000 queries x 18,015 database items, random codes, the real
-24-concept labels when ../shared/data/mirflickr25k is present (else random 24-class
-multi-hot). The baseline is the authors' own calc_map loop (authors_calc_map below:
+24-concept labels when $ADVHASH_SHARED (default: the folder `shared` beside the repository)
+holds data/mirflickr25k/mirflickr25k-lall.mat (else random 24-class multi-hot). The baseline is the authors' own calc_map loop (authors_calc_map below:
 one query at a time, float32 codes as the SSAH program holds them, hamming =
 0.5 * (K - q . B^T), ind = np.argsort(hamm), cumulative counts). Against it: ours under
 the default tie rule `expected` (all threads and one thread) and under `argsort` (the

@@ -5,8 +5,11 @@ projection + unit noise (seeded); the text side is the real 1,386-d tag vectors.
 train.py on the standard 2,000 / 10,000 / 18,015 split and prints t->t, i->t, t->i and i->i
 mAP next to the mAP of random codes on the same split.
 
-    python benchmarks/ssah_mirflickr_tags.py [--data ../shared/data/mirflickr25k] [--schedule short]
+    python benchmarks/ssah_mirflickr_tags.py [--data DIR] [--schedule short]
         [--epochs 2] [--bits 16] [--extra "--variant paper"]
+
+DIR holds mirflickr25k-yall.mat and mirflickr25k-lall.mat; by default the folder where
+`train.py --dataset flickr` finds its data.
 """
 import argparse
 import os

@@ -1,4 +1,5 @@
-"""ACMR losses as pure functions (../shared/spec/acmr.md, "Losses").
+"""ACMR losses as pure functions: as the authors' TensorFlow 1 programs compute them
+(triplet_wiki, the simple_* programs), and as the paper writes them where the two differ.
 
 Conventions: `emb_img`, `emb_txt` are the batch's embeddings (row i of each is pair i);
 labels are one-hot / multi-hot rows, and "different labels" means sharing no label (for

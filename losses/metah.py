@@ -1,6 +1,6 @@
 """METAH / TAH losses as pure functions of tensors (no model, no state).
 
-Formulas (../shared/spec/metah.md):
+Formulas (TAH's, as its authors' program computes them, plus METAH's min-entropy term):
   pairwise (TAH, source items):  z_ij = (K/2) / (1 + ||h_i - h_j||^2),
                                  l_ij = log(1 + e^z_ij) - s_ij z_ij, or z_ij (1 - s_ij) when z_ij > 15,
                                  mean over all pairs of the batch including i = j

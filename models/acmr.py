@@ -1,4 +1,4 @@
-"""ACMR's networks (../shared/spec/acmr.md, "Networks"): two feature projectors into a common
+"""ACMR's networks as the authors' program builds them: two feature projectors into a common
 space, a label classifier shared by both modalities, and a modality classifier behind a
 gradient reversal layer.
 

@@ -24,7 +24,8 @@ from utils.errors import UserError
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 DEFAULT_WIDTHS = (64, 256, 256, 256, 256, 4096, 4096)
-# The golden file's reduced trunk (conv1 8, conv2-5 16, fc6 64, fc7 4096).
+# The reduced trunk (conv1 8, conv2-5 16, fc6 64, fc7 4096) of the recorded run of the authors'
+# SSAH program that the one-step tests replay: small enough to run on a CPU in seconds.
 GOLDEN_WIDTHS = (8, 16, 16, 16, 16, 64, 4096)
 IMAGE_SIZE = 224
 VGG_F_LRN = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
@@ -159,7 +160,7 @@ class CNNF(ConvTrunk):
     """CNN-F trunk: (batch, 224, 224, 3) float image minus mean -> (batch, fc7 width) after relu.
 
     Without `geometry` (from `load_cnnf`) the imagenet-vgg-f layout with `widths` and a
-    random init; `GOLDEN_WIDTHS` is the golden file's reduced trunk.
+    random init; `GOLDEN_WIDTHS` is the reduced trunk of the recorded program run.
     """
 
     def __init__(self, geometry=None, widths=DEFAULT_WIDTHS, mean_image=None, **kwargs):

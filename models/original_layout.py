@@ -4,7 +4,9 @@ The program builds every layer as a convolution, so its dense kernels are stored
 [1, in, 1, out] (first layers over a [batch, 1, in, 1] input), [1, 1, in, out] (later
 layers) or [1, d, 6, out] (TxtNet's first layer over the (d, 6) MS map, which equals our
 dense layer over its row-major flattening), and some biases as [1, out]. Names are the
-program's (the golden file's init/* keys): see /work/shared/golden/README.md.
+program's TensorFlow 1 variable names: Variable, Variable_1, ... in creation order (LabNet,
+then TxtNet's MS scales and layers), w{i} / bias{i} for the trunk's MatConvNet layer i, and
+the discriminators' scopes below.
 
 nets: {"lab": LabNet, "img": ImgNet (CNNF trunk), "txt": TxtNet, "dis_img": D_I,
 "dis_img_label": D_I', "dis_txt": D_T, "dis_txt_label": D_T'}; any subset. Build the nets

@@ -1,5 +1,6 @@
-"""The original variant against the authors' triplet_wiki program (../shared/golden, ACMR part):
-three training iterations on the real shallow Wikipedia features, float32 tolerance."""
+"""The original variant against the authors' triplet_wiki program (its golden files, recorded by
+running it and found by conftest.shared_path): three training iterations on the real shallow
+Wikipedia features, float32 tolerance."""
 import dataclasses
 
 import numpy as np

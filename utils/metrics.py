@@ -78,6 +78,7 @@ import threading
 import numpy as np
 
 from utils.errors import UserError
+from utils.optional import optional_module
 
 PR_POINTS = 100  # points of the ranking precision-recall curve
 THREADS = None  # threads that count or rank; None = min(4, CPU cores)
@@ -214,12 +215,15 @@ def _compiled_kernel():
         raise UserError(f"unknown metrics.KERNEL '{KERNEL}'; choose auto, numba or numpy")
     if KERNEL == "numpy":
         return None
-    try:
-        from utils import hamming_kernel
-    except ImportError:
-        if KERNEL == "numba":
+    if KERNEL == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError:
             raise UserError("metrics.KERNEL = 'numba' needs the numba package: pip install numba") from None
+    elif optional_module("numba", "Hamming mAPs count with NumPy instead of the compiled kernel "
+                         "(same figures, a few times slower)", "numba") is None:
         return None
+    from utils import hamming_kernel
     return hamming_kernel.histograms
 
 

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import sys
+import typing
 
 import h5py
 import numpy as np
@@ -48,6 +49,7 @@ from utils.config import add_config_arguments, config_from_args
 from utils.data import SPLIT_SIZES, prepared_path
 from utils.data.splits import permutation_split
 from utils.errors import UserError
+from utils.optional import optional_module
 from utils.run import progress
 
 IMAGE_SIZE = 224
@@ -208,11 +210,44 @@ def _label_stats(labels):
 
 # --------------------------------------------------------------------------- MS-COCO
 
+class CocoFile(typing.NamedTuple):
+    """One COCO annotation file, indexed as pycocotools' COCO indexes it."""
+    images: dict  # image id -> image entry
+    annotations: dict  # image id -> its annotation entries in file order
+    categories: typing.Optional[dict]  # category id -> name; None when the file has no category list
+
+
+def _coco_with_pycocotools(coco_module, path):
+    with contextlib.redirect_stdout(stdio.StringIO()):  # pycocotools prints progress lines
+        coco = coco_module.COCO(path)
+    categories = ({cat_id: cat["name"] for cat_id, cat in coco.cats.items()}
+                  if "categories" in coco.dataset else None)
+    return CocoFile(coco.imgs, coco.imgToAnns, categories)
+
+
+def _coco_with_json(path):
+    """The same index as pycocotools' COCO builds: the file must be one JSON object; its lists
+    `images`, `annotations` and `categories` are optional."""
+    with open(path, "rb") as f:
+        dataset = json.load(f)
+    if not isinstance(dataset, dict):
+        raise ValueError(f"the file holds a JSON {type(dataset).__name__}, not an object")
+    annotations = collections.defaultdict(list)
+    for annotation in dataset.get("annotations", []):
+        annotations[annotation["image_id"]].append(annotation)
+    images = {image["id"]: image for image in dataset.get("images", [])}
+    categories = ({cat["id"]: cat["name"] for cat in dataset["categories"]}
+                  if "categories" in dataset else None)
+    return CocoFile(images, annotations, categories)
+
+
 def _load_coco(path):
-    from pycocotools.coco import COCO
+    """The annotation file as a CocoFile, read by pycocotools when installed, else by the
+    project's own JSON reader (same contents)."""
+    coco_module = optional_module("pycocotools.coco", "COCO annotations are read by the project's own "
+                                  "JSON reader (same contents)", "pycocotools")
     try:
-        with contextlib.redirect_stdout(stdio.StringIO()):  # pycocotools prints progress lines
-            return COCO(path)
+        return _coco_with_json(path) if coco_module is None else _coco_with_pycocotools(coco_module, path)
     except Exception as error:  # json errors, missing keys, format assertions
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"annotation file {path} is malformed ({detail}); re-download the official "
@@ -247,16 +282,19 @@ def read_coco(settings, image_dirs):
         _require_file(captions_path, f"caption file for {os.path.basename(instances_path)}")
         instances, caps = _load_coco(instances_path), _load_coco(captions_path)
         sources += [instances_path, captions_path]
-        these = [(c["id"], c["name"]) for c in instances.loadCats(sorted(instances.getCatIds()))]
+        if instances.categories is None:
+            raise UserError(f"annotation file {instances_path} is malformed (no category list); "
+                            f"re-download the official COCO annotation file")
+        these = sorted(instances.categories.items())
         if categories is None:
             categories = these
         elif these != categories:
             raise UserError(f"{instances_path} lists other categories than {instance_files[0]}; "
                             f"use annotation files of one COCO release")
-        for image_id in sorted(instances.imgs):
-            file_name = instances.imgs[image_id]["file_name"]
+        for image_id in sorted(instances.images):
+            file_name = instances.images[image_id]["file_name"]
             listed.add(file_name)
-            category_ids = {a["category_id"] for a in instances.imgToAnns.get(image_id, [])}
+            category_ids = {a["category_id"] for a in instances.annotations.get(image_id, [])}
             unknown = category_ids - {cat_id for cat_id, _ in categories}
             if unknown:
                 raise UserError(f"annotation file {instances_path} is malformed (image {image_id} has "
@@ -267,7 +305,7 @@ def read_coco(settings, image_dirs):
             if file_name not in on_disk:
                 missing.append(file_name)
                 continue
-            texts = [a["caption"] for a in caps.imgToAnns.get(image_id, [])]
+            texts = [a["caption"] for a in caps.annotations.get(image_id, [])]
             without_captions += not texts
             paths.append(on_disk[file_name])
             captions.append(texts)
@@ -479,9 +517,18 @@ def read_nuswide(settings):
 
 # --------------------------------------------------------------------------- the writer
 
+def pil_image():
+    """PIL.Image; Pillow has no fallback here (it decodes and resizes every image)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError("preparing an image dataset needs Pillow to decode the images: pip install Pillow") from None
+    return Image
+
+
 def load_image(path, resize_filter="bilinear"):
     """uint8 (224, 224, 3) RGB: the whole image resized, no crop."""
-    from PIL import Image
+    Image = pil_image()
     filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
     try:
         with Image.open(path) as image:
@@ -565,6 +612,7 @@ def write_dcmh_file(prepared, output):
         raise UserError(f"{out} already exists; pass --overwrite true to replace it or choose another --out")
     if output.workers < 1 or output.chunk_rows < 1:
         raise UserError("--workers and --chunk-rows must be at least 1")
+    pil_image()  # before any file is written
     split = None
     if output.split_sizes:
         if len(output.split_sizes) != 2:
@@ -649,6 +697,7 @@ def build_parser():
 
 
 def prepare(dataset, settings, output, image_dirs=()):
+    pil_image()  # before the annotations are read (minutes at full scale)
     if dataset == "coco":
         prepared = read_coco(settings, list(image_dirs))
     elif dataset == "flickr":

@@ -29,6 +29,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.metrics import PAIRS_PER_CHUNK, code_bits, hamming_distances, pack_bits
+from utils.optional import announce_missing
 
 BACKENDS = ("auto", "faiss", "numpy")
 KINDS = ("flat", "hash", "mih")
@@ -64,7 +65,12 @@ class HammingIndex:
         if backend == "faiss" and not faiss_available():
             raise UserError("backend 'faiss' needs the faiss package: pip install faiss-cpu, "
                             "or use backend='numpy'")
-        self.backend = ("faiss" if faiss_available() else "numpy") if backend == "auto" else backend
+        if backend == "auto":
+            backend = "faiss" if faiss_available() else "numpy"
+            if backend == "numpy":
+                announce_missing("faiss", "Hamming search scans with NumPy instead of faiss's indexes "
+                                 "(same neighbours, slower on large databases)", "faiss-cpu")
+        self.backend = backend
         self.kind = kind
         self.max_radius = max_radius
         self.db_bytes, db_bits = _byte_codes(db_codes, "db_codes")

@@ -17,7 +17,7 @@ from utils.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Standard protocols (../shared/spec/datasets.md): queries, training items; database = all but queries.
+# Standard protocols of the DCMH/SSAH papers: queries, training items; database = all but queries.
 SPLIT_SIZES = {
     "flickr": (2000, 10000),
     "nuswide": (2100, 10500),
