@@ -1,0 +1,169 @@
+"""export.py: each method's encoders, loaded in a fresh Python process that imports nothing of
+this repository (keras.saving.load_model / tf.saved_model.load only), give the run's own
+exported query codes (embeddings for ACMR) for the same raw inputs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+import export
+import train
+from tests.conftest import REPO_ROOT
+from utils.errors import UserError
+
+SSAH_TINY = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "32",
+             "--hidden-dim", "64", "--epochs", "1"]
+
+# Runs with -I (no PYTHONPATH, no script folder on sys.path) in a folder outside the repository.
+OUTSIDE_LOADER = r'''
+import importlib.util, os, sys
+repo, export_dir, inputs_path, outputs_path = sys.argv[1:]
+assert not any(os.path.abspath(p or os.getcwd()).startswith(repo) for p in sys.path), sys.path
+for name in ("utils", "models", "trainers", "losses", "export"):
+    assert importlib.util.find_spec(name) is None, f"{name} is importable"
+import numpy as np
+import keras
+import tensorflow as tf
+inputs = np.load(inputs_path)
+outputs = {}
+for key in inputs.files:  # NAME or NAME@WHAT: inputs for the encoder NAME
+    name, x = key.split("@")[0], tf.constant(inputs[key])
+    outputs[key + ".keras"] = np.asarray(keras.saving.load_model(os.path.join(export_dir, name + ".keras"))(x))
+    saved = tf.saved_model.load(os.path.join(export_dir, name + "_savedmodel"))
+    outputs[key + ".savedmodel"] = saved.serve(x).numpy()
+loaded = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+assert not [f for f in loaded if os.path.abspath(f).startswith(repo + os.sep)], "a repository module was imported"
+np.savez(outputs_path, **outputs)
+'''
+
+
+def outside_outputs(tmp_path, run_dir, inputs):
+    """{"KEY.keras": outputs, "KEY.savedmodel": outputs} of the exported encoder NAME on
+    inputs[KEY] (KEY: NAME or NAME@WHAT), computed by a fresh process outside the repository."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.savez(outside / "inputs.npz", **inputs)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-I", "-c", OUTSIDE_LOADER, REPO_ROOT, os.path.join(run_dir, "export"),
+                             str(outside / "inputs.npz"), str(outside / "outputs.npz")],
+                            cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(outside / "outputs.npz"))
+
+
+def assert_both_formats_give(outputs, name, expected, exact=True):
+    for fmt in ("keras", "savedmodel"):
+        got = outputs[f"{name}.{fmt}"]
+        if exact:
+            np.testing.assert_array_equal(got, expected, err_msg=f"{name}.{fmt}")
+        else:
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0, err_msg=f"{name}.{fmt}")
+
+
+def train_run(tmp_path, options, name="run"):
+    train.main(options + ["--runs-dir", str(tmp_path / "runs"), "--run-name", name])
+    run_dir = str(tmp_path / "runs" / name)
+    return run_dir, scipy.io.loadmat(f"{run_dir}/codes.mat")
+
+
+def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path, monkeypatch):
+    import trainers.ssah as ssah
+    from utils.data import load_dataset
+    run_dir, exported = train_run(tmp_path, SSAH_TINY)
+    query_images, query_texts, _ = load_dataset("synthetic").part("query")
+    vocabulary = [f"tag{j}" for j in range(query_texts.shape[1])]
+    monkeypatch.setattr(ssah, "dataset_vocabulary", lambda config: vocabulary)  # synthetic data has none
+    manifest = export.export_run(run_dir)
+    assert set(manifest["encoders"]) == {"image", "text", "tag_words"}
+    assert json.load(open(os.path.join(run_dir, "export", "manifest.json"))) == manifest
+    assert manifest["method"] == "ssah" and manifest["bits"] == 16
+    assert any("standardisation" in step for step in manifest["encoders"]["image"]["preprocessing"])
+
+    assert set(np.unique(query_texts)) <= {0, 1}  # binary tags: the words give the same rows
+    rows = [[vocabulary[j] for j in np.flatnonzero(row)] + ["unknown-tag"] for row in query_texts]
+    width = max(len(r) for r in rows)
+    words = np.array([r + [""] * (width - len(r)) for r in rows])
+    # a one-epoch run gives nearly constant codes: scaled random rows tell the items apart
+    rng = np.random.RandomState(0)
+    spread = {"image@spread": (rng.rand(40, query_images.shape[1]) * 30).astype(np.float32),
+              "text@spread": (rng.rand(40, query_texts.shape[1]) * 300).astype(np.float32)}
+    outputs = outside_outputs(tmp_path, run_dir, {"image": query_images.astype(np.float32),
+                                                  "text": query_texts.astype(np.float32), "tag_words": words,
+                                                  **spread})
+    assert_both_formats_give(outputs, "image", exported["Qi"])
+    assert_both_formats_give(outputs, "text", exported["Qt"])
+    assert_both_formats_give(outputs, "tag_words", exported["Qt"])
+    for key, rows in spread.items():
+        expected = ssah.encode(run_dir, rows, key.split("@")[0])
+        assert len(np.unique(expected, axis=0)) > 10
+        assert_both_formats_give(outputs, key, expected)
+
+
+def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes(tmp_path, monkeypatch):
+    import functools
+
+    import models.cnnf
+    import utils.data
+    from tests.test_full_scale import write_small_image_file
+    path = str(tmp_path / "small.h5")
+    write_small_image_file(path, n=24, size=224)
+    monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
+    run_dir, exported = train_run(tmp_path, SSAH_TINY + ["--dataset", "coco", "--data", path, "--backbone", "cnnf",
+                                                         "--batch-size", "6", "--split-sizes", "6,12"])
+    manifest = export.export_run(run_dir)
+    assert manifest["encoders"]["image"]["input"] == {"name": "images", "shape": [224, 224, 3], "dtype": "uint8",
+                                                      "meaning": "RGB images, 0-255"}
+    data = utils.data.load_dataset("coco", path, split_sizes=(6, 12))
+    query_images, _, _ = data.part("query")
+    query_images = np.asarray(query_images[np.arange(len(query_images))], np.uint8)
+    outputs = outside_outputs(tmp_path, run_dir, {"image": query_images})
+    assert len(np.unique(exported["Qi"], axis=0)) > 1
+    assert_both_formats_give(outputs, "image", exported["Qi"])
+
+
+def test_acmr_export_reproduces_the_query_embeddings(tmp_path):
+    from utils.data import load_dataset
+    run_dir, exported = train_run(tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1",
+                                             "--batch-size", "100"])
+    export.main([run_dir, "--format", "both"])
+    query_images, query_texts, _ = load_dataset("synthetic").part("query")
+    outputs = outside_outputs(tmp_path, run_dir, {"image": query_images.astype(np.float32),
+                                                  "text": query_texts.astype(np.float32)})
+    assert_both_formats_give(outputs, "image", exported["Qi"], exact=False)
+    assert_both_formats_give(outputs, "text", exported["Qt"], exact=False)
+
+
+def test_metah_export_bakes_in_the_source_statistics(tmp_path):
+    import trainers.metah as metah
+    from tests.test_metah import write_domain_files
+    from utils.run import saved_config
+    write_domain_files(str(tmp_path))
+    run_dir, exported = train_run(tmp_path, ["--method", "metah", "--dataset", "folder:src->tgt", "--data",
+                                             str(tmp_path), "--bits", "16", "--iterations", "8", "--batch-size",
+                                             "16", "--hidden", "32", "--discriminator-hidden", "32"])
+    manifest = export.export_run(run_dir)
+    assert "centring" in manifest["encoders"]["image"]["preprocessing"][0]
+    pair = metah.load_pair(saved_config(run_dir, {"metah": metah.Config})[1])
+    outputs = outside_outputs(tmp_path, run_dir, {"image": pair.target.inputs[pair.target_query].astype(np.float32)})
+    assert len(np.unique(exported["Q"], axis=0)) > 1
+    assert_both_formats_give(outputs, "image", exported["Q"].astype(np.float32))
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        export.export_run(str(run_dir))
+    (run_dir / "config.json").write_text(json.dumps({"method": "ssah", "config": {}}))
+    with pytest.raises(UserError, match="no checkpoint to export; train it first"):
+        export.export_run(str(run_dir))
+    with pytest.raises(UserError, match="unknown export format 'onnx'"):
+        export.export_run(str(run_dir), "onnx")
+    with pytest.raises(SystemExit):
+        export.main([str(run_dir), "--format", "onnx"])
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
+    assert not os.path.exists(run_dir / "export")
