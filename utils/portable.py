@@ -17,7 +17,8 @@ from utils.errors import UserError
 
 
 class Namer:
-    """Unique layer names inside one model: prefix_1, prefix_2, ..."""
+    """Unique layer names inside one model: prefix_1, prefix_2, ... (keras.ops name their own
+    operations pad, pad_1, ...: layer prefixes must differ from those)"""
 
     def __init__(self):
         self.counts = {}
@@ -92,7 +93,7 @@ def conv_trunk(x, trunk, names):
         if spec.kind == "conv":
             conv = next(convs)
             if any(spec.pad):
-                x = keras.layers.ZeroPadding2D(((top, bottom), (left, right)), name=names("pad"))(x)
+                x = keras.layers.ZeroPadding2D(((top, bottom), (left, right)), name=names("zero_pad"))(x)
             kernel = conv.kernel.numpy()
             layer = keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], strides=spec.stride, padding="valid",
                                         name=names(spec.name or "conv"), dtype="float32")
