@@ -3,6 +3,7 @@
     index = HammingIndex(db_codes)                  # {-1,+1}, {0,1} or bool codes
     distances, indices = index.search(query_codes, k)
     hits = index.range_search(query_codes, radius)  # per query: items within the radius
+    index.save("db.index.npz"); index = HammingIndex.load("db.index.npz")
 
 Listing order: equal distances are ordered by database index, smallest first, so
 the k nearest are the first k of the stable ranking. (A listing knows no relevance;
@@ -56,7 +57,7 @@ def _sort_pairs(distances, indices):
 
 
 class HammingIndex:
-    def __init__(self, db_codes, backend="auto", kind="flat", max_radius=4):
+    def __init__(self, db_codes, backend="auto", kind="flat", max_radius=4, _saved_flat=None):
         if backend not in BACKENDS:
             raise UserError(f"unknown search backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         if kind not in KINDS:
@@ -74,13 +75,16 @@ class HammingIndex:
             raise UserError("the database holds no codes; build the index from at least one code")
         self.db_words = pack_bits(db_bits)
         if self.backend == "faiss":
-            self._build_faiss()
+            self._build_faiss(_saved_flat)
 
-    def _build_faiss(self):
+    def _build_faiss(self, saved_flat=None):
         import faiss
         width = 8 * self.db_bytes.shape[1]
-        self.flat = faiss.IndexBinaryFlat(width)
-        self.flat.add(self.db_bytes)
+        if saved_flat is not None:
+            self.flat = faiss.deserialize_index_binary(saved_flat)
+        else:
+            self.flat = faiss.IndexBinaryFlat(width)
+            self.flat.add(self.db_bytes)
         self.lookup = None
         if self.kind == "hash":
             self.lookup = faiss.IndexBinaryHash(width, min(HASH_BITS, width))
@@ -89,6 +93,31 @@ class HammingIndex:
             self.lookup = faiss.IndexBinaryMultiHash(width, tables, min(HASH_BITS, width))
         if self.lookup is not None:
             self.lookup.add(self.db_bytes)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path):
+        """Writes the index (packed codes, settings and, with faiss, the serialised flat index)
+        to an .npz file atomically."""
+        from utils import io
+        arrays = {"db_bytes": self.db_bytes, "bits": np.int64(self.bits), "kind": np.str_(self.kind),
+                  "max_radius": np.int64(self.max_radius)}
+        if self.backend == "faiss":
+            import faiss
+            arrays["faiss_flat"] = faiss.serialize_index_binary(self.flat)
+        io.save_npz(path, arrays)
+
+    @classmethod
+    def load(cls, path, backend="auto"):
+        """An index written by `save`; a saved faiss index is read back as it is when faiss is used."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                saved = dict(saved)
+            codes = np.unpackbits(saved["db_bytes"], axis=1)[:, :int(saved["bits"])].astype(bool)
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"cannot read the search index {path} ({error}); build it again") from None
+        use_saved = saved.get("faiss_flat") if backend != "numpy" and faiss_available() else None
+        return cls(codes, backend, str(saved["kind"]), int(saved["max_radius"]), _saved_flat=use_saved)
 
     def _queries(self, query_codes):
         query_bytes, query_bits = _byte_codes(query_codes, "query_codes")
