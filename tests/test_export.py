@@ -167,3 +167,58 @@ def test_export_errors_are_one_line(tmp_path, capsys):
         export.main([str(run_dir), "--format", "onnx"])
     assert "invalid choice: 'onnx'" in capsys.readouterr().err
     assert not os.path.exists(run_dir / "export")
+
+
+def roundtrip(model, tmp_path):
+    """The model saved to .keras and loaded back (built-in layers and keras.ops only: no custom objects)."""
+    import keras
+    path = str(tmp_path / f"{model.name}.keras")
+    model.save(path)
+    return keras.saving.load_model(path)
+
+
+@pytest.mark.parametrize("fusion,text_dim", [("joint", 40), ("per_window", 12)])
+def test_portable_text_net_gives_the_net_codes(tmp_path, fusion, text_dim):
+    """Both multi-scale fusions, and a text narrower than some windows (they are dropped)."""
+    import keras
+    import tensorflow as tf
+
+    from models.ssah import TxtNet
+    from utils import portable
+    keras.utils.set_random_seed(1)
+    net = TxtNet(text_dim, 5, 16, embed_dim=24, hidden_dim=32, fusion=fusion)
+    rng = np.random.RandomState(0)
+    texts = rng.normal(0, 5, (30, text_dim)).astype(np.float32)
+    net(tf.constant(texts))
+    for variable in net.weights:  # the program's 0.01-scaled start gives one code for every item
+        if variable.path.endswith("bias"):
+            value = np.zeros(variable.shape)
+        elif len(variable.shape) == 2:
+            value = rng.normal(0, 1 / np.sqrt(variable.shape[0]), variable.shape)
+        else:  # the fusion's weights: positive, so that the relu after them passes the text
+            value = np.abs(rng.normal(0, 1, variable.shape))
+        variable.assign(value.astype(np.float32))
+    expected = np.where(net(tf.constant(texts))[1].numpy() >= 0, 1.0, -1.0)
+    assert len(np.unique(expected, axis=0)) > 5
+    model = roundtrip(portable.ssah_text_model(net), tmp_path)
+    np.testing.assert_array_equal(np.asarray(model(texts)), expected)
+
+
+@pytest.mark.parametrize("trunk", ["cnn", "mlp"])
+def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path, trunk):
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    from models.metah import HashingNetwork
+    from utils import portable
+    keras.utils.set_random_seed(2)
+    net = HashingNetwork(16, 4, trunk=trunk, hidden=(32, 16), dropout=0.5)
+    rng = np.random.RandomState(0)
+    shape = (16, 16, 3) if trunk == "cnn" else (20,)
+    inputs = (rng.rand(12, *shape) * (255 if trunk == "cnn" else 3)).astype(np.float32)
+    expected = np.where(net(tf.constant(inputs), training=False)[0].numpy() >= 0, 1.0, -1.0)
+    assert len(np.unique(expected, axis=0)) > 3
+    model = portable.metah_model(net, shape, "float32", lambda x, names: ops.cast(x, "float32"))
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+    np.testing.assert_array_equal(np.asarray(roundtrip(model, tmp_path)(inputs)), expected)
