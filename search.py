@@ -166,7 +166,12 @@ def nearest(source, query_codes, db_codes, top, index=None):
 def search(source, modality, inputs, top=10, database=None):
     """{"database": name, "items": per query [(database index, distance, labels)], nearest first}."""
     from eval import encode_new_items
-    database = databases_of(source, database or DEFAULT_DATABASE[source.method].get(modality))[0]
+    if modality not in DEFAULT_DATABASE[source.method]:
+        raise UserError(f"{source.method} runs encode image items only: give the queries with --image-features FILE.npy")
+    if source.method != "ssah" and modality == "text" and not isinstance(inputs, np.ndarray):
+        raise UserError(f"--text takes tag words for SSAH runs; give {source.method} text features with "
+                        f"--text-features FILE.npy")
+    database = databases_of(source, database or DEFAULT_DATABASE[source.method][modality])[0]
     codes, labels = database_arrays(source, database)
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")

@@ -101,6 +101,8 @@ def test_acmr_searches_by_euclidean_distance_and_has_no_index(tmp_path):
     distances, indices = expected_ranking(exported["Qi"][:3], exported["Dt"], 5, "euclidean")
     np.testing.assert_array_equal(listed(result)[1], indices)
     np.testing.assert_allclose(listed(result)[0], distances, rtol=1e-5)
+    with pytest.raises(UserError, match="--text takes tag words for SSAH runs; give acmr text features"):
+        search.main([run_dir, "--text", "dog beach"])
     with pytest.raises(UserError, match="databases image, text; got --database target"):
         search.main([run_dir, "--image-features", str(tmp_path / "images.npy"), "--database", "target"])
 
@@ -123,6 +125,8 @@ def test_metah_searches_the_target_domain_by_default(tmp_path):
         np.testing.assert_array_equal(listed(result)[1], indices)
         assert [item[2] for item in result["items"][0]] == [np.flatnonzero(exported[labels][i]).tolist()
                                                             for i in indices[0]]
+    with pytest.raises(UserError, match="metah runs encode image items only"):
+        search.main([run_dir, "--text-features", str(tmp_path / "queries.npy")])
 
 
 def test_search_errors_are_one_line(tmp_path):
