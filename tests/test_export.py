@@ -222,3 +222,45 @@ def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path,
     model = portable.metah_model(net, shape, "float32", lambda x, names: ops.cast(x, "float32"))
     assert not any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
     np.testing.assert_array_equal(np.asarray(roundtrip(model, tmp_path)(inputs)), expected)
+
+
+def test_portable_conv_trunk_matches_a_bgr_trunk_with_a_mean_image(tmp_path):
+    """The MatConvNet chain (asymmetric padding, LRN over channels, max pools padded with -inf,
+    an average pool) and ConvTrunk.prepare (RGB -> BGR, minus the mean image) from built-ins."""
+    import keras
+    import tensorflow as tf
+
+    from models.cnnf import ConvTrunk, LayerSpec
+    from utils import portable
+    keras.utils.set_random_seed(3)
+    lrn = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+    geometry = [LayerSpec("conv", 0, "conv1", (5, 5), 8, (2, 2), (0, 1, 2, 1)), LayerSpec("relu", 1),
+                LayerSpec("lrn", 2, lrn=lrn), LayerSpec("pool", 3, size=(3, 3), stride=(2, 2), pad=(0, 1, 0, 1)),
+                LayerSpec("conv", 4, "conv2", (3, 3), 6, (1, 1), (1, 1, 1, 1)),
+                LayerSpec("pool", 5, size=(2, 2), stride=(2, 2), method="avg")]
+    rng = np.random.RandomState(0)
+    mean_image = rng.uniform(0, 255, (24, 24, 3)).astype(np.float32)
+    trunk = ConvTrunk(geometry, mean_image=mean_image, bgr_input=True)
+    images = rng.randint(0, 256, (5, 24, 24, 3)).astype(np.uint8)
+    expected = trunk(trunk.prepare(tf.constant(images))).numpy()
+    names = portable.Namer()
+    inputs = keras.Input((24, 24, 3), dtype="uint8")
+    outputs = portable.conv_trunk(portable.conv_trunk_prepare(inputs, trunk, names), trunk, names)
+    model = roundtrip(keras.Model(inputs, outputs, name="trunk"), tmp_path)
+    assert expected.shape == (5, 2 * 3 * 6) and np.abs(expected).max() > 1
+    np.testing.assert_allclose(np.asarray(model(images)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_failed_export_leaves_the_previous_one(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "old.keras").write_text("previous")
+
+    def failing(tmp):
+        open(os.path.join(tmp, "new.keras"), "w").close()
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        export._write_folder_atomically(str(folder), failing)
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(folder) == ["old.keras"]
+    export._write_folder_atomically(str(folder), lambda tmp: open(os.path.join(tmp, "new.keras"), "w").close())
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(folder) == ["new.keras"]
