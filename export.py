@@ -57,16 +57,29 @@ def _codes_output(bits):
 
 # --------------------------------------------------------------------------- SSAH
 
-def _ssah_image_preprocessing(config, data, trunk):
-    """(preprocess(x, names), descriptions): what trainers.ssah.build_trunk does to the images."""
+def check_baked_preprocessing(preprocess, reference, probe, what):
+    """The baked preprocessing (a keras.ops graph) must give what the trainer computes (`reference`)
+    on `probe` rows: this catches a trainer whose preprocessing changed and export.py did not."""
+    import keras
+
+    from utils import portable
+    inputs = keras.Input(probe.shape[1:], dtype=str(probe.dtype))
+    baked = np.asarray(keras.Model(inputs, preprocess(inputs, portable.Namer()))(probe))
+    if not np.allclose(baked, np.asarray(reference, np.float32), rtol=1e-5, atol=1e-6):
+        raise ValueError(f"the exported {what} preprocessing differs from the trainer's; export.py must follow "
+                         f"the trainer's preprocessing")
+
+
+def _ssah_image_preprocessing(config, data, trainer):
+    """(preprocess(x, names), descriptions): the trainer's image_preprocess as built-in layers."""
     from keras import ops
 
-    from trainers.ssah import IMAGENET_MEAN_RGB
     from utils import portable
+    trunk = trainer.nets["img"].trunk
     if data.image_kind == "features":
         if config.feature_norm != "standardize":
             return (lambda x, names: ops.cast(x, "float32")), ["none (features used as they are)"]
-        train = data.images[data.split.train]
+        train = data.images[data.split.train]  # the statistics trainers.ssah.build_trunk uses
         mean = train.mean(axis=0).astype(np.float32)
         std = np.maximum(train.std(axis=0), 1e-6).astype(np.float32)
         return ((lambda x, names: portable.standardize(ops.cast(x, "float32"), mean, std, names("standardize"))),
@@ -74,14 +87,14 @@ def _ssah_image_preprocessing(config, data, trunk):
     if trunk.mean_image is not None:
         steps = (["RGB -> BGR channel order"] if trunk.bgr_input else []) + ["minus the weight file's mean image"]
         return (lambda x, names: portable.conv_trunk_prepare(x, trunk, names)), steps
-    # no mean from a weight file: minus the dataset's mean image, else ImageNet's channel mean (no reordering)
-    fallback = data.mean_image if data.mean_image is not None else IMAGENET_MEAN_RGB
+    # no mean from a weight file: the trainer subtracts the dataset's mean image, else ImageNet's
+    # channel mean; its preprocessing of a black image is minus that mean, exactly
+    mean = -np.asarray(trainer.image_preprocess(np.zeros((1,) + tuple(data.images.shape[1:]), np.uint8)))[0]
     what = "the dataset's mean image" if data.mean_image is not None else "ImageNet's per-channel RGB mean"
 
     def subtract_mean(x, names):
-        mean = np.asarray(fallback, np.float32)
         return portable.standardize(ops.cast(x, "float32"), mean, np.ones_like(mean), names("mean_image"),
-                                    axis=(1, 2, 3) if mean.ndim == 3 else -1)
+                                    axis=(1, 2, 3))
     return subtract_mean, [f"minus {what}"]
 
 
@@ -100,9 +113,12 @@ def ssah_encoders(run_dir):
     restore_trained(run_dir, tf.train.Checkpoint(**objects))
 
     img_net, txt_net = trainer.nets["img"], trainer.nets["txt"]
-    preprocess, steps = _ssah_image_preprocessing(config, data, img_net.trunk)
+    preprocess, steps = _ssah_image_preprocessing(config, data, trainer)
     image_shape = list(data.images.shape[1:])
     is_features = data.image_kind == "features"
+    rows = np.sort(data.split.train[:32])
+    probe = np.asarray(data.images[rows], np.float32 if is_features else np.uint8)
+    check_baked_preprocessing(preprocess, trainer.image_preprocess(probe), probe, "image")
     image_dtype = "float32" if is_features else "uint8"
     encoders = {
         "image": Encoder(portable.ssah_image_model(img_net, preprocess, tuple(image_shape), image_dtype),
@@ -155,7 +171,8 @@ def acmr_encoders(run_dir):
 # --------------------------------------------------------------------------- METAH
 
 def _metah_preprocessing(config, pair):
-    """(preprocess(x, names), descriptions): trainers.metah.prepare_inputs with the source statistics."""
+    """(preprocess(x, names), descriptions): trainers.metah.prepare_inputs with the source statistics
+    (the same formulas; check_baked_preprocessing compares the two)."""
     from keras import ops
 
     from utils import portable
@@ -185,6 +202,7 @@ def metah_encoders(run_dir):
 
     import trainers.metah as metah
     from utils import portable
+    from utils.data.domains import DomainData
     from utils.run import restore_trained, saved_config
     _, config = saved_config(run_dir, {"metah": metah.Config})
     pair = metah.load_pair(config)
@@ -194,6 +212,10 @@ def metah_encoders(run_dir):
     preprocess, steps = _metah_preprocessing(config, pair)
     is_images = pair.source.kind == "images"
     dtype = "uint8" if is_images else "float32"
+    probe = np.asarray(pair.target.inputs[:32], dtype)
+    probe_domain = DomainData("probe", probe, np.zeros(len(probe), np.int64))
+    reference = metah.prepare_inputs(dataclasses.replace(pair, target=probe_domain), config)[1]
+    check_baked_preprocessing(preprocess, reference, probe, "feature")
     return config, {"image": Encoder(
         portable.metah_model(model.net, input_shape, dtype, preprocess),
         {"name": "inputs", "shape": list(input_shape), "dtype": dtype,

@@ -264,3 +264,11 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path):
     assert os.listdir(tmp_path) == ["export"] and os.listdir(folder) == ["old.keras"]
     export._write_folder_atomically(str(folder), lambda tmp: open(os.path.join(tmp, "new.keras"), "w").close())
     assert os.listdir(tmp_path) == ["export"] and os.listdir(folder) == ["new.keras"]
+
+
+def test_baked_preprocessing_that_differs_from_the_trainers_is_an_error():
+    from keras import ops
+    rows = np.random.RandomState(0).rand(4, 5).astype(np.float32)
+    export.check_baked_preprocessing(lambda x, names: ops.multiply(x, 2.0), rows * 2, rows, "image")
+    with pytest.raises(ValueError, match="exported image preprocessing differs from the trainer's"):
+        export.check_baked_preprocessing(lambda x, names: ops.multiply(x, 2.0), rows * 2 + 1e-3, rows, "image")
