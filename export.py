@@ -106,7 +106,11 @@ def ssah_encoders(run_dir):
     from utils.data import load_dataset
     from utils.run import restore_trained, saved_config
     _, config = saved_config(run_dir, {"ssah": ssah.Config})
-    data = load_dataset(config.dataset, config.data, config.seed, config.split_file, split_sizes=config.split_sizes)
+    # the run's own split: its training part gives the feature statistics (a validation part,
+    # where the run carved one, is not training data)
+    validation = {"validation_size": config.validation_size} if getattr(config, "validation_size", 0) else {}
+    data = load_dataset(config.dataset, config.data, config.seed, config.split_file, split_sizes=config.split_sizes,
+                        **validation)
     trainer = ssah.build_trainer(config, data, ssah.resolve_backbone(config, data))
     objects = trainer.checkpoint_objects()
     ssah._check_resume_checkpoint(run_dir, objects)
