@@ -167,7 +167,8 @@ def search(source, modality, inputs, top=10, database=None):
     """{"database": name, "items": per query [(database index, distance, labels)], nearest first}."""
     from eval import encode_new_items
     if modality not in DEFAULT_DATABASE[source.method]:
-        raise UserError(f"{source.method} runs encode image items only: give the queries with --image-features FILE.npy")
+        raise UserError(f"{source.method} runs encode image items only: give the queries with "
+                        f"--image-features FILE.npy")
     if source.method != "ssah" and modality == "text" and not isinstance(inputs, np.ndarray):
         raise UserError(f"--text takes tag words for SSAH runs; give {source.method} text features with "
                         f"--text-features FILE.npy")
