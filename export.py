@@ -251,6 +251,21 @@ def _write_folder_atomically(folder, fill):
             shutil.rmtree(old, ignore_errors=True)
 
 
+def save_savedmodel(encoder, path):
+    """A TensorFlow SavedModel: `serve(x)` returns the output tensor; the signatures `serve` and
+    `serving_default` (TF Serving) map {input name: x} to {output name: output}. (keras' own
+    Model.export stores every variable twice; tracking the model once stores them once.)"""
+    import tensorflow as tf
+    model = encoder.model
+    spec = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype, name=encoder.input["name"])
+    module = tf.Module()
+    module.model = model  # tracks the variables and lookup tables once
+    module.serve = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
+    signature = tf.function(lambda x: {encoder.output["name"]: module.serve(x)}, input_signature=[spec],
+                            autograph=False)
+    tf.saved_model.save(module, path, signatures={"serve": signature, "serving_default": signature})
+
+
 def export_run(run_dir, fmt="both"):
     """Writes RUN_DIR/export/ and returns its manifest (a dict)."""
     if fmt not in FORMATS:
@@ -273,8 +288,7 @@ def export_run(run_dir, fmt="both"):
                 encoder.model.save(os.path.join(folder, files["keras"]))
             if fmt in ("savedmodel", "both"):
                 files["savedmodel"] = f"{name}_savedmodel"
-                encoder.model.export(os.path.join(folder, files["savedmodel"]), format="tf_saved_model",
-                                     verbose=False)
+                save_savedmodel(encoder, os.path.join(folder, files["savedmodel"]))
             manifest["encoders"][name] = {"files": files, "input": encoder.input, "output": encoder.output,
                                           "preprocessing": encoder.preprocessing}
         io.save_json(os.path.join(folder, MANIFEST), manifest)

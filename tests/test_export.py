@@ -20,7 +20,7 @@ SSAH_TINY = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-
 
 # Runs with -I (no PYTHONPATH, no script folder on sys.path) in a folder outside the repository.
 OUTSIDE_LOADER = r'''
-import importlib.util, os, sys
+import importlib.util, json, os, sys
 repo, export_dir, inputs_path, outputs_path = sys.argv[1:]
 assert not any(os.path.abspath(p or os.getcwd()).startswith(repo) for p in sys.path), sys.path
 for name in ("utils", "models", "trainers", "losses", "export"):
@@ -29,12 +29,16 @@ import numpy as np
 import keras
 import tensorflow as tf
 inputs = np.load(inputs_path)
+manifest = json.load(open(os.path.join(export_dir, "manifest.json")))
 outputs = {}
 for key in inputs.files:  # NAME or NAME@WHAT: inputs for the encoder NAME
     name, x = key.split("@")[0], tf.constant(inputs[key])
     outputs[key + ".keras"] = np.asarray(keras.saving.load_model(os.path.join(export_dir, name + ".keras"))(x))
     saved = tf.saved_model.load(os.path.join(export_dir, name + "_savedmodel"))
     outputs[key + ".savedmodel"] = saved.serve(x).numpy()
+    entry = manifest["encoders"][name]  # the TF Serving signature: {input name: x} -> {output name: y}
+    signed = saved.signatures["serving_default"](**{entry["input"]["name"]: x})[entry["output"]["name"]]
+    assert np.array_equal(signed.numpy(), outputs[key + ".savedmodel"]), key
 loaded = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
 assert not [f for f in loaded if os.path.abspath(f).startswith(repo + os.sep)], "a repository module was imported"
 np.savez(outputs_path, **outputs)
