@@ -164,3 +164,21 @@ def test_listed_labels_are_label_columns_or_class_ids():
     np.testing.assert_equal(search.label_lists(np.array([[0, 1, 1], [1, 0, 0]]), 2), [[1, 2], [0]])
     np.testing.assert_equal(search.label_lists(np.array([[3], [10], [1]]), 3), [[3], [10], [1]])
     np.testing.assert_equal(search.label_lists(np.array([[3, 10, 1]]), 3), [[3], [10], [1]])
+
+
+@pytest.mark.parametrize("saved_with,loaded_with", [("faiss", "faiss"), ("faiss", "numpy"), ("numpy", "faiss"),
+                                                    ("numpy", "numpy")])
+def test_a_saved_index_gives_the_same_neighbours_under_either_backend(tmp_path, saved_with, loaded_with):
+    from utils.search import HammingIndex, faiss_available
+    if "faiss" in (saved_with, loaded_with) and not faiss_available():
+        pytest.skip("faiss is not installed")
+    rng = np.random.RandomState(0)
+    db, queries = np.where(rng.rand(300, 20) < 0.5, -1, 1), np.where(rng.rand(6, 20) < 0.5, -1, 1)
+    HammingIndex(db, backend=saved_with, kind="hash").save(tmp_path / "db.index.npz")
+    assert ("faiss_flat" in np.load(tmp_path / "db.index.npz").files) == (saved_with == "faiss")
+    index = HammingIndex.load(tmp_path / "db.index.npz", backend=loaded_with)
+    assert (index.backend, index.kind, index.bits, index.size) == (loaded_with, "hash", 20, 300)
+    expected = expected_ranking(queries, db, 12)
+    distances, indices = index.search(queries, 12)
+    np.testing.assert_array_equal(indices, expected[1])
+    np.testing.assert_array_equal(distances, expected[0])
