@@ -208,19 +208,27 @@ def test_portable_text_net_gives_the_net_codes(tmp_path, fusion, text_dim):
     np.testing.assert_array_equal(np.asarray(model(texts)), expected)
 
 
-@pytest.mark.parametrize("trunk", ["cnn", "mlp"])
-def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path, trunk):
+@pytest.mark.parametrize("trunk", ["cnn", "mlp", "cnnf"])
+def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path, monkeypatch, trunk):
+    import functools
+
     import keras
     import tensorflow as tf
     from keras import ops
 
+    import models.cnnf
     from models.metah import HashingNetwork
     from utils import portable
+    monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
     keras.utils.set_random_seed(2)
     net = HashingNetwork(16, 4, trunk=trunk, hidden=(32, 16), dropout=0.5)
     rng = np.random.RandomState(0)
-    shape = (16, 16, 3) if trunk == "cnn" else (20,)
-    inputs = (rng.rand(12, *shape) * (255 if trunk == "cnn" else 3)).astype(np.float32)
+    shape = {"cnn": (16, 16, 3), "mlp": (20,), "cnnf": (224, 224, 3)}[trunk]
+    inputs = (rng.rand(6, *shape) * (3 if trunk == "mlp" else 255)).astype(np.float32)
+    if trunk == "cnnf":  # a random CNN-F's features share one direction: centre the hash layer on them
+        net(tf.constant(inputs))
+        features = net.trunk(tf.constant(inputs)).numpy()
+        net.hash_layer.bias.assign(-(features @ net.hash_layer.kernel.numpy()).mean(axis=0))
     expected = np.where(net(tf.constant(inputs), training=False)[0].numpy() >= 0, 1.0, -1.0)
     assert len(np.unique(expected, axis=0)) > 3
     model = portable.metah_model(net, shape, "float32", lambda x, names: ops.cast(x, "float32"))
