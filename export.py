@@ -277,8 +277,11 @@ def export_run(run_dir, fmt="both"):
     if not checkpoint_candidates(run_dir):
         raise UserError(f"{run_dir} has no checkpoint to export; train it first (train.py --resume {run_dir})")
     config, encoders = BUILDERS[method](run_dir)
+    import keras
+    import tensorflow as tf
     manifest = {"method": method, "bits": int(config.bits) if method != "acmr" else None,
-                "dataset": config.dataset, "encoders": {}}
+                "dataset": config.dataset, "written_with": {"keras": keras.__version__, "tensorflow": tf.__version__},
+                "encoders": {}}
 
     def fill(folder):
         for name, encoder in encoders.items():

@@ -84,7 +84,8 @@ def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path,
     manifest = export.export_run(run_dir)
     assert set(manifest["encoders"]) == {"image", "text", "tag_words"}
     assert json.load(open(os.path.join(run_dir, "export", "manifest.json"))) == manifest
-    assert manifest["method"] == "ssah" and manifest["bits"] == 16
+    assert manifest["method"] == "ssah" and manifest["bits"] == 16 and set(manifest["written_with"]) == {
+        "keras", "tensorflow"}
     assert any("standardisation" in step for step in manifest["encoders"]["image"]["preprocessing"])
 
     assert set(np.unique(query_texts)) <= {0, 1}  # binary tags: the words give the same rows
