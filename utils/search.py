@@ -57,7 +57,7 @@ def _sort_pairs(distances, indices):
 
 
 class HammingIndex:
-    def __init__(self, db_codes, backend="auto", kind="flat", max_radius=4, _saved_flat=None):
+    def __init__(self, db_codes, backend="auto", kind="flat", max_radius=4):
         if backend not in BACKENDS:
             raise UserError(f"unknown search backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         if kind not in KINDS:
@@ -75,16 +75,13 @@ class HammingIndex:
             raise UserError("the database holds no codes; build the index from at least one code")
         self.db_words = pack_bits(db_bits)
         if self.backend == "faiss":
-            self._build_faiss(_saved_flat)
+            self._build_faiss()
 
-    def _build_faiss(self, saved_flat=None):
+    def _build_faiss(self):
         import faiss
         width = 8 * self.db_bytes.shape[1]
-        if saved_flat is not None:
-            self.flat = faiss.deserialize_index_binary(saved_flat)
-        else:
-            self.flat = faiss.IndexBinaryFlat(width)
-            self.flat.add(self.db_bytes)
+        self.flat = faiss.IndexBinaryFlat(width)
+        self.flat.add(self.db_bytes)
         self.lookup = None
         if self.kind == "hash":
             self.lookup = faiss.IndexBinaryHash(width, min(HASH_BITS, width))
@@ -116,8 +113,11 @@ class HammingIndex:
             codes = np.unpackbits(saved["db_bytes"], axis=1)[:, :int(saved["bits"])].astype(bool)
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"cannot read the search index {path} ({error}); build it again") from None
-        use_saved = saved.get("faiss_flat") if backend != "numpy" and faiss_available() else None
-        return cls(codes, backend, str(saved["kind"]), int(saved["max_radius"]), _saved_flat=use_saved)
+        index = cls(codes, backend, str(saved["kind"]), int(saved["max_radius"]))
+        if index.backend == "faiss" and "faiss_flat" in saved:
+            import faiss
+            index.flat = faiss.deserialize_index_binary(saved["faiss_flat"])
+        return index
 
     def _queries(self, query_codes):
         query_bytes, query_bits = _byte_codes(query_codes, "query_codes")
