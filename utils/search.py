@@ -3,6 +3,7 @@
     index = HammingIndex(db_codes)                  # {-1,+1}, {0,1} or bool codes
     distances, indices = index.search(query_codes, k)
     hits = index.range_search(query_codes, radius)  # per query: items within the radius
+    index.save("db.index.npz"); index = HammingIndex.load("db.index.npz")
 
 Listing order: equal distances are ordered by database index, smallest first, so
 the k nearest are the first k of the stable ranking. (A listing knows no relevance;
@@ -95,6 +96,34 @@ class HammingIndex:
             self.lookup = faiss.IndexBinaryMultiHash(width, tables, min(HASH_BITS, width))
         if self.lookup is not None:
             self.lookup.add(self.db_bytes)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path):
+        """Writes the index (packed codes, settings and, with faiss, the serialised flat index)
+        to an .npz file atomically."""
+        from utils import io
+        arrays = {"db_bytes": self.db_bytes, "bits": np.int64(self.bits), "kind": np.str_(self.kind),
+                  "max_radius": np.int64(self.max_radius)}
+        if self.backend == "faiss":
+            import faiss
+            arrays["faiss_flat"] = faiss.serialize_index_binary(self.flat)
+        io.save_npz(path, arrays)
+
+    @classmethod
+    def load(cls, path, backend="auto"):
+        """An index written by `save`; a saved faiss index is read back as it is when faiss is used."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                saved = dict(saved)
+            codes = np.unpackbits(saved["db_bytes"], axis=1)[:, :int(saved["bits"])].astype(bool)
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"cannot read the search index {path} ({error}); build it again") from None
+        index = cls(codes, backend, str(saved["kind"]), int(saved["max_radius"]))
+        if index.backend == "faiss" and "faiss_flat" in saved:
+            import faiss
+            index.flat = faiss.deserialize_index_binary(saved["faiss_flat"])
+        return index
 
     def _queries(self, query_codes):
         query_bytes, query_bits = _byte_codes(query_codes, "query_codes")
