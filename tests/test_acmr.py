@@ -336,8 +336,9 @@ def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
     saved["config"]["epochs"] = 2
     io.save_json(path, saved)
     calls = []
-    original_update = acmr.AcmrModel.update
-    monkeypatch.setattr(acmr.AcmrModel, "update", lambda self, *a, **k: calls.append(1) or original_update(self, *a, **k))
+    from trainers.loop import TrainingLoop
+    original_done = TrainingLoop.updates_done
+    monkeypatch.setattr(TrainingLoop, "updates_done", lambda self, n=1, *a: calls.extend([1] * n) or original_done(self, n, *a))
     resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
     assert "resumed from" in capsys.readouterr().out
     assert len(calls) == 96 // 32  # only the second epoch was trained
