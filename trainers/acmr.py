@@ -451,17 +451,33 @@ class AcmrTraining(Method):
         self.batch_accuracy = tf.Variable(tf.zeros(self.batches_per_epoch), trainable=False,
                                           name="modality_accuracy_batches")
         self.lam = 0.0
-        self.step = tf.function(self._step, reduce_retracing=True)
+        self.run_updates = tf.function(self._run_updates)
 
-    def _step(self, rows, position, update_modality):
+    def _update(self, rows, position, update_modality):
+        """One update on the batch of training rows `rows` (batch `position` of the epoch)."""
         import tensorflow as tf
         from losses.acmr import mine_negatives_tf
         img, txt, labels = (tf.gather(part, rows) for part in self.train_inputs)
         mask = self.config.mining_mask
-        terms = self.model.apply_update(img, txt, labels, mine_negatives_tf(img, labels, mask),
-                                        mine_negatives_tf(txt, labels, mask), update_modality)
+        negatives = mine_negatives_tf(img, labels, mask), mine_negatives_tf(txt, labels, mask)
+        if self.config.projector_steps == 1:
+            terms = self.model.apply_update(img, txt, labels, *negatives, True)
+        else:
+            terms = tf.cond(update_modality,
+                            lambda: self.model.apply_update(img, txt, labels, *negatives, True),
+                            lambda: self.model.apply_update(img, txt, labels, *negatives, False))
         self.model.meter.add(terms)
         self.batch_accuracy[position].assign(terms["modality_accuracy"])
+
+    def _run_updates(self, batches, count, updates_before):
+        """`count` updates on the next batches of the tf.data iterator `batches`, in one call;
+        the modality classifier's turn (every projector_steps-th update of the run) is counted
+        from `updates_before`, the updates of the run before this call."""
+        import tensorflow as tf
+        for i in tf.range(count):
+            position, rows = next(batches)
+            update_index = updates_before + tf.cast(i, tf.int64) + 1
+            self._update(rows, position, update_index % self.config.projector_steps == 0)
 
     def unit_updates(self, unit):
         return self.batches_per_epoch
@@ -482,11 +498,12 @@ class AcmrTraining(Method):
         self.model.set_lambda(self.lam)
         if first == 0:
             self.batch_accuracy.assign(tf.zeros_like(self.batch_accuracy))
-        for position, rows in self.batches(unit, first):
-            # k projector updates per modality update, counted over the whole run
-            update_modality = (loop.updates + 1) % self.config.projector_steps == 0
-            self.step(rows, position, update_modality)
-            loop.updates_done(1)
+        batches, remaining = iter(self.batches(unit, first)), self.batches_per_epoch - first
+        while remaining:
+            count = loop.chunk_size(remaining)
+            self.run_updates(batches, tf.constant(count), tf.constant(loop.updates, tf.int64))
+            loop.updates_done(count)
+            remaining -= count
         trained = {"epoch": unit + 1, "lambda": self.lam}
         every = self.config.separability_every
         if every and ((unit + 1) % every == 0 or unit + 1 == self.units):

@@ -211,6 +211,17 @@ class TrainingLoop:
             self._save(score=None)
             self.cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
 
+    def chunk_size(self, limit):
+        """How many updates a method may run in one call before reporting them: at most
+        `limit` (e.g. the rest of the unit), and never past the next log read or the next
+        checkpoint due by count (--checkpoint-every). A signal is honoured at the next report."""
+        log_every = max(1, int(self.method.log_every))
+        count = min(int(limit), log_every - self.updates % log_every)
+        every = self.cadence.every_steps if self.cadence is not None else 0
+        if every:
+            count = min(count, every - self.updates % every)
+        return max(1, count)
+
     def note(self, text):
         """A plain progress line (stdout when not a terminal, and the run's train.log)."""
         if self.bar is not None and hasattr(self.bar, "note"):
