@@ -12,10 +12,9 @@ updates, at checkpoints and at unit ends; the NaN guard checks what it reads (a 
 in an interval makes its sum NaN). Every value the loop needs to continue exactly (units and
 updates done, the meters' sums, the number of history records) is in the checkpoint.
 
-The method interface (duck-typed; see `Method` for each member's contract).
+A method subclasses `Method`, whose members' docstrings state the contract.
 """
 import dataclasses
-import math
 import time
 
 import numpy as np
@@ -96,6 +95,7 @@ class Method:
     units = 0
     log_every = 1
     meters = ()
+    validation_hint = "give --validation-size N to keep it too"  # when an evaluation has no validation figure
     # The progress bar: "updates" (one bar over the run's updates), "units" (one over the units,
     # a plain line per unit in logs) or "unit_updates" (one bar per unit over its updates).
     progress = "updates"
@@ -266,8 +266,8 @@ class TrainingLoop:
         if evaluation.validation is None and not self._said_no_validation and self.run_folder is not None:
             _, keep_best = self.run_folder.keep_policy()
             if keep_best:
-                print("no validation part: only the last checkpoint is kept (the best is chosen by validation "
-                      "mAP, never by query mAP; give --validation-size N to keep it too)", flush=True)
+                print(f"no validation part: only the last checkpoint is kept (the best is chosen by validation "
+                      f"mAP, never by query mAP; {self.method.validation_hint})", flush=True)
             self._said_no_validation = True
         return evaluation.validation
 
@@ -348,7 +348,3 @@ class TrainingLoop:
             self.run_folder.flush()
         return results
 
-
-def check_log_every(log_every):
-    if log_every < 1:
-        raise UserError(f"--log-every must be at least 1, got {log_every}")
