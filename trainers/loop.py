@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 
-from utils.errors import UserError
 
 # TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy; x axis: updates.
 LOSS_TAG = "loss/{step}/{term}"

@@ -46,6 +46,9 @@ PRESETS = {
 # domain discriminator's loss (the one tape updates both).
 HASHING_STEP, DISCRIMINATOR_STEP = "hashing", "discriminator"
 
+# TensorBoard families of the figures beside the mAP (mAP/DIRECTION) of a protocol.
+FIGURE_TAGS = {"map_radius2": "mAP_radius2", "precision_radius2": "precision_radius2"}
+
 PROTOCOLS = {"target->target": ("query", "target_database"), "target->source": ("query", "source_database")}
 
 
@@ -410,7 +413,7 @@ class MetahTraining(Method):
         scalars = {}
         for key, value in figures.items():
             if isinstance(value, dict):
-                scalars.update({f"{name}/{key}": v for name, v in value.items() if name != "map"})
+                scalars.update({f"{FIGURE_TAGS[name]}/{key}": v for name, v in value.items() if name != "map"})
             else:
                 scalars[f"eval/{key}"] = value
         validation = figures.get("source-validation", {}).get("map")
