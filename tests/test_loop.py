@@ -83,7 +83,7 @@ def test_a_nan_stops_at_the_next_read_and_no_checkpoint_holds_it(tmp_path):
     values = np.ones(12)
     values[6] = np.nan  # update 7, in the second unit
     run = toy_run(tmp_path, "nan", checkpoint_every=0)
-    with pytest.raises(NonFiniteLoss, match="'value' became nan in the toy toy.*by update 8"):
+    with pytest.raises(NonFiniteLoss, match=r"'value' became nan in the toy training \(updates up to 8\)"):
         TrainingLoop(Toy(values, per_unit=4, log_every=2, maps=[0.1] * 3), run).run()
     run.close()
     assert os.path.basename(tf.train.latest_checkpoint(run.path("checkpoints"))) == "ckpt-4"
