@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
-                           TrainingLoop)
+                           TrainingLoop, inline_batches)
 from utils.config import CommonConfig
 from utils.errors import UserError
 
@@ -492,7 +492,7 @@ class AcmrTraining(Method):
         import tensorflow as tf
         c = self.config
         order = np.concatenate(epoch_batches(self.num_rows, c.batch_size, c.shuffle, c.drop_last, c.seed, epoch))
-        return tf.data.Dataset.from_tensor_slices(order).batch(c.batch_size).enumerate().skip(first).prefetch(2)
+        return inline_batches(tf.data.Dataset.from_tensor_slices(order).batch(c.batch_size).enumerate().skip(first))
 
     def train_unit(self, unit, first, loop):
         import tensorflow as tf

@@ -85,6 +85,17 @@ class LossMeter:
         return {f"meter_{self.name}_interval": self.interval, f"meter_{self.name}_unit": self.unit}
 
 
+def inline_batches(dataset):
+    """`dataset` read in the calling thread: no prefetch thread (tf.data injects one by default),
+    so a compiled step that takes its next batch does not wait on another thread each time,
+    which costs more than the tiny pipelines of the methods on a busy CPU."""
+    import tensorflow as tf
+    options = tf.data.Options()
+    options.experimental_optimization.inject_prefetch = False
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 class Method:
     """The contract a method fulfils (subclassing is optional; every member is read by name).
 
@@ -160,6 +171,7 @@ class TrainingLoop:
         self.manager = self.cadence = self.bar = None
         self._store_position = None
         self._said_no_validation = False
+        self._records_written = None  # history records in results.json as this process last wrote it
 
     # ---------------------------------------------------------------- checkpoint contents
     def checkpoint(self):
@@ -254,7 +266,9 @@ class TrainingLoop:
         if self.run_folder is None:
             return
         self._check_unit_sums()  # never checkpoint a non-finite state
-        self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
+        if len(self.history) != self._records_written:  # results.json holds every record the checkpoint counts
+            self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
+            self._records_written = len(self.history)
         self.updates_var.assign(self.updates)
         self.unit_updates_var.assign(self.unit_updates_done)
         self.records_var.assign(len(self.history))
@@ -331,7 +345,6 @@ class TrainingLoop:
                     self.bar.update(1)
                 if self.run_folder is not None:
                     self._save(score=self._keep_score(evaluation))
-                    self.run_folder.flush()
                     if unit + 1 < units:
                         self.cadence.saved()
         if self.bar is not None:

@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from trainers.loop import DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method, TrainingLoop
+from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
+                           TrainingLoop, inline_batches)
 from utils.config import CommonConfig
 from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
 from utils.errors import UserError
@@ -382,7 +383,7 @@ class MetahTraining(Method):
         target_rows = np.stack([batch_rows(pair.target_database, c.batch_size, it, c.seed * 2 + 1) for it in steps])
         lam = self.lambdas(steps)
         scale = lam if c.ramp_entropy else np.ones_like(lam)
-        return tf.data.Dataset.from_tensor_slices((source_rows, target_rows, lam, scale)).prefetch(2)
+        return inline_batches(tf.data.Dataset.from_tensor_slices((source_rows, target_rows, lam, scale)))
 
     def unit_updates(self, unit):
         return min(self.steps_per_epoch, self.config.iterations - unit * self.steps_per_epoch)
