@@ -10,6 +10,12 @@ pair of feature domains (600 source, 450 target items of 16-d). After an untimed
 
     updates/s = (updates of the long run - updates of the short run) / (seconds long - seconds short).
 
+Seconds are wall-clock; the same difference of the process's CPU seconds (all its threads) is
+printed too, as updates per CPU-second: on a machine shared with other work, wall-clock figures
+move with the load, CPU seconds much less. To measure an earlier commit, export its tree
+(`git archive COMMIT | tar -x -C DIR`), copy this script into DIR/benchmarks and run it there
+with `--code-commit COMMIT --out THIS_REPO/benchmarks/results/loop_overhead.json`.
+
     python benchmarks/loop_overhead.py --label before|after [--methods ssah,acmr,metah] [--repeats 2]
 
 Figures of each label are kept side by side in benchmarks/results/loop_overhead.json.
@@ -62,12 +68,13 @@ def cases(data_dir):
 
 
 def timed_run(argv, runs_dir, name):
+    """(wall seconds, CPU seconds of this process) of one train.main run."""
     import train
     quiet = text_io.StringIO()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         train.main(argv + ["--runs-dir", runs_dir, "--run-name", name])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def main():
@@ -77,6 +84,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per length (the fastest counts)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads (0 = all)")
     parser.add_argument("--out", default=results_io.results_path("loop_overhead.json"))
+    parser.add_argument("--code-commit", default="", help="the commit whose exported tree this runs in "
+                        "(recorded with the figures when the tree is not a git checkout)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -92,28 +101,35 @@ def main():
         for method in args.methods.split(","):
             argv, flag, short, long, updates = all_cases[method]
             timed_run(argv + [flag, str(short)], os.path.join(tmp, "runs"), f"{method}-warm-up")  # first-use costs
-            seconds = {}
+            seconds, cpu = {}, {}
             for length in (short, long):
-                seconds[length] = min(timed_run(argv + [flag, str(length)], os.path.join(tmp, "runs"),
-                                                f"{method}-{length}-{repeat}") for repeat in range(args.repeats))
+                times = [timed_run(argv + [flag, str(length)], os.path.join(tmp, "runs"), f"{method}-{length}-{repeat}")
+                         for repeat in range(args.repeats)]
+                seconds[length], cpu[length] = min(t[0] for t in times), min(t[1] for t in times)
             extra_updates = updates(long) - updates(short)
-            extra_seconds = seconds[long] - seconds[short]
-            figures[method] = {"updates_per_second": extra_updates / extra_seconds, "extra_updates": extra_updates,
+            extra_seconds, extra_cpu = seconds[long] - seconds[short], cpu[long] - cpu[short]
+            figures[method] = {"updates_per_second": extra_updates / extra_seconds,
+                               "updates_per_cpu_second": extra_updates / extra_cpu, "extra_updates": extra_updates,
                                "seconds_short": seconds[short], "seconds_long": seconds[long],
+                               "cpu_seconds_short": cpu[short], "cpu_seconds_long": cpu[long],
                                "lengths": [short, long], "length_option": flag}
             print(f"{method}: {figures[method]['updates_per_second']:.1f} updates/s "
                   f"({extra_updates} updates in {extra_seconds:.2f} s; runs {seconds[short]:.2f} s / "
-                  f"{seconds[long]:.2f} s)", flush=True)
+                  f"{seconds[long]:.2f} s); {figures[method]['updates_per_cpu_second']:.1f} updates per CPU-second",
+                  flush=True)
 
     saved = io.load_json(args.out) if os.path.exists(args.out) else {}
     labels = saved.get("labels", {})
     labels[args.label] = {"methods": figures, "provenance": results_io.provenance()}
+    if args.code_commit:
+        labels[args.label]["code_commit"] = args.code_commit
     if "before" in labels and "after" in labels:
         for method in labels["after"]["methods"]:
             if method in labels["before"]["methods"]:
-                ratio = (labels["after"]["methods"][method]["updates_per_second"]
-                         / labels["before"]["methods"][method]["updates_per_second"])
-                print(f"{method}: after / before = {ratio:.2f}x")
+                for key in ("updates_per_second", "updates_per_cpu_second"):
+                    after, before = (labels[n]["methods"][method].get(key) for n in ("after", "before"))
+                    if after and before:
+                        print(f"{method}: after / before = {after / before:.2f}x ({key})")
     results_io.write_results(args.out, {"labels": labels})
 
 

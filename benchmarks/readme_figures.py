@@ -380,21 +380,28 @@ def quickstart(_, f):
 
 
 def loop_overhead(_, f):
-    """benchmarks/loop_overhead.py: training updates/s per method, each label (before / after the
-    shared loop) with the commit it was measured at."""
+    """benchmarks/loop_overhead.py: training updates per wall-clock second and per CPU-second of
+    each method, before and after the shared loop, each label with the commit it measured. A
+    wall-clock difference that came out negative (the machine's load moved between the two
+    timed runs) is shown as such, not as a figure."""
     labels = f["labels"]
-    names = [name for name in ("before", "after") if name in labels] + sorted(set(labels) - {"before", "after"})
-    header = ["method"] + [f"updates/s {name} ({(labels[name]['provenance'].get('commit') or '?')[:7]})"
-                           for name in names]
-    if {"before", "after"} <= set(labels):
-        header.append("after / before")
+    names = [name for name in ("before", "after") if name in labels]
+
+    def commit(name):
+        label = labels[name]
+        return (label.get("code_commit") or label["provenance"].get("commit") or "?")[:7]
+
+    def cell(value):
+        return "not measured" if value is None else (f"{value:.0f}" if value > 0 else "negative (load)")
+    header = ["method"] + [f"updates/s {n} ({commit(n)})" for n in names] + \
+        [f"updates per CPU-second {n}" for n in names] + (["after / before (CPU)"] if len(names) == 2 else [])
     rows = []
     for method in ("ssah", "acmr", "metah"):
-        speeds = [labels[name]["methods"].get(method, {}).get("updates_per_second") for name in names]
-        row = [method.upper()] + [f"{v:.0f}" if v else "not measured" for v in speeds]
-        if len(header) > len(row):
-            before, after = (labels[n]["methods"].get(method, {}).get("updates_per_second") for n in ("before", "after"))
-            row.append(f"{after / before:.1f}x" if before and after else "")
+        figures = [labels[n]["methods"].get(method, {}) for n in names]
+        cpu = [fig.get("updates_per_cpu_second") for fig in figures]
+        row = [method.upper()] + [cell(fig.get("updates_per_second")) for fig in figures] + [cell(v) for v in cpu]
+        if len(names) == 2:
+            row.append(f"{cpu[1] / cpu[0]:.2f}x" if cpu[0] and cpu[1] else "")
         rows.append(row)
     return table(header, rows)
 
