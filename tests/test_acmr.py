@@ -475,6 +475,23 @@ def test_the_loops_tf_data_updates_equal_one_by_one_updates_on_numpy_mined_batch
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_the_best_checkpoint_is_the_epoch_with_the_best_validation_map(tmp_path):
+    """--validation-size: the validation items (out of training) ranked against the database
+    without them; the kept best checkpoint is the epoch whose validation average is highest."""
+    import train
+    from utils import io
+    write_wiki_pickles(str(tmp_path), n_train=120, n_test=40, seed=2)
+    results = train.main(["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(tmp_path), "--batch-size", "16",
+                          "--epochs", "3", "--validation-size", "30", "--runs-dir", str(tmp_path / "runs"),
+                          "--run-name", "v"])
+    scores = [r["map"][acmr.VALIDATION_PROTOCOL]["average"] for r in results["epochs"]]
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    assert results["iterations"] == 3 * (90 // 16)  # the 30 validation items are not trained on
+    best = io.load_json(str(tmp_path / "runs" / "v" / "checkpoints" / "best" / "score.json"))
+    assert best["score"] == max(scores)
+    assert best["checkpoint"] == f"ckpt-{(scores.index(max(scores)) + 1) * (90 // 16)}"
+
+
 def test_bad_input_gives_one_line_errors(tmp_path):
     import train
     with pytest.raises(UserError, match="at least 2"):
