@@ -379,6 +379,33 @@ def quickstart(_, f):
     return table(["command", "wall time (s)", "printed mAP"], rows)
 
 
+def loop_overhead(_, f):
+    """benchmarks/loop_overhead.py: training updates per wall-clock second and per CPU-second of
+    each method, before and after the shared loop, each label with the commit it measured. A
+    wall-clock difference that came out negative (the machine's load moved between the two
+    timed runs) is shown as such, not as a figure."""
+    labels = f["labels"]
+    names = [name for name in ("before", "after") if name in labels]
+
+    def commit(name):
+        label = labels[name]
+        return (label.get("code_commit") or label["provenance"].get("commit") or "?")[:7]
+
+    def cell(value):
+        return "not measured" if value is None else (f"{value:.0f}" if value > 0 else "negative (load)")
+    header = ["method"] + [f"updates/s {n} ({commit(n)})" for n in names] + \
+        [f"updates per CPU-second {n}" for n in names] + (["after / before (CPU)"] if len(names) == 2 else [])
+    rows = []
+    for method in ("ssah", "acmr", "metah"):
+        figures = [labels[n]["methods"].get(method, {}) for n in names]
+        cpu = [fig.get("updates_per_cpu_second") for fig in figures]
+        row = [method.upper()] + [cell(fig.get("updates_per_second")) for fig in figures] + [cell(v) for v in cpu]
+        if len(names) == 2:
+            row.append(f"{cpu[1] / cpu[0]:.2f}x" if cpu[0] and cpu[1] else "")
+        rows.append(row)
+    return table(header, rows)
+
+
 RENDERERS = {
     "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
@@ -386,7 +413,7 @@ RENDERERS = {
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
     "tah_base": tah_base, "tie_rules": tie_rules, "eval_speed": eval_speed,
-    "quickstart": quickstart,
+    "quickstart": quickstart, "loop_overhead": loop_overhead,
 }
 
 
