@@ -33,6 +33,10 @@ class CommonConfig:
     split_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={
         "help": "QUERY,TRAIN: sizes of the seeded split instead of the dataset's standard protocol "
                 "(for small or subset files); database = every item but the queries"})
+    validation_size: int = dataclasses.field(default=0, metadata={
+        "help": "training items (a seeded draw) held out as validation queries, ranked against the "
+                "database without them: never trained on, they choose settings (utils.tune) and the "
+                "best checkpoint; 0: none (METAH: --validation-fraction of the source)"})
     keep_checkpoints: str = dataclasses.field(default="last,best", metadata={
         "help": "checkpoints kept in RUN_DIR/checkpoints: 'last', 'last,best' (the last plus the one "
                 "with the best epoch mAP, in checkpoints/best) or a number N (the last N)"})
