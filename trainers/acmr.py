@@ -41,6 +41,7 @@ PRESETS = {
               "shuffle": True, "drop_last": True, "architecture": "paper", "triplet_form": "paper",
               "mining_mask": "multiply", "regularisation_weight": PAPER_REGULARISATION_WEIGHT},
 }
+PRESETS["tuned"] = dict(PRESETS["original"])  # plus trainers/presets/acmr-DATASET.json (train.build_config)
 
 # The programs' epochs and loss weights; a setting left at -1 / 0 takes these.
 PROGRAM_DEFAULTS = {

@@ -89,6 +89,7 @@ PRESETS = {
         "ms_windows": (1, 2, 3, 5, 10), "ms_fusion": "joint", "step_order": ("lab", "img", "txt", "dis"),
     },
 }
+PRESETS["tuned"] = dict(PRESETS["original"])  # plus trainers/presets/ssah-DATASET.json (train.build_config)
 
 
 @dataclasses.dataclass
