@@ -218,21 +218,22 @@ def acmr_modality_game(_, f):
 
 def metah_ablation(protocol, f):
     """benchmarks/metah_ablation.py: mAP mean ± std over seeds per pair, code length and preset."""
-    from benchmarks.metah_ablation import PAIRS, PRESET_ORDER, summarise
+    from benchmarks.metah_ablation import ALL_PRESETS, PAIRS, summarise
     keys = [k.split("|") for k in f["runs"]]
+    presets = [p for p in ALL_PRESETS if any(k[3] == p for k in keys)]  # tuned once its runs exist
     pairs = [p for p in PAIRS if any(k[0] == p for k in keys)]
     bits_list = sorted({int(k[1]) for k in keys})
-    summary = summarise(f, pairs, bits_list, PRESET_ORDER)
+    summary = summarise(f, pairs, bits_list, presets)
     rows = []
     for bits in bits_list:
         for pair in pairs:
-            entries = [summary[(pair, bits, preset, protocol, "map")] for preset in PRESET_ORDER]
+            entries = [summary[(pair, bits, preset, protocol, "map")] for preset in presets]
             counts = sorted({e[2] for e in entries})
             rows.append([pair, bits] + [f"{e[0]:.3f} ± {e[1]:.3f}" for e in entries]
                         + ["-".join(map(str, counts))])
-        means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in PRESET_ORDER]
+        means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in presets]
         rows.append(["mean of pairs", bits] + [f"**{m:.3f}**" for m in means] + [""])
-    return table(["pair", "bits", *PRESET_ORDER, "seeds"], rows) + "\n\n" + tie_rule_sentence(f)
+    return table(["pair", "bits", *presets, "seeds"], rows) + "\n\n" + tie_rule_sentence(f)
 
 
 def metah_comparisons(_, f):
