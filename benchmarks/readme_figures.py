@@ -85,6 +85,18 @@ def ssah_wiki_table(_, *files):
             + "\n\n" + tie_rule_sentence(*files, labels=labels))
 
 
+def ssah_wiki_causes(_, f):
+    """benchmarks/ssah_wiki_causes.py: one changed setting per row, mAP and constant database bits."""
+    rows = []
+    for name, row in f["rows"].items():
+        m = row["mean"]
+        rows.append([name, f"`{' '.join(row['options'])}`" if row["options"] else "(train.py's wiki defaults)",
+                     f"{m['i->t']:.3f}", f"{m['t->i']:.3f}", f"{m['t->t']:.3f}",
+                     f"{m['constant_bits_image']:.1f} / {m['constant_bits_text']:.1f}", len(row["seeds"])])
+    return (table(["row", "options", "i->t", "t->i", "t->t", f"constant bits of {f['bits']}, image / text", "seeds"],
+                  rows) + "\n\n" + tie_rule_sentence(f))
+
+
 def ssah_vs_acmr(_, ssah, acmr):
     """SSAH's 16-bit original row against ACMR's mAP over all (same queries and database)."""
     picked = {r["direction"]: r["mean"] for r in ssah["rows"] if r["variant"] == "original" and r["bits"] == 16}
@@ -381,7 +393,7 @@ def quickstart(_, f):
 
 
 RENDERERS = {
-    "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr,
+    "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr, "ssah_wiki_causes": ssah_wiki_causes,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
     "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
