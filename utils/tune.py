@@ -13,6 +13,8 @@ mean validation mAP over the retrieval directions (SSAH: i->t and t->i over the 
 ranking; ACMR: the mean of its two protocols' direction averages, mAP@top_k and mAP over all;
 METAH: source validation queries against the source database), under the run's tie rule.
 
+Trial 0 runs the base settings (the program's method with train.py's dataset defaults, as far as
+they lie in the search space), so a preset is never worse than them on validation.
 Options after the known ones are train.py options held fixed in every trial (and written into
 the preset); a setting given that way is left out of the search. The best trial's settings go
 to --out as a preset (written atomically) with the command, every trial, the best validation
@@ -70,7 +72,7 @@ SEARCH_SPACES = {
         Param("text_norm", choices=("none", "standardize")),
         Param("ms_windows", choices=("50,30,15,10,5", "1,2,3,5", "1,2,3,5,10", "1")),
         Param("schedule", choices=("original", "short")),
-        Param("epochs", 1, 3, integer=True),
+        Param("epochs", 1, 2, integer=True),  # 2 epochs of the program's passes: about 3 min on 2 cores
         Param("lr_lab_exponent", 2.0, 4.0),
         Param("lr_img_exponent", 2.5, 4.5),
         Param("lr_txt_exponent", 2.5, 4.5),
@@ -95,7 +97,7 @@ SEARCH_SPACES = {
         Param("beta", 0.01, 3.0, log=True),
         Param("domain_weight", 0.05, 2.0, log=True),
         Param("quantisation_weight", 0.5, 20.0, log=True),
-        Param("feature_norm", choices=("center", "standardize", "l2")),
+        Param("feature_norm", choices=("center", "standardize", "l2", "none")),
         Param("trunk_dropout", 0.0, 0.7),
     ),
 }
@@ -273,6 +275,27 @@ def settings_of(config, base, chosen):
             if name not in PER_RUN_FIELDS and (name in chosen or value != getattr(base, name))}
 
 
+def base_params(method, config, space):
+    """The base config's values of the searched settings, for a first trial that measures the
+    program's method itself (so the search never returns worse than it on validation); a value
+    outside the searched range is left to the sampler."""
+    values = dataclasses.asdict(config)
+    if method == "acmr":
+        from trainers.acmr import resolved
+        values.update({key: value for key, value in resolved(config).items() if key in values})
+    params = {}
+    for param in space:
+        value = values[param.name]
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        if param.choices:
+            if value in param.choices:
+                params[param.name] = value
+        elif param.low <= value <= param.high:
+            params[param.name] = value
+    return params
+
+
 def apply_params(config, params):
     """`config` with the trial's values (tuple settings given as text parsed)."""
     hints = typing.get_type_hints(type(config))
@@ -323,6 +346,7 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial(base_params(method, config, space))  # trial 0: the base settings
     study.optimize(objective, n_trials=trials, timeout=timeout or None)
     best = study.best_trial
     best_config = apply_params(config, {param.name: best.params[param.name] for param in space})
