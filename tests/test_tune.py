@@ -38,6 +38,10 @@ def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
     assert preset["method"] == "ssah" and preset["dataset"] == "synthetic" and preset["bits"] == 8
     assert preset["command"].startswith("python -m utils.tune --method ssah") and preset["date"]
     assert len(preset["trials"]) == 2
+    # Trial 0 measures the program's own settings, so the preset never scores below them.
+    first = preset["trials"][0]["params"]
+    assert (first["text_norm"], first["ms_windows"], first["lr_exponent_step"], first["eta"]) == \
+        ("none", "50,30,15,10,5", 0.5, 1.0)
     values = [t["validation_map"] for t in preset["trials"]]
     assert 0.0 < max(values) <= 1.0 and preset["validation"]["best_map"] == max(values)
     assert preset["validation"]["size"] == 150
