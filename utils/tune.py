@@ -89,6 +89,9 @@ SEARCH_SPACES = {
         Param("alpha", 0.5, 20.0, log=True),
         Param("margin", 0.01, 1.0, log=True),
         Param("shuffle", choices=(False, True)),
+        # The program never trains its label classifier (a fixed random one) and its GRL is inert.
+        Param("train_label_classifier", choices=(False, True)),
+        Param("adversarial_in_projector_loss", choices=(False, True)),
     ),
     "metah": (
         # Around the defaults (already chosen on source validation): wide ranges of 8 settings
