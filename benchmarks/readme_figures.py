@@ -87,8 +87,10 @@ def ssah_wiki_table(_, *files):
 
 def ssah_wiki_causes(_, f):
     """benchmarks/ssah_wiki_causes.py: one changed setting per row, mAP and constant database bits."""
+    from benchmarks.ssah_wiki_causes import ROWS
     rows = []
-    for name, row in f["rows"].items():
+    for name in sorted(f["rows"], key=lambda n: list(ROWS).index(n) if n in ROWS else len(ROWS)):
+        row = f["rows"][name]
         m = row["mean"]
         rows.append([name, f"`{' '.join(row['options'])}`" if row["options"] else "(train.py's wiki defaults)",
                      f"{m['i->t']:.3f}", f"{m['t->i']:.3f}", f"{m['t->t']:.3f}",
