@@ -22,16 +22,26 @@ RESUME_MAY_CHANGE = ("checkpoint_every", "keep_checkpoints")
 
 def build_config(module, args):
     """Defaults, then the method's defaults for the chosen dataset, then the chosen preset
-    (variant / ablation), then explicit options."""
+    (variant / ablation; `tuned` adds the committed preset file of the dataset), then the
+    settings of --preset-file, then explicit options."""
+    from utils.tune import committed_preset, read_preset
     config = module.Config()
+    method = module.__name__.rpartition(".")[2]
     dataset = getattr(args, "dataset", None) or config.dataset
     config = dataclasses.replace(config, **getattr(module, "DATASET_DEFAULTS", {}).get(dataset, {}))
     preset_field = getattr(module, "PRESET_FIELD", None)
+    preset_files = []
     if preset_field:
         chosen = getattr(args, preset_field, None) or getattr(config, preset_field)
         if chosen not in module.PRESETS:
             raise UserError(f"unknown {preset_field} '{chosen}'; choose one of {', '.join(module.PRESETS)}")
         config = dataclasses.replace(config, **module.PRESETS[chosen], **{preset_field: chosen})
+        if chosen == "tuned":
+            preset_files.append(committed_preset(method, dataset))
+    if getattr(args, "preset_file", ""):
+        preset_files.append(args.preset_file)
+    for path in preset_files:
+        config = dataclasses.replace(config, **read_preset(path, method, module.Config))
     return config_from_args(module.Config, args, base=config)
 
 
@@ -113,9 +123,13 @@ def main(argv=None):
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--method", default=None, choices=METHODS)
     first.add_argument("--resume", default="")
+    first.add_argument("--preset-file", default="", help="JSON preset of python -m utils.tune: its settings "
+                       "apply after the variant, before explicit options")
     known, _ = first.parse_known_args(argv)
 
     from utils.run import NonFiniteLoss, Run, finished_length, mark_completed, set_seed, tee_stdout
+    if known.resume and known.preset_file:
+        raise UserError("--resume continues a run with its saved settings: drop --preset-file")
     if known.resume:
         run = Run.open(known.resume, {m: get_method(m).Config for m in METHODS})
         module = get_method(run.method)

@@ -14,7 +14,9 @@ Hyperparameters are fixed in advance for every pair (trainers.metah.Config defau
 TAH's weights as its program applies them (pairwise 1, target unquantised), q 9, domain 0.8; our alpha = beta = 1 with the entropy weight
 ramped by the DANN schedule; SGD momentum 0.9, lr 0.03, 300 iterations, 64 + 64 per
 batch). The learning rate and the iteration count were picked on SOURCE validation
-queries (validation_fraction 0.2), never on target queries. The seed sets the weights,
+queries (validation_fraction 0.2), never on target queries. The `tuned` preset is METAH with the
+pair's committed trainers/presets/metah-PAIR.json (python -m utils.tune, scored on source
+validation queries): its settings replace the defaults above for that pair. The seed sets the weights,
 the batches and the seeded 10% target query split.
 
 --ties (default expected) is the tie rule of the mAP figures (utils.metrics); it is
@@ -42,6 +44,9 @@ PAIRS = {
     "mnist-usps": "mnist->usps",
 }
 PRESET_ORDER = ("source-only", "tah", "tah+sp", "tah+me", "metah")
+# METAH with each pair's committed tuned preset: a column of its own once its runs exist.
+TUNED = "tuned"
+ALL_PRESETS = PRESET_ORDER + (TUNED,)
 PROTOCOLS = ("target->target", "target->source")
 FIGURES = (("map", "mAP"), ("map_radius2", "mAP@H<=2"), ("precision_radius2", "P@H<=2"))
 DEFAULT_OUT = os.path.join("benchmarks", "results", "metah_ablation.json")
@@ -64,6 +69,14 @@ def convert(current, text):
     return type(current)(text)
 
 
+def tuned_settings(pair_name):
+    """The settings of the pair's committed tuned preset (a one-line error naming the tune
+    command when the pair has none)."""
+    from trainers import metah
+    from utils.tune import committed_preset, read_preset
+    return read_preset(committed_preset("metah", pair_name), "metah", metah.Config)
+
+
 def run_grid(args, results):
     import keras
     import tensorflow as tf
@@ -75,6 +88,9 @@ def run_grid(args, results):
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(metah.Config)})
     if unknown:
         raise SystemExit(f"error: --set names unknown settings {unknown}; see python train.py --method metah --help")
+    if TUNED in args.presets:
+        for pair in args.pairs:
+            tuned_settings(PAIRS[pair])  # every pair's preset exists before the grid starts
     todo = [(bits, seed, pair, preset) for bits in args.bits for seed in args.seeds
             for pair in args.pairs for preset in args.presets
             if run_key(pair, bits, seed, preset) not in results["runs"]]
@@ -84,6 +100,8 @@ def run_grid(args, results):
     for index, (bits, seed, pair, preset) in enumerate(todo):
         config = metah.Config(dataset=PAIRS[pair], bits=bits, seed=seed, preset=preset,
                               eval_every_epoch=False, ties=args.ties, **metah.PRESETS[preset])
+        if preset == TUNED:
+            config = dataclasses.replace(config, **tuned_settings(PAIRS[pair]))
         config = dataclasses.replace(config, **{k: convert(getattr(config, k), v) for k, v in overrides.items()})
         if (pair, seed) not in loaded:
             loaded.clear()  # one pair in memory at a time
@@ -203,7 +221,8 @@ def main(argv=None):
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma list of {', '.join(PAIRS)}")
     parser.add_argument("--bits", default="16,32,64")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--presets", default=",".join(PRESET_ORDER))
+    parser.add_argument("--presets", default=",".join(PRESET_ORDER),
+                        help=f"comma list of {', '.join(ALL_PRESETS)} ({TUNED}: needs every pair's preset)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (resumed if it exists)")
     parser.add_argument("--plot", default="", help="also write a PNG bar chart of mean mAP here")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
@@ -215,9 +234,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.pairs, args.presets = parse_list(args.pairs), parse_list(args.presets)
     args.bits, args.seeds = parse_list(args.bits, int), parse_list(args.seeds, int)
-    unknown = [p for p in args.pairs if p not in PAIRS] + [p for p in args.presets if p not in PRESET_ORDER]
+    unknown = [p for p in args.pairs if p not in PAIRS] + [p for p in args.presets if p not in ALL_PRESETS]
     if unknown:
-        parser.error(f"unknown pairs/presets {unknown}; pairs: {', '.join(PAIRS)}; presets: {', '.join(PRESET_ORDER)}")
+        parser.error(f"unknown pairs/presets {unknown}; pairs: {', '.join(PAIRS)}; presets: {', '.join(ALL_PRESETS)}")
     results = io.load_json(args.out) if os.path.exists(args.out) else {"runs": {}, "ties": args.ties}
     results.setdefault("ties", "pessimistic")  # the only rule before --ties
     if not args.table_only and results["runs"] and results["ties"] != args.ties:
@@ -243,4 +262,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_command_line
+    run_command_line(main)

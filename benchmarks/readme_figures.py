@@ -85,6 +85,20 @@ def ssah_wiki_table(_, *files):
             + "\n\n" + tie_rule_sentence(*files, labels=labels))
 
 
+def ssah_wiki_causes(_, f):
+    """benchmarks/ssah_wiki_causes.py: one changed setting per row, mAP and constant database bits."""
+    from benchmarks.ssah_wiki_causes import ROWS
+    rows = []
+    for name in sorted(f["rows"], key=lambda n: list(ROWS).index(n) if n in ROWS else len(ROWS)):
+        row = f["rows"][name]
+        m = row["mean"]
+        rows.append([name, f"`{' '.join(row['options'])}`" if row["options"] else "(train.py's wiki defaults)",
+                     f"{m['i->t']:.3f}", f"{m['t->i']:.3f}", f"{m['t->t']:.3f}",
+                     f"{m['constant_bits_image']:.1f} / {m['constant_bits_text']:.1f}", len(row["seeds"])])
+    return (table(["row", "options", "i->t", "t->i", "t->t", f"constant bits of {f['bits']}, image / text", "seeds"],
+                  rows) + "\n\n" + tie_rule_sentence(f))
+
+
 def ssah_vs_acmr(_, ssah, acmr):
     """SSAH's 16-bit original row against ACMR's mAP over all (same queries and database)."""
     picked = {r["direction"]: r["mean"] for r in ssah["rows"] if r["variant"] == "original" and r["bits"] == 16}
@@ -218,21 +232,22 @@ def acmr_modality_game(_, f):
 
 def metah_ablation(protocol, f):
     """benchmarks/metah_ablation.py: mAP mean ± std over seeds per pair, code length and preset."""
-    from benchmarks.metah_ablation import PAIRS, PRESET_ORDER, summarise
+    from benchmarks.metah_ablation import ALL_PRESETS, PAIRS, summarise
     keys = [k.split("|") for k in f["runs"]]
+    presets = [p for p in ALL_PRESETS if any(k[3] == p for k in keys)]  # tuned once its runs exist
     pairs = [p for p in PAIRS if any(k[0] == p for k in keys)]
     bits_list = sorted({int(k[1]) for k in keys})
-    summary = summarise(f, pairs, bits_list, PRESET_ORDER)
+    summary = summarise(f, pairs, bits_list, presets)
     rows = []
     for bits in bits_list:
         for pair in pairs:
-            entries = [summary[(pair, bits, preset, protocol, "map")] for preset in PRESET_ORDER]
+            entries = [summary[(pair, bits, preset, protocol, "map")] for preset in presets]
             counts = sorted({e[2] for e in entries})
             rows.append([pair, bits] + [f"{e[0]:.3f} ± {e[1]:.3f}" for e in entries]
                         + ["-".join(map(str, counts))])
-        means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in PRESET_ORDER]
+        means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in presets]
         rows.append(["mean of pairs", bits] + [f"**{m:.3f}**" for m in means] + [""])
-    return table(["pair", "bits", *PRESET_ORDER, "seeds"], rows) + "\n\n" + tie_rule_sentence(f)
+    return table(["pair", "bits", *presets, "seeds"], rows) + "\n\n" + tie_rule_sentence(f)
 
 
 def metah_comparisons(_, f):
@@ -407,7 +422,7 @@ def loop_overhead(_, f):
 
 
 RENDERERS = {
-    "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr,
+    "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr, "ssah_wiki_causes": ssah_wiki_causes,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
     "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,

@@ -42,6 +42,7 @@ PRESETS = {
               "shuffle": True, "drop_last": True, "architecture": "paper", "triplet_form": "paper",
               "mining_mask": "multiply", "regularisation_weight": PAPER_REGULARISATION_WEIGHT},
 }
+PRESETS["tuned"] = dict(PRESETS["original"])  # plus trainers/presets/acmr-DATASET.json (train.build_config)
 
 # TensorBoard's step names (loss/STEP/TERM, lr/STEP): the projectors' update and the modality classifier's.
 PROJECTOR_STEP, MODALITY_STEP = "projector", "modality_classifier"

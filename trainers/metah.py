@@ -43,6 +43,7 @@ PRESETS = {
     "tah+me": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": METAH_BETA},
     "metah": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": METAH_BETA},
 }
+PRESETS["tuned"] = dict(PRESETS["metah"])  # plus trainers/presets/metah-PAIR.json (train.build_config)
 
 # TensorBoard's step names (loss/STEP/TERM, lr/STEP): the hashing network's objective and the
 # domain discriminator's loss (the one tape updates both).

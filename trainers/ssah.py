@@ -89,6 +89,7 @@ PRESETS = {
         "ms_windows": (1, 2, 3, 5, 10), "ms_fusion": "joint", "step_order": ("lab", "img", "txt", "dis"),
     },
 }
+PRESETS["tuned"] = dict(PRESETS["original"])  # plus trainers/presets/ssah-DATASET.json (train.build_config)
 
 
 @dataclasses.dataclass
@@ -106,6 +107,9 @@ class Config(CommonConfig):
     feature_norm: str = _field("standardize", "image FEATURE preprocessing (features backbone only; "
                                "the program has no feature path): standardize with the training "
                                "mean/std per dimension, or none", choices=("standardize", "none"))
+    text_norm: str = _field("none", "text preprocessing: none (program: raw rows, e.g. LDA topic "
+                            "proportions summing to 1) or standardize (training mean/std per dimension)",
+                            choices=("standardize", "none"))
     labnet_activation: str = _field("relu", "LabNet hidden activation: relu (program) or sigmoid (paper text; "
                                     "on Wikipedia its features sink to 0 and every code collapses: README)",
                                     choices=("relu", "sigmoid"))
@@ -199,7 +203,8 @@ def resolve_backbone(config, data):
 def check_network_settings(config, text_dim):
     """One-line errors for settings the CLI's choices do not catch (or a Config built in code)."""
     choices = {"pairwise_loss": ("squared", "nll"), "discriminator_activation": ("relu", "tanh"),
-               "ms_fusion": ("per_window", "joint"), "labnet_activation": ("relu", "sigmoid")}
+               "ms_fusion": ("per_window", "joint"), "labnet_activation": ("relu", "sigmoid"),
+               "text_norm": ("standardize", "none")}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
@@ -234,11 +239,13 @@ class SSAHTrainer:
     feat_I, feat_T, feat_L (semantic features), pred_I, pred_T, pred_L (label predictions).
     """
 
-    def __init__(self, config, train_labels, text_dim, trunk, image_preprocess=None, seed=0, strategy=None):
+    def __init__(self, config, train_labels, text_dim, trunk, image_preprocess=None, seed=0, strategy=None,
+                 text_preprocess=None):
         """strategy: a tf.distribute strategy (None: one device); create `trunk` under its scope
         and under distribute.dtype_policy(config.mixed_precision)."""
         self.config = config
         self.strategy = strategy
+        self.text_preprocess = text_preprocess or _to_float
         with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
             self._create(train_labels, text_dim, trunk, image_preprocess, seed)
 
@@ -393,7 +400,7 @@ class SSAHTrainer:
 
         from losses import ssah as L
         image_features = self.nets["img"](self.image_preprocess(batch_images))[0]
-        text_features = self.nets["txt"](batch_texts)[0]
+        text_features = self.nets["txt"](self.text_preprocess(batch_texts))[0]
         label_features = self.nets["lab"](batch_labels)[0]
         with tf.GradientTape() as tape:
             logits = self.discriminator_logits(image_features, text_features, label_features)
@@ -435,7 +442,8 @@ class SSAHTrainer:
                                    learning_rate)
 
     def txt_step_fn(self, batch_index, batch_texts, batch_labels, learning_rate):
-        return self._modality_step("txt", batch_index, batch_texts, batch_labels, learning_rate)
+        return self._modality_step("txt", batch_index, self.text_preprocess(batch_texts), batch_labels,
+                                   learning_rate)
 
     def step(self, name, *args, learning_rate):
         """Runs one update of step `name` (lab, dis, img, txt) as a compiled tf.function.
@@ -498,7 +506,7 @@ class SSAHTrainer:
 
         from utils.data.pipeline import image_batches
         net = self.nets[modality]
-        prepare = self.image_preprocess if modality == "img" else tf.convert_to_tensor
+        prepare = self.image_preprocess if modality == "img" else self.text_preprocess
 
         def hashes(x):
             return net(prepare(x))[1]
@@ -605,13 +613,29 @@ def build_trunk(config, data, backbone):
     return trunk, subtract_mean
 
 
+def text_standardizer(config, data):
+    """The text preprocessing of --text-norm: None (raw rows) or minus the training mean over
+    the training std per dimension (the rows of 10-d LDA topic proportions are tiny and sum to
+    1, unlike the standardised image features)."""
+    if config.text_norm == "none":
+        return None
+    import tensorflow as tf
+    train_texts = np.asarray(data.texts[data.split.train], np.float64)
+    mean = tf.constant(train_texts.mean(axis=0).astype(np.float32))
+    std = tf.constant(np.maximum(train_texts.std(axis=0), 1e-6).astype(np.float32))
+
+    def standardize(x):
+        return (tf.cast(x, tf.float32) - mean) / std
+    return standardize
+
+
 def build_trainer(config, data, backbone, strategy=None):
     """An SSAHTrainer for `data`'s training part with every variable created; the trunk is
     built under the strategy's scope and the run's dtype policy."""
     with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
         trunk, preprocess = build_trunk(config, data, backbone)
     trainer = SSAHTrainer(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
-                          seed=config.seed, strategy=strategy)
+                          seed=config.seed, strategy=strategy, text_preprocess=text_standardizer(config, data))
     trainer.build(tuple(data.images.shape[1:]))
     return trainer
 

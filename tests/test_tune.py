@@ -1,0 +1,144 @@
+"""The settings search (utils/tune.py) and the presets train.py reads."""
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+
+import train
+from trainers import acmr, metah, ssah
+from utils import tune
+from utils.config import add_config_arguments
+from utils.errors import UserError
+
+# A tiny SSAH on the synthetic data: one update per net, small widths.
+TINY_SSAH = ["--schedule", "tiny", "--epochs", "1", "--hidden-dim", "32", "--embed-dim", "16",
+             "--discriminator-hidden", "16,8", "--batch-size", "64"]
+
+
+def config_for(module, argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, module.Config)
+    parser.add_argument("--preset-file", default="")
+    return train.build_config(module, parser.parse_args(argv))
+
+
+def write(path, obj):
+    with open(path, "w") as f:
+        f.write(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
+    out = tmp_path / "ssah-synthetic.json"
+    tune.main(["--method", "ssah", "--dataset", "synthetic", "--trials", "2", "--bits", "8",
+               "--validation-size", "150", "--out", str(out), *TINY_SSAH])
+    preset = json.loads(out.read_text())
+    assert preset["method"] == "ssah" and preset["dataset"] == "synthetic" and preset["bits"] == 8
+    assert preset["command"].startswith("python -m utils.tune --method ssah") and preset["date"]
+    assert len(preset["trials"]) == 2
+    # Trial 0 measures the program's own settings, so the preset never scores below them.
+    first = preset["trials"][0]["params"]
+    assert (first["text_norm"], first["ms_windows"], first["lr_exponent_step"], first["eta"]) == \
+        ("none", "50,30,15,10,5", 0.5, 1.0)
+    values = [t["validation_map"] for t in preset["trials"]]
+    assert 0.0 < max(values) <= 1.0 and preset["validation"]["best_map"] == max(values)
+    assert preset["validation"]["size"] == 150
+    best = preset["trials"][preset["validation"]["best_trial"]]["params"]
+    searched = {p["name"] for p in preset["search_space"]}
+    # Settings given on the command line are held fixed, not searched, and travel in the preset.
+    assert "schedule" not in searched and "epochs" not in searched and "text_norm" in searched
+    assert preset["settings"]["schedule"] == "tiny" and preset["settings"]["hidden_dim"] == 32
+    assert not set(preset["settings"]) & set(tune.PER_RUN_FIELDS)
+
+    config = config_for(ssah, ["--dataset", "synthetic", "--preset-file", str(out)])
+    assert config.text_norm == best["text_norm"] and config.batch_size == 64
+    assert config.ms_windows == tuple(int(w) for w in best["ms_windows"].split(","))
+    assert config.lr_txt_exponent == pytest.approx(best["lr_txt_exponent"])
+    # Explicit options still win over the preset.
+    assert config_for(ssah, ["--dataset", "synthetic", "--preset-file", str(out), "--hidden-dim", "48"]).hidden_dim == 48
+
+
+def test_validation_rows_are_never_query_rows(monkeypatch):
+    """The search trains and scores on the validation view: its queries are validation items,
+    carved from training, disjoint from the dataset's queries and from what is trained on."""
+    from utils.data import load_dataset
+    seen = []
+
+    def fake_fit(config, data=None, **_):
+        seen.append(data)
+        return {"final": {"test": {"average": 0.25}, "database": {"average": 0.5}}}
+    monkeypatch.setattr(acmr, "fit", fake_fit)
+    preset = tune.run_search("acmr", "synthetic", trials=2, validation_size=120, fixed_options=["--epochs", "1"])
+    assert preset["validation"]["best_map"] == pytest.approx(0.375)
+    real = load_dataset("synthetic", validation_size=120)
+    for data in seen:
+        view = data.split
+        assert len(view.query) == 120
+        assert not np.intersect1d(view.query, real.split.query).size
+        assert not np.intersect1d(view.query, view.train).size
+        assert not np.intersect1d(view.query, view.database).size
+        np.testing.assert_array_equal(np.sort(view.query), np.sort(real.split.validation))
+
+
+def test_validation_view_needs_a_validation_part():
+    from utils.data import load_dataset
+    with pytest.raises(UserError, match="--validation-size"):
+        tune.validation_view(load_dataset("synthetic"))
+
+
+def test_metah_scores_on_source_validation_queries(monkeypatch):
+    seen = []
+
+    def fake_fit(config, pair=None, **_):
+        seen.append(config)
+        return {"final": {"source-validation": {"map": 0.6}, "target->target": {"map": 0.9}}}
+    monkeypatch.setattr(metah, "fit", fake_fit)
+    preset = tune.run_search("metah", "mnist->usps", trials=1)
+    assert preset["validation"]["best_map"] == 0.6  # never the target's figure
+    assert seen[0].validation_fraction == tune.METAH_VALIDATION_FRACTION and seen[0].preset == "metah"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not readable JSON"),
+    ({"method": "ssah"}, "no 'settings'"),
+    ({"method": "ssah", "settings": {"no_such_setting": 1}}, "no_such_setting"),
+    ({"method": "ssah", "settings": {"seed": 3}}, "setting of the run"),
+    ({"method": "ssah", "settings": {"epochs": "two"}}, "epochs"),
+    ({"method": "ssah", "settings": {"text_norm": "whiten"}}, "not one of"),
+    ({"method": "acmr", "settings": {}}, "for acmr, not ssah"),
+])
+def test_a_bad_preset_file_is_a_one_line_error(tmp_path, content, message):
+    path = write(tmp_path / "preset.json", content)
+    with pytest.raises(UserError, match=message) as error:
+        config_for(ssah, ["--preset-file", path])
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_preset_file_stops_train_py_before_training(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        train.main(["--method", "ssah", "--dataset", "synthetic", "--runs-dir", str(tmp_path),
+                    "--preset-file", str(tmp_path / "absent.json")])
+    assert not os.listdir(tmp_path)  # no run folder left behind
+
+
+def test_tuned_applies_the_committed_preset_and_names_the_tune_command_without_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "PRESETS_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=r"python -m utils.tune --method metah --dataset 'mnist->usps'"):
+        config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps"])
+    write(tmp_path / "metah-mnist-usps.json", {"method": "metah", "settings": {"beta": 0.25, "iterations": 77}})
+    config = config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps", "--iterations", "90"])
+    assert (config.preset, config.beta, config.iterations, config.alpha) == ("tuned", 0.25, 90, metah.METAH_ALPHA)
+
+
+def test_text_standardisation_feeds_txtnet_standardised_rows():
+    """--text-norm standardize: TxtNet sees training-standardised rows (and the codes follow)."""
+    from utils.data import load_dataset
+    data = load_dataset("synthetic")
+    config = ssah.Config(text_norm="standardize")
+    standardize = ssah.text_standardizer(config, data)
+    train_texts = data.texts[data.split.train]
+    out = standardize(train_texts).numpy()
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    assert ssah.text_standardizer(ssah.Config(), data) is None  # the program: raw rows

@@ -1,0 +1,396 @@
+"""Settings search on a validation split, and the JSON presets it writes.
+
+    python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
+    python -m utils.tune --method acmr --dataset wiki --trials 20
+    python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
+
+Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
+(seeded) proposes, and scores them on VALIDATION items carved out of the training set, never
+on the queries: image-text datasets hold out `--validation-size` training items (default: a
+fifth), which are ranked against the database without them; METAH holds out a share of the
+SOURCE (`--validation-fraction`, default 0.1; the target is unlabelled). The score is the
+mean validation mAP over the retrieval directions (SSAH: i->t and t->i over the whole
+ranking; ACMR: the mean of its two protocols' direction averages, mAP@top_k and mAP over all;
+METAH: source validation queries against the source database), under the run's tie rule.
+
+Trial 0 runs the base settings (the program's method with train.py's dataset defaults, as far as
+they lie in the search space), so a preset is never worse than them on validation.
+Options after the known ones are train.py options held fixed in every trial (and written into
+the preset); a setting given that way is left out of the search. The best trial's settings go
+to --out as a preset (written atomically) with the command, every trial, the best validation
+figure, the search space and the date; `python train.py --preset-file FILE` applies it, and
+`--variant tuned` (METAH: `--preset tuned`) applies the committed trainers/presets/METHOD-DATASET.json.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shlex
+import sys
+import time
+import typing
+
+from utils.errors import UserError
+
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainers", "presets")
+PRESET_FORMAT = "advhash-preset/1"
+# Settings that belong to a run, not to a method's behaviour: a preset never carries them.
+PER_RUN_FIELDS = ("dataset", "data", "bits", "seed", "runs_dir", "run_name", "checkpoint_every",
+                  "keep_checkpoints", "split_file", "split_sizes", "validation_size", "validation_fraction",
+                  "variant", "preset", "ties")
+# The program's method each search starts from (the preset field's value).
+BASE_PRESET = {"ssah": "original", "acmr": "original", "metah": "metah"}
+VALIDATION_SHARE = 0.2        # image-text data: share of the training items held out by default
+METAH_VALIDATION_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One searched setting: a float or int range (log scale optional) or a list of choices
+    (tuple settings as comma-separated text, as on the command line)."""
+    name: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    integer: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial):
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+# What each method's search may change: the causes the issue names (input standardisation, MS-fusion
+# windows for small d, passes and rates, batch size, loss weights), each a Config field.
+SEARCH_SPACES = {
+    "ssah": (
+        # LabNet/ImgNet rates stay at the wiki defaults (other LabNet rates collapse every code);
+        # random draws of all eleven settings scored far below the base in a ten-trial search.
+        Param("text_norm", choices=("none", "standardize")),
+        Param("ms_windows", choices=("50,30,15,10,5", "1,2,3,5", "1")),
+        Param("schedule", choices=("original", "short")),
+        Param("epochs", 1, 2, integer=True),  # 2 epochs of the program's passes: about 3 min on 2 cores
+        Param("lr_txt_exponent", 3.0, 4.0),
+        Param("lr_exponent_step", 0.0, 0.5),
+        Param("eta", 0.3, 3.0, log=True),
+    ),
+    "acmr": (
+        Param("learning_rate", 1e-5, 1e-3, log=True),
+        Param("batch_size", choices=(32, 64, 128)),
+        Param("epochs", 20, 150, integer=True),
+        Param("label_weight", 1.0, 300.0, log=True),
+        Param("alpha", 0.5, 20.0, log=True),
+        Param("margin", 0.01, 1.0, log=True),
+        Param("shuffle", choices=(False, True)),
+        # The program never trains its label classifier (a fixed random one) and its GRL is inert.
+        Param("train_label_classifier", choices=(False, True)),
+        Param("adversarial_in_projector_loss", choices=(False, True)),
+    ),
+    "metah": (
+        # Around the defaults (already chosen on source validation): wide ranges of 8 settings
+        # left a dozen trials far below them on mnist->usps.
+        Param("learning_rate", 0.01, 0.1, log=True),
+        Param("iterations", 200, 600, integer=True),
+        Param("alpha", 0.1, 3.0, log=True),
+        Param("beta", 0.1, 3.0, log=True),
+        Param("domain_weight", 0.2, 2.0, log=True),
+        Param("quantisation_weight", 2.0, 20.0, log=True),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- presets
+
+def preset_name(method, dataset):
+    """trainers/presets/METHOD-DATASET.json with the dataset name made file-safe
+    ('office-googlenet:A->W' -> 'office-googlenet-A-W')."""
+    return f"{method}-{re.sub(r'[^A-Za-z0-9]+', '-', dataset).strip('-')}.json"
+
+
+def committed_preset(method, dataset):
+    """Path of the committed tuned preset of `method` on `dataset`; a one-line error naming the
+    tune command when there is none."""
+    path = os.path.join(PRESETS_DIR, preset_name(method, dataset))
+    if not os.path.exists(path):
+        flag = "--preset" if method == "metah" else "--variant"
+        raise UserError(f"{flag} tuned has no preset for {method} on '{dataset}' ({path} is missing): make one "
+                        f"with python -m utils.tune --method {method} --dataset '{dataset}' --trials 30 --out "
+                        f"{os.path.relpath(path)}, or pass --preset-file FILE")
+    return path
+
+
+def _converted(field, hint, value, path):
+    """`value` from JSON as the Config field's type; a one-line error when it does not fit."""
+    origin = typing.get_origin(hint)
+    wrong = UserError(f"preset {path}: {field.name} = {value!r} is not a valid "
+                      f"{getattr(hint, '__name__', str(hint))}; fix the value or delete the key")
+    if hint is tuple or origin is tuple:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        item_types = typing.get_args(hint)
+        try:
+            value = tuple(item_types[0](v) for v in value) if item_types else tuple(value)
+        except (TypeError, ValueError):
+            raise wrong from None
+    elif hint is bool:
+        if not isinstance(value, bool):
+            raise wrong
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        value = float(value)
+    elif hint is str and not isinstance(value, str):
+        raise wrong
+    choices = field.metadata.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"preset {path}: {field.name} = {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def read_preset(path, method, config_class):
+    """The settings of the preset file at `path` ({name: value} in the Config's types), checked:
+    a missing file, bad JSON, another method's preset, an unknown or per-run setting, or a
+    value of the wrong type is a one-line error."""
+    if not os.path.isfile(path):
+        raise UserError(f"preset file {path} does not exist; give the path of a JSON preset written by "
+                        f"python -m utils.tune")
+    try:
+        with open(path) as f:
+            preset = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"preset file {path} is not readable JSON ({error}); write it again with "
+                        f"python -m utils.tune") from None
+    if not isinstance(preset, dict) or not isinstance(preset.get("settings"), dict):
+        raise UserError(f"preset file {path} has no 'settings' object; a preset is the JSON that "
+                        f"python -m utils.tune writes")
+    if preset.get("method", method) != method:
+        raise UserError(f"preset file {path} is for {preset['method']}, not {method}: use --method "
+                        f"{preset['method']} or another preset")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    settings = {}
+    for name, value in preset["settings"].items():
+        if name not in fields:
+            raise UserError(f"preset file {path} sets '{name}', which {method} does not have; delete the "
+                            f"key (python train.py --method {method} --help lists the settings)")
+        if name in PER_RUN_FIELDS:
+            raise UserError(f"preset file {path} sets '{name}', a setting of the run, not of the method; "
+                            f"delete the key and give --{name.replace('_', '-')} on the command line")
+        settings[name] = _converted(fields[name], hints[name], value, path)
+    return settings
+
+
+def write_preset(path, method, dataset, settings, **record):
+    """Writes a preset atomically: `settings` (JSON values) and the provenance in `record`."""
+    from utils import io
+    io.save_json(path, {"format": PRESET_FORMAT, "method": method, "dataset": dataset,
+                        "settings": settings, **record})
+
+
+# --------------------------------------------------------------------------- validation figures
+
+def validation_view(data):
+    """The data with the validation items as queries, ranked against the database without them,
+    and training on the training items left: a method's usual evaluation of this view gives its
+    validation figures, and no query of the dataset is used."""
+    from utils.data.splits import Split
+    split = data.split
+    if not len(split.validation):
+        raise UserError("the data has no validation part; give --validation-size N")
+    view = Split(query=split.validation, train=split.train, database=split.validation_database)
+    return dataclasses.replace(data, split=view)
+
+
+def _ssah_fit(config, data):
+    """SSAH trained in-process on `data` without a run folder: its fit when the trainer has one,
+    else its epoch loop and evaluation."""
+    from trainers import ssah
+    if hasattr(ssah, "fit"):
+        return ssah.fit(config, data=data)
+    backbone = ssah.resolve_backbone(config, data)
+    trainer = ssah.build_trainer(config, data, backbone)
+    loop = ssah.EpochLoop(trainer, config, data.part("train"))
+    for epoch in range(config.epochs):
+        loop.run_epoch(epoch)
+    trainer.update_unified_codes()
+    maps, _ = ssah.evaluate(trainer, data, config)
+    return {"final": maps}
+
+
+def validation_score(method, config):
+    """(score, figures): the mean validation mAP of one trained `config` (see the module docstring)."""
+    import numpy as np
+
+    from utils.run import set_seed
+    set_seed(config.seed)
+    if method == "metah":
+        from trainers import metah
+        figures = metah.fit(config)["final"]["source-validation"]
+        return float(figures["map"]), figures
+    from utils.data import load_dataset
+    data = validation_view(load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                                        split_sizes=config.split_sizes, validation_size=config.validation_size))
+    if method == "ssah":
+        figures = _ssah_fit(config, data)["final"]
+        return float(np.mean([figures["i->t"], figures["t->i"]])), figures
+    from trainers import acmr
+    figures = acmr.fit(config, data=data)["final"]
+    return float(np.mean([protocol["average"] for protocol in figures.values()])), figures
+
+
+# --------------------------------------------------------------------------- the search
+
+def base_config(method, fixed_options):
+    """(Config built as train.py builds it from the fixed options, names of the settings given)."""
+    from train import build_config
+    from trainers import get_method
+    from utils.config import add_config_arguments
+    module = get_method(method)
+    parser = argparse.ArgumentParser(prog=f"python -m utils.tune --method {method}")
+    add_config_arguments(parser, module.Config)
+    args = parser.parse_args(fixed_options)
+    given = {name for name, value in vars(args).items() if value is not None}
+    return build_config(module, args), given
+
+
+def search_space(method, given):
+    return [param for param in SEARCH_SPACES[method] if param.name not in given]
+
+
+def settings_of(config, base, chosen):
+    """The preset settings (JSON values): the `chosen` ones (searched or given) and every other
+    method setting that differs from `base` (the Config's defaults under the base variant:
+    e.g. a dataset's defaults); per-run settings left out."""
+    return {name: (list(value) if isinstance(value, tuple) else value)
+            for name, value in dataclasses.asdict(config).items()
+            if name not in PER_RUN_FIELDS and (name in chosen or value != getattr(base, name))}
+
+
+def base_params(method, config, space):
+    """The base config's values of the searched settings, for a first trial that measures the
+    program's method itself (so the search never returns worse than it on validation); a value
+    outside the searched range is left to the sampler."""
+    values = dataclasses.asdict(config)
+    if method == "acmr":
+        from trainers.acmr import resolved
+        values.update({key: value for key, value in resolved(config).items() if key in values})
+    params = {}
+    for param in space:
+        value = values[param.name]
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        if param.choices:
+            if value in param.choices:
+                params[param.name] = value
+        elif param.low <= value <= param.high:
+            params[param.name] = value
+    return params
+
+
+def apply_params(config, params):
+    """`config` with the trial's values (tuple settings given as text parsed)."""
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    values = {name: _converted(fields[name], hints[name], value, "search") for name, value in params.items()}
+    return dataclasses.replace(config, **values)
+
+
+def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="", validation_size=None,
+               validation_fraction=None, timeout=0.0, command=""):
+    """Runs the search and writes the preset to `out`; returns the preset as a dict."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("the settings search needs Optuna: pip install optuna") from None
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    from trainers import get_method
+    module = get_method(method)
+    options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
+    config, given = base_config(method, options)
+    if method == "metah":
+        fraction = METAH_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+        config = dataclasses.replace(config, validation_fraction=fraction)
+        if fraction <= 0:
+            raise UserError("METAH's search scores on source validation queries: give --validation-fraction > 0")
+    else:
+        if validation_size is None:
+            from utils.data import load_dataset
+            data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                                split_sizes=config.split_sizes)
+            validation_size = max(1, int(round(VALIDATION_SHARE * len(data.split.train))))
+        config = dataclasses.replace(config, validation_size=validation_size)
+    reference = module.Config(**{**dataclasses.asdict(module.Config()),
+                                 **module.PRESETS[BASE_PRESET[method]]})
+    space = search_space(method, given)
+    records = []
+
+    def objective(trial):
+        params = {param.name: param.suggest(trial) for param in space}
+        trial_config = apply_params(config, params)
+        start = time.perf_counter()
+        score, figures = validation_score(method, trial_config)
+        records.append({"number": trial.number, "params": params, "validation_map": score,
+                        "figures": figures, "seconds": round(time.perf_counter() - start, 1)})
+        print(f"trial {trial.number}: validation mAP {score:.4f} ({records[-1]['seconds']} s) {params}", flush=True)
+        return score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # TPE samples at random for its first n_startup_trials (10 by default): a third of a short search
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 3))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial(base_params(method, config, space))  # trial 0: the base settings
+    study.optimize(objective, n_trials=trials, timeout=timeout or None)
+    best = study.best_trial
+    best_config = apply_params(config, {param.name: best.params[param.name] for param in space})
+    preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
+              "command": command, "base": BASE_PRESET[method], "bits": bits, "seed": seed,
+              "validation": {"objective": "mean validation mAP over the directions", "ties": config.ties,
+                             "size": getattr(config, "validation_size", None) if method != "metah" else None,
+                             "source_fraction": config.validation_fraction if method == "metah" else None,
+                             "best_map": best.value, "best_trial": best.number},
+              "trials": records, "search_space": [dataclasses.asdict(p) for p in space],
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if out:
+        write_preset(out, method, dataset, **preset)
+        print(f"best validation mAP {best.value:.4f} (trial {best.number}); preset written to {out}")
+    return {"format": PRESET_FORMAT, "method": method, "dataset": dataset, **preset}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", required=True, choices=tuple(SEARCH_SPACES))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--trials", type=int, required=True, help="settings tried")
+    parser.add_argument("--bits", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's run")
+    parser.add_argument("--out", default="", help="preset file to write (default: trainers/presets/"
+                        "METHOD-DATASET.json)")
+    parser.add_argument("--validation-size", type=int, default=None,
+                        help="image-text data: training items held out for scoring (default: a fifth)")
+    parser.add_argument("--validation-fraction", type=float, default=None,
+                        help=f"METAH: share of the source held out (default {METAH_VALIDATION_FRACTION})")
+    parser.add_argument("--timeout", type=float, default=0.0, help="stop starting trials after this many "
+                        "seconds (0: no limit)")
+    args, fixed = parser.parse_known_args(argv)
+    out = args.out or os.path.join(PRESETS_DIR, preset_name(args.method, args.dataset))
+    command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
+    run_search(args.method, args.dataset, args.trials, bits=args.bits, seed=args.seed, fixed_options=fixed,
+               out=out, validation_size=args.validation_size, validation_fraction=args.validation_fraction,
+               timeout=args.timeout, command=command)
+
+
+if __name__ == "__main__":
+    from utils.errors import run_command_line
+    run_command_line(main)
