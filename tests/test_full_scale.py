@@ -242,7 +242,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
     import keras
 
     import train
-    import trainers.ssah as ssah
+    import trainers.ssah.training as ssah  # where build_trainer looks build_trunk up
     import utils.data
     import utils.data.pipeline as pipeline
     from utils.data.dcmh import HDF5Images

@@ -49,7 +49,7 @@ def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
-    import trainers.ssah as ssah
+    import trainers.ssah.training as ssah  # where train() looks evaluate up
     real_evaluate = ssah.evaluate
     calls = []
 

@@ -1,0 +1,236 @@
+"""SSAH's epochs as the program runs them: per net the inner indices of the schedule, each up
+to its passes with the program's early stop, and checkpoints inside an epoch."""
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
+from utils.data import pipeline
+from utils.errors import UserError
+from utils.run import check_finite
+
+
+StopCheck = collections.namedtuple("StopCheck", "pass_index previous last stopped")
+
+
+def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
+    """The passes of one inner index of one net, with the program's early stop.
+
+    run_pass(k) runs pass k; monitor(k) gives the net's monitoring loss after it; rule: an
+    EarlyStopRule, or None (no early stop); records: the net's list of recorded monitoring
+    losses, which runs on across inner indices (appended to here). first_pass: resume there.
+    Returns (passes run, counted from 0, [StopCheck of every check made])."""
+    checks = []
+    for k in range(first_pass, passes):
+        run_pass(k)
+        if rule is None:
+            continue
+        if k % rule.record_every == 0:
+            records.append(float(monitor(k)))
+        if k >= rule.check_from and len(records) >= 2:
+            stopped = records[-1] - records[-2] >= 0
+            checks.append(StopCheck(k, records[-2], records[-1], stopped))
+            if stopped:
+                return k + 1, checks
+    return passes, checks
+
+
+SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and discriminator accuracy)
+
+
+class EpochLoop:
+    """SSAH's epochs as the program runs them: per net, the inner indices of the schedule, each
+    up to its passes with the program's early stop; a pass is n // batch updates, each on a
+    fresh random batch (the first `batch` of a random permutation of the n training items).
+
+    batch_order: None draws every batch from trainer.rng; else an iterable of row arrays
+    (indices into the training items, `batch` each), one per update in the order the loop
+    runs them (discriminator updates included), e.g. the batches the authors' program drew.
+    run: the run folder for TensorBoard (None: no logging). keep_record: list every update,
+    monitoring loss and stop check in `self.record`.
+
+    Checkpoints inside an epoch: with `cadence` (utils.run.CheckpointCadence) and `save` set,
+    after every update the loop asks the cadence; when due it stores its position (net, inner
+    index, pass, updates done in the pass, the rows drawn for the pass, the recorded monitoring
+    losses, the pass's running loss sums) in its variables (`checkpoint_objects`) and calls
+    save(). After restoring such a checkpoint (and trainer.rng with it), `resume_from_variables`
+    makes the next run_epoch continue at that update, so the rest of the run is the same as
+    without the interruption."""
+
+    def __init__(self, trainer, config, parts, schedule=None, batch_order=None, run=None, keep_record=False):
+        self.trainer, self.config, self.run = trainer, config, run
+        self.images, self.texts, self.labels = parts
+        self.schedule = schedule or SCHEDULES[config.schedule]
+        self.batch = trainer.batch_size
+        self.updates_per_pass = max(1, trainer.num_items // self.batch)
+        self.batch_order = None if batch_order is None else iter(batch_order)
+        self.cadence, self.save = None, None
+        self.counters = dict.fromkeys(STEP_NAMES, 0)   # updates per step (TensorBoard's x axis)
+        self.record = {"updates": [], "monitors": [], "stop_checks": []} if keep_record else None
+        self._resume = None
+        # position: mid-epoch flag, step (index in the epoch's order), inner index, pass, updates done in it
+        self.position = tf.Variable(np.zeros(5, np.int64), trainable=False, name="loop_position")
+        self.pass_rows = tf.Variable(np.zeros((self.updates_per_pass, self.batch), np.int64), trainable=False,
+                                     name="pass_rows")
+        self.monitor_records = tf.Variable(np.full(2, np.nan), trainable=False, name="monitor_records")
+        self.pass_sums = tf.Variable(np.zeros(len(SUMMARY_KEYS)), trainable=False, name="pass_sums")
+        self.step_summaries = tf.Variable(np.full((len(STEP_NAMES), len(SUMMARY_KEYS)), np.nan), trainable=False,
+                                          name="step_summaries")
+        self.iterations = tf.Variable(np.zeros(len(STEP_NAMES), np.int64), trainable=False, name="iterations")
+
+    def checkpoint_objects(self):
+        return {"loop_position": self.position, "pass_rows": self.pass_rows, "monitor_records": self.monitor_records,
+                "pass_sums": self.pass_sums, "step_summaries": self.step_summaries, "iterations": self.iterations}
+
+    def resume_from_variables(self):
+        """After a restore: the update counters continue, and a checkpoint written inside an
+        epoch makes the next run_epoch continue at its position."""
+        self.counters = dict(zip(STEP_NAMES, (int(v) for v in self.iterations.numpy())))
+        mid_epoch, step, inner, k, done = (int(v) for v in self.position.numpy())
+        if not mid_epoch:
+            self._resume = None
+            return
+        summaries = {name: {key: float(v) for key, v in zip(SUMMARY_KEYS, row) if not np.isnan(v)}
+                     for name, row in zip(STEP_NAMES, self.step_summaries.numpy())}
+        self._resume = {"step": step, "inner": inner, "pass": k, "done": done,
+                        "rows": self.pass_rows.numpy(), "sums": self.pass_sums.numpy().copy(),
+                        "records": [float(v) for v in self.monitor_records.numpy() if not np.isnan(v)],
+                        "summaries": {name: s for name, s in summaries.items() if s}}
+
+    @property
+    def total_updates(self):
+        return sum(self.counters.values())
+
+    # ----------------------------------------------------------------- batches
+    def _draw(self):
+        if self.batch_order is None:
+            return tf.argsort(self.trainer.rng.uniform([self.trainer.num_items]))[:self.batch].numpy()
+        rows = np.asarray(next(self.batch_order, ()))
+        if rows.shape != (self.batch,):
+            raise UserError(f"the given batch order ran out or holds a batch of shape {rows.shape}; "
+                            f"give one row array of {self.batch} training-item indices per update")
+        return rows
+
+    def _inputs(self, step, draws):
+        """The step inputs of the given batches; images of a lazy (HDF5) source stream through
+        tf.data (parallel reads, prefetch)."""
+        images = None
+        if step in ("img", "dis") and len(draws):
+            if isinstance(self.images, np.ndarray):
+                images = (self.images[rows] for rows in draws)
+            else:
+                images = (values for values, _ in pipeline.image_batches(self.images, np.concatenate(draws), self.batch))
+        for rows in draws:
+            if step == "lab":
+                yield (rows, self.labels[rows])
+            elif step == "img":
+                yield (rows, next(images), self.labels[rows])
+            elif step == "txt":
+                yield (rows, self.texts[rows], self.labels[rows])
+            else:
+                yield (next(images), self.texts[rows], self.labels[rows])
+
+    # ----------------------------------------------------------------- one pass, one epoch
+    def _pass(self, where, lr, bar, k):
+        """Pass k: draws all its batches first (the same RNG sequence as one by one: nothing
+        else draws in between), then updates; returns the pass's mean loss (and accuracy)."""
+        step = where["step_name"]
+        resume, self._resume_pass = self._resume_pass, None
+        if resume is not None:
+            draws, done, sums = resume["rows"], resume["done"], resume["sums"]
+        else:
+            draws, done, sums = np.stack([self._draw() for _ in range(self.updates_per_pass)]), 0, np.zeros(2)
+        for b, inputs in enumerate(self._inputs(step, draws[done:]), start=done):
+            losses = self.trainer.step(step, *inputs, learning_rate=lr)
+            check_finite(losses, STEP_NAMES[step])
+            self.counters[step] += 1
+            if self.run is not None:
+                self.run.log_scalars(self.counters[step], losses, prefix=f"{step}/")
+            sums = sums + [losses.get(key, 0.0) for key in SUMMARY_KEYS]
+            if self.record is not None:
+                self.record["updates"].append({"step": step, "inner": where["inner"], "pass": k, "batch": b,
+                                               "rows": draws[b], "lr": lr, "loss": losses["loss"]})
+            if bar is not None:
+                bar.update(1)
+            if self.cadence is not None and self.cadence.due(self.total_updates):
+                self._store_position(where, k, b + 1, draws, sums)
+                self.save()
+                self.cadence.saved()
+        means = sums / self.updates_per_pass
+        self._summaries[step] = {"loss": float(means[0])}
+        if step == "dis":
+            self._summaries[step]["accuracy"] = float(means[1])
+        if bar is not None and hasattr(bar, "note"):  # one plain line per pass in logs
+            bar.note(f"{STEP_NAMES[step]} lr index {where['inner']} pass {k + 1}: "
+                     + ", ".join(f"{key} {value:.4f}" for key, value in self._summaries[step].items()))
+        return self._summaries[step]
+
+    def _store_position(self, where, k, done, draws, sums):
+        self.position.assign([1, where["step"], where["inner"], k, done])
+        self.pass_rows.assign(draws)
+        records = ([np.nan, np.nan] + self._records)[-2:]
+        self.monitor_records.assign(records)
+        self.pass_sums.assign(sums)
+        self.step_summaries.assign([[self._summaries.get(name, {}).get(key, np.nan) for key in SUMMARY_KEYS]
+                                    for name in STEP_NAMES])
+        self.iterations.assign([self.counters[name] for name in STEP_NAMES])
+
+    def _monitor(self, step, inner, k):
+        value = self.trainer.monitoring_loss(step)
+        check_finite({"monitoring": value}, STEP_NAMES[step] + " monitoring")
+        if self.run is not None:
+            self.run.log_scalars(self.counters[step], {"monitoring": value}, prefix=f"{step}/")
+        if self.record is not None:
+            self.record["monitors"].append({"step": step, "inner": inner, "pass": k, "value": value})
+        return value
+
+    def run_epoch(self, epoch, bar=None):
+        """One epoch (or the rest of it after resume_from_variables); returns per step the
+        mean loss (discriminators: and accuracy) of its last pass."""
+        resume, self._resume = self._resume, None
+        self._summaries = dict(resume["summaries"]) if resume else {}
+        self._resume_pass = None
+        position = -1
+        for step in self.config.step_order:
+            position += 1
+            if resume and position < resume["step"]:
+                continue
+            resuming_step = resume is not None and position == resume["step"]
+            self._records = list(resume["records"]) if resuming_step else []
+            rule = EARLY_STOP.get(step) if self.config.early_stop else None
+            for inner, passes in enumerate(self.schedule[step]):
+                if resuming_step and inner < resume["inner"]:
+                    continue
+                first_pass = 0
+                lr = learning_rate(self.config, step, epoch + inner)
+                if resuming_step and inner == resume["inner"]:
+                    first_pass = resume["pass"]
+                    self._resume_pass = resume
+                    if bar is not None:
+                        bar.update(self.updates_per_pass * first_pass + resume["done"])
+                elif self.run is not None:  # at mAP's convention: the epoch being trained counts from 1
+                    self.run.log_scalars(epoch + 1, {f"lr_{step}_{inner}": lr}, prefix="learning_rate/")
+                where = {"step": position, "step_name": step, "inner": inner}
+
+                def run_pass(k, where=where, lr=lr):
+                    return self._pass(where, lr, bar, k)
+
+                def monitor(k, step=step, inner=inner):
+                    return self._monitor(step, inner, k)
+
+                passes_run, checks = inner_loop(passes, run_pass, monitor, rule, self._records, first_pass)
+                self._records = self._records[-2:]
+                if self.record is not None:
+                    self.record["stop_checks"] += [{"step": step, "inner": inner, **check._asdict()}
+                                                   for check in checks]
+                if bar is not None:
+                    bar.update(self.updates_per_pass * (passes - passes_run))
+            if resuming_step:
+                resume = None  # the steps after it run whole
+        return dict(self._summaries)
+
+    def end_epoch(self):
+        """Position and counters for the checkpoint written at the end of an epoch."""
+        self.position.assign(np.zeros(5, np.int64))
+        self.iterations.assign([self.counters[name] for name in STEP_NAMES])
