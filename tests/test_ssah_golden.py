@@ -1,6 +1,6 @@
 """The original variant reproduces one update of each SSAH step of the authors' program.
 
-/work/shared/golden/ssah-one-step.npz (see its README) holds the program's initial
+The golden file ssah-one-step.npz (shared data, found by tests.conftest.shared_path) holds the program's initial
 weights, buffers and inputs, and every loss, head output and changed variable after
 one update of LabNet, the discriminators, ImgNet and TxtNet, in that order.
 """

@@ -228,34 +228,16 @@ class SSAHTrainer:
 
     # ----------------------------------------------------------------- monitoring
     def monitoring_loss(self, net, chunk=1024):
-        """The program's early-stop loss of `net` over all n stored items.
-
-        Equals losses.ssah.monitoring_loss (LabNet) and modality_monitoring_loss (ImgNet:
-        codes sign(F), pair (F, H); TxtNet: sign(G), pair (H, G)) with all weights 1; the
-        n x n pairwise NLL is summed over row chunks so that n = 10,000 fits in memory. In float64
-        (the program computes it in NumPy from float64 copies of the stored outputs).
-        """
-        b = self.buffers
-
-        def nll(first, second):  # in float64, as the program's NumPy code (S too: 0.999 in float64)
-            total = 0.0
-            for start in range(0, self.num_items, chunk):
-                stop = min(start + chunk, self.num_items)
-                sim = tf.cast(tf.matmul(self.labels[start:stop], self.labels, transpose_b=True) > 0,
-                              L.MONITORING_DTYPE) * self.config.similarity_scale
-                total += float(L.pairwise_nll(first[start:stop], second, sim, L.MONITORING_DTYPE))
-            return total
-
+        """The program's early-stop loss of `net` over all n stored items (float; the one read
+        to the host per checked pass): LabNet's on (H, feat_L, pred_L); ImgNet's on codes sign(F)
+        and the pair (F, H); TxtNet's on sign(G) and (H, G); all weights 1, as in the program."""
+        b, scale = self.buffers, self.config.similarity_scale
         if net == "lab":
-            return (float(L.squared_error(b["pred_L"], self.labels))
-                    + nll(b["H"], b["H"]) + nll(b["feat_L"], b["feat_L"]))
+            return float(L.monitoring_loss(b["H"], b["feat_L"], self.labels, b["pred_L"], scale, chunk=chunk))
         hashes, predicted = (b["F"], b["pred_I"]) if net == "img" else (b["G"], b["pred_T"])
         first, second = (hashes, b["H"]) if net == "img" else (b["H"], hashes)
-        codes = tf.sign(hashes)
-        rest = (L.squared_error(codes, first) + L.squared_error(codes, second)
-                + L.squared_error(b["H"], first) + L.squared_error(b["H"], second)
-                + L.squared_error(predicted, self.labels))
-        return float(rest) + nll(first, second)
+        return float(L.modality_monitoring_loss(tf.sign(hashes), first, second, b["H"], predicted, self.labels,
+                                                scale, chunk=chunk))
 
     def update_unified_codes(self):
         """B = sign(H + F + G), the program's unified code of the training set."""
