@@ -33,6 +33,12 @@ def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
     codes = scipy.io.loadmat(run_dir / "codes.mat")
     assert codes["Qi"].shape == (200, 16) and codes["Dt"].shape == (1800, 16)
     assert set(np.unique(codes["Qi"])) <= {-1.0, 1.0}
+    # B = sign(H + F + G) of the 1000 training items, exported as the checkpoint holds it
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(run_dir / "checkpoints"))
+    np.testing.assert_array_equal(codes["B"], reader.get_tensor("unified_codes/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert codes["B"].shape == (1000, 16) and set(np.unique(codes["B"])) <= {-1.0, 0.0, 1.0}
+    assert len(np.unique(codes["B"], axis=0)) > 1
     saved = json.loads((run_dir / "results.json").read_text())
     assert [e["epoch"] for e in saved["epochs"]] == [1, 2]
     baseline = random_codes_map(codes["query_L"], codes["retrieval_L"], bits=16)

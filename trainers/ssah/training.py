@@ -94,7 +94,8 @@ def _check_resume_checkpoint(run_dir, objects, data_shape=None):
 
 
 def evaluate(trainer, data, config):
-    """Codes of query and database items and mAP in all four directions (tie rule config.ties)."""
+    """Codes of query and database items (and the training items' unified code B, as of the last
+    update_unified_codes) and mAP in all four directions (tie rule config.ties)."""
     q_img, q_txt, q_lab = data.part("query")
     d_img, d_txt, d_lab = data.part("database")
     bs = config.eval_batch_size
@@ -102,7 +103,8 @@ def evaluate(trainer, data, config):
              "Qt": trainer.hash_codes("txt", q_txt, bs),
              "Di": trainer.hash_codes("img", d_img, bs),
              "Dt": trainer.hash_codes("txt", d_txt, bs),
-             "query_L": q_lab, "retrieval_L": d_lab}
+             "query_L": q_lab, "retrieval_L": d_lab,
+             "B": trainer.unified_codes.numpy()}  # the training set's unified code, as the program keeps it
     maps = {direction: mean_average_precision(codes[q], codes[d], codes[ql], codes[dl], ties=config.ties)
             for direction, (q, d, ql, dl) in EXPORTS["ssah"]["directions"].items()}
     return maps, codes
