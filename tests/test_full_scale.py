@@ -65,7 +65,7 @@ def run_steps(trainer, steps=STEPS, rounds=ROUNDS, lr=1e-2):
             rows = rng.permutation(N)[:BATCH]
             args = {"lab": (rows, labels[rows]), "dis": (images[rows], texts[rows], labels[rows]),
                     "img": (rows, images[rows], labels[rows]), "txt": (rows, texts[rows], labels[rows])}[step]
-            losses.append(trainer.step(step, *args, learning_rate=lr))
+            losses.append({k: float(v) for k, v in trainer.step(step, *args, learning_rate=lr).items()})
     return losses
 
 

@@ -43,6 +43,7 @@ class StubTrainer:
     def __init__(self, values, num_items=8, batch_size=4):
         self.num_items, self.batch_size = num_items, batch_size
         self.values = {net: iter(v) for net, v in values.items()}
+        self.accumulators = {net: [] for net in STEP_NAMES}
 
     def step(self, name, *inputs, learning_rate):
         return {"loss": 1.0, "accuracy": 0.5} if name == "dis" else {"loss": 1.0}

@@ -36,6 +36,15 @@ def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
     return passes, checks
 
 
+def _gather(array, rows):
+    """tf.data op: the given rows of an in-memory array (read on tf.data's threads, in its dtype)."""
+    def read(batch_rows):
+        return np.asarray(array[batch_rows])
+    values = tf.numpy_function(read, [rows], tf.as_dtype(array.dtype), stateful=False)
+    values.set_shape((None,) + tuple(array.shape[1:]))
+    return values
+
+
 SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and discriminator accuracy)
 
 
@@ -78,6 +87,8 @@ class EpochLoop:
         self.step_summaries = tf.Variable(np.full((len(STEP_NAMES), len(SUMMARY_KEYS)), np.nan), trainable=False,
                                           name="step_summaries")
         self.iterations = tf.Variable(np.zeros(len(STEP_NAMES), np.int64), trainable=False, name="iterations")
+        for step in STEP_NAMES:
+            trainer.accumulators[step].append(self._add_pass_sums)
 
     def checkpoint_objects(self):
         return {"loop_position": self.position, "pass_rows": self.pass_rows, "monitor_records": self.monitor_records,
@@ -94,7 +105,7 @@ class EpochLoop:
         summaries = {name: {key: float(v) for key, v in zip(SUMMARY_KEYS, row) if not np.isnan(v)}
                      for name, row in zip(STEP_NAMES, self.step_summaries.numpy())}
         self._resume = {"step": step, "inner": inner, "pass": k, "done": done,
-                        "rows": self.pass_rows.numpy(), "sums": self.pass_sums.numpy().copy(),
+                        "rows": self.pass_rows.numpy(),
                         "records": [float(v) for v in self.monitor_records.numpy() if not np.isnan(v)],
                         "summaries": {name: s for name, s in summaries.items() if s}}
 
@@ -112,52 +123,56 @@ class EpochLoop:
                             f"give one row array of {self.batch} training-item indices per update")
         return rows
 
-    def _inputs(self, step, draws):
-        """The step inputs of the given batches; images of a lazy (HDF5) source stream through
-        tf.data (parallel reads, prefetch)."""
-        images = None
-        if step in ("img", "dis") and len(draws):
-            if isinstance(self.images, np.ndarray):
-                images = (self.images[rows] for rows in draws)
-            else:
-                images = (values for values, _ in pipeline.image_batches(self.images, np.concatenate(draws), self.batch))
-        for rows in draws:
+    def _batches(self, step, draws):
+        """The step inputs of the given batches (row arrays), in order, through tf.data: texts and
+        labels gathered on its threads, images (in memory or a lazy HDF5 source) read in parallel
+        (pipeline.image_batches), the next batches prefetched while an update runs."""
+        if not len(draws):
+            return iter(())
+        rows = tf.data.Dataset.from_tensor_slices(np.asarray(draws, np.int64))
+        if step in ("img", "dis"):
+            images = pipeline.image_batches(self.images, np.concatenate(draws), self.batch)
+            rows = tf.data.Dataset.zip((rows, images.map(lambda values, _: values)))
+        else:
+            rows = rows.map(lambda batch_rows: (batch_rows, ()))
+
+        def inputs(batch_rows, images):
+            labels = _gather(self.labels, batch_rows)
             if step == "lab":
-                yield (rows, self.labels[rows])
-            elif step == "img":
-                yield (rows, next(images), self.labels[rows])
-            elif step == "txt":
-                yield (rows, self.texts[rows], self.labels[rows])
-            else:
-                yield (next(images), self.texts[rows], self.labels[rows])
+                return batch_rows, labels
+            if step == "img":
+                return batch_rows, images, labels
+            if step == "txt":
+                return batch_rows, _gather(self.texts, batch_rows), labels
+            return images, _gather(self.texts, batch_rows), labels
+        return iter(rows.map(inputs, num_parallel_calls=2, deterministic=True).prefetch(2))
 
     # ----------------------------------------------------------------- one pass, one epoch
     def _pass(self, where, lr, bar, k):
         """Pass k: draws all its batches first (the same RNG sequence as one by one: nothing
-        else draws in between), then updates; returns the pass's mean loss (and accuracy)."""
+        else draws in between), then updates; returns the pass's mean loss (and accuracy).
+        Losses are summed on the device (pass_sums) and read at the pass's end."""
         step = where["step_name"]
         resume, self._resume_pass = self._resume_pass, None
-        if resume is not None:
-            draws, done, sums = resume["rows"], resume["done"], resume["sums"]
+        if resume is not None:  # the restored pass_sums hold the sums of its first `done` updates
+            draws, done = resume["rows"], resume["done"]
         else:
-            draws, done, sums = np.stack([self._draw() for _ in range(self.updates_per_pass)]), 0, np.zeros(2)
-        for b, inputs in enumerate(self._inputs(step, draws[done:]), start=done):
+            draws, done = np.stack([self._draw() for _ in range(self.updates_per_pass)]), 0
+            self.pass_sums.assign(np.zeros(len(SUMMARY_KEYS)))
+        for b, inputs in enumerate(self._batches(step, draws[done:]), start=done):
             losses = self.trainer.step(step, *inputs, learning_rate=lr)
-            check_finite(losses, STEP_NAMES[step])
             self.counters[step] += 1
-            if self.run is not None:
-                self.run.log_scalars(self.counters[step], losses, prefix=f"{step}/")
-            sums = sums + [losses.get(key, 0.0) for key in SUMMARY_KEYS]
-            if self.record is not None:
+            if self.record is not None:  # a test's record: reads every update's loss
                 self.record["updates"].append({"step": step, "inner": where["inner"], "pass": k, "batch": b,
-                                               "rows": draws[b], "lr": lr, "loss": losses["loss"]})
+                                               "rows": draws[b], "lr": lr, "loss": float(losses["loss"])})
             if bar is not None:
                 bar.update(1)
             if self.cadence is not None and self.cadence.due(self.total_updates):
-                self._store_position(where, k, b + 1, draws, sums)
+                self._check_pass_sums(step)  # never checkpoint a non-finite state
+                self._store_position(where, k, b + 1, draws)
                 self.save()
                 self.cadence.saved()
-        means = sums / self.updates_per_pass
+        means = self._check_pass_sums(step) / self.updates_per_pass
         self._summaries[step] = {"loss": float(means[0])}
         if step == "dis":
             self._summaries[step]["accuracy"] = float(means[1])
@@ -166,12 +181,23 @@ class EpochLoop:
                      + ", ".join(f"{key} {value:.4f}" for key, value in self._summaries[step].items()))
         return self._summaries[step]
 
-    def _store_position(self, where, k, done, draws, sums):
+    def _add_pass_sums(self, losses):
+        """Inside the compiled step: this update's loss (and accuracy) added to the pass's sums."""
+        self.pass_sums.assign_add(tf.stack([tf.cast(losses[key], tf.float64) if key in losses
+                                            else tf.constant(0.0, tf.float64) for key in SUMMARY_KEYS]))
+
+    def _check_pass_sums(self, step):
+        """The pass's sums so far, read from the device: the NaN guard (a non-finite loss of any
+        update makes its sum non-finite)."""
+        sums = self.pass_sums.numpy()
+        check_finite(dict(zip(SUMMARY_KEYS, sums)), STEP_NAMES[step])
+        return sums
+
+    def _store_position(self, where, k, done, draws):
         self.position.assign([1, where["step"], where["inner"], k, done])
         self.pass_rows.assign(draws)
         records = ([np.nan, np.nan] + self._records)[-2:]
         self.monitor_records.assign(records)
-        self.pass_sums.assign(sums)
         self.step_summaries.assign([[self._summaries.get(name, {}).get(key, np.nan) for key in SUMMARY_KEYS]
                                     for name in STEP_NAMES])
         self.iterations.assign([self.counters[name] for name in STEP_NAMES])

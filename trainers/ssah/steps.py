@@ -79,6 +79,7 @@ class SSAHTrainer:
         self.loss_scales = ({step: DynamicLossScale(name=f"loss_scale_{step}") for step in STEP_NAMES}
                             if config.mixed_precision else {})
         self._compiled = {}
+        self.accumulators = {step: [] for step in STEP_NAMES}  # see step()
 
     # ----------------------------------------------------------------- building
     def build(self, image_shape):
@@ -215,16 +216,30 @@ class SSAHTrainer:
         return self._modality_step("txt", batch_index, batch_texts, batch_labels, learning_rate)
 
     def step(self, name, *args, learning_rate):
-        """Runs one update of step `name` (lab, dis, img, txt) as a compiled tf.function.
+        """Runs one update of step `name` (lab, dis, img, txt) as a compiled tf.function and
+        returns its losses as tensors: nothing is read to the host here. Each callable in
+        `accumulators[name]` (registered before the step's first update) gets the losses inside
+        the compiled step, e.g. to add them to device sums that the loop reads now and then.
 
         The learning rate goes in as a tensor, so changing it does not retrace.
         """
         if name not in self._compiled:
-            self._compiled[name] = distribute.replicated_step(self.strategy, getattr(self, f"{name}_step_fn"),
-                                                              jit=self.config.jit)
+            update = distribute.replicated_step(self.strategy, getattr(self, f"{name}_step_fn"), jit=self.config.jit)
+            adders = tuple(self.accumulators[name])
+
+            def update_and_accumulate(*step_args):
+                losses = update(*step_args)
+                for add in adders:
+                    add(losses)
+                return losses
+            if not adders:
+                self._compiled[name] = update
+            elif self.strategy is None:
+                self._compiled[name] = tf.function(update_and_accumulate, reduce_retracing=True, autograph=False)
+            else:  # the update splits its batch across replicas in Python: the sums follow eagerly
+                self._compiled[name] = update_and_accumulate
         args = [tf.convert_to_tensor(a) for a in args]
-        losses = self._compiled[name](*args, tf.constant(learning_rate, tf.float32))
-        return {key: float(value) for key, value in losses.items()}
+        return self._compiled[name](*args, tf.constant(learning_rate, tf.float32))
 
     # ----------------------------------------------------------------- monitoring
     def monitoring_loss(self, net, chunk=1024):
