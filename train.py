@@ -40,6 +40,9 @@ def check_config(config, method):
     from utils.data import FEATURE_DATASETS
     from utils.run import keep_policy
     keep_policy(config.keep_checkpoints)
+    if method == "metah" and config.validation_size:
+        raise UserError("--validation-size carves validation items from image-text training sets; METAH "
+                        "holds out source items with --validation-fraction: use that instead")
     if method == "metah" and config.split_sizes:
         raise UserError("--split-sizes is for image-text datasets; METAH's domain pairs have fixed splits: "
                         "drop --split-sizes")

@@ -128,3 +128,30 @@ def mine_negatives(features, labels, mask="multiply"):
         np.fill_diagonal(others, -np.inf)
         return np.where(different.any(axis=1), np.argmax(masked, axis=1), np.argmax(others, axis=1))
     raise ValueError(f"unknown mask '{mask}'; choose multiply or exclude")
+
+
+def _first_argmax(values):
+    """Per row, the first column holding the row's maximum (NumPy's argmax rule on ties)."""
+    best = tf.reduce_max(values, axis=1, keepdims=True)
+    columns = tf.range(tf.shape(values)[1], dtype=tf.int32)
+    return tf.reduce_min(tf.where(values == best, columns[None, :], tf.shape(values)[1]), axis=1)
+
+
+def mine_negatives_tf(features, labels, mask="multiply"):
+    """mine_negatives in TensorFlow (float64, inside a compiled step; returns int32 row
+    indices): the same rule, so that batches need not visit the host to be mined.
+    `labels` are one-hot / multi-hot rows; `mask` is a Python string."""
+    features = tf.cast(features, tf.float64)
+    labels = tf.cast(labels, tf.float64)
+    different = tf.matmul(labels, labels, transpose_b=True) <= 0
+    norms = tf.norm(features, axis=1, keepdims=True)
+    unit = features / tf.where(norms > 0, norms, tf.ones_like(norms))  # a zero row has similarity 0 to all
+    similarity = tf.matmul(unit, unit, transpose_b=True)
+    if mask == "multiply":
+        return _first_argmax(similarity * tf.cast(different, tf.float64))
+    if mask == "exclude":
+        minus_inf = tf.constant(-np.inf, tf.float64)
+        masked = tf.where(different, similarity, minus_inf)
+        others = tf.linalg.set_diag(similarity, tf.fill([tf.shape(similarity)[0]], minus_inf))
+        return tf.where(tf.reduce_any(different, axis=1), _first_argmax(masked), _first_argmax(others))
+    raise ValueError(f"unknown mask '{mask}'; choose multiply or exclude")

@@ -15,23 +15,32 @@ def shared_path(*parts):
     return path
 
 
+def after_update(monkeypatch, at_update, action):
+    """Calls `action()` once, when the shared training loop hears of update `at_update`
+    (counted from 1 over the process's training runs, as methods report them:
+    TrainingLoop.updates_done)."""
+    from trainers.loop import TrainingLoop
+    real_done, calls = TrainingLoop.updates_done, {"n": 0}
+
+    def counting_done(self, n=1, store_position=None):
+        before, calls["n"] = calls["n"], calls["n"] + n
+        if before < at_update <= calls["n"]:
+            action()
+        return real_done(self, n, store_position)
+    monkeypatch.setattr(TrainingLoop, "updates_done", counting_done)
+
+
 def stop_by_signal(monkeypatch, argv, signum, at_update):
     """Runs `train.py argv` in this process, sends itself `signum` during training update
-    `at_update` (counted by the NaN check every update makes) and expects the clean stop
-    (a checkpoint, then TrainingInterrupted naming the signal)."""
+    `at_update` and expects the clean stop (a checkpoint, then TrainingInterrupted naming the
+    signal)."""
     import signal
 
     import train
-    import utils.run
+    from trainers.loop import TrainingLoop
     from utils.run import TrainingInterrupted
-    real_check, calls = utils.run.check_finite, {"n": 0}
-
-    def signalling_check(values, step_name):
-        calls["n"] += 1
-        if calls["n"] == at_update:
-            os.kill(os.getpid(), signum)
-        return real_check(values, step_name)
-    monkeypatch.setattr(utils.run, "check_finite", signalling_check)
+    real_done = TrainingLoop.updates_done
+    after_update(monkeypatch, at_update, lambda: os.kill(os.getpid(), signum))
     with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name):
         train.main(argv)
-    monkeypatch.setattr(utils.run, "check_finite", real_check)
+    monkeypatch.setattr(TrainingLoop, "updates_done", real_done)

@@ -104,6 +104,33 @@ def test_mining_takes_the_most_cosine_similar_other_label_row_with_a_multiplicat
     assert L.mine_negatives(opposed, np.array([0, 0, 1]), "exclude")[0] == 2
 
 
+def test_tensorflow_mining_finds_the_numpy_negatives_ties_and_all_one_class_batches_included():
+    rng = np.random.RandomState(2)
+    one_class = np.tile(np.eye(4, dtype=np.float32)[:1], (6, 1))
+    opposed = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]], np.float32)
+    cases = [(rng.rand(32, 12).astype(np.float32), np.eye(5, dtype=np.float32)[rng.randint(0, 5, 32)]),
+             (rng.randn(16, 3).astype(np.float32), (rng.rand(16, 6) < 0.3).astype(np.float32)),  # multi-hot
+             (np.repeat(rng.rand(4, 5), 3, axis=0).astype(np.float32), np.eye(3, dtype=np.float32)[np.arange(12) % 3]),
+             (np.vstack([np.zeros((2, 4)), rng.rand(6, 4)]).astype(np.float32), np.eye(2, dtype=np.float32)[np.arange(8) % 2]),
+             (rng.rand(6, 4).astype(np.float32), one_class),
+             (opposed, np.eye(2, dtype=np.float32)[[0, 0, 1]])]
+    for features, labels in cases:
+        for mask in ("multiply", "exclude"):
+            np.testing.assert_array_equal(L.mine_negatives_tf(features, labels, mask).numpy(),
+                                          L.mine_negatives(features, labels, mask), err_msg=mask)
+
+
+def test_tensorflow_mining_finds_the_programs_negatives_on_the_golden_batches():
+    from tests.conftest import shared_path
+    golden = np.load(shared_path("golden", "acmr-three-steps.npz"))
+    classes = golden["init/lc_fc_0/weights"].shape[1]
+    for step in range(3):
+        labels = np.eye(classes, dtype=np.float32)[golden[f"step{step}/input/labels"] - 1]
+        for side, negative in (("img", "img_negative_index"), ("txt", "txt_negative_index")):
+            np.testing.assert_array_equal(L.mine_negatives_tf(golden[f"step{step}/input/{side}"], labels).numpy(),
+                                          golden[f"step{step}/input/{negative}"])
+
+
 def test_presets_and_explicit_options():
     import argparse
     from train import build_config
@@ -336,8 +363,9 @@ def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
     saved["config"]["epochs"] = 2
     io.save_json(path, saved)
     calls = []
-    original_update = acmr.AcmrModel.update
-    monkeypatch.setattr(acmr.AcmrModel, "update", lambda self, *a, **k: calls.append(1) or original_update(self, *a, **k))
+    from trainers.loop import TrainingLoop
+    original_done = TrainingLoop.updates_done
+    monkeypatch.setattr(TrainingLoop, "updates_done", lambda self, n=1, *a: calls.extend([1] * n) or original_done(self, n, *a))
     resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
     assert "resumed from" in capsys.readouterr().out
     assert len(calls) == 96 // 32  # only the second epoch was trained
@@ -407,6 +435,44 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
                                       scipy.io.loadmat(str(tmp_path / "runs" / "whole" / "codes.mat"))[name])
     assert resumed["final"] == whole["final"] and resumed["iterations"] == whole["iterations"] == 9
     assert resumed["epochs"] == whole["epochs"]
+
+
+@pytest.mark.parametrize("variant", ["original", "paper"])
+def test_the_loops_tf_data_updates_equal_one_by_one_updates_on_numpy_mined_batches(tmp_path, variant):
+    """fit's batches come through tf.data, are mined in TensorFlow and run several updates per
+    call (the paper's modality turn every 5th update decided in the graph); by hand, the same
+    epochs go batch by batch through AcmrModel.update with NumPy mining. Same embeddings, same
+    mean losses and per-batch accuracies (drop_last false: the partial last batch included)."""
+    write_wiki_pickles(str(tmp_path), n_train=75, n_test=20, seed=6)
+    data = load_dataset("wiki-pickle", str(tmp_path))
+    config = dataclasses.replace(acmr.Config(dataset="wiki-pickle"), **{**acmr.PRESETS[variant], "architecture": "coded", "drop_last": False},
+                                 variant=variant, epochs=2, batch_size=16, log_every=3,
+                                 full_test_batches=False)
+    models = []
+    for _ in range(2):
+        tf.keras.utils.set_random_seed(11)
+        models.append(acmr.AcmrModel(config, 12, 5, data.num_classes))
+    result = acmr.fit(config, data=data, model=models[0])
+    img, txt, labels = data.part("train")
+    by_hand, iteration = models[1], 0
+    for epoch in range(2):
+        by_hand.set_lambda(acmr.lambda_for_epoch(config, epoch, 2))
+        sums, accuracies = {}, []
+        for rows in acmr.epoch_batches(len(img), 16, config.shuffle, False, config.seed, epoch):
+            terms = by_hand.update(img[rows], txt[rows], labels[rows], L.mine_negatives(img[rows], labels[rows]),
+                                   L.mine_negatives(txt[rows], labels[rows]),
+                                   (iteration + 1) % config.projector_steps == 0)
+            iteration += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            accuracies.append(float(terms["modality_accuracy"]))
+        record = result["epochs"][epoch]
+        assert record["modality_accuracy_batches"] == pytest.approx(accuracies, abs=1e-6)
+        assert record["losses"] == pytest.approx({k: v / len(accuracies) for k, v in sums.items()}, rel=1e-5)
+    assert result["iterations"] == iteration == 2 * 5
+    query_img, query_txt, _ = data.part("query")
+    for ours, theirs in zip(models[0].embed(query_img, query_txt), by_hand.embed(query_img, query_txt)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):

@@ -127,6 +127,35 @@ def test_split_file_round_trip_and_range_check(tmp_path):
         load_split(path, 40)
 
 
+def test_validation_items_are_held_out_of_training_and_never_queries(tmp_path):
+    data = load_dataset("synthetic", validation_size=100, seed=3)
+    whole = load_dataset("synthetic", seed=3)
+    split = data.split
+    assert len(split.validation) == 100 and len(split.train) == len(whole.split.train) - 100
+    np.testing.assert_array_equal(np.sort(np.concatenate([split.train, split.validation])),
+                                  np.sort(whole.split.train))
+    assert not set(split.validation) & set(split.query)
+    np.testing.assert_array_equal(split.query, whole.split.query)        # queries untouched
+    np.testing.assert_array_equal(split.database, whole.split.database)  # test protocol untouched
+    ranked = split.validation_database
+    assert not set(ranked) & set(split.validation) and len(ranked) == len(split.database) - 100
+    assert data.part("validation")[0].shape == (100, data.images.shape[1])
+    again = load_dataset("synthetic", validation_size=100, seed=3)
+    np.testing.assert_array_equal(again.split.validation, split.validation)
+    # Saved and reloaded with the split, refused when it would overlap training or be carved twice.
+    path = str(tmp_path / "split.npz")
+    split.save(path)
+    np.testing.assert_array_equal(load_split(path, len(data.labels)).validation, split.validation)
+    with pytest.raises(UserError, match="already holds 100 validation"):
+        load_dataset("synthetic", split_file=path, validation_size=10)
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, query=split.query, train=whole.split.train, database=split.database, validation=split.validation)
+    with pytest.raises(UserError, match="both a validation and a train item"):
+        load_split(bad, len(data.labels))
+    with pytest.raises(UserError, match="leaves no training items"):
+        load_dataset("synthetic", validation_size=len(whole.split.train))
+
+
 def test_synthetic_default_carries_label_structure_in_both_modalities():
     data = load_dataset("synthetic")
     assert data.image_kind == "features"
@@ -330,3 +359,10 @@ def test_split_files_are_checked_before_training(tmp_path):
     np.testing.assert_array_equal(load_split(str(tmp_path / "split.mat"), 50).train, split.train)
     with pytest.raises(UserError, match="at least one query"):
         permutation_split(50, 0, 20, seed=0)
+
+
+def test_metah_is_pointed_from_validation_size_to_its_validation_fraction():
+    import train
+    from trainers import metah
+    with pytest.raises(UserError, match="--validation-fraction"):
+        train.check_config(metah.Config(validation_size=50), "metah")

@@ -277,20 +277,15 @@ def test_train_main_end_to_end_exports_codes_and_resume_continues_exactly(tmp_pa
     assert io.load_json(run_dir / "results.json")["final"] == final
     assert os.listdir(run_dir / "tb")
 
-    # Kill a second run after iteration 14 (its last checkpoint is at 12), then resume it.
-    import utils.run
-    calls = {"n": 0}
-    real_check = utils.run.check_finite
+    # Kill a second run at iteration 14 (its last checkpoint is at 12), then resume it.
+    from tests.conftest import after_update
 
-    def failing_check(values, step_name):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise NonFiniteLoss("simulated")
-        return real_check(values, step_name)
-    monkeypatch.setattr(utils.run, "check_finite", failing_check)
+    def fail():
+        raise NonFiniteLoss("simulated")
+    after_update(monkeypatch, 14, fail)
     with pytest.raises(UserError, match="simulated"):
         train.main(argv + ["--run-name", "killed"])
-    monkeypatch.setattr(utils.run, "check_finite", real_check)
+    monkeypatch.undo()
     resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
     np.testing.assert_array_equal(scipy.io.loadmat(tmp_path / "runs" / "killed" / "codes.mat")["Dt"], codes["Dt"])
     assert resumed["final"] == final
@@ -298,8 +293,8 @@ def test_train_main_end_to_end_exports_codes_and_resume_continues_exactly(tmp_pa
 
 def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_whole_one(tmp_path, monkeypatch):
     """Dropout on (its random state must be saved) and the pairwise gradient buffer in use: SIGTERM
-    during update 7 of 12 (epochs of 4 updates) stops after a checkpoint at 7; resuming gives
-    the uninterrupted run's codes bit for bit."""
+    during update 7 of 12 (epochs of 4 updates) stops after a checkpoint at 7 (--log-every 1: the
+    loop hears of every update); resuming gives the uninterrupted run's codes bit for bit."""
     import signal
 
     import train
@@ -307,7 +302,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     write_domain_files(str(tmp_path))
     argv = ["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "16",
             "--iterations", "12", "--batch-size", "16", "--hidden", "32", "--discriminator-hidden", "32",
-            "--pairwise-gradient-accumulates", "true", "--runs-dir", str(tmp_path / "runs")]
+            "--pairwise-gradient-accumulates", "true", "--log-every", "1", "--runs-dir", str(tmp_path / "runs")]
     whole = train.main(argv + ["--run-name", "whole", "--checkpoint-every", "3", "--keep-checkpoints", "3"])
     # Every 3 updates and at every epoch end (3, 4, 6, 8, 9, 12); --keep-checkpoints 3 keeps the last three.
     kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths

@@ -13,11 +13,11 @@ forward pass as the projectors' update; otherwise it gets its own pass after it 
 alternation, every `projector_steps` projector updates).
 """
 import dataclasses
-import os
-import time
 
 import numpy as np
 
+from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
+                           TrainingLoop)
 from utils.config import CommonConfig
 from utils.errors import UserError
 
@@ -41,6 +41,9 @@ PRESETS = {
               "shuffle": True, "drop_last": True, "architecture": "paper", "triplet_form": "paper",
               "mining_mask": "multiply", "regularisation_weight": PAPER_REGULARISATION_WEIGHT},
 }
+
+# TensorBoard's step names (loss/STEP/TERM, lr/STEP): the projectors' update and the modality classifier's.
+PROJECTOR_STEP, MODALITY_STEP = "projector", "modality_classifier"
 
 # The programs' epochs and loss weights; a setting left at -1 / 0 takes these.
 PROGRAM_DEFAULTS = {
@@ -116,7 +119,8 @@ class Config(CommonConfig):
     full_test_batches: bool = _field(True, "the authors' protocol evaluates only full test batches "
                                      "(640 of the 693 Wikipedia test pairs)")
     eval_every: int = _field(1, "evaluate both protocols every N epochs (and after the last)")
-    log_every: int = _field(5, "log the loss terms to TensorBoard every N iterations")
+    log_every: int = _field(5, "iterations per read of the loss sums kept on the device (TensorBoard's "
+                            "loss/STEP/TERM means, the NaN guard)")
     separability_every: int = _field(0, "measurement only: every N epochs, fit a fresh linear classifier to "
                                      "convergence telling the training pairs' image from text embeddings and "
                                      "log its accuracy on the test pairs (eval/modality/separability), next to "
@@ -137,6 +141,18 @@ def resolved(config):
         "dissimilar_weight": (config.dissimilar_weight if config.dissimilar_weight >= 0
                               else defaults.get("dissimilar_weight", 0.0)),
     }
+
+
+def meter_terms(config, settings):
+    """The loss terms one update measures (keys of loss_terms) and their TensorBoard tags."""
+    names = ["label"] + (["triplet"] if settings["program"] == "triplet" else ["similar", "dissimilar"])
+    if config.regularisation_weight > 0:
+        names.append("regularisation")
+    terms = {name: LOSS_TAG.format(step=PROJECTOR_STEP, term=name) for name in names}
+    terms["emb"] = LOSS_TAG.format(step=PROJECTOR_STEP, term="total")
+    terms["modality"] = LOSS_TAG.format(step=MODALITY_STEP, term="cross_entropy")
+    terms["modality_accuracy"] = DISCRIMINATOR_ACCURACY_TAG
+    return terms
 
 
 def check_config(config):
@@ -168,7 +184,7 @@ def load_data(config):
     """(CrossModalData, train part, test part) with float32 feature matrices."""
     from utils.data import load_dataset
     data = load_dataset(config.dataset, config.data, seed=config.seed, split_file=config.split_file,
-                        split_sizes=config.split_sizes)
+                        split_sizes=config.split_sizes, validation_size=config.validation_size)
     if data.image_kind != "features":
         raise UserError(f"ACMR works on feature vectors; dataset '{config.dataset}' holds raw images: "
                         f"extract features first (e.g. VGG fc7) or use wiki / wiki-pickle / nuswide10k")
@@ -209,6 +225,7 @@ class AcmrModel:
         self.modality_optimizer = adam(config.modality_learning_rate, "modality_adam")
         self.projector_optimizer.build(self.projector_variables)
         self.modality_optimizer.build(self.modality_variables)
+        self.meter = LossMeter("acmr", meter_terms(config, self.settings))
         self.train_step = tf.function(self._train_step)
         self.modality_step = tf.function(self._modality_step)
         self._embed = tf.function(lambda img, txt: (self.nets.image_projector(img), self.nets.text_projector(txt)),
@@ -285,6 +302,14 @@ class AcmrModel:
         self.modality_optimizer.apply_gradients(zip(gradients, self.modality_variables))
         return terms
 
+    def apply_update(self, img, txt, labels, img_negative_index, txt_negative_index, update_modality):
+        """One alternation step inside a compiled function (update_modality: a Python bool);
+        returns the loss terms measured before the updates."""
+        terms = self._train_step(img, txt, labels, img_negative_index, txt_negative_index, update_modality)
+        if update_modality and not self.config.shared_forward_pass:
+            self._modality_step(img, txt, labels, img_negative_index, txt_negative_index)
+        return terms
+
     def update(self, img, txt, labels, img_negative_index, txt_negative_index, update_modality):
         """One alternation step; returns the loss terms measured before the updates."""
         import tensorflow as tf
@@ -305,16 +330,19 @@ class AcmrModel:
             out_txt.append(e_txt.numpy())
         return np.concatenate(out_img), np.concatenate(out_txt)
 
-    def checkpoint(self, epoch, iteration, partial_epoch=None):
-        """Every variable of the four networks and the two optimisers, and the loop's position."""
-        import tensorflow as tf
+    def checkpoint_objects(self):
+        """Every variable of the four networks and the two optimisers, by checkpoint name."""
         n = self.nets
-        position = {"partial_epoch": partial_epoch} if partial_epoch is not None else {}
-        return tf.train.Checkpoint(image_projector=n.image_projector, text_projector=n.text_projector,
-                                   label_classifier=n.label_classifier, modality_classifier=n.modality_classifier,
-                                   projector_optimizer=self.projector_optimizer,
-                                   modality_optimizer=self.modality_optimizer, epoch=epoch, iteration=iteration,
-                                   **position)
+        return {"image_projector": n.image_projector, "text_projector": n.text_projector,
+                "label_classifier": n.label_classifier, "modality_classifier": n.modality_classifier,
+                "projector_optimizer": self.projector_optimizer, "modality_optimizer": self.modality_optimizer}
+
+    def checkpoint(self, epoch=None, iteration=None, partial_epoch=None):
+        """A tf.train.Checkpoint of checkpoint_objects() and the given position variables."""
+        import tensorflow as tf
+        position = {name: value for name, value in
+                    (("epoch", epoch), ("iteration", iteration), ("partial_epoch", partial_epoch)) if value is not None}
+        return tf.train.Checkpoint(**self.checkpoint_objects(), **position)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -324,6 +352,9 @@ class AcmrModel:
 # (the training pairs on wiki and nuswide10k), as eval.py does on the exported embeddings.
 TEST_PROTOCOL = "map_top_k_test_vs_test"
 DATABASE_PROTOCOL = "map_test_vs_database"
+# The validation items (carved from training) ranked against the database without them: the
+# figure that chooses the best checkpoint (never the queries' figures).
+VALIDATION_PROTOCOL = "map_validation_vs_database"
 
 def evaluate(model, data, config):
     """Both protocols, both directions; returns (figures, exported arrays).
@@ -358,6 +389,22 @@ def evaluate(model, data, config):
     return {k: {n: float(v) for n, v in p.items()} for k, p in figures.items()}, exports
 
 
+def validation_figures(model, data, config):
+    """VALIDATION_PROTOCOL's mAP (both directions and their average, ties by config.ties), or
+    None when the split has no validation part."""
+    from utils import metrics
+    if not len(data.split.validation):
+        return None
+    val_img, val_txt, val_labels = data.part("validation")
+    db_img, db_txt, db_labels = data.part("validation_database")
+    v_img, v_txt = model.embed(val_img, val_txt)
+    d_img, d_txt = model.embed(db_img, db_txt)
+    figures = {"i->t": metrics.embedding_map(v_img, d_txt, val_labels, db_labels, ties=config.ties),
+               "t->i": metrics.embedding_map(v_txt, d_img, val_labels, db_labels, ties=config.ties)}
+    figures["average"] = (figures["i->t"] + figures["t->i"]) / 2
+    return {name: float(value) for name, value in figures.items()}
+
+
 def modality_diagnostics(model, data):
     """How the modality game stands (measurements only; nothing is trained in the model):
     live_test: the live modality classifier's accuracy on the test pairs' embeddings;
@@ -379,124 +426,140 @@ def modality_diagnostics(model, data):
 
 # ----------------------------------------------------------------------------- training
 
+class AcmrTraining(Method):
+    """ACMR's part of the shared loop: one unit is one epoch; one update is one batch (the
+    projectors' update and, when due, the modality classifier's). Batches come through tf.data
+    as row indices; the compiled step gathers them from the training matrices on the device,
+    mines the negatives there and adds its loss terms to the model's LossMeter."""
+
+    name = "ACMR"
+    progress = "units"  # a line per epoch
+
+    def __init__(self, config, data, model):
+        import tensorflow as tf
+        self.config, self.data, self.model = config, data, model
+        self.settings = model.settings
+        self.units = self.settings["epochs"]
+        self.log_every = config.log_every
+        self.meters = [model.meter]
+        train_img, train_txt, train_labels = data.part("train")
+        self.num_rows = len(train_img)
+        self.train_inputs = (tf.constant(np.asarray(train_img, np.float32)),
+                             tf.constant(np.asarray(train_txt, np.float32)),
+                             tf.constant(np.asarray(train_labels, np.float32)))
+        self.batches_per_epoch = len(epoch_batches(self.num_rows, config.batch_size, False, config.drop_last, 0, 0))
+        # Each batch's modality accuracy before that iteration's updates (the epoch record's list).
+        self.batch_accuracy = tf.Variable(tf.zeros(self.batches_per_epoch), trainable=False,
+                                          name="modality_accuracy_batches")
+        self.lam = 0.0
+        self.run_updates = tf.function(self._run_updates)
+
+    def _update(self, rows, position, update_modality):
+        """One update on the batch of training rows `rows` (batch `position` of the epoch)."""
+        import tensorflow as tf
+        from losses.acmr import mine_negatives_tf
+        img, txt, labels = (tf.gather(part, rows) for part in self.train_inputs)
+        mask = self.config.mining_mask
+        negatives = mine_negatives_tf(img, labels, mask), mine_negatives_tf(txt, labels, mask)
+        if self.config.projector_steps == 1:
+            terms = self.model.apply_update(img, txt, labels, *negatives, True)
+        else:
+            terms = tf.cond(update_modality,
+                            lambda: self.model.apply_update(img, txt, labels, *negatives, True),
+                            lambda: self.model.apply_update(img, txt, labels, *negatives, False))
+        self.model.meter.add(terms)
+        self.batch_accuracy[position].assign(terms["modality_accuracy"])
+
+    def _run_updates(self, batches, count, updates_before):
+        """`count` updates on the next batches of the tf.data iterator `batches`, in one call;
+        the modality classifier's turn (every projector_steps-th update of the run) is counted
+        from `updates_before`, the updates of the run before this call."""
+        import tensorflow as tf
+        for i in tf.range(count):
+            position, rows = next(batches)
+            update_index = updates_before + tf.cast(i, tf.int64) + 1
+            self._update(rows, position, update_index % self.config.projector_steps == 0)
+
+    def unit_updates(self, unit):
+        return self.batches_per_epoch
+
+    def checkpoint_objects(self):
+        return {**self.model.checkpoint_objects(), "modality_accuracy_batches": self.batch_accuracy}
+
+    def batches(self, epoch, first):
+        """tf.data: (position, rows) of the epoch's batches from batch `first` on."""
+        import tensorflow as tf
+        c = self.config
+        order = np.concatenate(epoch_batches(self.num_rows, c.batch_size, c.shuffle, c.drop_last, c.seed, epoch))
+        return tf.data.Dataset.from_tensor_slices(order).batch(c.batch_size).enumerate().skip(first).prefetch(2)
+
+    def train_unit(self, unit, first, loop):
+        import tensorflow as tf
+        self.lam = lambda_for_epoch(self.config, unit, self.units)
+        self.model.set_lambda(self.lam)
+        if first == 0:
+            self.batch_accuracy.assign(tf.zeros_like(self.batch_accuracy))
+        batches, remaining = iter(self.batches(unit, first)), self.batches_per_epoch - first
+        while remaining:
+            count = loop.chunk_size(remaining)
+            self.run_updates(batches, tf.constant(count), tf.constant(loop.updates, tf.int64))
+            loop.updates_done(count)
+            remaining -= count
+        trained = {"epoch": unit + 1, "lambda": self.lam}
+        every = self.config.separability_every
+        if every and ((unit + 1) % every == 0 or unit + 1 == self.units):
+            trained["modality"] = modality_diagnostics(self.model, self.data)
+        return trained
+
+    def unit_record(self, trained, losses, evaluation):
+        record = {"epoch": trained["epoch"], "lambda": trained["lambda"], "losses": losses,
+                  "modality_accuracy_batches": [float(v) for v in self.batch_accuracy.numpy()]}
+        if "modality" in trained:
+            record["modality"] = trained["modality"]
+        if evaluation is not None:
+            record["map"] = evaluation.figures
+        return record
+
+    def eval_due(self, units_done):
+        return units_done % self.config.eval_every == 0 or units_done == self.units
+
+    def evaluate(self, units_done, final):
+        figures, exports = evaluate(self.model, self.data, self.config)
+        validation = validation_figures(self.model, self.data, self.config)
+        if validation is not None:
+            figures[VALIDATION_PROTOCOL] = validation
+        database = figures[DATABASE_PROTOCOL]
+        scalars = {f"mAP/top{self.config.top_k}_test_vs_test/{direction}": figures[TEST_PROTOCOL][direction]
+                   for direction in ("i->t", "t->i")}
+        if validation is not None:
+            scalars.update({f"mAP/validation/{direction}": validation[direction] for direction in ("i->t", "t->i")})
+        return Evaluation(figures, maps={d: database[d] for d in ("i->t", "t->i")},
+                          validation=None if validation is None else validation["average"],
+                          scalars=scalars, exports=exports if final else None)
+
+    def interval_scalars(self):
+        c = self.config
+        return {LR_TAG.format(step=PROJECTOR_STEP): c.learning_rate,
+                LR_TAG.format(step=MODALITY_STEP): c.modality_learning_rate, "adversarial/lambda": self.lam}
+
+    def results_extra(self):
+        return {"settings": self.settings}
+
+
 def fit(config, data=None, run=None, resume=False, model=None):
-    """Trains and evaluates; logs, checkpoints and exports only when `run` is given.
-
-    Returns {"final": figures, "epochs": [per-epoch figures and mean losses], "settings": ...}."""
-    import contextlib
-    import json
-
-    import tensorflow as tf
-    from losses.acmr import mine_negatives
-    from utils.run import CheckpointCadence, check_finite, progress
+    """Trains and evaluates through the shared loop; logs, checkpoints and exports only when
+    `run` is given. Returns {"final": figures, "epochs": [per-epoch records], "settings", "seconds",
+    "iterations"}."""
     check_config(config)
     data = data if data is not None else load_data(config)
-    train_img, train_txt, train_labels = data.part("train")
-    train_img, train_txt = np.asarray(train_img, np.float32), np.asarray(train_txt, np.float32)
+    train_img, train_txt, _ = data.part("train")
     if len(train_img) < config.batch_size and config.drop_last:
         raise UserError(f"the training set has {len(train_img)} pairs, fewer than one batch of "
                         f"{config.batch_size}: lower --batch-size or pass --drop-last false")
-    model = model or AcmrModel(config, train_img.shape[1], train_txt.shape[1], data.num_classes)
-    settings = model.settings
-    epochs = settings["epochs"]
-
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    iteration_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
-    # The epoch in progress at a checkpoint between epoch ends (JSON: batches done, loss sums, ...),
-    # saved in the checkpoint itself so that the two always agree.
-    partial_var = tf.Variable("", dtype=tf.string, trainable=False, name="partial_epoch")
-    manager, history = None, []
-    if run is not None:
-        checkpoint = model.checkpoint(epoch_var, iteration_var, partial_var)
-        manager = run.checkpoint_manager(checkpoint)
-        if resume:
-            restored = run.restore_latest(checkpoint)
-            print(f"resumed from {restored}" if restored else "no checkpoint yet: starting from scratch")
-            # Records written after the restored checkpoint (a kill between the two writes) are dropped.
-            history = _saved_history(run)[:int(epoch_var.numpy())] if restored else []
-    partial = json.loads(partial_var.numpy().decode() or "null")
-
-    def save_checkpoint(epoch, batches_done, sums, count, batch_accuracy, score=None):
-        """Checkpoint numbers count iterations, so mid-epoch ones sort between epoch ends;
-        `score` (an epoch end's mean mAP) lets the run keep its best checkpoint too."""
-        run.save_results({"epochs": history, "settings": settings})
-        epoch_var.assign(epoch)
-        iteration_var.assign(iteration)
-        partial_var.assign(json.dumps({"batches": batches_done, "sums": sums, "count": count,
-                                       "modality_accuracy_batches": batch_accuracy}) if batches_done else "")
-        run.save_checkpoint(manager, iteration, score=score)
-
-    start_time = time.perf_counter()
-    iteration = int(iteration_var.numpy())
-    bar = progress(range(int(epoch_var.numpy()), epochs), total=epochs, initial=int(epoch_var.numpy()),
-                   desc=f"acmr {config.variant} {config.dataset}")
-    cadence = CheckpointCadence(run.dir, config.checkpoint_every) if run is not None else None
-    with cadence or contextlib.nullcontext():
-        for epoch in bar:
-            lam = lambda_for_epoch(config, epoch, epochs)
-            model.set_lambda(lam)
-            sums, count, batch_accuracy, skip = {}, 0, [], 0
-            if partial:  # resuming inside this epoch: its batches so far are done and summed
-                sums, count, skip = partial["sums"], partial["count"], partial["batches"]
-                batch_accuracy, partial = partial["modality_accuracy_batches"], None
-            batches = epoch_batches(len(train_img), config.batch_size, config.shuffle, config.drop_last,
-                                    config.seed, epoch)
-            for position in range(skip, len(batches)):
-                rows = batches[position]
-                img, txt, labels = train_img[rows], train_txt[rows], train_labels[rows]
-                img_negative = mine_negatives(img, labels, config.mining_mask)
-                txt_negative = mine_negatives(txt, labels, config.mining_mask)
-                update_modality = (iteration + 1) % config.projector_steps == 0
-                terms = model.update(img, txt, labels, img_negative, txt_negative, update_modality)
-                values = {k: float(v) for k, v in terms.items()}
-                check_finite(values, f"ACMR epoch {epoch} iteration {iteration}")
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                batch_accuracy.append(values["modality_accuracy"])
-                if run is not None and iteration % config.log_every == 0:
-                    run.log_scalars(iteration, {**values, "lambda": lam}, prefix="train/")
-                iteration += 1
-                if run is not None and position + 1 < len(batches) and cadence.due(iteration):
-                    save_checkpoint(epoch, position + 1, sums, count, batch_accuracy)
-                    cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
-            means = {k: v / max(count, 1) for k, v in sums.items()}
-            # modality_accuracy_batches: each batch's accuracy before that iteration's updates.
-            record = {"epoch": epoch + 1, "lambda": lam, "losses": means,
-                      "modality_accuracy_batches": batch_accuracy}
-            if config.separability_every and ((epoch + 1) % config.separability_every == 0 or epoch + 1 == epochs):
-                record["modality"] = modality_diagnostics(model, data)
-            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
-                record["map"], _ = evaluate(model, data, config)
-            history.append(record)
-            bar.set_postfix(modality_acc=f"{means.get('modality_accuracy', 0):.2f}",
-                            map=f"{record.get('map', {}).get(TEST_PROTOCOL, {}).get('average', float('nan')):.3f}",
-                            ties=config.ties)
-            if run is not None:
-                run.log_scalars(epoch + 1, {**means, "lambda": lam}, prefix="epoch/")
-                if "modality" in record:
-                    run.log_scalars(epoch + 1, record["modality"], prefix="eval/modality/")
-                for protocol, figures in record.get("map", {}).items():
-                    run.log_scalars(epoch + 1, figures, prefix=f"eval/{protocol}/")
-                save_checkpoint(epoch + 1, 0, {}, 0, [],
-                                score=record["map"][TEST_PROTOCOL]["average"] if "map" in record else None)
-                cadence.saved()
-    seconds = time.perf_counter() - start_time
-
-    final, exports = evaluate(model, data, config)
-    results = {"final": final, "epochs": history, "settings": settings, "seconds": seconds,
-               "iterations": iteration}
-    if run is not None:
-        run.export_codes(exports)
-        run.save_results(results)
-        run.flush()
-    return results
-
-
-def _saved_history(run):
-    from utils import io
-    path = run.path("results.json")
-    return io.load_json(path).get("epochs", []) if os.path.exists(path) else []
+    model = model or AcmrModel(config, np.shape(train_img)[1], np.shape(train_txt)[1], data.num_classes)
+    training = AcmrTraining(config, data, model)
+    return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
+                        desc=f"acmr {config.variant} {config.dataset}").run()
 
 
 def train(config, run, resume=False):

@@ -11,10 +11,10 @@ layer, so it descends the domain loss while the hashing network ascends it
 """
 import dataclasses
 import math
-import time
 
 import numpy as np
 
+from trainers.loop import DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method, TrainingLoop
 from utils.config import CommonConfig
 from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
 from utils.errors import UserError
@@ -41,6 +41,10 @@ PRESETS = {
     "tah+me": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": 0.0, "beta": METAH_BETA},
     "metah": {**TAH_BASE, "domain_weight": TAH_DOMAIN_WEIGHT, "alpha": METAH_ALPHA, "beta": METAH_BETA},
 }
+
+# TensorBoard's step names (loss/STEP/TERM, lr/STEP): the hashing network's objective and the
+# domain discriminator's loss (the one tape updates both).
+HASHING_STEP, DISCRIMINATOR_STEP = "hashing", "discriminator"
 
 PROTOCOLS = {"target->target": ("query", "target_database"), "target->source": ("query", "source_database")}
 
@@ -98,7 +102,6 @@ class Config(CommonConfig):
                                         "for choosing hyperparameters (0: none)")
     # Bookkeeping
     eval_every_epoch: bool = _field(True, "evaluate mAP after every epoch (one pass over the larger domain)")
-    log_every: int = _field(10, "log loss terms to TensorBoard every N iterations")
 
 
 # ----------------------------------------------------------------------------- data
@@ -178,6 +181,7 @@ class MetahModel:
         # The running sum of the pairwise gradients by batch position (pairwise_gradient_accumulates).
         self.pairwise_gradient_sum = tf.Variable(tf.zeros((config.batch_size, config.bits)), trainable=False,
                                                  name="pairwise_gradient_sum")
+        self.meter = LossMeter("metah", meter_terms(config))
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
         self._encode = tf.function(lambda x: self.net(x, training=False), reduce_retracing=True)
 
@@ -240,15 +244,28 @@ class MetahModel:
             logits.append(l.numpy())
         return np.concatenate(codes), np.concatenate(logits)
 
-    def checkpoint(self, step):
+    def checkpoint_objects(self):
         """Every variable of the networks (the dropout seed generators' states included, which
-        Keras does not track for tf.train.Checkpoint) and of the optimiser, the pairwise gradient
-        buffer and `step`: a resumed run continues exactly."""
+        Keras does not track for tf.train.Checkpoint) and of the optimiser, and the pairwise
+        gradient buffer: a resumed run continues exactly."""
+        return {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
+                "network_state": list(self.net.variables), "discriminator_state": list(self.discriminator.variables),
+                "pairwise_gradient_sum": self.pairwise_gradient_sum}
+
+    def checkpoint(self, step):
+        """A tf.train.Checkpoint of checkpoint_objects() and the iteration variable `step`."""
         import tensorflow as tf
-        return tf.train.Checkpoint(net=self.net, discriminator=self.discriminator, optimizer=self.optimizer,
-                                   step=step, network_state=list(self.net.variables),
-                                   discriminator_state=list(self.discriminator.variables),
-                                   pairwise_gradient_sum=self.pairwise_gradient_sum)
+        return tf.train.Checkpoint(**self.checkpoint_objects(), step=step)
+
+
+def meter_terms(config):
+    """The loss terms one update measures (keys of loss_terms) and their TensorBoard tags."""
+    terms = {name: LOSS_TAG.format(step=HASHING_STEP, term=name)
+             for name in ("pairwise", "quantisation", "classification", "entropy", "total")}
+    if config.domain_weight > 0:
+        terms["domain"] = LOSS_TAG.format(step=DISCRIMINATOR_STEP, term="domain")
+        terms["discriminator_accuracy"] = DISCRIMINATOR_ACCURACY_TAG
+    return terms
 
 
 def binary_codes(codes):
@@ -310,106 +327,132 @@ def check_config(config):
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
 
 
+class MetahTraining(Method):
+    """METAH's part of the shared loop: one unit is an epoch's worth of iterations (one pass
+    over the larger domain; the last unit may be shorter). Batches (source rows, target rows,
+    the step's lambda) come through tf.data; several updates run per compiled call, each
+    setting the reversal's lambda in the graph and adding its terms to the model's LossMeter."""
+
+    name = "METAH"
+    validation_hint = "give --validation-fraction F (source validation queries) to keep it too"
+
+    def __init__(self, config, pair, inputs, model):
+        import tensorflow as tf
+        self.config, self.pair, self.inputs, self.model = config, pair, inputs, model
+        self.log_every = config.log_every
+        self.meters = [model.meter]
+        self.steps_per_epoch = math.ceil(max(len(pair.source_train), len(pair.target_database)) / config.batch_size)
+        self.units = math.ceil(config.iterations / self.steps_per_epoch)
+        source_inputs, target_inputs = inputs
+        self.device_inputs = (tf.constant(source_inputs), tf.constant(pair.one_hot(pair.source.labels)),
+                              tf.constant(target_inputs))
+        self.first_step_seconds = None
+        self.run_updates = tf.function(self._run_updates)
+
+    def _update(self, source_rows, target_rows, lam, entropy_scale):
+        import tensorflow as tf
+        source, source_onehot, target = self.device_inputs
+        self.model.discriminator.reversal.lambda_.assign(lam)
+        terms = self.model._train_step(tf.gather(source, source_rows), tf.gather(source_onehot, source_rows),
+                                       tf.gather(target, target_rows), entropy_scale)
+        self.model.meter.add(terms)
+
+    def _run_updates(self, batches, count):
+        import tensorflow as tf
+        for _ in tf.range(count):
+            self._update(*next(batches))
+
+    def lambdas(self, steps):
+        """The DANN lambda of each iteration (its progress: iteration / iterations)."""
+        from models.layers import dann_lambda
+        return np.asarray([dann_lambda(it / self.config.iterations, self.config.lambda_gamma) for it in steps],
+                          np.float32)
+
+    def batches(self, first, stop):
+        """tf.data: each iteration's (source rows, target rows, lambda, entropy scale), iterations first..stop-1."""
+        import tensorflow as tf
+        c, pair = self.config, self.pair
+        steps = np.arange(first, stop)
+        source_rows = np.stack([batch_rows(pair.source_train, c.batch_size, it, c.seed * 2 + 0) for it in steps])
+        target_rows = np.stack([batch_rows(pair.target_database, c.batch_size, it, c.seed * 2 + 1) for it in steps])
+        lam = self.lambdas(steps)
+        scale = lam if c.ramp_entropy else np.ones_like(lam)
+        return tf.data.Dataset.from_tensor_slices((source_rows, target_rows, lam, scale)).prefetch(2)
+
+    def unit_updates(self, unit):
+        return min(self.steps_per_epoch, self.config.iterations - unit * self.steps_per_epoch)
+
+    def checkpoint_objects(self):
+        return self.model.checkpoint_objects()
+
+    def train_unit(self, unit, first, loop):
+        import time
+
+        import tensorflow as tf
+        start = unit * self.steps_per_epoch + first
+        stop = unit * self.steps_per_epoch + self.unit_updates(unit)
+        batches = iter(self.batches(start, stop))
+        while loop.updates < stop:
+            # The run's first call does one update, so that its time (tracing included) is known.
+            count = 1 if self.first_step_seconds is None else loop.chunk_size(stop - loop.updates)
+            began = time.perf_counter()
+            self.run_updates(batches, tf.constant(count))
+            if self.first_step_seconds is None:
+                self.first_step_seconds = time.perf_counter() - began
+            loop.updates_done(count)
+        return {"iteration": stop}
+
+    def eval_due(self, units_done):
+        return self.config.eval_every_epoch and units_done < self.units
+
+    def evaluate(self, units_done, final):
+        figures, codes = evaluate(self.model, self.pair, self.inputs, self.config.ties)
+        scalars = {}
+        for key, value in figures.items():
+            if isinstance(value, dict):
+                scalars.update({f"{name}/{key}": v for name, v in value.items() if name != "map"})
+            else:
+                scalars[f"eval/{key}"] = value
+        validation = figures.get("source-validation", {}).get("map")
+        if validation is not None:
+            scalars["mAP/validation/source->source"] = validation
+        exports = None
+        if final:
+            exports = {"Q": codes["query"][0], "Dt": codes["target_database"][0], "Ds": codes["source_database"][0],
+                       "query_L": codes["query"][1], "target_L": codes["target_database"][1],
+                       "source_L": codes["source_database"][1]}
+        # The best checkpoint is chosen on source validation queries, never on the target's.
+        return Evaluation(figures, maps={p: figures[p]["map"] for p in PROTOCOLS}, validation=validation,
+                          scalars=scalars, exports=exports)
+
+    def unit_record(self, trained, losses, evaluation):
+        return None if evaluation is None else {"iteration": trained["iteration"], **evaluation.figures}
+
+    def interval_scalars(self):
+        from models.layers import dann_lambda
+        return {LR_TAG.format(step=HASHING_STEP): float(_current_rate(self.model.optimizer)),
+                "adversarial/lambda": dann_lambda(max(self.model.optimizer.iterations.numpy() - 1, 0)
+                                                  / self.config.iterations, self.config.lambda_gamma)}
+
+    def results_extra(self):
+        return {"first_step_seconds": self.first_step_seconds, "steps_per_epoch": self.steps_per_epoch}
+
+
 def fit(config, pair=None, run=None, resume=False):
-    """Trains and evaluates; logs, checkpoints and exports only when `run` is given.
-
-    Returns {"final": figures, "epochs": [...], "seconds": ..., "iterations": ...}."""
-    import contextlib
-
-    import tensorflow as tf
-    from models.layers import dann_lambda
-    from utils.run import CheckpointCadence, check_finite, progress
+    """Trains and evaluates through the shared loop; logs, checkpoints and exports only when
+    `run` is given. Returns {"final": figures, "epochs": [...], "seconds", "iterations", ...}."""
     check_config(config)
     pair = pair or load_pair(config)
     inputs = prepare_inputs(pair, config)
-    source_inputs, target_inputs = inputs
-    model = MetahModel(config, source_inputs.shape[1:], pair.num_classes)
-    source_onehot = pair.one_hot(pair.source.labels)
-    steps_per_epoch = math.ceil(max(len(pair.source_train), len(pair.target_database)) / config.batch_size)
-
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager = None
-    history = []
-    if run is not None:
-        checkpoint = model.checkpoint(step)
-        manager = run.checkpoint_manager(checkpoint)
-        if resume:
-            restored = run.restore_latest(checkpoint)
-            print(f"resumed from {restored}" if restored else "no checkpoint yet: starting from scratch")
-            # Figures written after the restored checkpoint (a kill between the two writes) are dropped.
-            history = [e for e in _saved_history(run) if e["iteration"] <= int(step.numpy())] if restored else []
-
-    start_time, first_step_seconds = time.perf_counter(), None
-    bar = progress(range(int(step.numpy()), config.iterations), total=config.iterations,
-                   initial=int(step.numpy()), desc=f"metah {config.preset} {pair.name} {config.bits}b")
-    cadence = CheckpointCadence(run.dir, config.checkpoint_every) if run is not None else None
-    with cadence or contextlib.nullcontext():
-        for it in bar:
-            progress_fraction = it / config.iterations
-            lam = dann_lambda(progress_fraction, config.lambda_gamma)
-            model.set_lambda(lam)
-            s_rows = batch_rows(pair.source_train, config.batch_size, it, config.seed * 2 + 0)
-            t_rows = batch_rows(pair.target_database, config.batch_size, it, config.seed * 2 + 1)
-            terms = model.train_step(tf.constant(source_inputs[s_rows]), tf.constant(source_onehot[s_rows]),
-                                     tf.constant(target_inputs[t_rows]),
-                                     tf.constant(lam if config.ramp_entropy else 1.0, tf.float32))
-            values = {k: float(v) for k, v in terms.items()}
-            if first_step_seconds is None:
-                first_step_seconds = time.perf_counter() - start_time  # includes tracing the step
-            check_finite(values, "METAH training")
-            step.assign(it + 1)
-            if run is not None and (it % config.log_every == 0 or it + 1 == config.iterations):
-                run.log_scalars(it, {**values, "lambda": lam,
-                                     "learning_rate": float(_current_rate(model.optimizer))}, prefix="train/")
-            epoch_end = (it + 1) % steps_per_epoch == 0 or it + 1 == config.iterations
-            if epoch_end and config.eval_every_epoch and it + 1 < config.iterations:
-                figures, _ = evaluate(model, pair, inputs, config.ties)
-                history.append({"iteration": it + 1, **figures})
-                if run is not None:
-                    _log_figures(run, it + 1, figures)
-            if manager is not None and (epoch_end or cadence.due(it + 1)):
-                if history:
-                    run.save_results({"epochs": history})
-                # The best checkpoint is chosen on source validation queries, never on the target's.
-                evaluated_now = epoch_end and history and history[-1]["iteration"] == it + 1
-                score = history[-1].get("source-validation", {}).get("map") if evaluated_now else None
-                run.save_checkpoint(manager, it + 1, score=score)
-                cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
-    seconds = time.perf_counter() - start_time
-
-    final, codes = evaluate(model, pair, inputs, config.ties)
-    results = {"final": final, "epochs": history, "seconds": seconds, "first_step_seconds": first_step_seconds,
-               "iterations": config.iterations, "steps_per_epoch": steps_per_epoch}
-    if run is not None:
-        _log_figures(run, config.iterations, final)
-        run.flush()
-        run.export_codes({"Q": codes["query"][0], "Dt": codes["target_database"][0],
-                          "Ds": codes["source_database"][0], "query_L": codes["query"][1],
-                          "target_L": codes["target_database"][1], "source_L": codes["source_database"][1]})
-        run.save_results(results)
-    return results
+    model = MetahModel(config, inputs[0].shape[1:], pair.num_classes)
+    training = MetahTraining(config, pair, inputs, model)
+    return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
+                        desc=f"metah {config.preset} {pair.name} {config.bits}b").run()
 
 
 def _current_rate(optimizer):
     rate = optimizer.learning_rate
     return rate(optimizer.iterations) if callable(rate) else rate
-
-
-def _saved_history(run):
-    import os
-    from utils import io
-    path = run.path("results.json")
-    return io.load_json(path).get("epochs", []) if os.path.exists(path) else []
-
-
-def _log_figures(run, step, figures):
-    scalars = {}
-    for key, value in figures.items():
-        if isinstance(value, dict):
-            scalars.update({f"{key}/{name}": v for name, v in value.items()})
-        else:
-            scalars[key] = value
-    run.log_scalars(step, scalars, prefix="eval/")
 
 
 def train(config, run, resume=False):

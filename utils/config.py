@@ -33,9 +33,16 @@ class CommonConfig:
     split_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={
         "help": "QUERY,TRAIN: sizes of the seeded split instead of the dataset's standard protocol "
                 "(for small or subset files); database = every item but the queries"})
+    validation_size: int = dataclasses.field(default=0, metadata={
+        "help": "training items (a seeded draw) held out as validation queries, ranked against the "
+                "database without them: never trained on, they choose settings (utils.tune) and the "
+                "best checkpoint; 0: none (METAH: --validation-fraction of the source)"})
     keep_checkpoints: str = dataclasses.field(default="last,best", metadata={
         "help": "checkpoints kept in RUN_DIR/checkpoints: 'last', 'last,best' (the last plus the one "
                 "with the best epoch mAP, in checkpoints/best) or a number N (the last N)"})
+    log_every: int = dataclasses.field(default=10, metadata={
+        "help": "training updates per read of the loss sums kept on the device: their means go to "
+                "TensorBoard (loss/STEP/TERM) and the NaN guard checks them"})
     ties: str = dataclasses.field(default=DEFAULT_TIES, metadata={
         "help": "order of items at equal distance in every ranked figure: expected (mean over random "
                 "orders, exact), argsort (the original programs' np.argsort), pessimistic (relevant "
@@ -43,6 +50,8 @@ class CommonConfig:
 
     def __post_init__(self):
         check_ties(self.ties)  # before training, not at the first evaluation
+        if self.log_every < 1:
+            raise UserError(f"--log-every must be at least 1, got {self.log_every}")
 
 
 def _parse_bool(text):

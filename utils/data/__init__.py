@@ -71,7 +71,9 @@ class CrossModalData:
         return self.texts.shape[1]
 
     def part(self, name):
-        """(images, texts, labels) of one split part; images stay lazy when the source is lazy."""
+        """(images, texts, labels) of one split part (query, train, database, validation, or
+        validation_database: the database without the validation items); images stay lazy when
+        the source is lazy."""
         rows = getattr(self.split, name)
         images = self.images[rows] if isinstance(self.images, np.ndarray) else LazyRows(self.images, rows)
         return images, self.texts[rows], self.labels[rows]
@@ -117,8 +119,9 @@ def resolve_path(name, path):
                     f"(see README, section Datasets)")
 
 
-def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
-    """Loads a dataset by name; `split_sizes=(query, train)` overrides the standard protocol."""
+def load_dataset(name, path="", seed=0, split_file="", split_sizes=None, validation_size=0):
+    """Loads a dataset by name; `split_sizes=(query, train)` overrides the standard protocol;
+    `validation_size` training items (seeded) become the validation part (splits.carve_validation)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
     if split_sizes and (name == "wiki" or name in acmr_pickles.LOADERS or split_file):
@@ -154,6 +157,7 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None):
             num_query, num_train = split_sizes or SPLIT_SIZES[name]
             split = splits.permutation_split(len(labels), num_query, num_train, seed)
         splits.check_split(split, len(labels), f"{path or name}: the {name} split")
+    split = splits.carve_validation(split, validation_size, seed)
     return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,
                           mean_image=mean_image, single_label=single_label)
 

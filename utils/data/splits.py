@@ -14,9 +14,37 @@ class Split:
     query: np.ndarray     # row indices of the query items
     train: np.ndarray     # row indices of the training items
     database: np.ndarray  # row indices of the retrieval database
+    # Rows held out of training to choose settings and checkpoints (carve_validation); never queries.
+    validation: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def validation_database(self):
+        """The database the validation items are ranked against: the database without them."""
+        return self.database[~np.isin(self.database, self.validation)]
 
     def save(self, path):
-        io.save_npz(path, {"query": self.query, "train": self.train, "database": self.database})
+        parts = {"query": self.query, "train": self.train, "database": self.database}
+        if len(self.validation):
+            parts["validation"] = self.validation
+        io.save_npz(path, parts)
+
+
+def carve_validation(split, size, seed):
+    """`size` training items (a seeded draw) become the validation part: they leave the training
+    set, so settings and checkpoints chosen on them are chosen on items never trained on, and
+    the queries stay untouched. Validation items are ranked against the database without them."""
+    if size <= 0:
+        return split
+    if len(split.validation):
+        raise UserError(f"the split file already holds {len(split.validation)} validation items; drop "
+                        f"--validation-size (or the file's validation array)")
+    if size >= len(split.train):
+        raise UserError(f"--validation-size {size} leaves no training items (the training set has "
+                        f"{len(split.train)}); give a smaller --validation-size")
+    order = np.random.RandomState([seed, 7919]).permutation(len(split.train))
+    held = np.sort(order[:size])
+    keep = np.sort(order[size:])
+    return dataclasses.replace(split, train=split.train[keep], validation=split.train[held])
 
 
 def permutation_split(num_items, num_query, num_train, seed, num_database=None):
@@ -55,6 +83,17 @@ def check_split(split, num_items, where):
             repeat = int(repeats.min())
             raise UserError(f"{where}: {name}[{repeat}] = {part[repeat]} repeats an earlier index; each item "
                             f"may appear once per part")
+    validation = np.asarray(split.validation)
+    if validation.size:
+        bad = np.flatnonzero((validation < 0) | (validation >= num_items))
+        if bad.size:
+            raise UserError(f"{where}: validation[{bad[0]}] = {validation[bad[0]]} lies outside "
+                            f"0..{num_items - 1}; this split belongs to another dataset")
+        for name in ("query", "train"):
+            shared = np.intersect1d(validation, getattr(split, name))
+            if shared.size:
+                raise UserError(f"{where}: item {shared[0]} is both a validation and a {name} item; "
+                                f"validation items must be held out of both")
 
 
 def _index_array(values, name, path):
@@ -95,5 +134,7 @@ def load_split(path, num_items):
         raise UserError(f"split file {path} lacks {missing}; it needs 0-based index arrays "
                         f"named query, train and database")
     split = Split(*(_index_array(arrays[k], k, path) for k in SPLIT_PARTS))
+    if "validation" in arrays:
+        split.validation = _index_array(arrays["validation"], "validation", path)
     check_split(split, num_items, f"split file {path}")
     return split

@@ -1,0 +1,350 @@
+"""The training loop every method shares.
+
+A method trains in UNITS (an epoch, or for METAH an epoch's worth of iterations). The loop
+owns what is the same for all of them: resuming from the latest checkpoint, and after each unit
+the cadence evaluate -> log -> checkpoint (the last ones, and the best by VALIDATION mAP) ->
+export -> results; the NaN guard; the progress bar; TensorBoard's loss, learning-rate and mAP
+tags. The method supplies only its updates (`train_unit`) and its evaluation (`evaluate`).
+
+Losses never cross to the host per update: each compiled step adds its loss terms to a
+`LossMeter` (sums in device variables), and the loop reads the meters once per `log_every`
+updates, at checkpoints and at unit ends; the NaN guard checks what it reads (a NaN anywhere
+in an interval makes its sum NaN). Every value the loop needs to continue exactly (units and
+updates done, the meters' sums, the number of history records) is in the checkpoint.
+
+A method subclasses `Method`, whose members' docstrings state the contract.
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from utils.errors import UserError
+
+# TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy; x axis: updates.
+LOSS_TAG = "loss/{step}/{term}"
+LR_TAG = "lr/{step}"
+MAP_TAG = "mAP/{direction}"
+DISCRIMINATOR_ACCURACY_TAG = "discriminator/accuracy"
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What a method's evaluation gives the loop.
+
+    figures: JSON figures (recorded in the unit's history record and as results' "final");
+    maps: {direction: mAP} logged as mAP/DIRECTION; validation: the VALIDATION mAP that chooses
+    the best checkpoint (None: no validation part, only the last checkpoints are kept);
+    scalars: other TensorBoard tags; exports: arrays for codes.mat (None: nothing exported now)."""
+    figures: dict
+    maps: dict = dataclasses.field(default_factory=dict)
+    validation: float = None
+    scalars: dict = dataclasses.field(default_factory=dict)
+    exports: dict = None
+
+
+class LossMeter:
+    """Loss terms of one kind of update, summed on the device.
+
+    `terms` maps each term's name (the key of the step's loss dict and of the unit's mean losses)
+    to its TensorBoard tag (e.g. "emb" -> "loss/projector/emb"). `add(values)` goes inside the
+    compiled step; the host reads `interval_means()` / `unit_means()` (means since the last read
+    of that kind) a few times per unit. Sums are float64, as a Python sum of the per-update floats."""
+
+    def __init__(self, name, terms):
+        import tensorflow as tf
+        self.name = name
+        self.terms = dict(terms)
+        width = len(self.terms) + 1  # + the number of updates summed
+        self.interval = tf.Variable(tf.zeros(width, tf.float64), trainable=False, name=f"{name}_interval_sums")
+        self.unit = tf.Variable(tf.zeros(width, tf.float64), trainable=False, name=f"{name}_unit_sums")
+
+    def add(self, values):
+        """Inside a compiled step: adds this update's terms (missing ones count 0)."""
+        import tensorflow as tf
+        row = tf.stack([tf.cast(values[t], tf.float64) if t in values else tf.constant(0.0, tf.float64)
+                        for t in self.terms] + [tf.constant(1.0, tf.float64)])
+        self.interval.assign_add(row)
+        self.unit.assign_add(row)
+
+    def _means(self, variable, reset):
+        sums = variable.numpy()
+        if reset:
+            variable.assign(np.zeros_like(sums))
+        count = sums[-1]
+        if count == 0:
+            return {}
+        return {term: float(total / count) for term, total in zip(self.terms, sums[:-1])}
+
+    def interval_means(self):
+        return self._means(self.interval, reset=True)
+
+    def unit_means(self, reset=True):
+        return self._means(self.unit, reset=reset)
+
+    def checkpoint_objects(self):
+        return {f"meter_{self.name}_interval": self.interval, f"meter_{self.name}_unit": self.unit}
+
+
+class Method:
+    """The contract a method fulfils (subclassing is optional; every member is read by name).
+
+    name: for messages and the progress bar; units: the number of units to train;
+    log_every: updates per TensorBoard loss read; meters: its LossMeters."""
+    name = "method"
+    units = 0
+    log_every = 1
+    meters = ()
+    validation_hint = "give --validation-size N to keep it too"  # when an evaluation has no validation figure
+    # The progress bar: "updates" (one bar over the run's updates), "units" (one over the units,
+    # a plain line per unit in logs) or "unit_updates" (one bar per unit over its updates).
+    progress = "updates"
+
+    def unit_updates(self, unit):
+        """Updates in unit `unit` (0-based), or None when not known ahead (early stop)."""
+        return None
+
+    def checkpoint_objects(self):
+        """{name: trackable}: networks, optimisers and any position variables of the method."""
+        raise NotImplementedError
+
+    def after_restore(self, units_done, unit_updates_done):
+        """Called after a checkpoint was restored (e.g. to read position variables)."""
+
+    def train_unit(self, unit, first_update, loop):
+        """Trains unit `unit` from its update `first_update` on (0 unless resuming mid-unit),
+        calling loop.updates_done(n, store_position) after each update or group of updates.
+        Returns the unit's own record fields (JSON), e.g. {"epoch": unit + 1}."""
+        raise NotImplementedError
+
+    def eval_due(self, units_done):
+        return True
+
+    def evaluate(self, units_done, final):
+        """An Evaluation after `units_done` units; final=True after the last one (with exports)."""
+        raise NotImplementedError
+
+    def unit_record(self, trained, losses, evaluation):
+        """The history record of a unit, or None for none: by default its own fields, the mean
+        losses of the unit and, when evaluated, the figures under "map"."""
+        record = {**trained, "losses": losses}
+        if evaluation is not None:
+            record["map"] = evaluation.figures
+        return record
+
+    def interval_scalars(self):
+        """Extra TensorBoard scalars at each log read: lr/STEP, a schedule's value, ..."""
+        return {}
+
+    def results_extra(self):
+        """Fields added to results.json beside final, epochs, seconds and iterations."""
+        return {}
+
+
+class TrainingLoop:
+    """Runs a Method: `TrainingLoop(method, run, resume).run()` returns the results dict
+    {"final", "epochs" (the history records), "seconds" (training only), "iterations" (updates),
+    **method.results_extra()}; logs, checkpoints and exports only when `run` is given."""
+
+    def __init__(self, method, run=None, resume=False, checkpoint_every=0, desc=None):
+        import tensorflow as tf
+        self.method, self.run_folder, self.resume = method, run, resume
+        self.checkpoint_every = checkpoint_every
+        self.desc = desc or method.name
+        self.units_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="units_done")
+        self.updates_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+        self.unit_updates_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="unit_updates_done")
+        self.records_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="history_records")
+        self.updates = 0
+        self.unit_updates_done = 0
+        self.history = []
+        self.manager = self.cadence = self.bar = None
+        self._store_position = None
+        self._said_no_validation = False
+
+    # ---------------------------------------------------------------- checkpoint contents
+    def checkpoint(self):
+        import tensorflow as tf
+        objects = dict(self.method.checkpoint_objects())
+        for meter in self.method.meters:
+            objects.update(meter.checkpoint_objects())
+        return tf.train.Checkpoint(loop_units_done=self.units_done, loop_updates=self.updates_var,
+                                   loop_unit_updates_done=self.unit_updates_var,
+                                   loop_history_records=self.records_var, **objects)
+
+    def _restore(self):
+        from utils import io
+        import os
+        checkpoint = self.checkpoint()
+        self.manager = self.run_folder.checkpoint_manager(checkpoint)
+        if not self.resume:
+            return
+        restored = self.run_folder.restore_latest(checkpoint)
+        if not restored:
+            print("no checkpoint yet: starting from scratch", flush=True)
+            return
+        self.updates, self.unit_updates_done = int(self.updates_var.numpy()), int(self.unit_updates_var.numpy())
+        inside = f", {self.unit_updates_done} updates into unit {int(self.units_done.numpy()) + 1}" \
+            if self.unit_updates_done else ""
+        print(f"resumed from {restored} ({int(self.units_done.numpy())} units done{inside})", flush=True)
+        path = self.run_folder.path("results.json")
+        # Records written after the restored checkpoint (a kill between the two writes) are dropped.
+        saved = io.load_json(path).get("epochs", []) if os.path.exists(path) else []
+        self.history = list(saved[:int(self.records_var.numpy())])
+        self.method.after_restore(int(self.units_done.numpy()), self.unit_updates_done)
+
+    # ---------------------------------------------------------------- called by the method
+    def updates_done(self, n=1, store_position=None):
+        """After `n` more updates of the current unit. Reads the meters at each log interval
+        (and logs them); when a mid-unit checkpoint is due, calls `store_position()` (the
+        method puts its position into its checkpointed variables) and writes one."""
+        before, self.updates = self.updates, self.updates + n
+        self.unit_updates_done += n
+        if self.bar is not None and self.method.progress != "units":
+            self.bar.update(n)
+        log_every = max(1, int(self.method.log_every))
+        if self.updates // log_every > before // log_every:
+            self.log_interval()
+        if self.cadence is not None and self.cadence.due(self.updates) and not self._unit_complete():
+            if store_position is not None:
+                store_position()
+            self._save(score=None)
+            self.cadence.saved()  # stops here (one line, exit code 130) after SIGINT/SIGTERM
+
+    def chunk_size(self, limit):
+        """How many updates a method may run in one call before reporting them: at most
+        `limit` (e.g. the rest of the unit), and never past the next log read or the next
+        checkpoint due by count (--checkpoint-every). A signal is honoured at the next report."""
+        log_every = max(1, int(self.method.log_every))
+        count = min(int(limit), log_every - self.updates % log_every)
+        every = self.cadence.every_steps if self.cadence is not None else 0
+        if every:
+            count = min(count, every - self.updates % every)
+        return max(1, count)
+
+    def note(self, text):
+        """A plain progress line (stdout when not a terminal, and the run's train.log)."""
+        if self.bar is not None and hasattr(self.bar, "note"):
+            self.bar.note(text)
+
+    # ---------------------------------------------------------------- internals
+    def _unit_complete(self):
+        expected = self.method.unit_updates(self._unit)
+        return expected is not None and self.unit_updates_done >= expected
+
+    def check_finite(self, values, where):
+        from utils.run import check_finite
+        check_finite(values, f"{self.method.name} {where} (by update {self.updates})")
+
+    def log_interval(self):
+        """Reads every meter's interval means: NaN guard, then TensorBoard."""
+        scalars = {}
+        for meter in self.method.meters:
+            means = meter.interval_means()
+            self.check_finite(means, meter.name)
+            scalars.update({meter.terms[term]: value for term, value in means.items()})
+        if self.run_folder is not None:
+            self.run_folder.log_scalars(self.updates, {**scalars, **self.method.interval_scalars()})
+
+    def _check_unit_sums(self):
+        for meter in self.method.meters:
+            self.check_finite(meter.unit_means(reset=False), meter.name)
+
+    def _save(self, score):
+        if self.run_folder is None:
+            return
+        self._check_unit_sums()  # never checkpoint a non-finite state
+        self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
+        self.updates_var.assign(self.updates)
+        self.unit_updates_var.assign(self.unit_updates_done)
+        self.records_var.assign(len(self.history))
+        self.run_folder.save_checkpoint(self.manager, self.updates, score=score)
+
+    def _keep_score(self, evaluation):
+        if evaluation is None:
+            return None
+        if evaluation.validation is None and not self._said_no_validation and self.run_folder is not None:
+            _, keep_best = self.run_folder.keep_policy()
+            if keep_best:
+                print(f"no validation part: only the last checkpoint is kept (the best is chosen by validation "
+                      f"mAP, never by query mAP; {self.method.validation_hint})", flush=True)
+            self._said_no_validation = True
+        return evaluation.validation
+
+    def _log_evaluation(self, evaluation):
+        if self.run_folder is None:
+            return
+        scalars = {MAP_TAG.format(direction=d): v for d, v in evaluation.maps.items()}
+        self.run_folder.log_scalars(self.updates, {**scalars, **evaluation.scalars})
+
+    def _progress(self, unit, total_units):
+        from utils.run import progress
+        if self.method.progress == "unit_updates":
+            return progress(total=self.method.unit_updates(unit), initial=self.unit_updates_done,
+                            desc=f"{self.desc} epoch {unit + 1}/{total_units}")
+        if self.method.progress == "units":
+            return progress(total=total_units, initial=unit, desc=self.desc)
+        totals = [self.method.unit_updates(u) for u in range(total_units)]
+        total = sum(totals) if None not in totals else None
+        return progress(total=total, initial=self.updates, desc=self.desc)
+
+    # ---------------------------------------------------------------- the loop
+    def run(self):
+        import contextlib
+        from utils.run import CheckpointCadence
+        method = self.method
+        if self.run_folder is not None:
+            self._restore()
+            self.cadence = CheckpointCadence(self.run_folder.dir, self.checkpoint_every)
+        start_unit, units = int(self.units_done.numpy()), method.units
+        start_time = time.perf_counter()
+        per_unit = method.progress == "unit_updates"
+        self.bar = None if per_unit else self._progress(start_unit, units)
+        with self.cadence or contextlib.nullcontext():
+            for unit in range(start_unit, units):
+                self._unit = unit
+                bar_of_unit = self._progress(unit, units) if per_unit else None
+                if bar_of_unit is not None:
+                    self.bar = bar_of_unit
+                first = self.unit_updates_done
+                trained = method.train_unit(unit, first, self)
+                losses = {}
+                for meter in method.meters:
+                    means = meter.unit_means()
+                    self.check_finite(means, meter.name)
+                    losses.update(means)
+                self.unit_updates_done = 0
+                self.units_done.assign(unit + 1)
+                evaluation = method.evaluate(unit + 1, final=False) if method.eval_due(unit + 1) else None
+                if evaluation is not None:
+                    self._log_evaluation(evaluation)
+                    if evaluation.exports is not None and self.run_folder is not None:
+                        self.run_folder.export_codes(evaluation.exports)
+                    if self.bar is not None and evaluation.maps:
+                        self.bar.set_postfix(**{d: f"{v:.3f}" for d, v in evaluation.maps.items()})
+                record = method.unit_record(trained, losses, evaluation)
+                if record is not None:
+                    self.history.append(record)
+                if bar_of_unit is not None:
+                    bar_of_unit.close()
+                elif method.progress == "units":
+                    self.bar.update(1)
+                if self.run_folder is not None:
+                    self._save(score=self._keep_score(evaluation))
+                    self.run_folder.flush()
+                    if unit + 1 < units:
+                        self.cadence.saved()
+        if self.bar is not None:
+            self.bar.close()
+        seconds = time.perf_counter() - start_time
+        final = method.evaluate(units, final=True)
+        results = {"final": final.figures, "epochs": self.history, "seconds": seconds, "iterations": self.updates,
+                   **method.results_extra()}
+        if self.run_folder is not None:
+            self._log_evaluation(final)
+            if final.exports is not None:
+                self.run_folder.export_codes(final.exports)
+            self.run_folder.save_results(results)
+            self.run_folder.flush()
+        return results
+
