@@ -379,6 +379,26 @@ def quickstart(_, f):
     return table(["command", "wall time (s)", "printed mAP"], rows)
 
 
+def loop_overhead(_, f):
+    """benchmarks/loop_overhead.py: training updates/s per method, each label (before / after the
+    shared loop) with the commit it was measured at."""
+    labels = f["labels"]
+    names = [name for name in ("before", "after") if name in labels] + sorted(set(labels) - {"before", "after"})
+    header = ["method"] + [f"updates/s {name} ({(labels[name]['provenance'].get('commit') or '?')[:7]})"
+                           for name in names]
+    if {"before", "after"} <= set(labels):
+        header.append("after / before")
+    rows = []
+    for method in ("ssah", "acmr", "metah"):
+        speeds = [labels[name]["methods"].get(method, {}).get("updates_per_second") for name in names]
+        row = [method.upper()] + [f"{v:.0f}" if v else "not measured" for v in speeds]
+        if len(header) > len(row):
+            before, after = (labels[n]["methods"].get(method, {}).get("updates_per_second") for n in ("before", "after"))
+            row.append(f"{after / before:.1f}x" if before and after else "")
+        rows.append(row)
+    return table(header, rows)
+
+
 RENDERERS = {
     "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
@@ -386,7 +406,7 @@ RENDERERS = {
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
     "tah_base": tah_base, "tie_rules": tie_rules, "eval_speed": eval_speed,
-    "quickstart": quickstart,
+    "quickstart": quickstart, "loop_overhead": loop_overhead,
 }
 
 

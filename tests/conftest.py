@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need the real data skip when ../shared is absent."""
+"""Shared fixtures. Tests that need the real data skip when the shared data folder (beside the
+repository, or $ADVHASH_SHARED) is absent."""
 import os
 
 import pytest

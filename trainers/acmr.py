@@ -1,5 +1,5 @@
 """ACMR (Adversarial Cross-Modal Retrieval, Wang et al., ACM MM 2017): the authors' program
-and the paper's method (../shared/spec/acmr.md).
+(their TensorFlow 1 triplet_wiki / simple_wiki / simple_nuswide code) and the paper's method.
 
 `python train.py --method acmr --variant original --dataset wiki`  (the triplet_wiki program)
 `python train.py --method acmr --variant paper --dataset wiki`     (the paper's method)
@@ -10,7 +10,8 @@ reversal layer; the projectors' objective is emb_loss (+ the modality loss when
 `adversarial_in_projector_loss`, whose gradient reaches them reversed and scaled by lambda).
 With `shared_forward_pass` (the program), the modality classifier's update comes from the same
 forward pass as the projectors' update; otherwise it gets its own pass after it (the paper's
-alternation, every `projector_steps` projector updates).
+alternation, every `projector_steps` projector updates). The epochs run in the shared loop
+(trainers/loop.py); `AcmrTraining` supplies the updates and the evaluation.
 """
 import dataclasses
 

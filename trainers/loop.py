@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 
-from utils.errors import UserError
 
 # TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy; x axis: updates.
 LOSS_TAG = "loss/{step}/{term}"
@@ -232,23 +231,24 @@ class TrainingLoop:
         expected = self.method.unit_updates(self._unit)
         return expected is not None and self.unit_updates_done >= expected
 
-    def check_finite(self, values, where):
+    def check_finite(self, values):
+        """The NaN guard on means read from the meters (a NaN or inf anywhere in their sums)."""
         from utils.run import check_finite
-        check_finite(values, f"{self.method.name} {where} (by update {self.updates})")
+        check_finite(values, f"{self.method.name} training (updates up to {self.updates})")
 
     def log_interval(self):
         """Reads every meter's interval means: NaN guard, then TensorBoard."""
         scalars = {}
         for meter in self.method.meters:
             means = meter.interval_means()
-            self.check_finite(means, meter.name)
+            self.check_finite(means)
             scalars.update({meter.terms[term]: value for term, value in means.items()})
         if self.run_folder is not None:
             self.run_folder.log_scalars(self.updates, {**scalars, **self.method.interval_scalars()})
 
     def _check_unit_sums(self):
         for meter in self.method.meters:
-            self.check_finite(meter.unit_means(reset=False), meter.name)
+            self.check_finite(meter.unit_means(reset=False))
 
     def _save(self, score):
         if self.run_folder is None:
@@ -311,7 +311,7 @@ class TrainingLoop:
                 losses = {}
                 for meter in method.meters:
                     means = meter.unit_means()
-                    self.check_finite(means, meter.name)
+                    self.check_finite(means)
                     losses.update(means)
                 self.unit_updates_done = 0
                 self.units_done.assign(unit + 1)

@@ -7,7 +7,8 @@ network; the loss pairwise + q quantisation + alpha CE + beta entropy + domain
 is differentiated by ONE GradientTape with respect to the hashing network and
 the discriminator together. The discriminator sits behind a gradient reversal
 layer, so it descends the domain loss while the hashing network ascends it
-(scaled by the DANN lambda schedule).
+(scaled by the DANN lambda schedule). The iterations run in the shared loop
+(trainers/loop.py); `MetahTraining` supplies the updates and the evaluation.
 """
 import dataclasses
 import math
@@ -22,7 +23,7 @@ from utils.metrics import DEFAULT_TIES
 
 PRESET_FIELD = "preset"
 
-# TAH's weights (synthetic -> real) are the defaults; alpha and beta are ours (spec: no code released).
+# TAH's weights (synthetic -> real) are the defaults; alpha and beta are ours (METAH's authors released no code).
 TAH_DOMAIN_WEIGHT = 0.8
 METAH_ALPHA = 1.0
 METAH_BETA = 1.0
@@ -45,6 +46,9 @@ PRESETS = {
 # TensorBoard's step names (loss/STEP/TERM, lr/STEP): the hashing network's objective and the
 # domain discriminator's loss (the one tape updates both).
 HASHING_STEP, DISCRIMINATOR_STEP = "hashing", "discriminator"
+
+# TensorBoard families of the figures beside the mAP (mAP/DIRECTION) of a protocol.
+FIGURE_TAGS = {"map_radius2": "mAP_radius2", "precision_radius2": "precision_radius2"}
 
 PROTOCOLS = {"target->target": ("query", "target_database"), "target->source": ("query", "source_database")}
 
@@ -360,7 +364,8 @@ class MetahTraining(Method):
     def _run_updates(self, batches, count):
         import tensorflow as tf
         for _ in tf.range(count):
-            self._update(*next(batches))
+            source_rows, target_rows, lam, entropy_scale = next(batches)
+            self._update(source_rows, target_rows, lam, entropy_scale)
 
     def lambdas(self, steps):
         """The DANN lambda of each iteration (its progress: iteration / iterations)."""
@@ -410,7 +415,7 @@ class MetahTraining(Method):
         scalars = {}
         for key, value in figures.items():
             if isinstance(value, dict):
-                scalars.update({f"{name}/{key}": v for name, v in value.items() if name != "map"})
+                scalars.update({f"{FIGURE_TAGS[name]}/{key}": v for name, v in value.items() if name != "map"})
             else:
                 scalars[f"eval/{key}"] = value
         validation = figures.get("source-validation", {}).get("map")

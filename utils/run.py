@@ -338,13 +338,16 @@ class Run:
     # ------------------------------------------------------------------ TensorBoard
 
     def log_config(self, step=0):
-        """The run's settings as TensorBoard text (tab Text: `config`), so that a figure's
-        settings, its tie rule (`ties`) among them, travel with its curves."""
+        """The run's resolved settings as TensorBoard text (tab Text: `config`, and `ties`, the tie
+        rule of every mAP) and as HParams (tab HParams: runs compared by setting)."""
         import tensorflow as tf
-        rows = "\n".join(f"| {name} | {value} |" for name, value in dataclasses.asdict(self.config).items())
+        from tensorboard.plugins.hparams import api as hparams
+        settings = {"method": self.method, **dataclasses.asdict(self.config)}
+        rows = "\n".join(f"| {name} | {value} |" for name, value in settings.items() if name != "method")
         with self.writer.as_default(step=int(step)):
             tf.summary.text("config", f"method: {self.method}\n\n| setting | value |\n|---|---|\n{rows}")
             tf.summary.text("ties", str(getattr(self.config, "ties", "")))
+            hparams.hparams(hparam_values(settings), trial_id=os.path.basename(os.path.normpath(self.dir)))
 
     def log_scalars(self, step, scalars, prefix=""):
         import tensorflow as tf
@@ -425,6 +428,13 @@ class Run:
     def save_results(self, results):
         self._note_created("results.json")
         io.save_json(self.path("results.json"), results)
+
+
+def hparam_values(settings):
+    """Settings as HParams values: numbers, strings and booleans as they are, anything else
+    (tuples, None) as its text."""
+    return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for name, value in settings.items()}
 
 
 def keep_policy(text):
