@@ -12,18 +12,20 @@ named setting of `Config`; `PRESETS["original"]` is the program, `PRESETS["paper
 
 Files: config (settings, presets, schedules, early-stop rules), steps (SSAHTrainer: nets,
 buffers, the four updates), epochs (an epoch's passes, early stop, mid-epoch checkpoints),
-training (building, evaluation, fit/train), encoding (codes of new items).
+training (building, evaluation, SSAH's part of the shared loop trainers/loop.py, fit/train), encoding (codes of new items).
 """
 from trainers.ssah.config import (DATASET_DEFAULTS, EARLY_STOP, IMAGENET_MEAN_RGB, PRESET_FIELD, PRESETS,
-                                  PROGRAM_MS_WINDOWS, PROGRAM_STEP_ORDER, SCHEDULES, STEP_NAMES, Config,
+                                  PROGRAM_MS_WINDOWS, PROGRAM_STEP_ORDER, SCHEDULES, STEP_NAMES, STEP_TERMS, Config,
                                   EarlyStopRule, check_network_settings, learning_rate, resolve_backbone)
 from trainers.ssah.encoding import dataset_vocabulary, encode, tag_vectors
 from trainers.ssah.epochs import SUMMARY_KEYS, EpochLoop, StopCheck, inner_loop
 from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
-from trainers.ssah.training import _check_resume_checkpoint, build_trainer, build_trunk, evaluate, train
+from trainers.ssah.training import (SSAHTraining, _check_resume_checkpoint, build_trainer, build_trunk, evaluate,
+                                    fit, load_data, train)
 
 __all__ = ["DATASET_DEFAULTS", "EARLY_STOP", "IMAGENET_MEAN_RGB", "PRESET_FIELD", "PRESETS", "PROGRAM_MS_WINDOWS",
-           "PROGRAM_STEP_ORDER", "SCHEDULES", "STEP_NAMES", "SUMMARY_KEYS", "Config", "EarlyStopRule", "EpochLoop",
-           "SSAHTrainer", "StopCheck", "build_trainer", "build_trunk", "check_network_settings",
-           "checkpoint_variable_names", "dataset_vocabulary", "encode", "evaluate", "inner_loop", "learning_rate",
-           "resolve_backbone", "tag_vectors", "train", "_check_resume_checkpoint"]
+           "PROGRAM_STEP_ORDER", "SCHEDULES", "STEP_NAMES", "STEP_TERMS", "SUMMARY_KEYS", "Config", "EarlyStopRule",
+           "EpochLoop", "SSAHTrainer", "SSAHTraining", "StopCheck", "build_trainer", "build_trunk",
+           "check_network_settings", "checkpoint_variable_names", "dataset_vocabulary", "encode", "evaluate", "fit",
+           "inner_loop", "learning_rate", "load_data", "resolve_backbone", "tag_vectors", "train",
+           "_check_resume_checkpoint"]

@@ -44,6 +44,12 @@ EARLY_STOP = {"lab": EarlyStopRule(record_every=1, check_from=2),
               "txt": EarlyStopRule(record_every=2, check_from=3)}
 
 STEP_NAMES = {"lab": "LabNet", "dis": "discriminator", "img": "ImgNet", "txt": "TxtNet"}
+# The loss terms each step returns ("loss" is the step's total; the discriminators' accuracy is
+# the share of their four batches they classify right).
+STEP_TERMS = {"lab": ("loss", "pair_feature", "pair_hash", "quantisation", "label"),
+              "dis": ("loss", "accuracy"),
+              "img": ("loss", "pair_feature", "pair_hash", "quantisation", "label", "adversarial"),
+              "txt": ("loss", "pair_feature", "pair_hash", "quantisation", "label", "adversarial")}
 # The program's order of the steps in an epoch and its multi-scale fusion windows (TxtNet).
 PROGRAM_STEP_ORDER = ("lab", "dis", "img", "txt")
 PROGRAM_MS_WINDOWS = (50, 30, 15, 10, 5)

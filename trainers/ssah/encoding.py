@@ -4,9 +4,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import utils.data
 from trainers.ssah.config import Config, resolve_backbone
-from trainers.ssah.training import _check_resume_checkpoint, build_trainer
+from trainers.ssah.training import _check_resume_checkpoint, build_trainer, load_data
 from utils import io
 from utils.data import resolve_path
 from utils.errors import UserError
@@ -59,8 +58,7 @@ def encode(run_dir, inputs, modality):
     if modality not in ("image", "text"):
         raise UserError(f"unknown modality {modality!r} for SSAH; choose image or text")
     _, config = saved_config(run_dir, {"ssah": Config})
-    data = utils.data.load_dataset(config.dataset, config.data, config.seed, config.split_file,
-                        split_sizes=config.split_sizes)
+    data = load_data(config)
     if modality == "text" and _holds_words(inputs):
         inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]

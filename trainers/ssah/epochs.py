@@ -5,6 +5,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from trainers.loop import LOSS_TAG, LR_TAG
 from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
 from utils.data import pipeline
 from utils.errors import UserError
@@ -59,13 +60,13 @@ class EpochLoop:
     run: the run folder for TensorBoard (None: no logging). keep_record: list every update,
     monitoring loss and stop check in `self.record`.
 
-    Checkpoints inside an epoch: with `cadence` (utils.run.CheckpointCadence) and `save` set,
-    after every update the loop asks the cadence; when due it stores its position (net, inner
+    Checkpoints inside an epoch: run_epoch(epoch, loop) tells the shared TrainingLoop of every
+    update; when a checkpoint is due, the loop first has this one store its position (net, inner
     index, pass, updates done in the pass, the rows drawn for the pass, the recorded monitoring
-    losses, the pass's running loss sums) in its variables (`checkpoint_objects`) and calls
-    save(). After restoring such a checkpoint (and trainer.rng with it), `resume_from_variables`
-    makes the next run_epoch continue at that update, so the rest of the run is the same as
-    without the interruption."""
+    losses; the pass's running loss sums live in `pass_sums` anyway) in its variables
+    (`checkpoint_objects`). After restoring such a checkpoint (and trainer.rng with it),
+    `resume_from_variables` makes the next run_epoch continue at that update, so the rest of
+    the run is the same as without the interruption."""
 
     def __init__(self, trainer, config, parts, schedule=None, batch_order=None, run=None, keep_record=False):
         self.trainer, self.config, self.run = trainer, config, run
@@ -74,7 +75,7 @@ class EpochLoop:
         self.batch = trainer.batch_size
         self.updates_per_pass = max(1, trainer.num_items // self.batch)
         self.batch_order = None if batch_order is None else iter(batch_order)
-        self.cadence, self.save = None, None
+        self.loop = None  # the shared TrainingLoop of a run (mid-epoch checkpoints, log reads), set by run_epoch
         self.counters = dict.fromkeys(STEP_NAMES, 0)   # updates per step (TensorBoard's x axis)
         self.record = {"updates": [], "monitors": [], "stop_checks": []} if keep_record else None
         self._resume = None
@@ -148,7 +149,7 @@ class EpochLoop:
         return iter(rows.map(inputs, num_parallel_calls=2, deterministic=True).prefetch(2))
 
     # ----------------------------------------------------------------- one pass, one epoch
-    def _pass(self, where, lr, bar, k):
+    def _pass(self, where, lr, k):
         """Pass k: draws all its batches first (the same RNG sequence as one by one: nothing
         else draws in between), then updates; returns the pass's mean loss (and accuracy).
         Losses are summed on the device (pass_sums) and read at the pass's end."""
@@ -165,20 +166,15 @@ class EpochLoop:
             if self.record is not None:  # a test's record: reads every update's loss
                 self.record["updates"].append({"step": step, "inner": where["inner"], "pass": k, "batch": b,
                                                "rows": draws[b], "lr": lr, "loss": float(losses["loss"])})
-            if bar is not None:
-                bar.update(1)
-            if self.cadence is not None and self.cadence.due(self.total_updates):
-                self._check_pass_sums(step)  # never checkpoint a non-finite state
-                self._store_position(where, k, b + 1, draws)
-                self.save()
-                self.cadence.saved()
+            if self.loop is not None:  # log reads, and a checkpoint when one is due (position first)
+                self.loop.updates_done(1, lambda done=b + 1: self._store_position(where, k, done, draws))
         means = self._check_pass_sums(step) / self.updates_per_pass
         self._summaries[step] = {"loss": float(means[0])}
         if step == "dis":
             self._summaries[step]["accuracy"] = float(means[1])
-        if bar is not None and hasattr(bar, "note"):  # one plain line per pass in logs
-            bar.note(f"{STEP_NAMES[step]} lr index {where['inner']} pass {k + 1}: "
-                     + ", ".join(f"{key} {value:.4f}" for key, value in self._summaries[step].items()))
+        if self.loop is not None:  # one plain line per pass in logs
+            self.loop.note(f"{STEP_NAMES[step]} lr index {where['inner']} pass {k + 1}: "
+                           + ", ".join(f"{key} {value:.4f}" for key, value in self._summaries[step].items()))
         return self._summaries[step]
 
     def _add_pass_sums(self, losses):
@@ -194,6 +190,8 @@ class EpochLoop:
         return sums
 
     def _store_position(self, where, k, done, draws):
+        """Before a checkpoint inside an epoch: where the epoch stands (and the NaN guard)."""
+        self._check_pass_sums(where["step_name"])  # never checkpoint a non-finite state
         self.position.assign([1, where["step"], where["inner"], k, done])
         self.pass_rows.assign(draws)
         records = ([np.nan, np.nan] + self._records)[-2:]
@@ -206,14 +204,16 @@ class EpochLoop:
         value = self.trainer.monitoring_loss(step)
         check_finite({"monitoring": value}, STEP_NAMES[step] + " monitoring")
         if self.run is not None:
-            self.run.log_scalars(self.counters[step], {"monitoring": value}, prefix=f"{step}/")
+            self.run.log_scalars(self.total_updates, {LOSS_TAG.format(step=step, term="monitoring"): value})
         if self.record is not None:
             self.record["monitors"].append({"step": step, "inner": inner, "pass": k, "value": value})
         return value
 
-    def run_epoch(self, epoch, bar=None):
+    def run_epoch(self, epoch, loop=None):
         """One epoch (or the rest of it after resume_from_variables); returns per step the
-        mean loss (discriminators: and accuracy) of its last pass."""
+        mean loss (discriminators: and accuracy) of its last pass. loop: the shared TrainingLoop
+        that hears of every update (None: no checkpoints, no logs)."""
+        self.loop = loop
         resume, self._resume = self._resume, None
         self._summaries = dict(resume["summaries"]) if resume else {}
         self._resume_pass = None
@@ -233,25 +233,21 @@ class EpochLoop:
                 if resuming_step and inner == resume["inner"]:
                     first_pass = resume["pass"]
                     self._resume_pass = resume
-                    if bar is not None:
-                        bar.update(self.updates_per_pass * first_pass + resume["done"])
-                elif self.run is not None:  # at mAP's convention: the epoch being trained counts from 1
-                    self.run.log_scalars(epoch + 1, {f"lr_{step}_{inner}": lr}, prefix="learning_rate/")
+                elif self.run is not None:  # at the first update it applies to
+                    self.run.log_scalars(self.total_updates + 1, {LR_TAG.format(step=step): lr})
                 where = {"step": position, "step_name": step, "inner": inner}
 
                 def run_pass(k, where=where, lr=lr):
-                    return self._pass(where, lr, bar, k)
+                    return self._pass(where, lr, k)
 
                 def monitor(k, step=step, inner=inner):
                     return self._monitor(step, inner, k)
 
-                passes_run, checks = inner_loop(passes, run_pass, monitor, rule, self._records, first_pass)
+                _, checks = inner_loop(passes, run_pass, monitor, rule, self._records, first_pass)
                 self._records = self._records[-2:]
                 if self.record is not None:
                     self.record["stop_checks"] += [{"step": step, "inner": inner, **check._asdict()}
                                                    for check in checks]
-                if bar is not None:
-                    bar.update(self.updates_per_pass * (passes - passes_run))
             if resuming_step:
                 resume = None  # the steps after it run whole
         return dict(self._summaries)

@@ -1,4 +1,4 @@
-"""Building an SSAH trainer for a dataset, evaluating it, and training a run."""
+"""Building an SSAH trainer for a dataset, evaluating it, and training it on the shared loop."""
 import os
 
 import numpy as np
@@ -7,14 +7,14 @@ import tensorflow as tf
 import utils.data
 from models import cnnf, vgg19
 from models.ssah import FeatureTrunk
-from trainers.ssah.config import IMAGENET_MEAN_RGB, SCHEDULES, resolve_backbone
+from trainers.loop import DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, Evaluation, LossMeter, Method, TrainingLoop
+from trainers.ssah.config import IMAGENET_MEAN_RGB, SCHEDULES, STEP_NAMES, STEP_TERMS, resolve_backbone
 from trainers.ssah.epochs import EpochLoop
 from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
-from utils import distribute, io
+from utils import distribute
 from utils.errors import UserError
 from utils.exports import EXPORTS
 from utils.metrics import mean_average_precision
-from utils.run import CheckpointCadence, progress
 
 
 def build_trunk(config, data, backbone):
@@ -110,65 +110,126 @@ def evaluate(trainer, data, config):
     return maps, codes
 
 
-def train(config, run, resume=False):
+def validation_maps(trainer, data, config):
+    """mAP in the four directions of the validation items against the database without them
+    (tie rule config.ties), or None when the split has no validation part."""
+    if not len(data.split.validation):
+        return None
+    v_img, v_txt, v_lab = data.part("validation")
+    d_img, d_txt, d_lab = data.part("validation_database")
+    bs = config.eval_batch_size
+    codes = {"Qi": trainer.hash_codes("img", v_img, bs), "Qt": trainer.hash_codes("txt", v_txt, bs),
+             "Di": trainer.hash_codes("img", d_img, bs), "Dt": trainer.hash_codes("txt", d_txt, bs),
+             "query_L": v_lab, "retrieval_L": d_lab}
+    return {direction: mean_average_precision(codes[q], codes[d], codes[ql], codes[dl], ties=config.ties)
+            for direction, (q, d, ql, dl) in EXPORTS["ssah"]["directions"].items()}
+
+
+def data_shape(data, backbone):
+    """(training items, tag dimension, classes, feature dimension or 0): what a checkpoint was trained on."""
+    return (len(data.split.train), data.text_dim, data.num_classes,
+            int(data.images.shape[1]) if backbone == "features" else 0)
+
+
+class SSAHTraining(Method):
+    """SSAH's part of the shared loop: a unit is one epoch of EpochLoop (the four steps' passes
+    with the program's early stop; mid-epoch checkpoints hold its position); after it the
+    unified code B is updated and the codes evaluated and exported. One LossMeter per step
+    sums its loss terms on the device (tags loss/STEP/TERM, discriminator/accuracy)."""
+
+    name = "SSAH"
+    progress = "unit_updates"  # a bar per epoch, a plain line per pass
+
+    def __init__(self, config, data, trainer, backbone, run=None):
+        self.config, self.data, self.trainer = config, data, trainer
+        self.units, self.log_every = config.epochs, config.log_every
+        self.epoch_loop = EpochLoop(trainer, config, data.part("train"), run=run)
+        self.meters = []
+        for step, terms in STEP_TERMS.items():
+            tags = {f"{step}/{term}": LOSS_TAG.format(step=step, term="total" if term == "loss" else term)
+                    for term in terms}
+            if step == "dis":
+                tags["dis/accuracy"] = DISCRIMINATOR_ACCURACY_TAG
+            meter = LossMeter(STEP_NAMES[step], tags)
+            self.meters.append(meter)
+            trainer.accumulators[step].append(
+                lambda losses, meter=meter, step=step: meter.add({f"{step}/{k}": v for k, v in losses.items()}))
+        self.data_shape = tf.Variable(np.asarray(data_shape(data, backbone), np.int64), trainable=False,
+                                      name="data_shape")
+        self._last = None  # (epochs done, Evaluation) of the last evaluation
+
+    def unit_updates(self, unit):
+        if self.config.early_stop:
+            return None  # an early stop may end an inner loop sooner
+        return sum(sum(passes) for passes in self.epoch_loop.schedule.values()) * self.epoch_loop.updates_per_pass
+
+    def checkpoint_objects(self):
+        return {"data_shape": self.data_shape, **self.epoch_loop.checkpoint_objects(),
+                **self.trainer.checkpoint_objects()}
+
+    def after_restore(self, units_done, unit_updates_done):
+        self.epoch_loop.resume_from_variables()
+
+    def train_unit(self, unit, first_update, loop):
+        summary = self.epoch_loop.run_epoch(unit, loop)
+        self.epoch_loop.end_epoch()
+        self.trainer.update_unified_codes()
+        return {"epoch": unit + 1,
+                "last_pass_losses": {step: values.get("loss", 0.0) for step, values in summary.items()},
+                "discriminator_accuracy": summary.get("dis", {}).get("accuracy")}
+
+    def evaluate(self, units_done, final):
+        if final and self._last is not None and self._last[0] == units_done:
+            return self._last[1]  # the last epoch's (a resumed finished run evaluates again)
+        maps, codes = evaluate(self.trainer, self.data, self.config)
+        validation = validation_maps(self.trainer, self.data, self.config)
+        figures = dict(maps, epoch=units_done)
+        scalars = {}
+        if validation is not None:
+            figures["validation"] = validation
+            scalars = {f"mAP/validation/{direction}": value for direction, value in validation.items()}
+        print(f"epoch {units_done}: mAP (ties: {self.config.ties}) "
+              + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()), flush=True)
+        evaluation = Evaluation(figures, maps=maps, scalars=scalars, exports=codes,
+                                validation=None if validation is None else float(np.mean(list(validation.values()))))
+        self._last = (units_done, evaluation)
+        return evaluation
+
+    def unit_record(self, trained, losses, evaluation):
+        record = {"epoch": trained["epoch"], "mAP": evaluation.maps, "losses": losses,
+                  "last_pass_losses": trained["last_pass_losses"],
+                  "discriminator_accuracy": trained["discriminator_accuracy"]}
+        if "validation" in evaluation.figures:
+            record["validation_mAP"] = evaluation.figures["validation"]
+        return record
+
+
+def check_config(config):
     if config.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
     if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
         raise UserError("bits, embed_dim and batch_size must be positive")
-    data = utils.data.load_dataset(config.dataset, config.data, config.seed, config.split_file,
-                        split_sizes=config.split_sizes)
-    backbone = resolve_backbone(config, data)
-    train_images, train_texts, train_labels = data.part("train")
-    image_shape = tuple(data.images.shape[1:])
-    data_shape = (len(train_labels), data.text_dim, data.num_classes,
-                  int(image_shape[0]) if backbone == "features" else 0)
-    trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
-    if resume:
-        _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape)
-    loop = EpochLoop(trainer, config, (train_images, train_texts, train_labels), run=run)
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")  # epochs finished
-    shape_var = tf.Variable(np.asarray(data_shape, np.int64), trainable=False, name="data_shape")
-    checkpoint = tf.train.Checkpoint(epoch=epoch_var, data_shape=shape_var, **loop.checkpoint_objects(),
-                                     **trainer.checkpoint_objects())
-    manager = run.checkpoint_manager(checkpoint)
-    history = []
-    if resume:
-        restored = run.restore_latest(checkpoint)
-        if restored:
-            loop.resume_from_variables()
-            inside = " inside it" if int(loop.position[0]) else ""
-            print(f"resumed from {restored} (epoch {int(epoch_var.numpy()) + 1}{inside})", flush=True)
-            if os.path.exists(run.path("results.json")):
-                history = list(io.load_json(run.path("results.json")).get("epochs", []))[:int(epoch_var.numpy())]
 
-    results = {"epochs": history}
-    start = int(epoch_var.numpy())
-    total_updates = sum(sum(p) for p in loop.schedule.values()) * loop.updates_per_pass
-    with CheckpointCadence(run.dir, config.checkpoint_every) as cadence:
-        loop.cadence, loop.save = cadence, manager.save
-        for epoch in range(start, config.epochs):
-            with progress(total=total_updates, desc=f"SSAH epoch {epoch + 1}/{config.epochs}") as bar:
-                epoch_summary = loop.run_epoch(epoch, bar)
-            trainer.update_unified_codes()
-            maps, codes = evaluate(trainer, data, config)
-            run.log_scalars(epoch + 1, maps, prefix="mAP/")
-            run.flush()
-            history.append({"epoch": epoch + 1, "mAP": maps,
-                            "last_pass_losses": {s: v.get("loss", 0.0) for s, v in epoch_summary.items()},
-                            "discriminator_accuracy": epoch_summary.get("dis", {}).get("accuracy")})
-            epoch_var.assign(epoch + 1)
-            loop.end_epoch()
-            run.save_checkpoint(manager, None, score=float(np.mean(list(maps.values()))))  # keeps the best too
-            run.export_codes(codes)
-            results["final"] = dict(maps)
-            results["final"]["epoch"] = epoch + 1
-            run.save_results(results)
-            print(f"epoch {epoch + 1}: mAP (ties: {config.ties}) " + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()), flush=True)
-            if epoch + 1 < config.epochs:
-                cadence.saved()
-    if "final" not in results:  # resumed a finished run: report its last epoch again
-        maps, codes = evaluate(trainer, data, config)
-        run.export_codes(codes)
-        results["final"] = dict(maps, epoch=start)
-        run.save_results(results)
-    return results
+
+def load_data(config):
+    return utils.data.load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                                   split_sizes=config.split_sizes, validation_size=config.validation_size)
+
+
+def fit(config, data=None, run=None, resume=False):
+    """Trains and evaluates through the shared loop; logs, checkpoints and exports (codes.mat
+    every epoch) only when `run` is given. Returns {"final": the last epoch's mAP per direction
+    and "epoch", "epochs": per-epoch records, "seconds", "iterations"}."""
+    check_config(config)
+    data = data if data is not None else load_data(config)
+    backbone = resolve_backbone(config, data)
+    trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
+    if resume and run is not None:
+        _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape(data, backbone))
+    training = SSAHTraining(config, data, trainer, backbone, run=run)
+    return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
+                        desc=f"SSAH {config.variant} {config.dataset}").run()
+
+
+def train(config, run, resume=False):
+    return fit(config, run=run, resume=resume)
