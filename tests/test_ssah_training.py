@@ -169,3 +169,21 @@ def test_train_log_has_a_line_per_pass(tmp_path):
         lines = [line for line in log.splitlines() if f": {name} lr index" in line]
         assert 1 <= len(lines) <= sum(schedule[step])  # early stops may end an inner loop sooner
         assert all(" pass " in line and "loss " in line for line in lines)
+
+
+def test_fit_in_code_without_a_run_folder_writes_nothing(tmp_path, monkeypatch):
+    """fit(config, data) as ACMR's and METAH's: the results dict, and no file anywhere."""
+    from trainers import ssah
+    from utils.data import load_dataset
+    monkeypatch.chdir(tmp_path)
+    config = ssah.Config(schedule="tiny", epochs=2, bits=8, embed_dim=16, hidden_dim=32, discriminator_hidden=(16, 16),
+                         validation_size=100)
+    data = load_dataset("synthetic", seed=0, validation_size=100)
+    results = ssah.fit(config, data)
+    assert sorted(results["final"]) == sorted(["epoch", "i->t", "t->i", "i->i", "t->t", "validation"])
+    assert results["final"]["epoch"] == 2 and [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert sorted(results["final"]["validation"]) == ["i->i", "i->t", "t->i", "t->t"]
+    # every update's losses were summed on the device: each step's epoch means are there
+    assert {"lab/loss", "dis/loss", "dis/accuracy", "img/adversarial", "txt/loss"} <= set(results["epochs"][0]["losses"])
+    assert results["iterations"] == 2 * 4 * (900 // 128)  # 100 of the 1,000 training items validate
+    assert os.listdir(tmp_path) == []
