@@ -115,14 +115,18 @@ class EpochLoop:
         return sum(self.counters.values())
 
     # ----------------------------------------------------------------- batches
-    def _draw(self):
+    def _draw_pass(self):
+        """The rows of each of a pass's batches (updates_per_pass x batch), read to the host once."""
         if self.batch_order is None:
-            return tf.argsort(self.trainer.rng.uniform([self.trainer.num_items]))[:self.batch].numpy()
-        rows = np.asarray(next(self.batch_order, ()))
-        if rows.shape != (self.batch,):
-            raise UserError(f"the given batch order ran out or holds a batch of shape {rows.shape}; "
-                            f"give one row array of {self.batch} training-item indices per update")
-        return rows
+            n = self.trainer.num_items
+            return tf.stack([tf.argsort(self.trainer.rng.uniform([n]))[:self.batch]
+                             for _ in range(self.updates_per_pass)]).numpy()
+        draws = [np.asarray(next(self.batch_order, ())) for _ in range(self.updates_per_pass)]
+        for rows in draws:
+            if rows.shape != (self.batch,):
+                raise UserError(f"the given batch order ran out or holds a batch of shape {rows.shape}; "
+                                f"give one row array of {self.batch} training-item indices per update")
+        return np.stack(draws)
 
     def _batches(self, step, draws):
         """The step inputs of the given batches (row arrays), in order, through tf.data: texts and
@@ -158,7 +162,7 @@ class EpochLoop:
         if resume is not None:  # the restored pass_sums hold the sums of its first `done` updates
             draws, done = resume["rows"], resume["done"]
         else:
-            draws, done = np.stack([self._draw() for _ in range(self.updates_per_pass)]), 0
+            draws, done = self._draw_pass(), 0
             self.pass_sums.assign(np.zeros(len(SUMMARY_KEYS)))
         for b, inputs in enumerate(self._batches(step, draws[done:]), start=done):
             losses = self.trainer.step(step, *inputs, learning_rate=lr)
