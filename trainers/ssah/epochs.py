@@ -37,15 +37,6 @@ def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
     return passes, checks
 
 
-def _gather(array, rows):
-    """tf.data op: the given rows of an in-memory array (read on tf.data's threads, in its dtype)."""
-    def read(batch_rows):
-        return np.asarray(array[batch_rows])
-    values = tf.numpy_function(read, [rows], tf.as_dtype(array.dtype), stateful=False)
-    values.set_shape((None,) + tuple(array.shape[1:]))
-    return values
-
-
 SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and discriminator accuracy)
 
 
@@ -129,28 +120,26 @@ class EpochLoop:
         return np.stack(draws)
 
     def _batches(self, step, draws):
-        """The step inputs of the given batches (row arrays), in order, through tf.data: texts and
-        labels gathered on its threads, images (in memory or a lazy HDF5 source) read in parallel
-        (pipeline.image_batches), the next batches prefetched while an update runs."""
+        """The step inputs of the given batches (row arrays), in order, through tf.data with the
+        next batches prefetched while an update runs. In-memory arrays are gathered for the whole
+        pass at once and sliced per batch (no function to trace per pass); images of a lazy (HDF5)
+        source stream through pipeline.image_batches (parallel reads)."""
         if not len(draws):
-            return iter(())
-        rows = tf.data.Dataset.from_tensor_slices(np.asarray(draws, np.int64))
-        if step in ("img", "dis"):
-            images = pipeline.image_batches(self.images, np.concatenate(draws), self.batch)
-            rows = tf.data.Dataset.zip((rows, images.map(lambda values, _: values)))
-        else:
-            rows = rows.map(lambda batch_rows: (batch_rows, ()))
-
-        def inputs(batch_rows, images):
-            labels = _gather(self.labels, batch_rows)
-            if step == "lab":
-                return batch_rows, labels
-            if step == "img":
-                return batch_rows, images, labels
-            if step == "txt":
-                return batch_rows, _gather(self.texts, batch_rows), labels
-            return images, _gather(self.texts, batch_rows), labels
-        return iter(rows.map(inputs, num_parallel_calls=2, deterministic=True).prefetch(2))
+            return
+        draws = np.asarray(draws, np.int64)
+        wanted = {"lab": ("rows", "labels"), "img": ("rows", "images", "labels"),
+                  "txt": ("rows", "texts", "labels"), "dis": ("images", "texts", "labels")}[step]
+        sources = {"rows": draws, "images": self.images, "texts": self.texts, "labels": self.labels}
+        parts = {}
+        for name in wanted:
+            if name == "rows":
+                parts[name] = tf.data.Dataset.from_tensor_slices(draws)
+            elif isinstance(sources[name], np.ndarray):
+                parts[name] = tf.data.Dataset.from_tensor_slices(sources[name][draws])
+            else:  # (values, rows) batches of the lazy source
+                parts[name] = pipeline.image_batches(sources[name], np.concatenate(draws), self.batch)
+        for element in tf.data.Dataset.zip(tuple(parts[name] for name in wanted)).prefetch(2):
+            yield tuple(value[0] if isinstance(value, tuple) else value for value in element)
 
     # ----------------------------------------------------------------- one pass, one epoch
     def _pass(self, where, lr, k):
