@@ -79,9 +79,7 @@ def _ssah_image_preprocessing(config, data, trainer):
     if data.image_kind == "features":
         if config.feature_norm != "standardize":
             return (lambda x, names: ops.cast(x, "float32")), ["none (features used as they are)"]
-        train = data.images[data.split.train]  # the statistics trainers.ssah.build_trunk uses
-        mean = train.mean(axis=0).astype(np.float32)
-        std = np.maximum(train.std(axis=0), 1e-6).astype(np.float32)
+        mean, std = trainer.image_preprocess.mean, trainer.image_preprocess.std  # the training items'
         return ((lambda x, names: portable.standardize(ops.cast(x, "float32"), mean, std, names("standardize"))),
                 ["feature standardisation: (x - mean) / std with the training items' statistics"])
     if trunk.mean_image is not None:
@@ -96,6 +94,19 @@ def _ssah_image_preprocessing(config, data, trainer):
         return portable.standardize(ops.cast(x, "float32"), mean, np.ones_like(mean), names("mean_image"),
                                     axis=(1, 2, 3))
     return subtract_mean, [f"minus {what}"]
+
+
+def _ssah_text_preprocessing(trainer):
+    """(preprocess(x, names) or None, descriptions): --text-norm as a built-in layer."""
+    from keras import ops
+
+    from utils import portable
+    statistics = trainer.text_preprocess
+    if not hasattr(statistics, "mean"):
+        return None, []
+    return ((lambda x, names: portable.standardize(ops.cast(x, "float32"), statistics.mean, statistics.std,
+                                                   names("text_standardize"))),
+            ["text standardisation: (x - mean) / std with the training items' statistics"])
 
 
 def ssah_encoders(run_dir):
@@ -123,25 +134,30 @@ def ssah_encoders(run_dir):
     rows = np.sort(data.split.train[:32])
     probe = np.asarray(data.images[rows], np.float32 if is_features else np.uint8)
     check_baked_preprocessing(preprocess, trainer.image_preprocess(probe), probe, "image")
+    text_preprocess, text_steps = _ssah_text_preprocessing(trainer)
+    if text_preprocess is not None:
+        text_probe = np.asarray(data.texts[rows], np.float32)
+        check_baked_preprocessing(text_preprocess, trainer.text_preprocess(text_probe), text_probe, "text")
     image_dtype = "float32" if is_features else "uint8"
     encoders = {
         "image": Encoder(portable.ssah_image_model(img_net, preprocess, tuple(image_shape), image_dtype),
                          {"name": "images", "shape": image_shape, "dtype": image_dtype,
                           "meaning": "image feature rows" if is_features else "RGB images, 0-255"},
                          _codes_output(config.bits), steps + ["sign"]),
-        "text": Encoder(portable.ssah_text_model(txt_net),
+        "text": Encoder(portable.ssah_text_model(txt_net, text_preprocess),
                         {"name": "tag_vectors", "shape": [data.text_dim], "dtype": "float32",
                          "meaning": "bag-of-tags rows over the dataset's tag columns"},
-                        _codes_output(config.bits), ["sign"]),
+                        _codes_output(config.bits), text_steps + ["sign"]),
     }
     vocabulary = ssah.dataset_vocabulary(config)
     if vocabulary is not None:
         encoders["tag_words"] = Encoder(
-            portable.ssah_tag_words_model(txt_net, vocabulary),
+            portable.ssah_tag_words_model(txt_net, vocabulary, text_preprocess),
             {"name": "tag_words", "shape": [None], "dtype": "string",
              "meaning": 'tag words per item, rows padded with "" (words outside the vocabulary count for nothing)'},
             _codes_output(config.bits),
-            [f"tag lookup: StringLookup multi_hot over the dataset's {len(vocabulary)}-word vocabulary", "sign"])
+            [f"tag lookup: StringLookup multi_hot over the dataset's {len(vocabulary)}-word vocabulary",
+             *text_steps, "sign"])
     return config, encoders
 
 

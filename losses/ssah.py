@@ -1,4 +1,5 @@
-"""SSAH losses as pure functions of tensors (see /work/shared/spec/ssah.md, "Losses").
+"""SSAH losses as pure functions of tensors: the training losses of the four steps and the
+float64 monitoring losses of the program's early stop.
 
 "mse" in the authors' program is half the SUM of squared differences; `half_sum_squares`
 is that. Pairwise terms compare the current batch with a stored copy of all n training
@@ -72,29 +73,45 @@ def squared_error(a, b):
     return tf.reduce_sum(tf.square(tf.cast(a, MONITORING_DTYPE) - tf.cast(b, MONITORING_DTYPE)))
 
 
-def monitoring_loss(hashes, features, similarity, labels, predicted_labels, alpha=1.0, gamma=1.0, beta=1.0):
+def all_pairs_nll(first, second, labels, similarity_scale, chunk=1024):
+    """sum(log(1 + exp(Theta)) - S * Theta) over ALL n x n pairs, Theta = 0.5 * first @ second^T,
+    S = similarity_scale where two items share a label, else 0; in float64 (S too: 0.999 in
+    float32 is 1.3e-8 off). Summed over row chunks, so that the n x n matrices of n = 10,000 items
+    never exist at once."""
+    labels = tf.cast(labels, MONITORING_DTYPE)
+    num_items = int(labels.shape[0])
+    total = tf.constant(0.0, MONITORING_DTYPE)
+    for start in range(0, num_items, chunk):
+        stop = min(start + chunk, num_items)
+        shares_label = tf.matmul(labels[start:stop], labels, transpose_b=True) > 0
+        similarity = tf.cast(shares_label, MONITORING_DTYPE) * similarity_scale
+        total += pairwise_nll(first[start:stop], second, similarity, MONITORING_DTYPE)
+    return total
+
+
+def monitoring_loss(hashes, features, labels, predicted_labels, similarity_scale, alpha=1.0, gamma=1.0,
+                    beta=1.0, chunk=1024):
     """The LabNet early-stop loss over all n stored items (the program's calc_labnet_loss).
 
-    alpha * sum((predicted - labels)^2) + gamma * NLL(H, H) + beta * NLL(F, F), with
-    NLL(X, X) = sum(log(1 + exp(Theta)) - S * Theta), Theta = 0.5 X X^T over all n x n pairs
-    and `similarity` the full n x n S (give it in float64: 0.999 in float32 is 1.3e-8 off).
-    Not the training loss; computed in float64.
+    alpha * sum((predicted - labels)^2) + gamma * NLL(H, H) + beta * NLL(F, F) with NLL the
+    `all_pairs_nll` of the labels' similarity. Not the training loss; computed in float64.
     """
     return (alpha * squared_error(predicted_labels, labels)
-            + gamma * pairwise_nll(hashes, hashes, similarity, MONITORING_DTYPE)
-            + beta * pairwise_nll(features, features, similarity, MONITORING_DTYPE))
+            + gamma * all_pairs_nll(hashes, hashes, labels, similarity_scale, chunk)
+            + beta * all_pairs_nll(features, features, labels, similarity_scale, chunk))
 
 
-def modality_monitoring_loss(codes, first, second, label_hashes, similarity, predicted_labels, labels,
-                             alpha=1.0, beta=1.0, gamma=1.0, eta=1.0):
+def modality_monitoring_loss(codes, first, second, label_hashes, predicted_labels, labels, similarity_scale,
+                             alpha=1.0, beta=1.0, gamma=1.0, eta=1.0, chunk=1024):
     """The ImgNet/TxtNet early-stop loss over all n stored items (the program's calc_loss).
 
     alpha * NLL(first, second) + beta * sum((B - first)^2 + (B - second)^2)
     + gamma * sum((H - first)^2 + (H - second)^2) + eta * sum((predicted - labels)^2),
-    Theta = 0.5 * first @ second^T. The program calls it as (B=sign(F), F, H, H) for the
-    image net and (B=sign(G), H, G, H) for the text net (H: stored label hashes). In float64.
+    NLL the `all_pairs_nll` of the labels' similarity. The program calls it as (B=sign(F), F,
+    H, H) for the image net and (B=sign(G), H, G, H) for the text net (H: stored label hashes),
+    all weights 1. In float64.
     """
-    return (alpha * pairwise_nll(first, second, similarity, MONITORING_DTYPE)
+    return (alpha * all_pairs_nll(first, second, labels, similarity_scale, chunk)
             + beta * (squared_error(codes, first) + squared_error(codes, second))
             + gamma * (squared_error(label_hashes, first) + squared_error(label_hashes, second))
             + eta * squared_error(predicted_labels, labels))

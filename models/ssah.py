@@ -1,6 +1,6 @@
 """SSAH networks (Li et al., CVPR 2018) as the authors' TensorFlow 1 program builds them.
 
-See /work/shared/spec/ssah.md. Every network returns (feature, hash, label_pred):
+Every network returns (feature, hash, label_pred):
 feature is the E-wide semantic feature F, hash the K-wide tanh code H, label_pred the
 c-wide sigmoid label prediction. Layers are plain Dense layers (kernel [in, out]); the
 program's convolution layout ([1, c, 1, 4096] etc.) is mapped in models/original_layout.py.

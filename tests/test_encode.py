@@ -30,7 +30,7 @@ def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no vocabulary"):
         ssah.encode(run_dir, ["dog", "beach"], "text")
     vocabulary = [f"tag{j}" for j in range(query_texts.shape[1])]
-    monkeypatch.setattr(ssah, "dataset_vocabulary", lambda config: vocabulary)
+    monkeypatch.setattr(ssah.encoding, "dataset_vocabulary", lambda config: vocabulary)
     assert set(np.unique(query_texts)) <= {0, 1}  # synthetic tags are binary: words give the same rows
     words = [[vocabulary[j] for j in np.flatnonzero(row)] + ["unknown-tag"] for row in query_texts[:4]]
     np.testing.assert_array_equal(ssah.encode(run_dir, words, "text"), exported["Qt"][:4])

@@ -108,6 +108,23 @@ def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path,
         assert_both_formats_give(outputs, key, expected)
 
 
+def test_ssah_export_bakes_in_the_text_standardisation(tmp_path):
+    import keras
+
+    import trainers.ssah as ssah
+    from utils.data import load_dataset
+    run_dir, exported = train_run(tmp_path, SSAH_TINY + ["--text-norm", "standardize"])
+    manifest = export.export_run(run_dir, "keras")
+    assert any("text standardisation" in step for step in manifest["encoders"]["text"]["preprocessing"])
+    model = keras.saving.load_model(os.path.join(run_dir, "export", "text.keras"))
+    query_texts = load_dataset("synthetic").part("query")[1].astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(model(query_texts)), exported["Qt"])
+    rows = np.random.RandomState(0).rand(60, query_texts.shape[1]).astype(np.float32)
+    expected = ssah.encode(run_dir, rows, "text")
+    assert len(np.unique(expected, axis=0)) > 2  # rows the standardisation tells apart
+    np.testing.assert_array_equal(np.asarray(model(rows)), expected)
+
+
 def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes(tmp_path, monkeypatch):
     import functools
 

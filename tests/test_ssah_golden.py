@@ -1,7 +1,6 @@
 """The original variant reproduces one update of each SSAH step of the authors' program.
 
-The golden file ssah-one-step.npz (found by conftest.shared_path; the test skips without it),
-recorded by running the program, holds its initial
+The golden file ssah-one-step.npz (shared data, found by tests.conftest.shared_path) holds the program's initial
 weights, buffers and inputs, and every loss, head output and changed variable after
 one update of LabNet, the discriminators, ImgNet and TxtNet, in that order.
 """

@@ -43,6 +43,7 @@ class StubTrainer:
     def __init__(self, values, num_items=8, batch_size=4):
         self.num_items, self.batch_size = num_items, batch_size
         self.values = {net: iter(v) for net, v in values.items()}
+        self.accumulators = {net: [] for net in STEP_NAMES}
 
     def step(self, name, *inputs, learning_rate):
         return {"loss": 1.0, "accuracy": 0.5} if name == "dis" else {"loss": 1.0}
@@ -345,18 +346,21 @@ def test_stopped_by_sigint_then_killed_then_resumed_gives_the_uninterrupted_run_
     stop_after_updates(monkeypatch, 170 - 20, killed)  # in epoch 2 (112 updates an epoch at most)
     with pytest.raises(KeyboardInterrupt):
         train.main(["--resume", str(run_dir)])
-    assert "(epoch 1 inside it)" in capsys.readouterr().out
+    assert "(0 units done, " in capsys.readouterr().out  # inside epoch 1
     monkeypatch.undo()
     train.main(["--resume", str(run_dir)])
-    assert "(epoch 2 inside it)" in capsys.readouterr().out  # the checkpoint after update 150
+    assert "(1 units done, " in capsys.readouterr().out  # inside epoch 2: the checkpoint after update 150
     assert_same_run(str(run_dir), uninterrupted)
 
 
-def test_learning_rates_are_logged_at_the_epochs_of_the_maps(uninterrupted):
-    import tensorflow as tf
-    steps = {}
-    for name in os.listdir(os.path.join(uninterrupted, "tb")):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(uninterrupted, "tb", name)):
-            for value in event.summary.value:
-                steps.setdefault(value.tag, []).append(event.step)
-    assert steps["learning_rate/lr_lab_0"] == steps["mAP/i->t"] == [1, 2]
+def test_learning_rates_and_maps_share_the_runs_update_axis(uninterrupted):
+    """lr/lab at the first update of each LabNet inner index (the program's list, entry epoch +
+    index), mAP/DIRECTION at the last update of each epoch (and again for the final figures)."""
+    from tests.test_tensorboard import event_contents
+    contents = event_contents(uninterrupted)
+    _, iterations = final_state(uninterrupted)
+    lab = contents["lr/lab"]
+    np.testing.assert_allclose([value for _, _, value in lab], [1e-2, 10 ** -2.5, 10 ** -2.5, 1e-3], rtol=1e-6)
+    epoch_ends = [step for step, _, _ in contents["mAP/i->t"]]
+    assert epoch_ends[1:] == [iterations.sum()] * 2 and 0 < epoch_ends[0] < epoch_ends[1]
+    assert [step for step, _, _ in lab][0] == 1 and [step for step, _, _ in lab][2] == epoch_ends[0] + 1

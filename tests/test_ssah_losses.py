@@ -80,15 +80,18 @@ def test_monitoring_losses():
     def nll(x, y):
         theta = 0.5 * x @ y.T
         return np.sum(softplus(theta) - similarity * theta)
-    close(L.monitoring_loss(hashes, features, similarity, labels, predicted),
-          np.sum((predicted - labels) ** 2) + nll(hashes, hashes) + nll(features, features))
-    close(L.monitoring_loss(hashes, features, similarity, labels, predicted, alpha=2, gamma=3, beta=0.5),
+    for chunk in (N, 5):  # whole, and in row chunks that do not divide N
+        close(L.monitoring_loss(hashes, features, labels, predicted, 0.999, chunk=chunk),
+              np.sum((predicted - labels) ** 2) + nll(hashes, hashes) + nll(features, features))
+    close(L.monitoring_loss(hashes, features, labels, predicted, 0.999, alpha=2, gamma=3, beta=0.5, chunk=5),
           2 * np.sum((predicted - labels) ** 2) + 3 * nll(hashes, hashes) + 0.5 * nll(features, features))
     image_hashes = RNG.uniform(-1, 1, (N, 4))
     codes = np.sign(image_hashes)
     expected = (nll(image_hashes, hashes) + np.sum((codes - image_hashes) ** 2 + (codes - hashes) ** 2)
                 + np.sum((hashes - image_hashes) ** 2) + np.sum((predicted - labels) ** 2))
-    close(L.modality_monitoring_loss(codes, image_hashes, hashes, hashes, similarity, predicted, labels), expected)
+    for chunk in (N, 5):
+        close(L.modality_monitoring_loss(codes, image_hashes, hashes, hashes, predicted, labels, 0.999, chunk=chunk),
+              expected)
 
 
 # ----------------------------------------------------------------------------- golden run

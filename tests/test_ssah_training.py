@@ -33,6 +33,12 @@ def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
     codes = scipy.io.loadmat(run_dir / "codes.mat")
     assert codes["Qi"].shape == (200, 16) and codes["Dt"].shape == (1800, 16)
     assert set(np.unique(codes["Qi"])) <= {-1.0, 1.0}
+    # B = sign(H + F + G) of the 1000 training items, exported as the checkpoint holds it
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(run_dir / "checkpoints"))
+    np.testing.assert_array_equal(codes["B"], reader.get_tensor("unified_codes/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert codes["B"].shape == (1000, 16) and set(np.unique(codes["B"])) <= {-1.0, 0.0, 1.0}
+    assert len(np.unique(codes["B"], axis=0)) > 1
     saved = json.loads((run_dir / "results.json").read_text())
     assert [e["epoch"] for e in saved["epochs"]] == [1, 2]
     baseline = random_codes_map(codes["query_L"], codes["retrieval_L"], bits=16)
@@ -49,7 +55,7 @@ def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
-    import trainers.ssah as ssah
+    import trainers.ssah.training as ssah  # where train() looks evaluate up
     real_evaluate = ssah.evaluate
     calls = []
 
@@ -101,11 +107,13 @@ def test_a_checkpoint_without_every_variable_is_a_one_line_error(tmp_path, monke
 
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
     # Entry 1 of the LabNet list (epoch 2) becomes 10^10: the LabNet loss overflows.
-    with pytest.raises(UserError, match="LabNet step"):
+    with pytest.raises(UserError, match=r"'lab/\w+' became (inf|nan)"):  # names the step
         train.main(FAST + ["--hidden-dim", "64", "--epochs", "2", "--lr-exponent-step", "-12",
                            "--runs-dir", str(tmp_path), "--run-name", "nan"])
-    checkpoints = os.listdir(tmp_path / "nan" / "checkpoints")
-    assert "ckpt-1.index" in checkpoints and "ckpt-2.index" not in checkpoints
+    saved = json.loads((tmp_path / "nan" / "results.json").read_text())
+    assert [e["epoch"] for e in saved["epochs"]] == [1]  # epoch 2 never finished
+    checkpoints = [name for name in os.listdir(tmp_path / "nan" / "checkpoints") if name.endswith(".index")]
+    assert len(checkpoints) == 1  # epoch 1's end (numbered by updates), none after the overflow
 
 
 def test_mirflickr_tags_and_labels_with_made_features(tmp_path, capsys):
@@ -161,3 +169,21 @@ def test_train_log_has_a_line_per_pass(tmp_path):
         lines = [line for line in log.splitlines() if f": {name} lr index" in line]
         assert 1 <= len(lines) <= sum(schedule[step])  # early stops may end an inner loop sooner
         assert all(" pass " in line and "loss " in line for line in lines)
+
+
+def test_fit_in_code_without_a_run_folder_writes_nothing(tmp_path, monkeypatch):
+    """fit(config, data) as ACMR's and METAH's: the results dict, and no file anywhere."""
+    from trainers import ssah
+    from utils.data import load_dataset
+    monkeypatch.chdir(tmp_path)
+    config = ssah.Config(schedule="tiny", epochs=2, bits=8, embed_dim=16, hidden_dim=32, discriminator_hidden=(16, 16),
+                         validation_size=100)
+    data = load_dataset("synthetic", seed=0, validation_size=100)
+    results = ssah.fit(config, data)
+    assert sorted(results["final"]) == sorted(["epoch", "i->t", "t->i", "i->i", "t->t", "validation"])
+    assert results["final"]["epoch"] == 2 and [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert sorted(results["final"]["validation"]) == ["i->i", "i->t", "t->i", "t->t"]
+    # every update's losses were summed on the device: each step's epoch means are there
+    assert {"lab/loss", "dis/loss", "dis/accuracy", "img/adversarial", "txt/loss"} <= set(results["epochs"][0]["losses"])
+    assert results["iterations"] == 2 * 4 * (900 // 128)  # 100 of the 1,000 training items validate
+    assert os.listdir(tmp_path) == []

@@ -88,3 +88,20 @@ def test_metah_run_follows_the_scheme(tmp_path):
     assert [step for step, _, _ in contents["loss/hashing/total"]] == [4, 8]
     # The epoch-end evaluation (4 updates per epoch) and the final one, on the same x axis.
     assert [step for step, _, _ in contents["mAP/target->target"]] == [4, 8]
+
+
+def test_ssah_run_follows_the_scheme(tmp_path):
+    import train
+    train.main(["--method", "ssah", "--schedule", "tiny", "--epochs", "1", "--bits", "8", "--embed-dim", "16",
+                "--hidden-dim", "32", "--discriminator-hidden", "16,16", "--log-every", "2",
+                "--runs-dir", str(tmp_path), "--run-name", "ssah"])
+    terms = ("total", "pair_feature", "pair_hash", "quantisation", "label")
+    contents = assert_scheme(str(tmp_path / "ssah"), "ssah", [
+        *(f"loss/lab/{term}" for term in terms), "loss/dis/total", "discriminator/accuracy",
+        *(f"loss/{step}/{term}" for step in ("img", "txt") for term in terms + ("adversarial",)),
+        *(f"lr/{step}" for step in ("lab", "dis", "img", "txt")),
+        "mAP/i->t", "mAP/t->i", "mAP/i->i", "mAP/t->t"], updates=28)  # 4 steps x 1 pass x 1000 // 128
+    # LabNet runs updates 1-7: its means are read at every second update while it has new ones
+    assert [step for step, _, _ in contents["loss/lab/total"]] == [2, 4, 6, 8]
+    assert [step for step, _, _ in contents["lr/img"]] == [15]  # the first ImgNet update
+    assert contents["lr/lab"][0][2] == np.float32(1e-2)  # the program's lr_lab[0] = 10^-2

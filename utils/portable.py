@@ -185,11 +185,12 @@ def ssah_text_layers(x, txt_net, names):
     return sign_codes(copy_layer(txt_net.hash_head, ssah_lrn(feature), names("hash")))
 
 
-def ssah_text_model(txt_net):
-    """SSAH's TxtNet: tag vectors (float32, items x d) -> +-1 codes."""
+def ssah_text_model(txt_net, preprocess=None):
+    """SSAH's TxtNet: tag vectors (float32, items x d) -> [preprocess(x, names)] -> +-1 codes."""
     names = Namer()
     inputs = keras.Input((txt_net.text_dim,), dtype="float32", name="tag_vectors")
-    return keras.Model(inputs, ssah_text_layers(inputs, txt_net, names), name="ssah_text_encoder")
+    x = preprocess(inputs, names) if preprocess is not None else inputs
+    return keras.Model(inputs, ssah_text_layers(x, txt_net, names), name="ssah_text_encoder")
 
 
 def tag_lookup(words, vocabulary, name):
@@ -204,7 +205,7 @@ def tag_lookup(words, vocabulary, name):
     return ops.cast(hot, "float32")
 
 
-def ssah_tag_words_model(txt_net, vocabulary):
+def ssah_tag_words_model(txt_net, vocabulary, preprocess=None):
     """SSAH's TxtNet behind the dataset's vocabulary: tag words (strings, items x tags, padded
     with "") -> +-1 codes."""
     if len(vocabulary) != txt_net.text_dim:
@@ -213,6 +214,8 @@ def ssah_tag_words_model(txt_net, vocabulary):
     names = Namer()
     inputs = keras.Input((None,), dtype="string", name="tag_words")
     vectors = tag_lookup(inputs, vocabulary, names("vocabulary"))
+    if preprocess is not None:
+        vectors = preprocess(vectors, names)
     return keras.Model(inputs, ssah_text_layers(vectors, txt_net, names), name="ssah_tag_words_encoder")
 
 

@@ -211,22 +211,6 @@ def validation_view(data):
     return dataclasses.replace(data, split=view)
 
 
-def _ssah_fit(config, data):
-    """SSAH trained in-process on `data` without a run folder: its fit when the trainer has one,
-    else its epoch loop and evaluation."""
-    from trainers import ssah
-    if hasattr(ssah, "fit"):
-        return ssah.fit(config, data=data)
-    backbone = ssah.resolve_backbone(config, data)
-    trainer = ssah.build_trainer(config, data, backbone)
-    loop = ssah.EpochLoop(trainer, config, data.part("train"))
-    for epoch in range(config.epochs):
-        loop.run_epoch(epoch)
-    trainer.update_unified_codes()
-    maps, _ = ssah.evaluate(trainer, data, config)
-    return {"final": maps}
-
-
 def validation_score(method, config):
     """(score, figures): the mean validation mAP of one trained `config` (see the module docstring)."""
     import numpy as np
@@ -241,7 +225,8 @@ def validation_score(method, config):
     data = validation_view(load_dataset(config.dataset, config.data, config.seed, config.split_file,
                                         split_sizes=config.split_sizes, validation_size=config.validation_size))
     if method == "ssah":
-        figures = _ssah_fit(config, data)["final"]
+        from trainers import ssah
+        figures = ssah.fit(config, data=data)["final"]
         return float(np.mean([figures["i->t"], figures["t->i"]])), figures
     from trainers import acmr
     figures = acmr.fit(config, data=data)["final"]

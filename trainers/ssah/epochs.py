@@ -1,0 +1,251 @@
+"""SSAH's epochs as the program runs them: per net the inner indices of the schedule, each up
+to its passes with the program's early stop, and checkpoints inside an epoch."""
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from trainers.loop import LOSS_TAG, LR_TAG
+from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
+from utils.data import pipeline
+from utils.errors import UserError
+from utils.run import check_finite
+
+
+StopCheck = collections.namedtuple("StopCheck", "pass_index previous last stopped")
+
+
+def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
+    """The passes of one inner index of one net, with the program's early stop.
+
+    run_pass(k) runs pass k; monitor(k) gives the net's monitoring loss after it; rule: an
+    EarlyStopRule, or None (no early stop); records: the net's list of recorded monitoring
+    losses, which runs on across inner indices (appended to here). first_pass: resume there.
+    Returns (passes run, counted from 0, [StopCheck of every check made])."""
+    checks = []
+    for k in range(first_pass, passes):
+        run_pass(k)
+        if rule is None:
+            continue
+        if k % rule.record_every == 0:
+            records.append(float(monitor(k)))
+        if k >= rule.check_from and len(records) >= 2:
+            stopped = records[-1] - records[-2] >= 0
+            checks.append(StopCheck(k, records[-2], records[-1], stopped))
+            if stopped:
+                return k + 1, checks
+    return passes, checks
+
+
+SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and discriminator accuracy)
+
+
+class EpochLoop:
+    """SSAH's epochs as the program runs them: per net, the inner indices of the schedule, each
+    up to its passes with the program's early stop; a pass is n // batch updates, each on a
+    fresh random batch (the first `batch` of a random permutation of the n training items).
+
+    batch_order: None draws every batch from trainer.rng; else an iterable of row arrays
+    (indices into the training items, `batch` each), one per update in the order the loop
+    runs them (discriminator updates included), e.g. the batches the authors' program drew.
+    run: the run folder for TensorBoard (None: no logging). keep_record: list every update,
+    monitoring loss and stop check in `self.record`.
+
+    Checkpoints inside an epoch: run_epoch(epoch, loop) tells the shared TrainingLoop of every
+    update; when a checkpoint is due, the loop first has this one store its position (net, inner
+    index, pass, updates done in the pass, the rows drawn for the pass, the recorded monitoring
+    losses; the pass's running loss sums live in `pass_sums` anyway) in its variables
+    (`checkpoint_objects`). After restoring such a checkpoint (and trainer.rng with it),
+    `resume_from_variables` makes the next run_epoch continue at that update, so the rest of
+    the run is the same as without the interruption."""
+
+    def __init__(self, trainer, config, parts, schedule=None, batch_order=None, run=None, keep_record=False):
+        self.trainer, self.config, self.run = trainer, config, run
+        self.images, self.texts, self.labels = parts
+        self.schedule = schedule or SCHEDULES[config.schedule]
+        self.batch = trainer.batch_size
+        self.updates_per_pass = max(1, trainer.num_items // self.batch)
+        self.batch_order = None if batch_order is None else iter(batch_order)
+        self.loop = None  # the shared TrainingLoop of a run (mid-epoch checkpoints, log reads), set by run_epoch
+        self.counters = dict.fromkeys(STEP_NAMES, 0)   # updates per step (TensorBoard's x axis)
+        self.record = {"updates": [], "monitors": [], "stop_checks": []} if keep_record else None
+        self._resume = None
+        # position: mid-epoch flag, step (index in the epoch's order), inner index, pass, updates done in it
+        self.position = tf.Variable(np.zeros(5, np.int64), trainable=False, name="loop_position")
+        self.pass_rows = tf.Variable(np.zeros((self.updates_per_pass, self.batch), np.int64), trainable=False,
+                                     name="pass_rows")
+        self.monitor_records = tf.Variable(np.full(2, np.nan), trainable=False, name="monitor_records")
+        self.pass_sums = tf.Variable(np.zeros(len(SUMMARY_KEYS)), trainable=False, name="pass_sums")
+        self.step_summaries = tf.Variable(np.full((len(STEP_NAMES), len(SUMMARY_KEYS)), np.nan), trainable=False,
+                                          name="step_summaries")
+        self.iterations = tf.Variable(np.zeros(len(STEP_NAMES), np.int64), trainable=False, name="iterations")
+        for step in STEP_NAMES:
+            trainer.accumulators[step].append(self._add_pass_sums)
+
+    def checkpoint_objects(self):
+        return {"loop_position": self.position, "pass_rows": self.pass_rows, "monitor_records": self.monitor_records,
+                "pass_sums": self.pass_sums, "step_summaries": self.step_summaries, "iterations": self.iterations}
+
+    def resume_from_variables(self):
+        """After a restore: the update counters continue, and a checkpoint written inside an
+        epoch makes the next run_epoch continue at its position."""
+        self.counters = dict(zip(STEP_NAMES, (int(v) for v in self.iterations.numpy())))
+        mid_epoch, step, inner, k, done = (int(v) for v in self.position.numpy())
+        if not mid_epoch:
+            self._resume = None
+            return
+        summaries = {name: {key: float(v) for key, v in zip(SUMMARY_KEYS, row) if not np.isnan(v)}
+                     for name, row in zip(STEP_NAMES, self.step_summaries.numpy())}
+        self._resume = {"step": step, "inner": inner, "pass": k, "done": done,
+                        "rows": self.pass_rows.numpy(),
+                        "records": [float(v) for v in self.monitor_records.numpy() if not np.isnan(v)],
+                        "summaries": {name: s for name, s in summaries.items() if s}}
+
+    @property
+    def total_updates(self):
+        return sum(self.counters.values())
+
+    # ----------------------------------------------------------------- batches
+    def _draw_pass(self):
+        """The rows of each of a pass's batches (updates_per_pass x batch), read to the host once."""
+        if self.batch_order is None:
+            n = self.trainer.num_items
+            return tf.stack([tf.argsort(self.trainer.rng.uniform([n]))[:self.batch]
+                             for _ in range(self.updates_per_pass)]).numpy()
+        draws = [np.asarray(next(self.batch_order, ())) for _ in range(self.updates_per_pass)]
+        for rows in draws:
+            if rows.shape != (self.batch,):
+                raise UserError(f"the given batch order ran out or holds a batch of shape {rows.shape}; "
+                                f"give one row array of {self.batch} training-item indices per update")
+        return np.stack(draws)
+
+    def _batches(self, step, draws):
+        """The step inputs of the given batches (row arrays), in order, through tf.data with the
+        next batches prefetched while an update runs. In-memory arrays are gathered for the whole
+        pass at once and sliced per batch (no function to trace per pass); images of a lazy (HDF5)
+        source stream through pipeline.image_batches (parallel reads)."""
+        if not len(draws):
+            return
+        draws = np.asarray(draws, np.int64)
+        wanted = {"lab": ("rows", "labels"), "img": ("rows", "images", "labels"),
+                  "txt": ("rows", "texts", "labels"), "dis": ("images", "texts", "labels")}[step]
+        sources = {"rows": draws, "images": self.images, "texts": self.texts, "labels": self.labels}
+        parts = {}
+        for name in wanted:
+            if name == "rows":
+                parts[name] = tf.data.Dataset.from_tensor_slices(draws)
+            elif isinstance(sources[name], np.ndarray):
+                parts[name] = tf.data.Dataset.from_tensor_slices(sources[name][draws])
+            else:  # (values, rows) batches of the lazy source
+                parts[name] = pipeline.image_batches(sources[name], np.concatenate(draws), self.batch)
+        for element in tf.data.Dataset.zip(tuple(parts[name] for name in wanted)).prefetch(2):
+            yield tuple(value[0] if isinstance(value, tuple) else value for value in element)
+
+    # ----------------------------------------------------------------- one pass, one epoch
+    def _pass(self, where, lr, k):
+        """Pass k: draws all its batches first (the same RNG sequence as one by one: nothing
+        else draws in between), then updates; returns the pass's mean loss (and accuracy).
+        Losses are summed on the device (pass_sums) and read at the pass's end."""
+        step = where["step_name"]
+        resume, self._resume_pass = self._resume_pass, None
+        if resume is not None:  # the restored pass_sums hold the sums of its first `done` updates
+            draws, done = resume["rows"], resume["done"]
+        else:
+            draws, done = self._draw_pass(), 0
+            self.pass_sums.assign(np.zeros(len(SUMMARY_KEYS)))
+        for b, inputs in enumerate(self._batches(step, draws[done:]), start=done):
+            losses = self.trainer.step(step, *inputs, learning_rate=lr)
+            self.counters[step] += 1
+            if self.record is not None:  # a test's record: reads every update's loss
+                self.record["updates"].append({"step": step, "inner": where["inner"], "pass": k, "batch": b,
+                                               "rows": draws[b], "lr": lr, "loss": float(losses["loss"])})
+            if self.loop is not None:  # log reads, and a checkpoint when one is due (position first)
+                self.loop.updates_done(1, lambda done=b + 1: self._store_position(where, k, done, draws))
+        means = self._check_pass_sums(step) / self.updates_per_pass
+        self._summaries[step] = {"loss": float(means[0])}
+        if step == "dis":
+            self._summaries[step]["accuracy"] = float(means[1])
+        if self.loop is not None:  # one plain line per pass in logs
+            self.loop.note(f"{STEP_NAMES[step]} lr index {where['inner']} pass {k + 1}: "
+                           + ", ".join(f"{key} {value:.4f}" for key, value in self._summaries[step].items()))
+        return self._summaries[step]
+
+    def _add_pass_sums(self, losses):
+        """Inside the compiled step: this update's loss (and accuracy) added to the pass's sums."""
+        self.pass_sums.assign_add(tf.stack([tf.cast(losses[key], tf.float64) if key in losses
+                                            else tf.constant(0.0, tf.float64) for key in SUMMARY_KEYS]))
+
+    def _check_pass_sums(self, step):
+        """The pass's sums so far, read from the device: the NaN guard (a non-finite loss of any
+        update makes its sum non-finite)."""
+        sums = self.pass_sums.numpy()
+        check_finite(dict(zip(SUMMARY_KEYS, sums)), STEP_NAMES[step])
+        return sums
+
+    def _store_position(self, where, k, done, draws):
+        """Before a checkpoint inside an epoch: where the epoch stands (and the NaN guard)."""
+        self._check_pass_sums(where["step_name"])  # never checkpoint a non-finite state
+        self.position.assign([1, where["step"], where["inner"], k, done])
+        self.pass_rows.assign(draws)
+        records = ([np.nan, np.nan] + self._records)[-2:]
+        self.monitor_records.assign(records)
+        self.step_summaries.assign([[self._summaries.get(name, {}).get(key, np.nan) for key in SUMMARY_KEYS]
+                                    for name in STEP_NAMES])
+        self.iterations.assign([self.counters[name] for name in STEP_NAMES])
+
+    def _monitor(self, step, inner, k):
+        value = self.trainer.monitoring_loss(step)
+        check_finite({"monitoring": value}, STEP_NAMES[step] + " monitoring")
+        if self.run is not None:
+            self.run.log_scalars(self.total_updates, {LOSS_TAG.format(step=step, term="monitoring"): value})
+        if self.record is not None:
+            self.record["monitors"].append({"step": step, "inner": inner, "pass": k, "value": value})
+        return value
+
+    def run_epoch(self, epoch, loop=None):
+        """One epoch (or the rest of it after resume_from_variables); returns per step the
+        mean loss (discriminators: and accuracy) of its last pass. loop: the shared TrainingLoop
+        that hears of every update (None: no checkpoints, no logs)."""
+        self.loop = loop
+        resume, self._resume = self._resume, None
+        self._summaries = dict(resume["summaries"]) if resume else {}
+        self._resume_pass = None
+        position = -1
+        for step in self.config.step_order:
+            position += 1
+            if resume and position < resume["step"]:
+                continue
+            resuming_step = resume is not None and position == resume["step"]
+            self._records = list(resume["records"]) if resuming_step else []
+            rule = EARLY_STOP.get(step) if self.config.early_stop else None
+            for inner, passes in enumerate(self.schedule[step]):
+                if resuming_step and inner < resume["inner"]:
+                    continue
+                first_pass = 0
+                lr = learning_rate(self.config, step, epoch + inner)
+                if resuming_step and inner == resume["inner"]:
+                    first_pass = resume["pass"]
+                    self._resume_pass = resume
+                elif self.run is not None:  # at the first update it applies to
+                    self.run.log_scalars(self.total_updates + 1, {LR_TAG.format(step=step): lr})
+                where = {"step": position, "step_name": step, "inner": inner}
+
+                def run_pass(k, where=where, lr=lr):
+                    return self._pass(where, lr, k)
+
+                def monitor(k, step=step, inner=inner):
+                    return self._monitor(step, inner, k)
+
+                _, checks = inner_loop(passes, run_pass, monitor, rule, self._records, first_pass)
+                self._records = self._records[-2:]
+                if self.record is not None:
+                    self.record["stop_checks"] += [{"step": step, "inner": inner, **check._asdict()}
+                                                   for check in checks]
+            if resuming_step:
+                resume = None  # the steps after it run whole
+        return dict(self._summaries)
+
+    def end_epoch(self):
+        """Position and counters for the checkpoint written at the end of an epoch."""
+        self.position.assign(np.zeros(5, np.int64))
+        self.iterations.assign([self.counters[name] for name in STEP_NAMES])
