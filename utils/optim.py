@@ -133,6 +133,63 @@ class TF1Adam(tf.Module):
         return variable.assign_sub(tf.where(apply_if, (m * lr_t) / (tf.sqrt(v) + self.epsilon), tf.zeros_like(m)))
 
 
+def _handle(variable):
+    """The resource handle of a Keras or TensorFlow variable (the fused kernels take handles)."""
+    import keras
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+def _keras_optimizers():
+    import keras
+    return keras.optimizers
+
+
+class FusedAdam(_keras_optimizers().Adam):
+    """TF1's AdamOptimizer as a Keras optimizer: each variable's update is ONE kernel,
+    ResourceApplyAdam (TF1's ApplyAdam), instead of Keras' ~10 small ops per variable (in a tiny
+    network those ops, not the maths, are most of an update's CPU time).
+
+    The kernel forms 1 - beta in float32 and beta^t is TF1's float32 running product (see
+    TF1Adam), so the updates equal tf.compat.v1.train.AdamOptimizer's bit for bit and differ from
+    Keras' Adam (which rounds the float64 1 - beta and uses pow) by ~1e-5 relative in a step.
+    Slots (m, v), iterations and the checkpoint structure are Keras' Adam's, so checkpoints of
+    either restore into the other. amsgrad is not fused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("FusedAdam does not fuse amsgrad")
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1  # Keras counts after the update
+        index = self._get_variable_index(variable)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
+            beta1_power=tf.cast(_beta_power(self.beta_1, step), dtype),
+            beta2_power=tf.cast(_beta_power(self.beta_2, step), dtype),
+            lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False)
+
+
+class FusedSGD(_keras_optimizers().SGD):
+    """Keras' SGD whose per-variable update is ONE kernel: ResourceApplyKerasMomentum
+    (accum = accum momentum - g lr; var += accum, or var += accum momentum - g lr with nesterov)
+    or, without momentum, ResourceApplyGradientDescent (var -= g lr): Keras' formulas in Keras'
+    float32 order, so the result equals Keras' SGD bit for bit. Weight decay (decoupled: var -= var
+    wd lr before the update), learning-rate schedules, slots and checkpoint structure are Keras'."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        learning_rate, gradient = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
+        if self.momentum == 0:
+            return tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=learning_rate, delta=gradient)
+        accumulator = self.momentums[self._get_variable_index(variable)]
+        return tf.raw_ops.ResourceApplyKerasMomentum(
+            var=_handle(variable), accum=_handle(accumulator), lr=learning_rate, grad=gradient,
+            momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
+
+
 def _assign(variable, value):
     return variable.assign(value)
 
