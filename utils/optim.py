@@ -135,8 +135,12 @@ class TF1Adam(tf.Module):
 
 def _handle(variable):
     """The resource handle of a Keras or TensorFlow variable (the fused kernels take handles)."""
+    return _tf_variable(variable).handle
+
+
+def _tf_variable(variable):
     import keras
-    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def _keras_optimizers():
@@ -160,14 +164,19 @@ class FusedAdam(_keras_optimizers().Adam):
         if self.amsgrad:
             raise ValueError("FusedAdam does not fuse amsgrad")
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # beta^t once per update (every variable's kernel reads the same pair)
+        step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1  # Keras counts after the update
+        self._beta_powers = _beta_power(self.beta_1, step), _beta_power(self.beta_2, step)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1  # Keras counts after the update
         index = self._get_variable_index(variable)
+        beta_1_power, beta_2_power = self._beta_powers
         return tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
-            beta1_power=tf.cast(_beta_power(self.beta_1, step), dtype),
-            beta2_power=tf.cast(_beta_power(self.beta_2, step), dtype),
+            beta1_power=tf.cast(beta_1_power, dtype), beta2_power=tf.cast(beta_2_power, dtype),
             lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False)
 
@@ -176,8 +185,27 @@ class FusedSGD(_keras_optimizers().SGD):
     """Keras' SGD whose per-variable update is ONE kernel: ResourceApplyKerasMomentum
     (accum = accum momentum - g lr; var += accum, or var += accum momentum - g lr with nesterov)
     or, without momentum, ResourceApplyGradientDescent (var -= g lr): Keras' formulas in Keras'
-    float32 order, so the result equals Keras' SGD bit for bit. Weight decay (decoupled: var -= var
-    wd lr before the update), learning-rate schedules, slots and checkpoint structure are Keras'."""
+    float32 order, so the result equals Keras' SGD bit for bit. Weight decay is Keras' decoupled
+    form (var -= (var wd) lr before the update), one ResourceApplyGradientDescent per variable with
+    the learning rate (a schedule's value) formed once per update, not once per variable.
+    Learning-rate schedules, slots and checkpoint structure are Keras'."""
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+        learning_rate = self.learning_rate  # a schedule's value at this update's iteration
+
+        def apply_all(distribution, variables):
+            def decay(variable):
+                if self._use_weight_decay(variable):
+                    dtype = variable.dtype
+                    delta = tf.convert_to_tensor(variable) * tf.cast(self.weight_decay, dtype)
+                    tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable),
+                                                            alpha=tf.cast(learning_rate, dtype), delta=delta)
+            for variable in variables:
+                distribution.extended.update(_tf_variable(variable), decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(apply_all, self._distribution_strategy, variables)
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
