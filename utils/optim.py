@@ -117,17 +117,20 @@ class TF1Adam(tf.Module):
         # float32 differences (1 - float32(0.999) is 1.3e-5 below float32(0.001), which would
         # scale every step), and the moments move by (g - m) (1 - b1), not b1 m + (1 - b1) g.
         step = tf.convert_to_tensor(self.iterations)
-        one = tf.constant(1.0, tf.float32)
-        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
-        lr_t = learning_rate * tf.sqrt(one - _beta_power(self.beta_2, step)) / (one - _beta_power(self.beta_1, step))
         m, v = self.m[index], self.v[index]
         grad = tf.convert_to_tensor(grad)
+        beta_1_power, beta_2_power = _beta_power(self.beta_1, step), _beta_power(self.beta_2, step)
+        if apply_if is None:  # the kernel itself: one op instead of ~10
+            return tf.raw_ops.ResourceApplyAdam(
+                var=_handle(variable), m=_handle(m), v=_handle(v), beta1_power=beta_1_power,
+                beta2_power=beta_2_power, lr=learning_rate, beta1=tf.constant(self.beta_1, tf.float32),
+                beta2=tf.constant(self.beta_2, tf.float32), epsilon=tf.constant(self.epsilon, tf.float32),
+                grad=grad, use_locking=False)
+        one = tf.constant(1.0, tf.float32)
+        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
+        lr_t = learning_rate * tf.sqrt(one - beta_2_power) / (one - beta_1_power)
         new_m = m + (grad - m) * (one - beta_1)
         new_v = v + (tf.square(grad) - v) * (one - beta_2)
-        if apply_if is None:
-            m.assign(new_m)
-            v.assign(new_v)
-            return variable.assign_sub((m * lr_t) / (tf.sqrt(v) + self.epsilon))
         m.assign(tf.where(apply_if, new_m, m))
         v.assign(tf.where(apply_if, new_v, v))
         return variable.assign_sub(tf.where(apply_if, (m * lr_t) / (tf.sqrt(v) + self.epsilon), tf.zeros_like(m)))
