@@ -1,6 +1,7 @@
 """TF1Adam against TensorFlow 1's own Adam (tf.compat.v1.train.AdamOptimizer, which runs the
 ApplyAdam kernel and keeps beta1_power / beta2_power as float32 variables multiplied by beta after
-every update): bit for bit, with one counter shared by the variables of several calls."""
+every update): bit for bit, with one counter shared by the variables of several calls. The fused
+Keras optimizers against TF1's Adam and Keras' SGD (bit for bit), Keras checkpoints, and their op count."""
 import numpy as np
 import tensorflow as tf
 
@@ -51,7 +52,7 @@ def test_power_table_ends_where_one_minus_the_power_is_one():
         assert np.float32(1) - table[-1] == 1 and np.float32(1) - table[-2] < 1
 
 
-def run_updates(optimizer, starts, rng, updates=40, step_rate=None):
+def run_updates(optimizer, starts, rng, updates=40):
     """Compiled updates of fresh variables from `starts` with one optimizer; the values after each."""
     variables = [tf.Variable(s) for s in starts]
     optimizer.build(variables)
@@ -110,15 +111,33 @@ def test_fused_sgd_equals_keras_sgd_bit_for_bit_with_momentum_decay_and_schedule
         assert_same_updates(FusedSGD(schedule(), **kwargs), keras.optimizers.SGD(schedule(), **kwargs))
 
 
-def test_fused_optimizers_restore_keras_checkpoints():
+def test_fused_optimizers_restore_keras_checkpoints(tmp_path):
     import keras
     rng = np.random.RandomState(5)
     starts = [rng.randn(20).astype(np.float32)]
-    _, saved = run_updates(keras.optimizers.Adam(1e-2), starts, rng, updates=3)
-    folder = tf.io.gfile.mkdtemp() if False else __import__("tempfile").mkdtemp()
-    path = tf.train.Checkpoint(optimizer=saved).write(folder + "/ckpt")
-    restored = FusedAdam(1e-2)
-    restored.build([tf.Variable(starts[0])])
-    tf.train.Checkpoint(optimizer=restored).read(path).assert_consumed()
-    for a, b in zip(restored.variables, saved.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for keras_kind, fused in ((lambda: keras.optimizers.Adam(1e-2), lambda: FusedAdam(1e-2)),
+                              (lambda: keras.optimizers.SGD(1e-2, momentum=0.9), lambda: FusedSGD(1e-2, momentum=0.9))):
+        _, saved = run_updates(keras_kind(), starts, rng, updates=3)
+        path = tf.train.Checkpoint(optimizer=saved).write(str(tmp_path / type(saved).__name__))
+        restored = fused()
+        restored.build([tf.Variable(starts[0])])
+        tf.train.Checkpoint(optimizer=restored).read(path).assert_consumed()
+        assert len(restored.variables) == len(saved.variables)
+        for a, b in zip(restored.variables, saved.variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_fused_optimizers_run_one_kernel_per_variable():
+    import collections
+    shapes = [(30, 20), (20,), (20, 4), (4,)]
+    variables = [tf.Variable(tf.zeros(s)) for s in shapes]
+    specs = [tf.TensorSpec(s) for s in shapes]
+    for optimizer, kernels in ((FusedAdam(1e-3), {"ResourceApplyAdam": 4}),
+                               (FusedSGD(0.03, momentum=0.9, weight_decay=5e-4),
+                                {"ResourceApplyKerasMomentum": 4, "ResourceApplyGradientDescent": 4})):
+        optimizer.build(variables)
+        graph = tf.function(lambda grads: optimizer.apply_gradients(zip(grads, variables))).get_concrete_function(
+            specs).graph
+        ops = collections.Counter(op.type for op in graph.get_operations())
+        assert {kind: ops[kind] for kind in kernels} == kernels
+        assert ops["Sqrt"] == 0 and ops["AssignAddVariableOp"] <= 1  # only the iteration counter

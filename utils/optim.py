@@ -18,7 +18,8 @@ counter is state.
 
 Under a tf.distribute strategy `apply_gradients` is called in each replica with the
 already summed gradients and updates every device's copy (utils.distribute).
-`DynamicLossScale` is the loss scaling of mixed-precision custom loops.
+`DynamicLossScale` is the loss scaling of mixed-precision custom loops. `FusedAdam` (TF1's Adam)
+and `FusedSGD` (Keras' SGD) are Keras optimizers whose per-variable update is one fused kernel.
 """
 import functools
 
