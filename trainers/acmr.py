@@ -5,7 +5,7 @@
 `python train.py --method acmr --variant paper --dataset wiki`     (the paper's method)
 
 One update = one tf.GradientTape. Projectors (+ the label classifier when it is trained) and
-the modality classifier have one Adam each. The modality classifier sits behind a gradient
+the modality classifier have one Adam each (TF1's AdamOptimizer, as the program). The modality classifier sits behind a gradient
 reversal layer; the projectors' objective is emb_loss (+ the modality loss when
 `adversarial_in_projector_loss`, whose gradient reaches them reversed and scaled by lambda).
 With `shared_forward_pass` (the program), the modality classifier's update comes from the same
@@ -206,9 +206,9 @@ class AcmrModel:
     """The networks, the two Adam optimisers and the compiled updates."""
 
     def __init__(self, config, image_dim, text_dim, num_classes):
-        import keras
         import tensorflow as tf
         from models.acmr import AcmrNetworks, layer_sizes
+        from utils.optim import FusedAdam
         self.config = config
         self.settings = resolved(config)
         image_widths, text_widths, modality_hidden = layer_sizes(config.architecture, config.dataset)
@@ -220,9 +220,8 @@ class AcmrModel:
                                                                     self.nets.text_projector)
                                      for layer in projector.dense_layers]
 
-        def adam(rate, name):
-            return keras.optimizers.Adam(rate, beta_1=config.beta_1, beta_2=config.beta_2,
-                                         epsilon=config.adam_epsilon, name=name)
+        def adam(rate, name):  # TF1's AdamOptimizer (the program's), one fused kernel per variable
+            return FusedAdam(rate, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.adam_epsilon, name=name)
         self.projector_optimizer = adam(config.learning_rate, "projector_adam")
         self.modality_optimizer = adam(config.modality_learning_rate, "modality_adam")
         self.projector_optimizer.build(self.projector_variables)

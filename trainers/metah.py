@@ -166,6 +166,7 @@ class MetahModel:
         import keras
         import tensorflow as tf
         from models.metah import DomainDiscriminator, HashingNetwork
+        from utils.optim import FusedSGD
         self.config = config
         self.num_classes = num_classes
         self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
@@ -179,7 +180,8 @@ class MetahModel:
             rate = keras.optimizers.schedules.ExponentialDecay(rate, config.lr_halve_every, 0.5, staircase=True)
         decay = config.weight_decay or None
         if config.optimizer == "sgd":
-            self.optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+            # Keras' SGD bit for bit, one fused kernel per variable
+            self.optimizer = FusedSGD(rate, momentum=config.momentum, weight_decay=decay)
         else:
             self.optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
         self.variables = self.net.trainable_variables + self.discriminator.trainable_variables

@@ -18,7 +18,8 @@ counter is state.
 
 Under a tf.distribute strategy `apply_gradients` is called in each replica with the
 already summed gradients and updates every device's copy (utils.distribute).
-`DynamicLossScale` is the loss scaling of mixed-precision custom loops.
+`DynamicLossScale` is the loss scaling of mixed-precision custom loops. `FusedAdam` (TF1's Adam)
+and `FusedSGD` (Keras' SGD) are Keras optimizers whose per-variable update is one fused kernel.
 """
 import functools
 
@@ -117,20 +118,108 @@ class TF1Adam(tf.Module):
         # float32 differences (1 - float32(0.999) is 1.3e-5 below float32(0.001), which would
         # scale every step), and the moments move by (g - m) (1 - b1), not b1 m + (1 - b1) g.
         step = tf.convert_to_tensor(self.iterations)
-        one = tf.constant(1.0, tf.float32)
-        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
-        lr_t = learning_rate * tf.sqrt(one - _beta_power(self.beta_2, step)) / (one - _beta_power(self.beta_1, step))
         m, v = self.m[index], self.v[index]
         grad = tf.convert_to_tensor(grad)
+        beta_1_power, beta_2_power = _beta_power(self.beta_1, step), _beta_power(self.beta_2, step)
+        if apply_if is None:  # the kernel itself: one op instead of ~10
+            return tf.raw_ops.ResourceApplyAdam(
+                var=_handle(variable), m=_handle(m), v=_handle(v), beta1_power=beta_1_power,
+                beta2_power=beta_2_power, lr=learning_rate, beta1=tf.constant(self.beta_1, tf.float32),
+                beta2=tf.constant(self.beta_2, tf.float32), epsilon=tf.constant(self.epsilon, tf.float32),
+                grad=grad, use_locking=False)
+        one = tf.constant(1.0, tf.float32)
+        beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
+        lr_t = learning_rate * tf.sqrt(one - beta_2_power) / (one - beta_1_power)
         new_m = m + (grad - m) * (one - beta_1)
         new_v = v + (tf.square(grad) - v) * (one - beta_2)
-        if apply_if is None:
-            m.assign(new_m)
-            v.assign(new_v)
-            return variable.assign_sub((m * lr_t) / (tf.sqrt(v) + self.epsilon))
         m.assign(tf.where(apply_if, new_m, m))
         v.assign(tf.where(apply_if, new_v, v))
         return variable.assign_sub(tf.where(apply_if, (m * lr_t) / (tf.sqrt(v) + self.epsilon), tf.zeros_like(m)))
+
+
+def _handle(variable):
+    """The resource handle of a Keras or TensorFlow variable (the fused kernels take handles)."""
+    return _tf_variable(variable).handle
+
+
+def _tf_variable(variable):
+    import keras
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _keras_optimizers():
+    import keras
+    return keras.optimizers
+
+
+class FusedAdam(_keras_optimizers().Adam):
+    """TF1's AdamOptimizer as a Keras optimizer: each variable's update is ONE kernel,
+    ResourceApplyAdam (TF1's ApplyAdam), instead of Keras' ~10 small ops per variable (in a tiny
+    network those ops, not the maths, are most of an update's CPU time).
+
+    The kernel forms 1 - beta in float32 and beta^t is TF1's float32 running product (see
+    TF1Adam), so the updates equal tf.compat.v1.train.AdamOptimizer's bit for bit and differ from
+    Keras' Adam (which rounds the float64 1 - beta and uses pow) by ~1e-5 relative in a step.
+    Slots (m, v), iterations and the checkpoint structure are Keras' Adam's, so checkpoints of
+    either restore into the other. amsgrad is not fused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("FusedAdam does not fuse amsgrad")
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # beta^t once per update (every variable's kernel reads the same pair)
+        step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1  # Keras counts after the update
+        self._beta_powers = _beta_power(self.beta_1, step), _beta_power(self.beta_2, step)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        beta_1_power, beta_2_power = self._beta_powers
+        return tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
+            beta1_power=tf.cast(beta_1_power, dtype), beta2_power=tf.cast(beta_2_power, dtype),
+            lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype), use_locking=False)
+
+
+class FusedSGD(_keras_optimizers().SGD):
+    """Keras' SGD whose per-variable update is ONE kernel: ResourceApplyKerasMomentum
+    (accum = accum momentum - g lr; var += accum, or var += accum momentum - g lr with nesterov)
+    or, without momentum, ResourceApplyGradientDescent (var -= g lr): Keras' formulas in Keras'
+    float32 order, so the result equals Keras' SGD bit for bit. Weight decay is Keras' decoupled
+    form (var -= (var wd) lr before the update), one ResourceApplyGradientDescent per variable with
+    the learning rate (a schedule's value) formed once per update, not once per variable.
+    Learning-rate schedules, slots and checkpoint structure are Keras'."""
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+        learning_rate = self.learning_rate  # a schedule's value at this update's iteration
+
+        def apply_all(distribution, variables):
+            def decay(variable):
+                if self._use_weight_decay(variable):
+                    dtype = variable.dtype
+                    delta = tf.convert_to_tensor(variable) * tf.cast(self.weight_decay, dtype)
+                    tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable),
+                                                            alpha=tf.cast(learning_rate, dtype), delta=delta)
+            for variable in variables:
+                distribution.extended.update(_tf_variable(variable), decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(apply_all, self._distribution_strategy, variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        learning_rate, gradient = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
+        if self.momentum == 0:
+            return tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=learning_rate, delta=gradient)
+        accumulator = self.momentums[self._get_variable_index(variable)]
+        return tf.raw_ops.ResourceApplyKerasMomentum(
+            var=_handle(variable), accum=_handle(accumulator), lr=learning_rate, grad=gradient,
+            momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
 
 
 def _assign(variable, value):

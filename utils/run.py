@@ -225,6 +225,7 @@ class Run:
         self.created = set()           # entries of RUN_DIR this process created
         self.lock = RunLock(self.dir)
         self._writer = None
+        self._scalar_writes = {}  # tags -> compiled write of their values (log_scalars)
 
     @property
     def writer(self):
@@ -300,6 +301,7 @@ class Run:
             self._writer.flush()
             self._writer.close()
             self._writer = None
+            self._scalar_writes = {}
         if _active_log == self.path("train.log"):
             _active_log = None
         self.lock.release()
@@ -350,10 +352,20 @@ class Run:
             hparams.hparams(hparam_values(settings), trial_id=os.path.basename(os.path.normpath(self.dir)))
 
     def log_scalars(self, step, scalars, prefix=""):
+        """float32 scalars at `step`, in one compiled call per set of tags: an eager
+        tf.summary.scalar per tag costs ~0.2 ms of CPU, more than a tiny network's update."""
         import tensorflow as tf
-        with self.writer.as_default(step=int(step)):
-            for name, value in scalars.items():
-                tf.summary.scalar(prefix + name, float(value))
+        names = tuple(prefix + name for name in scalars)
+        write = self._scalar_writes.get(names)
+        if write is None:
+            writer = self.writer
+
+            def write_all(step, values):
+                with writer.as_default(step=step):
+                    for index, name in enumerate(names):
+                        tf.summary.scalar(name, values[index])
+            write = self._scalar_writes[names] = tf.function(write_all, autograph=False)
+        write(tf.constant(int(step), tf.int64), tf.constant([float(v) for v in scalars.values()], tf.float32))
 
     def log_image(self, step, name, png_bytes):
         import tensorflow as tf
