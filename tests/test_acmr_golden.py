@@ -3,6 +3,7 @@ running it and found by conftest.shared_path): three training iterations on the 
 Wikipedia features, float32 tolerance."""
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import scipy.io
@@ -10,6 +11,7 @@ import scipy.io
 from losses.acmr import mine_negatives
 from tests.conftest import shared_path
 from trainers import acmr
+from utils.optim import FusedAdam
 
 LOSSES = {"label": "label_loss", "triplet": "triplet_loss", "emb": "emb_loss", "modality": "domain_class_loss"}
 
@@ -19,8 +21,8 @@ def golden():
     return dict(np.load(shared_path("golden", "acmr-three-steps.npz")))
 
 
-def original_model(golden):
-    config = dataclasses.replace(acmr.Config(), **acmr.PRESETS["original"])
+def original_model(golden, adam_kernel="keras"):
+    config = dataclasses.replace(acmr.Config(), **acmr.PRESETS["original"], adam_kernel=adam_kernel)
     image_dim, text_dim = golden["step0/input/img"].shape[1], golden["step0/input/txt"].shape[1]
     model = acmr.AcmrModel(config, image_dim, text_dim, golden["init/lc_fc_0/weights"].shape[1])
     model.nets.load_slim_variables({k[len("init/"):]: v for k, v in golden.items() if k.startswith("init/")})
@@ -56,8 +58,11 @@ def test_our_mining_finds_the_programs_negatives(golden):
         np.testing.assert_array_equal(mine_negatives(img, golden[f"step{step}/input/labels"]), img_negative)
 
 
-def test_three_iterations_reproduce_losses_variables_and_embeddings(golden):
-    model = original_model(golden)
+@pytest.mark.parametrize("adam_kernel", ["keras", "tf1"])
+def test_three_iterations_reproduce_losses_variables_and_embeddings(golden, adam_kernel):
+    model = original_model(golden, adam_kernel)
+    expected_optimizer = FusedAdam if adam_kernel == "tf1" else keras.optimizers.Adam
+    assert type(model.projector_optimizer) is expected_optimizer and type(model.modality_optimizer) is expected_optimizer
     initial = model.nets.slim_variables()
     for step in range(3):
         img, txt, labels, img_negative, txt_negative, lam = step_inputs(golden, step)

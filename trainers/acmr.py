@@ -5,7 +5,8 @@
 `python train.py --method acmr --variant paper --dataset wiki`     (the paper's method)
 
 One update = one tf.GradientTape. Projectors (+ the label classifier when it is trained) and
-the modality classifier have one Adam each (TF1's AdamOptimizer, as the program). The modality classifier sits behind a gradient
+the modality classifier have one Adam each (`--adam-kernel tf1`: TF1's AdamOptimizer, as the
+program). The modality classifier sits behind a gradient
 reversal layer; the projectors' objective is emb_loss (+ the modality loss when
 `adversarial_in_projector_loss`, whose gradient reaches them reversed and scaled by lambda).
 With `shared_forward_pass` (the program), the modality classifier's update comes from the same
@@ -112,6 +113,10 @@ class Config(CommonConfig):
     beta_1: float = _field(0.5, "Adam beta_1 (the program: 0.5)")
     beta_2: float = _field(0.999, "Adam beta_2")
     adam_epsilon: float = _field(1e-8, "Adam epsilon (TF1's default 1e-8)")
+    adam_kernel: str = _field("keras", "keras: Keras 3's Adam (the README's ACMR figures); tf1: TF1's "
+                              "AdamOptimizer, the program's, bit for bit, as one fused kernel per variable "
+                              "(faster; its float32 rounding of 1 - beta and beta^t differs from Keras' by "
+                              "~1e-5 relative per step)", choices=("keras", "tf1"))
     batch_size: int = _field(64, "pairs per batch")
     shuffle: bool = _field(False, "shuffle the training pairs every epoch (seeded); the program keeps the "
                            "file order")
@@ -206,7 +211,9 @@ class AcmrModel:
     """The networks, the two Adam optimisers and the compiled updates."""
 
     def __init__(self, config, image_dim, text_dim, num_classes):
+        import keras
         import tensorflow as tf
+
         from models.acmr import AcmrNetworks, layer_sizes
         from utils.optim import FusedAdam
         self.config = config
@@ -220,8 +227,11 @@ class AcmrModel:
                                                                     self.nets.text_projector)
                                      for layer in projector.dense_layers]
 
-        def adam(rate, name):  # TF1's AdamOptimizer (the program's), one fused kernel per variable
-            return FusedAdam(rate, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.adam_epsilon, name=name)
+        optimizer_class = FusedAdam if config.adam_kernel == "tf1" else keras.optimizers.Adam
+
+        def adam(rate, name):
+            return optimizer_class(rate, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.adam_epsilon,
+                                   name=name)
         self.projector_optimizer = adam(config.learning_rate, "projector_adam")
         self.modality_optimizer = adam(config.modality_learning_rate, "modality_adam")
         self.projector_optimizer.build(self.projector_variables)
