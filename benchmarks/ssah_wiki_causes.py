@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_io import REPO, results_path, write_results  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks.results_io import results_path, write_results  # noqa: E402
 
 ROWS = {
     "baseline": [],

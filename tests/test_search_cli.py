@@ -73,7 +73,7 @@ def test_ssah_build_and_search_by_tag_vectors_words_and_image_features(tmp_path,
 
     # tag words through the dataset's vocabulary (synthetic data has none: one is given here)
     vocabulary = [f"tag{j}" for j in range(query_texts.shape[1])]
-    monkeypatch.setattr(ssah, "dataset_vocabulary", lambda config: vocabulary)
+    monkeypatch.setattr(ssah.encoding, "dataset_vocabulary", lambda config: vocabulary)
     monkeypatch.setattr(search, "label_names", lambda config: [f"class{c}" for c in range(labels.shape[1])])
     row = query_texts[0]
     words = " ".join(vocabulary[j] for j in np.flatnonzero(row))
