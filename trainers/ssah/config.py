@@ -196,9 +196,8 @@ def resolve_backbone(config, data):
 
 def check_network_settings(config, text_dim):
     """One-line errors for settings the CLI's choices do not catch (or a Config built in code)."""
-    choices = {"pairwise_loss": ("squared", "nll"), "discriminator_activation": ("relu", "tanh"),
-               "ms_fusion": ("per_window", "joint"), "labnet_activation": ("relu", "sigmoid"),
-               "text_norm": ("standardize", "none")}
+    network_fields = ("pairwise_loss", "discriminator_activation", "ms_fusion", "labnet_activation", "text_norm")
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(Config) if f.name in network_fields}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
