@@ -370,6 +370,20 @@ def test_a_damaged_checkpoint_state_file_does_not_hide_the_checkpoints(tmp_path)
     assert run.restore_latest(checkpoint).endswith("ckpt-12") and float(variable.numpy()) == 7.0
 
 
+def test_a_competitors_lock_being_written_does_not_make_a_fresh_folder_look_used(tmp_path):
+    # The window two processes starting one run can meet: the other has made the folder and is
+    # writing its lock (lock.PID.tmp) when this one takes the lock and looks for other files.
+    (tmp_path / "same").mkdir()
+    (tmp_path / "same" / "lock.999999.tmp").write_text('{"pid": 999999}')
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="same"))
+    assert os.path.exists(run.path("config.json")) and run.lock.held
+    run.close()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "lock.tmp.notes").write_text("a user's file")
+    with pytest.raises(UserError, match="holds other files"):
+        Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="other"))
+
+
 def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(tmp_path):
     import subprocess
     import sys

@@ -120,6 +120,12 @@ def set_seed(seed, deterministic=True):
 LOCK_NAME = "lock"
 
 
+def is_lock_file(name):
+    """The lock, or another process's lock being written (`lock.PID.tmp`): a competitor's
+    half-made lock must not make a fresh folder look used."""
+    return name == LOCK_NAME or (name.startswith(LOCK_NAME + ".") and name.endswith(".tmp"))
+
+
 def check_run_name(name):
     """A run name is one plain folder name: no '.', '..' or path separators."""
     bad = name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name
@@ -265,7 +271,7 @@ class Run:
             if os.path.exists(run.path("config.json")):
                 raise UserError(f"run folder {run_dir} already holds a run; pick another --run-name "
                                 f"or continue it with --resume {run_dir}")
-            others = sorted(set(os.listdir(run_dir)) - {LOCK_NAME})
+            others = sorted(name for name in os.listdir(run_dir) if not is_lock_file(name))
             if others:
                 raise UserError(f"{run_dir} exists and holds other files ({', '.join(others[:3])}); "
                                 f"pick another --run-name")
