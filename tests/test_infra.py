@@ -135,6 +135,34 @@ def test_keeps_the_last_and_the_best_checkpoint(tmp_path):
         keep_policy("some")
 
 
+def test_checkpoint_writer_saves_what_tensorflow_reads_and_keeps_up_with_new_variables(tmp_path):
+    import shutil
+
+    import tensorflow as tf
+    from utils.run import CheckpointWriter
+    holder = tf.Module()
+    holder.weights = [tf.Variable([1.0, 2.0])]
+    checkpoint = tf.train.Checkpoint(holder=holder, step=tf.Variable(0, dtype=tf.int64))
+    writer = CheckpointWriter(checkpoint, tmp_path / "a" / "checkpoints", max_to_keep=2)
+    writer.save(checkpoint_number=1)
+    holder.weights.append(tf.Variable(7.0))  # made after the first (compiled) save, e.g. an optimiser's slot
+    holder.weights[0].assign([3.0, 4.0])
+    checkpoint.step.assign(5)
+    writer.save(checkpoint_number=5)
+    writer.save(checkpoint_number=6)
+    assert [os.path.basename(p) for p in writer.kept()] == ["ckpt-5", "ckpt-6"]
+    assert not [n for n in os.listdir(tmp_path / "a" / "checkpoints") if n.startswith("ckpt-1.")]
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "moved"))  # the state file's paths are relative
+    latest = tf.train.latest_checkpoint(str(tmp_path / "moved" / "checkpoints"))
+    assert latest == str(tmp_path / "moved" / "checkpoints" / "ckpt-6")
+    fresh = tf.Module()
+    fresh.weights = [tf.Variable([0.0, 0.0]), tf.Variable(0.0)]
+    restored = tf.train.Checkpoint(holder=fresh, step=tf.Variable(0, dtype=tf.int64))
+    restored.restore(latest).assert_consumed()
+    assert [w.numpy().tolist() for w in fresh.weights] == [[3.0, 4.0], 7.0]
+    assert int(restored.step.numpy()) == 5 and int(restored.save_counter.numpy()) == 3
+
+
 def test_resume_drops_tensorboard_events_logged_after_the_checkpoint(tmp_path):
     import time
 
