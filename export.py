@@ -110,22 +110,11 @@ def _ssah_text_preprocessing(trainer):
 
 
 def ssah_encoders(run_dir):
-    import tensorflow as tf
-
     import trainers.ssah as ssah
     from utils import portable
-    from utils.data import load_dataset
-    from utils.run import restore_trained, saved_config
-    _, config = saved_config(run_dir, {"ssah": ssah.Config})
     # the run's own split: its training part gives the feature statistics (a validation part,
     # where the run carved one, is not training data)
-    validation = {"validation_size": config.validation_size} if getattr(config, "validation_size", 0) else {}
-    data = load_dataset(config.dataset, config.data, config.seed, config.split_file, split_sizes=config.split_sizes,
-                        **validation)
-    trainer = ssah.build_trainer(config, data, ssah.resolve_backbone(config, data))
-    objects = trainer.checkpoint_objects()
-    ssah._check_resume_checkpoint(run_dir, objects)
-    restore_trained(run_dir, tf.train.Checkpoint(**objects))
+    config, data, trainer = ssah.restored_trainer(run_dir)
 
     img_net, txt_net = trainer.nets["img"], trainer.nets["txt"]
     preprocess, steps = _ssah_image_preprocessing(config, data, trainer)
@@ -164,16 +153,10 @@ def ssah_encoders(run_dir):
 # --------------------------------------------------------------------------- ACMR
 
 def acmr_encoders(run_dir):
-    import tensorflow as tf
-
     import trainers.acmr as acmr
     from utils import portable
-    from utils.run import restore_trained, saved_config
-    _, config = saved_config(run_dir, {"acmr": acmr.Config})
-    data = acmr.load_data(config)
+    config, data, model = acmr.restored_model(run_dir)
     dims = {"image": data.images.shape[1], "text": data.text_dim}
-    model = acmr.AcmrModel(config, dims["image"], dims["text"], data.num_classes)
-    restore_trained(run_dir, model.checkpoint(*(tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))))
     projectors = {"image": model.nets.image_projector, "text": model.nets.text_projector}
     encoders = {}
     for modality, projector in projectors.items():
@@ -218,17 +201,11 @@ def _metah_preprocessing(config, pair):
 
 
 def metah_encoders(run_dir):
-    import tensorflow as tf
-
     import trainers.metah as metah
     from utils import portable
     from utils.data.domains import DomainData
-    from utils.run import restore_trained, saved_config
-    _, config = saved_config(run_dir, {"metah": metah.Config})
-    pair = metah.load_pair(config)
+    config, pair, model = metah.restored_model(run_dir)
     input_shape = tuple(pair.source.inputs.shape[1:])
-    model = metah.MetahModel(config, input_shape, pair.num_classes)
-    restore_trained(run_dir, model.checkpoint(tf.Variable(0, dtype=tf.int64, trainable=False)))
     preprocess, steps = _metah_preprocessing(config, pair)
     is_images = pair.source.kind == "images"
     dtype = "uint8" if is_images else "float32"

@@ -579,15 +579,25 @@ def train(config, run, resume=False):
 
 # ----------------------------------------------------------------------------- encoding new items
 
-def encode(run_dir, inputs, modality):
-    """Embeddings (float32, items x dims) of new items from a trained ACMR run.
-
-    Rebuilds the projectors from RUN_DIR/config.json (the run's dataset is loaded for its
-    feature sizes) and restores the latest checkpoint. modality "image" (image feature
-    rows) or "text" (text feature rows), shaped like the run's data."""
+def restored_model(run_dir, data=None):
+    """(config, data, model) of a trained run: the networks rebuilt from RUN_DIR/config.json
+    (the run's dataset gives the feature sizes; `data` when already loaded) with the latest
+    checkpoint restored. encode() and export.py both start here."""
     import tensorflow as tf
 
-    from utils.run import item_rows, restore_trained, saved_config
+    from utils.run import restore_trained, saved_config
+    _, config = saved_config(run_dir, {"acmr": Config})
+    data = data if data is not None else load_data(config)
+    model = AcmrModel(config, data.images.shape[1], data.text_dim, data.num_classes)
+    epoch, iteration = (tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))
+    restore_trained(run_dir, model.checkpoint(epoch, iteration))
+    return config, data, model
+
+
+def encode(run_dir, inputs, modality):
+    """Embeddings (float32, items x dims) of new items from a trained ACMR run (restored_model):
+    modality "image" (image feature rows) or "text" (text feature rows), shaped like the run's data."""
+    from utils.run import item_rows, saved_config
     if modality not in ("image", "text"):
         raise UserError(f"unknown modality {modality!r} for ACMR; choose image or text")
     _, config = saved_config(run_dir, {"acmr": Config})
@@ -595,9 +605,7 @@ def encode(run_dir, inputs, modality):
     image_dim, text_dim = data.images.shape[1], data.text_dim
     width = image_dim if modality == "image" else text_dim
     inputs = item_rows(inputs, (width,), f"{modality} features").astype(np.float32)
-    model = AcmrModel(config, image_dim, text_dim, data.num_classes)
-    epoch, iteration = (tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))
-    restore_trained(run_dir, model.checkpoint(epoch, iteration))
+    _, _, model = restored_model(run_dir, data)
     other = np.zeros((len(inputs), text_dim if modality == "image" else image_dim), np.float32)
     images, texts = (inputs, other) if modality == "image" else (other, inputs)
     return model.embed(images, texts)[0 if modality == "image" else 1]

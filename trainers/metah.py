@@ -470,23 +470,30 @@ def train(config, run, resume=False):
 
 # ----------------------------------------------------------------------------- encoding new items
 
-def encode(run_dir, inputs, modality="image"):
-    """+-1 codes (int8, items x bits) of new items of either domain from a trained METAH run.
-
-    Rebuilds the hashing network from RUN_DIR/config.json (the run's domain pair is loaded
-    for its shapes and the source statistics that normalise features) and restores the
-    latest checkpoint. modality "image": feature rows or images shaped like the run's data."""
+def restored_model(run_dir, pair=None):
+    """(config, pair, model) of a trained run: the hashing network rebuilt from
+    RUN_DIR/config.json (the run's domain pair gives shapes and the source statistics that
+    normalise features; `pair` when already loaded) with the latest checkpoint restored.
+    encode() and export.py both start here."""
     import tensorflow as tf
 
+    from utils.run import restore_trained, saved_config
+    _, config = saved_config(run_dir, {"metah": Config})
+    pair = pair if pair is not None else load_pair(config)
+    model = MetahModel(config, tuple(pair.source.inputs.shape[1:]), pair.num_classes)
+    restore_trained(run_dir, model.checkpoint(tf.Variable(0, dtype=tf.int64, trainable=False)))
+    return config, pair, model
+
+
+def encode(run_dir, inputs, modality="image"):
+    """+-1 codes (int8, items x bits) of new items of either domain from a trained METAH run
+    (restored_model); modality "image": feature rows or images shaped like the run's data."""
     from utils.data.domains import DomainData
-    from utils.run import item_rows, restore_trained, saved_config
+    from utils.run import item_rows
     if modality != "image":
         raise UserError(f"unknown modality {modality!r} for METAH; its items are images: use 'image'")
-    _, config = saved_config(run_dir, {"metah": Config})
-    pair = load_pair(config)
+    config, pair, model = restored_model(run_dir)
     inputs = item_rows(inputs, pair.target.inputs.shape[1:], "inputs")
     new_items = DomainData("new items", inputs, np.zeros(len(inputs), np.int64))
-    source_inputs, prepared = prepare_inputs(dataclasses.replace(pair, target=new_items), config)
-    model = MetahModel(config, source_inputs.shape[1:], pair.num_classes)
-    restore_trained(run_dir, model.checkpoint(tf.Variable(0, dtype=tf.int64, trainable=False)))
+    _, prepared = prepare_inputs(dataclasses.replace(pair, target=new_items), config)
     return binary_codes(model.encode(prepared)[0])

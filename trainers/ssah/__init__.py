@@ -17,7 +17,7 @@ training (building, evaluation, SSAH's part of the shared loop trainers/loop.py,
 from trainers.ssah.config import (DATASET_DEFAULTS, EARLY_STOP, IMAGENET_MEAN_RGB, PRESET_FIELD, PRESETS,
                                   PROGRAM_MS_WINDOWS, PROGRAM_STEP_ORDER, SCHEDULES, STEP_NAMES, STEP_TERMS, Config,
                                   EarlyStopRule, check_network_settings, learning_rate, resolve_backbone)
-from trainers.ssah.encoding import dataset_vocabulary, encode, tag_vectors
+from trainers.ssah.encoding import dataset_vocabulary, encode, restored_trainer, tag_vectors
 from trainers.ssah.epochs import SUMMARY_KEYS, EpochLoop, StopCheck, inner_loop
 from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
 from trainers.ssah.training import (SSAHTraining, _check_resume_checkpoint, build_trainer, build_trunk, evaluate,
