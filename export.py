@@ -172,7 +172,8 @@ def acmr_encoders(run_dir):
     _, config = saved_config(run_dir, {"acmr": acmr.Config})
     data = acmr.load_data(config)
     dims = {"image": data.images.shape[1], "text": data.text_dim}
-    model = acmr.AcmrModel(config, dims["image"], dims["text"], data.num_classes)
+    model = acmr.AcmrModel(config, dims["image"], dims["text"], data.num_classes,
+                           input_stats=acmr.input_standardization(config, data))
     restore_trained(run_dir, model.checkpoint(*(tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))))
     projectors = {"image": model.nets.image_projector, "text": model.nets.text_projector}
     encoders = {}
@@ -184,7 +185,8 @@ def acmr_encoders(run_dir):
              "meaning": f"{modality} feature rows, as the run's data"},
             {"name": "embeddings", "shape": [int(width)], "dtype": "float32",
              "meaning": "common-space embeddings (compare by Euclidean distance)"},
-            ["none (features used as they are)"])
+            ["none (features used as they are)" if projector.standardize is None else
+             "standardisation: (x - training mean) / training std, per dimension"])
     return config, encoders
 
 
