@@ -171,3 +171,16 @@ def test_the_acmr_search_starts_from_the_program_and_the_paper_variant_and_its_p
     tuned = config_for(acmr, ["--dataset", "synthetic", "--variant", "tuned"])
     for name, value in acmr.PRESETS["paper"].items():
         assert getattr(tuned, name) == value, name
+
+
+def test_the_acmr_table_runs_a_variant_with_named_settings_changed_for_ablation_rows():
+    from benchmarks.acmr_wiki_table import variant_config
+    tuned = variant_config("tuned")
+    ablated = variant_config("tuned:image_norm=none:label_weight=100:shuffle=false")
+    assert tuned.image_norm == "standardize" and tuned.shuffle  # the committed preset's
+    assert (ablated.image_norm, ablated.label_weight, ablated.shuffle) == ("none", 100.0, False)
+    unchanged = {"image_norm", "label_weight", "shuffle"}
+    assert {k: v for k, v in vars(ablated).items() if k not in unchanged} == \
+        {k: v for k, v in vars(tuned).items() if k not in unchanged}
+    with pytest.raises(SystemExit, match="no setting no_such"):
+        variant_config("paper:no_such=1")
