@@ -167,7 +167,8 @@ def acmr_encoders(run_dir):
              "meaning": f"{modality} feature rows, as the run's data"},
             {"name": "embeddings", "shape": [int(width)], "dtype": "float32",
              "meaning": "common-space embeddings (compare by Euclidean distance)"},
-            ["none (features used as they are)"])
+            ["none (features used as they are)" if projector.standardize is None else
+             "standardisation: (x - training mean) / training std, per dimension"])
     return config, encoders
 
 

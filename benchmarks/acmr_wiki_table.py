@@ -1,6 +1,7 @@
 """ACMR on Wikipedia (wikiData.mat, 128-d SIFT / 10-d LDA): both variants x seeds, both protocols.
 
     python benchmarks/acmr_wiki_table.py [--seeds 0,1,2,3,4] [--variants original,paper] (tuned: --variants tuned)
+    python benchmarks/acmr_wiki_table.py --variants tuned:image_norm=none:text_norm=none   # an ablation
                                          [--epochs 0] [--eval-every 5] [--runs-dir /tmp/acmr-wiki]
 
 Prints mAP (authors' protocol: mAP@50 test vs test, 640 pairs; and mAP over all: test queries
@@ -12,7 +13,9 @@ normal run folder (TensorBoard under RUN/tb: train/modality_accuracy, epoch/moda
 """
 import argparse
 import dataclasses
+import json
 import os
+import re
 import sys
 import time
 
@@ -30,10 +33,24 @@ PROTOCOLS = (TEST_PROTOCOL, DATABASE_PROTOCOL)
 
 
 def variant_config(variant):
-    """The variant's settings as train.py builds them (tuned: with trainers/presets/acmr-wiki.json)."""
+    """The variant's settings as train.py builds them (tuned: with trainers/presets/acmr-wiki.json).
+    An ablation names settings changed on top: "tuned:image_norm=none:text_norm=none"."""
     from train import build_config
     from trainers import acmr
-    return build_config(acmr, argparse.Namespace(variant=variant, dataset="wiki"))
+    from utils.tune import apply_params
+    name, *changes = variant.split(":")
+    overrides = {}
+    for change in changes:
+        key, _, text = change.partition("=")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    config = build_config(acmr, argparse.Namespace(variant=name, dataset="wiki"))
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(config)}
+    if unknown:
+        raise SystemExit(f"--variants {variant}: ACMR has no setting {', '.join(sorted(unknown))}")
+    return apply_params(config, overrides)
 
 
 def run_one(variant, seed, args):
@@ -43,7 +60,8 @@ def run_one(variant, seed, args):
     # --epochs 0 keeps the variant's own length (the program's 50; tuned: its preset's)
     config = dataclasses.replace(config, seed=seed, epochs=args.epochs or config.epochs, eval_every=args.eval_every,
                                  runs_dir=args.runs_dir, ties=args.ties,
-                                 run_name=f"{variant}-seed{seed}-{time.strftime('%H%M%S')}")
+                                 run_name=f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', variant)}-seed{seed}-"
+                                          f"{time.strftime('%H%M%S')}")
     set_seed(seed)
     run = Run.create("acmr", config)
     return acmr.fit(config, run=run), run.dir

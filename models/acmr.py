@@ -32,15 +32,21 @@ def layer_sizes(architecture, dataset):
 
 
 class FeatureProjector(keras.Model):
-    """Dense layers, tanh after each (the last included): input features -> common space."""
+    """Dense layers, tanh after each (the last included): input features -> common space.
+    `standardize` = (mean, std) per input dimension (fixed constants, e.g. the training rows'):
+    inputs become (x - mean) / std before the first layer; None (the program): used as they are."""
 
-    def __init__(self, widths, prefix, **kwargs):
+    def __init__(self, widths, prefix, standardize=None, **kwargs):
         super().__init__(**kwargs)
         if not widths or min(widths) < 1:
             raise UserError(f"projector widths must be positive integers, got {tuple(widths)}")
         self.dense_layers = [keras.layers.Dense(int(w), name=f"{prefix}_fc_{i}") for i, w in enumerate(widths)]
+        self.standardize = None if standardize is None else tuple(
+            tf.constant(value, tf.float32) for value in standardize)
 
     def call(self, x):
+        if self.standardize is not None:
+            x = (x - self.standardize[0]) / self.standardize[1]
         for layer in self.dense_layers:
             x = tf.tanh(layer(x))
         return x
@@ -83,12 +89,13 @@ class ModalityClassifier(keras.Model):
 class AcmrNetworks:
     """The four networks, built (variables created) for the given input widths."""
 
-    def __init__(self, image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden):
+    def __init__(self, image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden,
+                 image_standardize=None, text_standardize=None):
         if image_widths[-1] != text_widths[-1]:
             raise UserError(f"image and text projectors must end at the same width (the common space); "
                             f"got {image_widths[-1]} and {text_widths[-1]}")
-        self.image_projector = FeatureProjector(image_widths, "vf", name="image_projector")
-        self.text_projector = FeatureProjector(text_widths, "le", name="text_projector")
+        self.image_projector = FeatureProjector(image_widths, "vf", image_standardize, name="image_projector")
+        self.text_projector = FeatureProjector(text_widths, "le", text_standardize, name="text_projector")
         self.label_classifier = LabelClassifier(num_classes, name="label_classifier")
         self.modality_classifier = ModalityClassifier(modality_hidden, name="modality_classifier")
         emb = self.image_projector(tf.zeros((1, int(image_dim))))

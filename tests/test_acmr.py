@@ -210,6 +210,39 @@ def test_network_sizes_follow_the_architecture_setting():
     assert np.all(np.abs(out.numpy()) <= 1.0)
 
 
+def test_input_standardisation_feeds_the_projectors_training_standardised_rows():
+    """--image-norm / --text-norm standardize: each projector sees (x - training mean) / training
+    std (here: the same weights on rows standardised by hand); none (the program) the raw rows."""
+    from utils import portable
+    data = load_dataset("synthetic")
+    config = dataclasses.replace(acmr.Config(dataset="synthetic"), image_norm="standardize", text_norm="standardize")
+    stats = acmr.input_standardization(config, data)
+    train_img, train_txt, _ = data.part("train")
+    np.testing.assert_allclose(stats["image"][0], train_img.mean(axis=0), rtol=1e-5, atol=1e-6)
+    text_std = np.asarray(train_txt, np.float64).std(axis=0)
+    assert (text_std == 0).any()  # tag dimensions no training item has: divided by 1, not by 0
+    np.testing.assert_allclose(stats["text"][1], np.where(text_std > 0, text_std, 1.0), rtol=1e-4)
+    assert acmr.input_standardization(acmr.Config(), data) == {"image": None, "text": None}
+    model = acmr.AcmrModel(config, train_img.shape[1], train_txt.shape[1], data.num_classes, input_stats=stats)
+    raw = acmr.AcmrModel(dataclasses.replace(config, image_norm="none", text_norm="none"),
+                         train_img.shape[1], train_txt.shape[1], data.num_classes)
+    for mine, plain in ((model.nets.image_projector, raw.nets.image_projector),
+                        (model.nets.text_projector, raw.nets.text_projector)):
+        for a, b in zip(mine.dense_layers, plain.dense_layers):
+            b.set_weights(a.get_weights())
+    query_img, query_txt, _ = data.part("query")
+    e_img, e_txt = model.embed(query_img, query_txt)
+    by_hand = raw.embed((query_img - stats["image"][0]) / stats["image"][1], (query_txt - stats["text"][0]) / stats["text"][1])
+    np.testing.assert_allclose(e_img, by_hand[0], atol=1e-5)
+    np.testing.assert_allclose(e_txt, by_hand[1], atol=1e-5)
+    assert not np.allclose(e_img, raw.embed(query_img, query_txt)[0], atol=1e-3)
+    # The exported encoder applies the same statistics.
+    encoder = portable.acmr_projector_model(model.nets.text_projector, train_txt.shape[1], "text")
+    np.testing.assert_allclose(encoder(np.asarray(query_txt, np.float32)).numpy(), e_txt, atol=1e-5)
+    with pytest.raises(ValueError, match="input_standardization"):
+        acmr.AcmrModel(config, train_img.shape[1], train_txt.shape[1], data.num_classes)
+
+
 # ----------------------------------------------------------------------------- the authors' pickles
 
 class Python2Pickler(pickle._Pickler):

@@ -147,11 +147,13 @@ def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes
     assert_both_formats_give(outputs, "image", exported["Qi"])
 
 
-def test_acmr_export_reproduces_the_query_embeddings(tmp_path):
+@pytest.mark.parametrize("norm", ["none", "standardize"])
+def test_acmr_export_reproduces_the_query_embeddings(tmp_path, norm):
     from utils.data import load_dataset
     run_dir, exported = train_run(tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1",
-                                             "--batch-size", "100"])
-    export.main([run_dir, "--format", "both"])
+                                             "--batch-size", "100", "--image-norm", norm, "--text-norm", norm])
+    manifest = export.export_run(run_dir)
+    assert ("standardisation" in manifest["encoders"]["text"]["preprocessing"][0]) == (norm == "standardize")
     query_images, query_texts, _ = load_dataset("synthetic").part("query")
     outputs = outside_outputs(tmp_path, run_dir, {"image": query_images.astype(np.float32),
                                                   "text": query_texts.astype(np.float32)})

@@ -142,3 +142,45 @@ def test_text_standardisation_feeds_txtnet_standardised_rows():
     out = standardize(train_texts).numpy()
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
     assert ssah.text_standardizer(ssah.Config(), data) is None  # the program: raw rows
+
+
+def test_the_acmr_search_starts_from_the_program_and_the_paper_variant_and_its_preset_keeps_the_switches(
+        tmp_path, monkeypatch):
+    """Trial 0 runs the program's settings, trial 1 exactly train.py's --variant paper (a preset
+    Param's other choice as it stands); a best trial with the paper's switches yields a preset under
+    which --variant tuned trains with those switches."""
+    seen = []
+
+    def fake_fit(config, data=None, **_):
+        seen.append(config)
+        score = 0.4 if config.train_label_classifier and config.image_norm == "none" else 0.2
+        return {"final": {"test": {"average": score}, "database": {"average": score}}}
+    monkeypatch.setattr(acmr, "fit", fake_fit)
+    monkeypatch.setattr(tune, "PRESETS_DIR", str(tmp_path))
+    preset = tune.run_search("acmr", "synthetic", trials=2, validation_size=120,
+                             out=str(tmp_path / "acmr-synthetic.json"))
+    program = config_for(acmr, ["--dataset", "synthetic"])
+    paper = config_for(acmr, ["--dataset", "synthetic", "--variant", "paper"])
+    ignore = {"variant", "validation_size", "epochs", "label_weight"}  # 0 / -1 mean the program's 50 / 100
+    for trial_config, variant_config in zip(seen, (program, paper)):
+        assert {k: v for k, v in vars(trial_config).items() if k not in ignore} == \
+            {k: v for k, v in vars(variant_config).items() if k not in ignore}
+        assert acmr.resolved(trial_config) == acmr.resolved(variant_config)
+    assert [t["params"]["switches"] for t in preset["trials"]] == ["original", "paper"]
+    assert preset["validation"]["best_trial"] == 1
+    tuned = config_for(acmr, ["--dataset", "synthetic", "--variant", "tuned"])
+    for name, value in acmr.PRESETS["paper"].items():
+        assert getattr(tuned, name) == value, name
+
+
+def test_the_acmr_table_runs_a_variant_with_named_settings_changed_for_ablation_rows():
+    from benchmarks.acmr_wiki_table import variant_config
+    tuned = variant_config("tuned")
+    ablated = variant_config("tuned:image_norm=none:label_weight=100:shuffle=false")
+    assert tuned.image_norm == "standardize" and tuned.shuffle  # the committed preset's
+    assert (ablated.image_norm, ablated.label_weight, ablated.shuffle) == ("none", 100.0, False)
+    unchanged = {"image_norm", "label_weight", "shuffle"}
+    assert {k: v for k, v in vars(ablated).items() if k not in unchanged} == \
+        {k: v for k, v in vars(tuned).items() if k not in unchanged}
+    with pytest.raises(SystemExit, match="no setting no_such"):
+        variant_config("paper:no_such=1")

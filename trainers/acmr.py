@@ -74,6 +74,12 @@ class Config(CommonConfig):
                                "d->40->100->40; nuswide10k d->4096->1000->40 / d->1000->300->40; modality "
                                "40->20->10->2) or paper (image ->2000->200, text ->500->200, modality ->50->2)",
                                choices=("coded", "paper"))
+    image_norm: str = _field("none", "image input: none (the program: raw rows, e.g. Wikipedia's L1-normalised "
+                             "SIFT histograms) or standardize (minus the training rows' mean, over their std, "
+                             "per dimension, inside the projector; mining stays on the raw rows)",
+                             choices=("none", "standardize"))
+    text_norm: str = _field("none", "text input: none (the program: raw rows, e.g. 10-d LDA topic proportions) "
+                            "or standardize (as --image-norm)", choices=("none", "standardize"))
     # Losses
     epochs: int = _field(0, "training epochs; 0: the program's (triplet 50, simple_wiki 200, simple_nuswide 50)")
     label_weight: float = _field(-1.0, "weight of the label loss; -1: the program's (100; simple_nuswide 50)")
@@ -205,12 +211,28 @@ def epoch_batches(num_rows, batch_size, shuffle, drop_last, seed, epoch):
     return [order[start:min(start + batch_size, stop)] for start in range(0, stop, batch_size)]
 
 
+def input_standardization(config, data):
+    """{"image": (mean, std) or None, "text": ...}: the per-dimension statistics of the training
+    rows for each modality whose --image-norm / --text-norm is standardize (a constant std is 1)."""
+    train_img, train_txt, _ = data.part("train")
+    stats = {}
+    for modality, rows, norm in (("image", train_img, config.image_norm), ("text", train_txt, config.text_norm)):
+        if norm == "none":
+            stats[modality] = None
+            continue
+        rows = np.asarray(rows, np.float64)
+        std = rows.std(axis=0)
+        stats[modality] = (rows.mean(axis=0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+    return stats
+
+
 # ----------------------------------------------------------------------------- model + updates
 
 class AcmrModel:
-    """The networks, the two Adam optimisers and the compiled updates."""
+    """The networks, the two Adam optimisers and the compiled updates. `input_stats`
+    (input_standardization's dict) is needed when the config standardises an input."""
 
-    def __init__(self, config, image_dim, text_dim, num_classes):
+    def __init__(self, config, image_dim, text_dim, num_classes, input_stats=None):
         import keras
         import tensorflow as tf
 
@@ -219,7 +241,13 @@ class AcmrModel:
         self.config = config
         self.settings = resolved(config)
         image_widths, text_widths, modality_hidden = layer_sizes(config.architecture, config.dataset)
-        self.nets = AcmrNetworks(image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden)
+        input_stats = input_stats or {}
+        for modality in ("image", "text"):
+            if getattr(config, f"{modality}_norm") != "none" and input_stats.get(modality) is None:
+                raise ValueError(f"--{modality}-norm {getattr(config, f'{modality}_norm')} needs the training "
+                                 f"rows' statistics: pass input_stats=input_standardization(config, data)")
+        self.nets = AcmrNetworks(image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden,
+                                 image_standardize=input_stats.get("image"), text_standardize=input_stats.get("text"))
         self.projector_variables = self.nets.projector_variables + (
             self.nets.label_classifier.trainable_variables if config.train_label_classifier else [])
         self.modality_variables = self.nets.modality_classifier.trainable_variables
@@ -567,7 +595,8 @@ def fit(config, data=None, run=None, resume=False, model=None):
     if len(train_img) < config.batch_size and config.drop_last:
         raise UserError(f"the training set has {len(train_img)} pairs, fewer than one batch of "
                         f"{config.batch_size}: lower --batch-size or pass --drop-last false")
-    model = model or AcmrModel(config, np.shape(train_img)[1], np.shape(train_txt)[1], data.num_classes)
+    model = model or AcmrModel(config, np.shape(train_img)[1], np.shape(train_txt)[1], data.num_classes,
+                               input_stats=input_standardization(config, data))
     training = AcmrTraining(config, data, model)
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"acmr {config.variant} {config.dataset}").run()
@@ -588,7 +617,8 @@ def restored_model(run_dir, data=None):
     from utils.run import restore_trained, saved_config
     _, config = saved_config(run_dir, {"acmr": Config})
     data = data if data is not None else load_data(config)
-    model = AcmrModel(config, data.images.shape[1], data.text_dim, data.num_classes)
+    model = AcmrModel(config, data.images.shape[1], data.text_dim, data.num_classes,
+                      input_stats=input_standardization(config, data))
     epoch, iteration = (tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))
     restore_trained(run_dir, model.checkpoint(epoch, iteration))
     return config, data, model

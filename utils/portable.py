@@ -226,6 +226,8 @@ def acmr_projector_model(projector, input_dim, modality):
     names = Namer()
     inputs = keras.Input((input_dim,), dtype="float32", name=f"{modality}_features")
     x = inputs
+    if projector.standardize is not None:  # --image-norm / --text-norm standardize: the training statistics
+        x = ops.divide(ops.subtract(x, projector.standardize[0].numpy()), projector.standardize[1].numpy())
     for layer in projector.dense_layers:
         x = ops.tanh(copy_layer(layer, x, names("dense")))
     return keras.Model(inputs, x, name=f"acmr_{modality}_encoder")
