@@ -131,21 +131,21 @@ class EpochLoop:
 
     def _batches(self, step, draws):
         """The step inputs of the given batches (row arrays), in order. In-memory arrays are
-        gathered for the whole pass at once and split into one tensor per batch (no per-update
-        host work); images of a lazy (HDF5) source stream through pipeline.image_batches
-        (parallel reads, the next batches prefetched while an update runs)."""
+        indexed per batch as its update comes (no pipeline to build per pass, and no copy of a
+        whole pass's images); images of a lazy (HDF5) source stream through
+        pipeline.image_batches (parallel reads, the next batches prefetched while an update runs)."""
         if not len(draws):
             return
         draws = np.asarray(draws, np.int64)
         wanted = {"lab": ("rows", "labels"), "img": ("rows", "images", "labels"),
                   "txt": ("rows", "texts", "labels"), "dis": ("images", "texts", "labels")}[step]
-        sources = {"rows": draws, "images": self.images, "texts": self.texts, "labels": self.labels}
+        sources = {"images": self.images, "texts": self.texts, "labels": self.labels}
         parts = []
         for name in wanted:
             if name == "rows":
-                parts.append(tf.unstack(tf.constant(draws)))
+                parts.append(draws)
             elif isinstance(sources[name], np.ndarray):
-                parts.append(tf.unstack(tf.constant(sources[name][draws])))
+                parts.append(map(sources[name].__getitem__, draws))
             else:  # (values, rows) batches of the lazy source
                 batches = pipeline.image_batches(sources[name], np.concatenate(draws), self.batch)
                 parts.append(values for values, _ in batches)
