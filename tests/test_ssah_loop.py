@@ -112,6 +112,45 @@ def test_inner_loop_resumes_with_its_recorded_losses():
     assert inner_loop(3, ran.append, lambda k: 1.0, None, []) == (3, [])
 
 
+def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
+    """Without a given batch order, each batch is argsort(n uniform draws of the trainer's
+    generator)[:batch], drawn one after another (the program's sequence, eager as reference);
+    every step gets exactly its batch's rows, items, texts and labels."""
+    import tensorflow as tf
+
+    class RecordingTrainer(StubTrainer):
+        def __init__(self):
+            super().__init__({}, num_items=23, batch_size=5)
+            self.rng = tf.random.Generator.from_seed(7)
+            self.inputs = []
+
+        def step(self, name, *inputs, learning_rate):
+            self.inputs.append((name, [np.asarray(x) for x in inputs]))
+            return super().step(name, *inputs, learning_rate=learning_rate)
+
+    class Config(StubConfig):
+        early_stop = False
+    trainer = RecordingTrainer()
+    parts = (np.random.RandomState(0).rand(23, 3).astype(np.float32), np.arange(23 * 2).reshape(23, 2),
+             np.eye(23, 4, dtype=np.float32))
+    schedule = {"lab": (2,), "dis": (1,), "img": (1, 1), "txt": (1,)}
+    loop = EpochLoop(trainer, Config(), parts, schedule=schedule, keep_record=True)
+    loop.run_epoch(0)
+
+    reference = tf.random.Generator.from_seed(7)
+    expected = [tf.argsort(reference.uniform([23]))[:5].numpy() for _ in range(6 * 4)]  # 6 passes of 23 // 5
+    drawn = [update["rows"] for update in loop.record["updates"]]
+    assert len(drawn) == len(expected) and all(np.array_equal(a, b) for a, b in zip(drawn, expected))
+    np.testing.assert_array_equal(trainer.rng.state.numpy(), reference.state.numpy())
+    images, texts, labels = parts
+    for (name, inputs), rows in zip(trainer.inputs, drawn):
+        want = {"lab": (rows, labels[rows]), "dis": (images[rows], texts[rows], labels[rows]),
+                "img": (rows, images[rows], labels[rows]), "txt": (rows, texts[rows], labels[rows])}[name]
+        assert len(inputs) == len(want)
+        for got, value in zip(inputs, want):
+            np.testing.assert_array_equal(got, value)
+
+
 # --------------------------------------------------------------------------- one epoch of the program
 
 @pytest.fixture(scope="module")

@@ -146,6 +146,21 @@ def test_changing_the_learning_rate_does_not_retrace():
     assert trainer._compiled["lab"].experimental_get_tracing_count() == 1
 
 
+def test_codes_of_any_batch_size_come_from_one_trace_per_modality():
+    """hash_codes: sign of the tanh hash (0 counts as +1), the same rows whatever the batch size,
+    from one traced function per modality (no retrace per batch or per call)."""
+    trainer, _ = make_trainer("original")
+    rng = np.random.RandomState(1)
+    images, texts = rng.randn(11, IMAGE_DIM).astype(np.float32), (rng.rand(11, TEXT_DIM) < 0.2).astype(np.float32)
+    for modality, items in (("img", images), ("txt", texts)):
+        hashes = trainer.nets[modality](trainer.image_preprocess(items) if modality == "img" else items)[1].numpy()
+        expected = np.where(hashes >= 0, 1.0, -1.0)
+        for batch_size in (4, 11, 3, 64):
+            np.testing.assert_array_equal(trainer.hash_codes(modality, items, batch_size), expected)
+    traced = [fn.experimental_get_tracing_count() for key, fn in trainer._compiled.items() if key[0] == "codes"]
+    assert traced == [1, 1]
+
+
 def test_monitoring_loss_reads_the_programs_buffers():
     """LabNet: (H, feat_L, pred_L); ImgNet: codes sign(F), pair (F, H); TxtNet: sign(G), pair (H, G)."""
     trainer, inputs = make_trainer("original")

@@ -106,21 +106,26 @@ class TF1Adam(tf.Module):
                 on_each_device, args=([g for g, _ in pairs], learning_rate) + (() if apply_if is None else (apply_if,)))
             return
         self._advance(self.iterations, apply_if)
+        powers = self._beta_powers()  # once per update: every variable's step reads the same counter
         for grad, variable in pairs:
-            self._apply_one(self._index[self._key(variable)], variable, grad, learning_rate, apply_if)
+            self._apply_one(self._index[self._key(variable)], variable, grad, learning_rate, apply_if, powers)
 
     @staticmethod
     def _advance(iterations, apply_if):
         return iterations.assign_add(1 if apply_if is None else tf.cast(apply_if, tf.int64))
 
-    def _apply_one(self, index, variable, grad, learning_rate, apply_if):
+    def _beta_powers(self):
+        """(beta_1^t, beta_2^t) of the counter t as it stands."""
+        step = tf.convert_to_tensor(self.iterations)
+        return _beta_power(self.beta_1, step), _beta_power(self.beta_2, step)
+
+    def _apply_one(self, index, variable, grad, learning_rate, apply_if, powers=None):
         # TF1's ApplyAdam kernel, operation for operation in float32: the constants 1 - beta are
         # float32 differences (1 - float32(0.999) is 1.3e-5 below float32(0.001), which would
         # scale every step), and the moments move by (g - m) (1 - b1), not b1 m + (1 - b1) g.
-        step = tf.convert_to_tensor(self.iterations)
         m, v = self.m[index], self.v[index]
         grad = tf.convert_to_tensor(grad)
-        beta_1_power, beta_2_power = _beta_power(self.beta_1, step), _beta_power(self.beta_2, step)
+        beta_1_power, beta_2_power = powers if powers is not None else self._beta_powers()
         if apply_if is None:  # the kernel itself: one op instead of ~10
             return tf.raw_ops.ResourceApplyAdam(
                 var=_handle(variable), m=_handle(m), v=_handle(v), beta1_power=beta_1_power,

@@ -70,6 +70,7 @@ class EpochLoop:
         self.counters = dict.fromkeys(STEP_NAMES, 0)   # updates per step (TensorBoard's x axis)
         self.record = {"updates": [], "monitors": [], "stop_checks": []} if keep_record else None
         self._resume = None
+        self._compiled_draws = None  # _draws as a tf.function, made at the first pass that draws
         # position: mid-epoch flag, step (index in the epoch's order), inner index, pass, updates done in it
         self.position = tf.Variable(np.zeros(5, np.int64), trainable=False, name="loop_position")
         self.pass_rows = tf.Variable(np.zeros((self.updates_per_pass, self.batch), np.int64), trainable=False,
@@ -109,9 +110,9 @@ class EpochLoop:
     def _draw_pass(self):
         """The rows of each of a pass's batches (updates_per_pass x batch), read to the host once."""
         if self.batch_order is None:
-            n = self.trainer.num_items
-            return tf.stack([tf.argsort(self.trainer.rng.uniform([n]))[:self.batch]
-                             for _ in range(self.updates_per_pass)]).numpy()
+            if self._compiled_draws is None:
+                self._compiled_draws = tf.function(self._draws)
+            return self._compiled_draws().numpy()
         draws = [np.asarray(next(self.batch_order, ())) for _ in range(self.updates_per_pass)]
         for rows in draws:
             if rows.shape != (self.batch,):
@@ -119,27 +120,36 @@ class EpochLoop:
                                 f"give one row array of {self.batch} training-item indices per update")
         return np.stack(draws)
 
+    def _draws(self):
+        """Each batch in turn: the first `batch` of a random permutation of the n items
+        (argsort of n uniform draws of trainer.rng). Compiled as one call per pass; the
+        generator's state advances as it does for the same calls made one by one."""
+        n, rows = self.trainer.num_items, tf.TensorArray(tf.int32, size=self.updates_per_pass)
+        for b in tf.range(self.updates_per_pass):
+            rows = rows.write(b, tf.argsort(self.trainer.rng.uniform([n]))[:self.batch])
+        return rows.stack()
+
     def _batches(self, step, draws):
-        """The step inputs of the given batches (row arrays), in order, through tf.data with the
-        next batches prefetched while an update runs. In-memory arrays are gathered for the whole
-        pass at once and sliced per batch (no function to trace per pass); images of a lazy (HDF5)
-        source stream through pipeline.image_batches (parallel reads)."""
+        """The step inputs of the given batches (row arrays), in order. In-memory arrays are
+        indexed per batch as its update comes (no pipeline to build per pass, and no copy of a
+        whole pass's images); images of a lazy (HDF5) source stream through
+        pipeline.image_batches (parallel reads, the next batches prefetched while an update runs)."""
         if not len(draws):
             return
         draws = np.asarray(draws, np.int64)
         wanted = {"lab": ("rows", "labels"), "img": ("rows", "images", "labels"),
                   "txt": ("rows", "texts", "labels"), "dis": ("images", "texts", "labels")}[step]
-        sources = {"rows": draws, "images": self.images, "texts": self.texts, "labels": self.labels}
-        parts = {}
+        sources = {"images": self.images, "texts": self.texts, "labels": self.labels}
+        parts = []
         for name in wanted:
             if name == "rows":
-                parts[name] = tf.data.Dataset.from_tensor_slices(draws)
+                parts.append(draws)
             elif isinstance(sources[name], np.ndarray):
-                parts[name] = tf.data.Dataset.from_tensor_slices(sources[name][draws])
+                parts.append(map(sources[name].__getitem__, draws))
             else:  # (values, rows) batches of the lazy source
-                parts[name] = pipeline.image_batches(sources[name], np.concatenate(draws), self.batch)
-        for element in tf.data.Dataset.zip(tuple(parts[name] for name in wanted)).prefetch(2):
-            yield tuple(value[0] if isinstance(value, tuple) else value for value in element)
+                batches = pipeline.image_batches(sources[name], np.concatenate(draws), self.batch)
+                parts.append(values for values, _ in batches)
+        yield from zip(*parts)
 
     # ----------------------------------------------------------------- one pass, one epoch
     def _pass(self, where, lr, k):
