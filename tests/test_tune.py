@@ -98,6 +98,22 @@ def test_metah_scores_on_source_validation_queries(monkeypatch):
     preset = tune.run_search("metah", "mnist->usps", trials=1)
     assert preset["validation"]["best_map"] == 0.6  # never the target's figure
     assert seen[0].validation_fraction == tune.METAH_VALIDATION_FRACTION and seen[0].preset == "metah"
+    assert not seen[0].eval_every_epoch and "eval_every_epoch" not in preset["settings"]
+
+
+def test_metah_trial_skips_the_per_epoch_evaluation_and_scores_what_a_full_run_does(tmp_path):
+    """A trial evaluates only at the end (for speed); the per-epoch evaluations of a normal run
+    change nothing it trains, so the trial's validation figures are the normal run's."""
+    from tests.test_metah import write_domain_files
+    from utils.run import set_seed
+    write_domain_files(str(tmp_path))
+    config = metah.Config(dataset="folder:src->tgt", data=str(tmp_path), bits=16, iterations=12, batch_size=16,
+                          hidden=(32,), discriminator_hidden=32, validation_fraction=0.3)
+    score, figures = tune.validation_score("metah", config)
+    set_seed(config.seed)
+    normal = metah.fit(config)
+    assert config.eval_every_epoch and len(normal["epochs"]) > 1  # evaluated after every epoch
+    assert figures == normal["final"]["source-validation"] and score == figures["map"]
 
 
 @pytest.mark.parametrize("content, message", [
