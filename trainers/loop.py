@@ -293,14 +293,14 @@ class TrainingLoop:
 
     def _progress(self, unit, total_units):
         from utils.run import progress
-        if self.method.progress == "unit_updates":
+        if self.method.progress == "unit_updates":  # bars over updates: a plain line per tenth, not per update
             return progress(total=self.method.unit_updates(unit), initial=self.unit_updates_done,
-                            desc=f"{self.desc} epoch {unit + 1}/{total_units}")
+                            desc=f"{self.desc} epoch {unit + 1}/{total_units}", line_per_step=False)
         if self.method.progress == "units":
             return progress(total=total_units, initial=unit, desc=self.desc)
         totals = [self.method.unit_updates(u) for u in range(total_units)]
         total = sum(totals) if None not in totals else None
-        return progress(total=total, initial=self.updates, desc=self.desc)
+        return progress(total=total, initial=self.updates, desc=self.desc, line_per_step=False)
 
     # ---------------------------------------------------------------- the loop
     def run(self):

@@ -724,9 +724,10 @@ class _Progress:
     tenth of the total (per step of a short loop) and at the end, and the lines given to
     `note`, so a log shows progress without carriage returns."""
 
-    def __init__(self, iterable, total, desc, initial=0, **kwargs):
+    def __init__(self, iterable, total, desc, initial=0, line_per_step=True, **kwargs):
         from tqdm.auto import tqdm
         self.iterable = iterable
+        self.line_per_step = line_per_step  # False: per tenth even in a short loop (a bar over updates)
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.desc = desc or "progress"
         self.count = initial
@@ -740,7 +741,7 @@ class _Progress:
     def _tenth(self):
         """The bucket a plain line is printed per: a tenth of the total, or each step of a
         short loop (an ACMR epoch bar: one line per epoch)."""
-        if self.total and self.total <= SHORT_LOOP:
+        if self.line_per_step and self.total and self.total <= SHORT_LOOP:
             return self.count
         return int(10 * self.count / self.total) if self.total else 0
 
@@ -792,5 +793,6 @@ class _Progress:
 
 def progress(iterable=None, total=None, desc=None, **kwargs):
     """A progress bar: tqdm on a terminal; when stdout is not a terminal, a plain line per tenth
-    of the total; every such line also goes to the active run's train.log."""
+    of the total (per step of a loop of up to SHORT_LOOP steps unless line_per_step=False);
+    every such line also goes to the active run's train.log."""
     return _Progress(iterable, total, desc, **kwargs)
