@@ -80,9 +80,9 @@ def cases(data_dir):
              "--hidden", "32", "--discriminator-hidden", "32", "--batch-size", str(METAH_BATCH),
              "--eval-every-epoch", "false"]
     return {
-        "ssah": (ssah, "--epochs", 1, 6, lambda n: n * SSAH_STEPS_PER_EPOCH * (TRAIN_PAIRS // SSAH_BATCH)),
-        "acmr": (acmr, "--epochs", 1, 12, lambda n: n * (TRAIN_PAIRS // ACMR_BATCH)),
-        "metah": (metah, "--iterations", 40, 400, lambda n: n),
+        "ssah": (ssah, "--epochs", 1, 16, lambda n: n * SSAH_STEPS_PER_EPOCH * (TRAIN_PAIRS // SSAH_BATCH)),
+        "acmr": (acmr, "--epochs", 1, 40, lambda n: n * (TRAIN_PAIRS // ACMR_BATCH)),
+        "metah": (metah, "--iterations", 40, 1500, lambda n: n),
     }
 
 

@@ -409,14 +409,19 @@ def loop_overhead(_, f):
     def cell(value):
         return "not measured" if value is None else (f"{value:.0f}" if value > 0 else "negative (load)")
     header = ["method"] + [f"updates/s {n} ({commit(n)})" for n in names] + \
-        [f"updates per CPU-second {n}" for n in names] + (["after / before (CPU)"] if len(names) == 2 else [])
+        [f"updates per CPU-second {n}" for n in names] + \
+        (["after / before (updates/s)", "after / before (per CPU-second)"] if len(names) == 2 else [])
+
+    def ratio(pair):
+        return f"{pair[1] / pair[0]:.2f}x" if pair[0] and pair[1] and pair[0] > 0 and pair[1] > 0 else ""
     rows = []
     for method in ("ssah", "acmr", "metah"):
         figures = [labels[n]["methods"].get(method, {}) for n in names]
+        wall = [fig.get("updates_per_second") for fig in figures]
         cpu = [fig.get("updates_per_cpu_second") for fig in figures]
-        row = [method.upper()] + [cell(fig.get("updates_per_second")) for fig in figures] + [cell(v) for v in cpu]
+        row = [method.upper()] + [cell(v) for v in wall] + [cell(v) for v in cpu]
         if len(names) == 2:
-            row.append(f"{cpu[1] / cpu[0]:.2f}x" if cpu[0] and cpu[1] else "")
+            row += [ratio(wall), ratio(cpu)]
         rows.append(row)
     return table(header, rows)
 

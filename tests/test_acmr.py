@@ -453,7 +453,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     write_wiki_pickles(str(data_dir), n_train=96, n_test=40, seed=4)
     common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--runs-dir",
               str(tmp_path / "runs"), "--batch-size", "32", "--variant", "paper", "--architecture", "coded",
-              "--epochs", "3", "--seed", "5", "--eval-every", "3"]
+              "--epochs", "3", "--seed", "5", "--eval-every", "3", "--log-every", "5"]  # a read (and report) at 5
     whole = train.main(common + ["--run-name", "whole", "--checkpoint-every", "2", "--keep-checkpoints", "3"])
     # Every 2 updates inside an epoch (2, 4, 8) and at every epoch end (3, 6, 9), numbered by
     # iteration; --keep-checkpoints 3 keeps the last three.

@@ -132,8 +132,6 @@ class Config(CommonConfig):
     full_test_batches: bool = _field(True, "the authors' protocol evaluates only full test batches "
                                      "(640 of the 693 Wikipedia test pairs)")
     eval_every: int = _field(1, "evaluate both protocols every N epochs (and after the last)")
-    log_every: int = _field(5, "iterations per read of the loss sums kept on the device (TensorBoard's "
-                            "loss/STEP/TERM means, the NaN guard)")
     separability_every: int = _field(0, "measurement only: every N epochs, fit a fresh linear classifier to "
                                      "convergence telling the training pairs' image from text embeddings and "
                                      "log its accuracy on the test pairs (eval/modality/separability), next to "
