@@ -456,3 +456,14 @@ def test_split_sizes_are_checked_against_the_data_and_the_dataset(tmp_path):
         load_dataset("synthetic", split_sizes=(5,))
     with pytest.raises(UserError, match="--split-file gives one"):
         load_dataset("synthetic", split_file=str(tmp_path / "s.npz"), split_sizes=(5, 5))
+
+
+def test_a_bar_over_updates_prints_a_line_per_tenth_even_when_short(capsys):
+    from utils.run import progress
+    for line_per_step, lines in ((True, 50), (False, 10)):
+        bar = progress(total=50, desc="bar", line_per_step=line_per_step)  # stdout is captured: plain lines
+        for _ in range(50):
+            bar.update(1)
+        bar.close()
+        printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bar: ")]
+        assert len(printed) == lines and printed[-1].startswith("bar: 50/50")
