@@ -236,15 +236,32 @@ def write_small_image_file(path, n=30, size=8):
         f["LAll"] = np.ascontiguousarray(labels.T)
 
 
+def count_image_reads(monkeypatch):
+    """[(the source's type, rows read)] of every host read of image rows (utils.data.pipeline.host_reads)."""
+    import utils.data.pipeline as pipeline
+    read_rows, real_reads = [], pipeline.host_reads
+
+    def counted_reads(source):
+        class Counted:  # the source, its reads counted
+            shape, dtype = source.shape, source.dtype
+
+            def __getitem__(self, rows):
+                read_rows.append((type(source).__name__, len(rows)))
+                return source[rows]
+        return real_reads(Counted())
+    monkeypatch.setattr(pipeline, "host_reads", counted_reads)
+    return read_rows
+
+
 def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch):
     """Same draws, same batches: a lazy HDF5 source (streamed) and the same images in memory
-    give identical codes and figures; only the lazy run goes through utils.data.pipeline."""
+    give identical codes and figures; both read their image rows batch by batch on the host
+    (utils.data.pipeline.host_reads), the lazy run from the HDF5 file, the other from memory."""
     import keras
 
     import train
     import trainers.ssah.training as ssah  # where build_trainer looks build_trunk up
     import utils.data
-    import utils.data.pipeline as pipeline
     from utils.data.dcmh import HDF5Images
 
     path = str(tmp_path / "small.h5")
@@ -254,9 +271,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
         trunk = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(32, activation="relu")])
         return trunk, lambda x: (keras.ops.cast(x, "float32") - 100.0) / 50.0
     monkeypatch.setattr(ssah, "build_trunk", small_trunk)
-    streamed_calls = []
-    real_batches = pipeline.image_batches
-    monkeypatch.setattr(pipeline, "image_batches", lambda *a, **k: streamed_calls.append(1) or real_batches(*a, **k))
+    read_rows = count_image_reads(monkeypatch)
     real_load = utils.data.load_dataset
     outputs = {}
     for mode in ("lazy", "memory"):
@@ -267,14 +282,16 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
                 data.images = data.images[np.arange(len(data.images))]
             return data
         monkeypatch.setattr(utils.data, "load_dataset", load)
-        streamed_calls.clear()
+        read_rows.clear()
         results = train.main(FAST + ["--dataset", "coco", "--data", path, "--seed", "3", "--split-sizes", "6,16",
                                      "--runs-dir", str(tmp_path), "--run-name", mode])
-        outputs[mode] = results, scipy.io.loadmat(tmp_path / mode / "codes.mat"), len(streamed_calls)
-    (lazy, lazy_codes, lazy_calls), (memory, memory_codes, memory_calls) = outputs["lazy"], outputs["memory"]
-    # both train through tf.data; the lazy run's images stream through utils.data.pipeline (discriminator and
-    # ImgNet passes, query and database codes), the in-memory ones are gathered once per pass
-    assert lazy_calls >= 4 and memory_calls == 0
+        outputs[mode] = results, scipy.io.loadmat(tmp_path / mode / "codes.mat"), list(read_rows)
+    (lazy, lazy_codes, lazy_reads), (memory, memory_codes, memory_reads) = outputs["lazy"], outputs["memory"]
+    # every image read is one batch (training: 8 rows; codes: up to the evaluation batch of 16), never the
+    # whole source: at least a pass of the discriminators and one of ImgNet (2 batches each of the 16 items)
+    assert "ndarray" not in {kind for kind, _ in lazy_reads} and {kind for kind, _ in memory_reads} == {"ndarray"}
+    for reads in (lazy_reads, memory_reads):
+        assert sum(rows == 8 for _, rows in reads) >= 4 and max(rows for _, rows in reads) <= 16
     assert lazy["final"] == memory["final"]
     for field in ("Qi", "Di", "Qt", "Dt"):
         np.testing.assert_array_equal(lazy_codes[field], memory_codes[field])
@@ -290,7 +307,6 @@ def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     root = shared_path("data", "coco-mini")
     import eval as evaluation
     import train
-    import utils.data.pipeline as pipeline
     from utils import prepare
     from utils.data import resolve_path
 
@@ -304,14 +320,13 @@ def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     assert resolve_path("coco", "") == str(data_root / "coco.h5")
     with pytest.raises(UserError, match="--split-sizes 19,79"):  # the standard 5,000 / 10,000 do not fit
         train.main(["--dataset", "coco", "--bits", "32", "--runs-dir", str(tmp_path / "runs")])
-    streamed_calls = []
-    real_batches = pipeline.image_batches
-    monkeypatch.setattr(pipeline, "image_batches", lambda *a, **k: streamed_calls.append(1) or real_batches(*a, **k))
+    read_rows = count_image_reads(monkeypatch)
     results = train.main(["--dataset", "coco", "--bits", "32", "--split-sizes", "20,80",
                           "--schedule", "tiny", "--epochs", "1", "--batch-size", "16", "--embed-dim", "64",
                           "--hidden-dim", "256", "--eval-batch-size", "40",
                           "--runs-dir", str(tmp_path / "runs"), "--run-name", "coco"])
-    assert len(streamed_calls) >= 4  # the 224 x 224 images streamed from the prepared file
+    # the 224 x 224 images streamed from the prepared file a batch at a time (training: 16 rows, codes: 40)
+    assert sum(rows == 16 for _, rows in read_rows) >= 4 and max(rows for _, rows in read_rows) <= 40
     run_dir = tmp_path / "runs" / "coco"
     assert json.loads((run_dir / "config.json").read_text())["config"]["backbone"] in ("", "cnnf")
     codes = scipy.io.loadmat(run_dir / "codes.mat")

@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from trainers.loop import LOSS_TAG, LR_TAG
+from trainers.loop import LOSS_TAG, LR_TAG, inline_batches
 from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
 from utils.data import pipeline
 from utils.errors import UserError
@@ -71,6 +71,8 @@ class EpochLoop:
         self.record = {"updates": [], "monitors": [], "stop_checks": []} if keep_record else None
         self._resume = None
         self._compiled_draws = None  # _draws as a tf.function, made at the first pass that draws
+        self._endless = {}  # step -> its endless iterator of feature batches (see _batches)
+        self._device_values = {}  # source name -> its values on the device (see _on_device)
         # position: mid-epoch flag, step (index in the epoch's order), inner index, pass, updates done in it
         self.position = tf.Variable(np.zeros(5, np.int64), trainable=False, name="loop_position")
         self.pass_rows = tf.Variable(np.zeros((self.updates_per_pass, self.batch), np.int64), trainable=False,
@@ -98,7 +100,6 @@ class EpochLoop:
         summaries = {name: {key: float(v) for key, v in zip(SUMMARY_KEYS, row) if not np.isnan(v)}
                      for name, row in zip(STEP_NAMES, self.step_summaries.numpy())}
         self._resume = {"step": step, "inner": inner, "pass": k, "done": done,
-                        "rows": self.pass_rows.numpy(),
                         "records": [float(v) for v in self.monitor_records.numpy() if not np.isnan(v)],
                         "summaries": {name: s for name, s in summaries.items() if s}}
 
@@ -108,48 +109,69 @@ class EpochLoop:
 
     # ----------------------------------------------------------------- batches
     def _draw_pass(self):
-        """The rows of each of a pass's batches (updates_per_pass x batch), read to the host once."""
+        """Fills pass_rows with the rows of each of a pass's batches (updates_per_pass x batch)."""
         if self.batch_order is None:
             if self._compiled_draws is None:
                 self._compiled_draws = tf.function(self._draws)
-            return self._compiled_draws().numpy()
+            self._compiled_draws()
+            return
         draws = [np.asarray(next(self.batch_order, ())) for _ in range(self.updates_per_pass)]
         for rows in draws:
             if rows.shape != (self.batch,):
                 raise UserError(f"the given batch order ran out or holds a batch of shape {rows.shape}; "
                                 f"give one row array of {self.batch} training-item indices per update")
-        return np.stack(draws)
+        self.pass_rows.assign(np.stack(draws).astype(np.int64))
 
     def _draws(self):
         """Each batch in turn: the first `batch` of a random permutation of the n items
-        (argsort of n uniform draws of trainer.rng). Compiled as one call per pass; the
-        generator's state advances as it does for the same calls made one by one."""
+        (argsort of n uniform draws of trainer.rng), into pass_rows. Compiled as one call per
+        pass; the generator's state advances as it does for the same calls made one by one."""
         n, rows = self.trainer.num_items, tf.TensorArray(tf.int32, size=self.updates_per_pass)
         for b in tf.range(self.updates_per_pass):
             rows = rows.write(b, tf.argsort(self.trainer.rng.uniform([n]))[:self.batch])
-        return rows.stack()
+        self.pass_rows.assign(tf.cast(rows.stack(), tf.int64))
 
-    def _batches(self, step, draws):
-        """The step inputs of the given batches (row arrays), in order. In-memory arrays are
-        indexed per batch as its update comes (no pipeline to build per pass, and no copy of a
-        whole pass's images); images of a lazy (HDF5) source stream through
-        pipeline.image_batches (parallel reads, the next batches prefetched while an update runs)."""
-        if not len(draws):
-            return
-        draws = np.asarray(draws, np.int64)
-        wanted = {"lab": ("rows", "labels"), "img": ("rows", "images", "labels"),
-                  "txt": ("rows", "texts", "labels"), "dis": ("images", "texts", "labels")}[step]
-        sources = {"images": self.images, "texts": self.texts, "labels": self.labels}
-        parts = []
-        for name in wanted:
-            if name == "rows":
-                parts.append(draws)
-            elif isinstance(sources[name], np.ndarray):
-                parts.append(map(sources[name].__getitem__, draws))
-            else:  # (values, rows) batches of the lazy source
-                batches = pipeline.image_batches(sources[name], np.concatenate(draws), self.batch)
-                parts.append(values for values, _ in batches)
-        yield from zip(*parts)
+    def _on_device(self, name):
+        """Feature and label matrices are put on the device once and gathered there; image arrays
+        (in memory or lazy HDF5) are read on the host batch by batch (a copy of every image would
+        double the memory they take)."""
+        source = getattr(self, name)
+        return isinstance(source, np.ndarray) and source.ndim == 2
+
+    def _reader(self, name):
+        """rows -> the values of source `name` (images, texts, labels) at those rows."""
+        if not self._on_device(name):
+            return pipeline.host_reads(getattr(self, name))
+        if name not in self._device_values:
+            self._device_values[name] = tf.constant(getattr(self, name))
+        return lambda rows: tf.gather(self._device_values[name], rows)
+
+    def _batches(self, step, first=0):
+        """An iterator (tf.data) of (rows, inputs of the step...) of the current pass's batches
+        first, first + 1, ... (the rows read from pass_rows as each batch is made).
+
+        Inputs all on the device: one endless iterator per step, made once (making one costs
+        ~5 ms, more than a pass of updates of tiny networks) and read in the calling thread;
+        every pass reads exactly its batches from it (a pass resumed inside reads the rest from
+        one of its own). With images: an iterator per pass that reads the next batches in a
+        background thread while an update runs (one at a time: HDF5 reads hold a global lock,
+        and a parallel map over the rows variable makes TensorFlow log a spurious error)."""
+        wanted = {"lab": ("labels",), "img": ("images", "labels"), "txt": ("texts", "labels"),
+                  "dis": ("images", "texts", "labels")}[step]
+        endless = not first and all(self._on_device(name) for name in wanted)
+        if endless and step in self._endless:
+            return self._endless[step]
+        reads = [self._reader(name) for name in wanted]
+
+        def batch(b):
+            rows = self.pass_rows[b]
+            return (rows,) + tuple(read(rows) for read in reads)
+        if endless:
+            batches = inline_batches(tf.data.Dataset.range(self.updates_per_pass).repeat().map(batch))
+            self._endless[step] = iter(batches)
+            return self._endless[step]
+        batches = inline_batches(tf.data.Dataset.range(first, self.updates_per_pass).map(batch))
+        return iter(batches if all(self._on_device(name) for name in wanted) else batches.prefetch(2))
 
     # ----------------------------------------------------------------- one pass, one epoch
     def _pass(self, where, lr, k):
@@ -158,19 +180,22 @@ class EpochLoop:
         Losses are summed on the device (pass_sums) and read at the pass's end."""
         step = where["step_name"]
         resume, self._resume_pass = self._resume_pass, None
-        if resume is not None:  # the restored pass_sums hold the sums of its first `done` updates
-            draws, done = resume["rows"], resume["done"]
+        if resume is not None:  # restored: pass_rows, and pass_sums with the sums of its first `done` updates
+            done = resume["done"]
         else:
-            draws, done = self._draw_pass(), 0
+            self._draw_pass()
+            done = 0
             self.pass_sums.assign(np.zeros(len(SUMMARY_KEYS)))
-        for b, inputs in enumerate(self._batches(step, draws[done:]), start=done):
-            losses = self.trainer.step(step, *inputs, learning_rate=lr)
+        batches = self._batches(step, done)
+        for b in range(done, self.updates_per_pass):
+            rows, *inputs = next(batches)
+            losses = self.trainer.step(step, *([] if step == "dis" else [rows]), *inputs, learning_rate=lr)
             self.counters[step] += 1
             if self.record is not None:  # a test's record: reads every update's loss
                 self.record["updates"].append({"step": step, "inner": where["inner"], "pass": k, "batch": b,
-                                               "rows": draws[b], "lr": lr, "loss": float(losses["loss"])})
+                                               "rows": rows.numpy(), "lr": lr, "loss": float(losses["loss"])})
             if self.loop is not None:  # log reads, and a checkpoint when one is due (position first)
-                self.loop.updates_done(1, lambda done=b + 1: self._store_position(where, k, done, draws))
+                self.loop.updates_done(1, lambda done=b + 1: self._store_position(where, k, done))
         means = self._check_pass_sums(step) / self.updates_per_pass
         self._summaries[step] = {"loss": float(means[0])}
         if step == "dis":
@@ -192,11 +217,11 @@ class EpochLoop:
         check_finite(dict(zip(SUMMARY_KEYS, sums)), STEP_NAMES[step])
         return sums
 
-    def _store_position(self, where, k, done, draws):
-        """Before a checkpoint inside an epoch: where the epoch stands (and the NaN guard)."""
+    def _store_position(self, where, k, done):
+        """Before a checkpoint inside an epoch: where the epoch stands (pass_rows holds the
+        pass's rows already) and the NaN guard."""
         self._check_pass_sums(where["step_name"])  # never checkpoint a non-finite state
         self.position.assign([1, where["step"], where["inner"], k, done])
-        self.pass_rows.assign(draws)
         records = ([np.nan, np.nan] + self._records)[-2:]
         self.monitor_records.assign(records)
         self.step_summaries.assign([[self._summaries.get(name, {}).get(key, np.nan) for key in SUMMARY_KEYS]

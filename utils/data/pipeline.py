@@ -31,6 +31,27 @@ def batch_rows(rows, batch_size, shuffle_seed=None):
     return [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
+def host_reads(source):
+    """rows (an int64 tensor) -> source[rows] as a tensor of the source's dtype, read on the host
+    (tf.numpy_function): only the rows asked for are read, the source is never copied whole."""
+    import tensorflow as tf
+
+    item_shape = tuple(source.shape[1:])
+    source_dtype = tf.as_dtype(np.dtype(source.dtype))
+
+    def read(rows):
+        values = np.asarray(source[rows])
+        if values.shape[1:] != item_shape:
+            raise UserError(f"the source returned rows of shape {values.shape[1:]}, expected {item_shape}")
+        return values.astype(source.dtype, copy=False)
+
+    def read_op(rows):
+        values = tf.numpy_function(read, [rows], source_dtype, stateful=False)
+        values.set_shape((None,) + item_shape)
+        return values
+    return read_op
+
+
 def image_batches(source, rows, batch_size, mean_image=None, shuffle_seed=None,
                   parallel_reads=4, prefetch=2):
     """tf.data.Dataset of (float32 batch of source rows minus mean_image, int64 row indices).
@@ -40,7 +61,6 @@ def image_batches(source, rows, batch_size, mean_image=None, shuffle_seed=None,
 
     batches = batch_rows(rows, batch_size, shuffle_seed)
     item_shape = tuple(source.shape[1:])
-    source_dtype = tf.as_dtype(np.dtype(source.dtype))
     if mean_image is not None:
         mean_image = np.asarray(mean_image, np.float32)
         try:
@@ -48,19 +68,12 @@ def image_batches(source, rows, batch_size, mean_image=None, shuffle_seed=None,
         except ValueError:
             raise UserError(f"mean image of shape {mean_image.shape} does not fit items of shape "
                             f"{item_shape}; give a {item_shape} or per-channel mean") from None
+    ordered = tf.constant(np.concatenate(batches) if batches else np.zeros(0, np.int64))
+    read = host_reads(source)
 
-    def read(index):
-        batch = batches[int(index)]
-        values = np.asarray(source[batch])
-        if values.shape[1:] != item_shape:
-            raise UserError(f"the source returned rows of shape {values.shape[1:]}, expected {item_shape}")
-        return values.astype(source.dtype, copy=False), batch
-
-    def read_op(index):
-        values, batch = tf.numpy_function(read, [index], [source_dtype, tf.int64], stateful=False)
-        values.set_shape((None,) + item_shape)
-        batch.set_shape((None,))
-        return values, batch
+    def read_batch(index):
+        batch = ordered[index * batch_size:(index + 1) * batch_size]  # the last one may be short
+        return read(batch), batch
 
     mean = None if mean_image is None else tf.constant(mean_image)
 
@@ -69,7 +82,7 @@ def image_batches(source, rows, batch_size, mean_image=None, shuffle_seed=None,
         return (values if mean is None else values - mean), batch
 
     dataset = tf.data.Dataset.range(len(batches))
-    dataset = dataset.map(read_op, num_parallel_calls=max(1, parallel_reads), deterministic=True)
+    dataset = dataset.map(read_batch, num_parallel_calls=max(1, parallel_reads), deterministic=True)
     dataset = dataset.map(to_float)  # sequential: float32 batches (4x the bytes) are not multiplied
     return dataset.prefetch(prefetch)
 
