@@ -196,6 +196,25 @@ def test_resume_drops_tensorboard_events_logged_after_the_checkpoint(tmp_path):
                               ("lab/loss", 4, 40.0), ("mAP/map", 1, 0.5)]
 
 
+def test_scalars_of_any_number_of_tags_are_written_by_one_traced_function(tmp_path):
+    """Each read of the loop logs another set of tags (a step's loss terms, the learning rate,
+    the mAP of each direction): one traced write takes them all, so TensorFlow never warns of
+    retracing, and every tag's value lands at its step."""
+    import tensorflow as tf
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r"))
+    sets = [{"a": 1.0}, {"a": 2.0, "b": 3.0, "c": 4.0}, {f"t{i}": float(i) for i in range(7)}, {"b": 5.0}]
+    for step, scalars in enumerate(sets):
+        run.log_scalars(step, scalars, prefix="x/")
+    assert run._scalar_write.experimental_get_tracing_count() == 1
+    run.close()
+    logged = sorted((value.tag, event.step, float(tf.make_ndarray(value.tensor)))
+                    for name in os.listdir(run.path("tb"))
+                    for event in tf.compat.v1.train.summary_iterator(run.path("tb", name))
+                    for value in event.summary.value)
+    assert logged == sorted(("x/" + tag, step, value) for step, scalars in enumerate(sets)
+                            for tag, value in scalars.items())
+
+
 def test_tensorboard_holds_the_config_and_the_tie_rule_of_a_run(tmp_path):
     import tensorflow as tf
 

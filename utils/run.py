@@ -232,7 +232,7 @@ class Run:
         self.created = set()           # entries of RUN_DIR this process created
         self.lock = RunLock(self.dir)
         self._writer = None
-        self._scalar_writes = {}  # number of tags -> the compiled write of log_scalars
+        self._scalar_write = None  # the compiled write of log_scalars
 
     @property
     def writer(self):
@@ -308,7 +308,7 @@ class Run:
             self._writer.flush()
             self._writer.close()
             self._writer = None
-            self._scalar_writes = {}
+            self._scalar_write = None
         if _active_log == self.path("train.log"):
             _active_log = None
         self.lock.release()
@@ -359,25 +359,28 @@ class Run:
             hparams.hparams(hparam_values(settings), trial_id=os.path.basename(os.path.normpath(self.dir)))
 
     def log_scalars(self, step, scalars, prefix=""):
-        """float32 scalars at `step`, in one compiled call (traced once per number of tags,
-        the tags being an input): an eager tf.summary.scalar per tag costs ~0.2 ms of CPU, more
-        than a tiny network's update. The events are tf.summary.scalar's (the scalar plugin's
+        """float32 scalars at `step`, in one compiled call (traced once per writer: tags and
+        values are inputs of any length): an eager tf.summary.scalar per tag costs ~0.2 ms of
+        CPU, more than a tiny network's update, and a function traced per number of tags makes
+        TensorFlow warn of retracing. The events are tf.summary.scalar's (the scalar plugin's
         metadata)."""
         import tensorflow as tf
-        count = len(scalars)
-        write = self._scalar_writes.get(count)
-        if write is None:
+        if self._scalar_write is None:
             from tensorboard.plugins.scalar import metadata as scalar_plugin
             writer = self.writer
             plugin_metadata = scalar_plugin.create_summary_metadata(display_name=None, description=None)
 
             def write_all(step, tags, values):
+                def write_one(i):
+                    tf.summary.write(tags[i], values[i], metadata=plugin_metadata)
+                    return i + 1
                 with writer.as_default(step=step):
-                    for i in range(count):
-                        tf.summary.write(tags[i], values[i], metadata=plugin_metadata)
-            write = self._scalar_writes[count] = tf.function(write_all, autograph=False)
-        write(tf.constant(int(step), tf.int64), tf.constant([prefix + name for name in scalars], tf.string),
-              tf.constant([float(v) for v in scalars.values()], tf.float32))
+                    tf.while_loop(lambda i: i < tf.size(tags), write_one, [tf.constant(0)])
+            signature = [tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.string),
+                         tf.TensorSpec([None], tf.float32)]
+            self._scalar_write = tf.function(write_all, input_signature=signature, autograph=False)
+        self._scalar_write(tf.constant(int(step), tf.int64), tf.constant([prefix + name for name in scalars], tf.string),
+                           tf.constant([float(v) for v in scalars.values()], tf.float32))
 
     def log_image(self, step, name, png_bytes):
         import tensorflow as tf
