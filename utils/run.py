@@ -543,7 +543,7 @@ class CheckpointWriter:
         reachable = [id(obj) for obj in compiled["view"].descendants()]
         if compiled["write"] is None or reachable != compiled["reachable"]:
             checkpoint = self.checkpoint
-            compiled["write"] = tf.function(lambda prefix: checkpoint.write(prefix))
+            compiled["write"] = tf.function(lambda prefix: checkpoint.write(prefix), autograph=False)
             compiled["reachable"] = reachable
         return compiled["write"]
 
