@@ -3,6 +3,7 @@
     python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
     python -m utils.tune --method acmr --dataset wiki --trials 20
     python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
+    python -m utils.tune --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0.9
 
 Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
 (seeded) proposes, and scores them on VALIDATION items carved out of the training set, never
