@@ -98,7 +98,8 @@ def test_metah_scores_on_source_validation_queries(monkeypatch):
     monkeypatch.setattr(metah, "fit", fake_fit)
     preset = tune.run_search("metah", "mnist->usps", trials=1)
     assert preset["validation"]["best_map"] == 0.6  # never the target's figure
-    assert preset["validation"]["target_balance_floor"] == 0.0 and preset["trials"][0]["accepted"]
+    assert preset["validation"]["target_balance_floor"] == tune.METAH_TARGET_BALANCE_FLOOR == 0.9
+    assert preset["trials"][0]["accepted"]
     assert seen[0].validation_fraction == tune.METAH_VALIDATION_FRACTION and seen[0].preset == "metah"
     assert not seen[0].eval_every_epoch and "eval_every_epoch" not in preset["settings"]
 
@@ -141,7 +142,7 @@ def test_a_metah_trial_that_collapses_the_target_ranks_below_one_that_keeps_it(m
     assert guarded["validation"]["best_trial"] == 0 and guarded["validation"]["best_map"] == 0.8
     assert guarded["validation"]["target_balance_floor"] == 0.9
     assert guarded["validation"]["target_prediction_balance"] == 0.97
-    unguarded = tune.run_search("metah", "mnist->usps", trials=3)
+    unguarded = tune.run_search("metah", "mnist->usps", trials=3, target_balance_floor=0.0)
     assert unguarded["validation"]["best_trial"] != 0 and unguarded["validation"]["best_map"] == 0.9
     with pytest.raises(UserError, match="every trial's target prediction balance fell below"):
         tune.run_search("metah", "mnist->usps", trials=1, target_balance_floor=0.99)
