@@ -93,10 +93,13 @@ def test_metah_scores_on_source_validation_queries(monkeypatch):
 
     def fake_fit(config, pair=None, **_):
         seen.append(config)
-        return {"final": {"source-validation": {"map": 0.6}, "target->target": {"map": 0.9}}}
+        return {"final": {"source-validation": {"map": 0.6}, "target->target": {"map": 0.9},
+                          "target_prediction_balance": 0.95}}
     monkeypatch.setattr(metah, "fit", fake_fit)
     preset = tune.run_search("metah", "mnist->usps", trials=1)
     assert preset["validation"]["best_map"] == 0.6  # never the target's figure
+    assert preset["validation"]["target_balance_floor"] == tune.METAH_TARGET_BALANCE_FLOOR == 0.9
+    assert preset["trials"][0]["accepted"]
     assert seen[0].validation_fraction == tune.METAH_VALIDATION_FRACTION and seen[0].preset == "metah"
     assert not seen[0].eval_every_epoch and "eval_every_epoch" not in preset["settings"]
 
@@ -113,7 +116,69 @@ def test_metah_trial_skips_the_per_epoch_evaluation_and_scores_what_a_full_run_d
     set_seed(config.seed)
     normal = metah.fit(config)
     assert config.eval_every_epoch and len(normal["epochs"]) > 1  # evaluated after every epoch
-    assert figures == normal["final"]["source-validation"] and score == figures["map"]
+    assert figures == {**normal["final"]["source-validation"],
+                       "target_prediction_balance": normal["final"]["target_prediction_balance"]}
+    assert score == figures["map"]
+
+
+def test_prediction_balance_is_one_for_equal_shares_and_zero_for_one_class():
+    eye = np.eye(4)
+    assert metah.prediction_balance(np.tile(eye, (5, 1)), 4) == pytest.approx(1.0)
+    assert metah.prediction_balance(np.tile(eye[2], (20, 1)), 4) == 0.0
+    # Half the rows in each of two classes of four: log 2 / log 4.
+    assert metah.prediction_balance(np.repeat(eye[:2], 10, axis=0), 4) == pytest.approx(0.5)
+
+
+def test_a_metah_trial_that_collapses_the_target_ranks_below_one_that_keeps_it(monkeypatch):
+    """Every trial but the base one scores higher on source validation yet puts the whole
+    target in one class: with a floor the base trial wins, without one a collapsed trial does."""
+    def fake_fit(config, pair=None, **_):
+        base = config.beta == metah.METAH_BETA and config.alpha == metah.METAH_ALPHA
+        return {"final": {"source-validation": {"map": 0.8 if base else 0.9},
+                          "target_prediction_balance": 0.97 if base else 0.0}}
+    monkeypatch.setattr(metah, "fit", fake_fit)
+    guarded = tune.run_search("metah", "mnist->usps", trials=3, target_balance_floor=0.9)
+    assert [t["accepted"] for t in guarded["trials"]] == [True, False, False]
+    assert guarded["validation"]["best_trial"] == 0 and guarded["validation"]["best_map"] == 0.8
+    assert guarded["validation"]["target_balance_floor"] == 0.9
+    assert guarded["validation"]["target_prediction_balance"] == 0.97
+    unguarded = tune.run_search("metah", "mnist->usps", trials=3, target_balance_floor=0.0)
+    assert unguarded["validation"]["best_trial"] != 0 and unguarded["validation"]["best_map"] == 0.9
+    with pytest.raises(UserError, match="every trial's target prediction balance fell below"):
+        tune.run_search("metah", "mnist->usps", trials=1, target_balance_floor=0.99)
+    with pytest.raises(UserError, match="judges METAH's unlabelled target"):
+        tune.run_search("ssah", "synthetic", trials=1, target_balance_floor=0.9)
+    with pytest.raises(UserError, match=r"in \[0, 1\)"):
+        tune.run_search("metah", "mnist->usps", trials=1, target_balance_floor=1.5)
+
+
+def write_target_domain(folder, collapsed):
+    """A 3-class source and a target drawn around the same centres; `collapsed`: every target
+    row the same point, so any classifier predicts one class for all of them."""
+    rng = np.random.RandomState(0)
+    centres = rng.randn(3, 10) * 4
+    ys, yt = np.arange(90) % 3, np.arange(60) % 3
+    xs = centres[ys] + rng.randn(90, 10)
+    xt = np.tile(centres[:1] + 0.5, (60, 1)) if collapsed else centres[yt] + 0.5 + rng.randn(60, 10)
+    np.savez(os.path.join(folder, "src.npz"), features=xs.astype(np.float32), labels=ys)
+    np.savez(os.path.join(folder, "tgt.npz"), features=xt.astype(np.float32), labels=yt)
+
+
+@pytest.mark.parametrize("collapsed", [False, True])
+def test_the_target_criterion_reads_the_trained_classifier_on_the_target(tmp_path, collapsed):
+    """A real trial: a target the classifier spreads over the three classes passes a 0.9 floor;
+    one it puts in a single class scores 0 and is rejected."""
+    write_target_domain(str(tmp_path), collapsed)
+    config = metah.Config(dataset="folder:src->tgt", data=str(tmp_path), bits=16, iterations=40, batch_size=16,
+                          hidden=(32,), discriminator_hidden=32, validation_fraction=0.2)
+    _, figures = tune.validation_score("metah", config)
+    penalty, check = tune.target_check("metah", figures, 0.9)
+    if collapsed:
+        assert figures["target_prediction_balance"] == 0.0
+        assert penalty == tune.REJECTED_PENALTY and not check["accepted"]
+    else:
+        assert figures["target_prediction_balance"] > 0.9
+        assert penalty == 0.0 and check["accepted"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -293,6 +293,15 @@ def retrieval_figures(query_codes, db_codes, query_labels, db_labels, ties=DEFAU
     return {key: float(report[key]) for key in ("map", "map_radius2", "precision_radius2")}
 
 
+def prediction_balance(logits, num_classes):
+    """Entropy of the predicted classes' shares (argmax of each row) over log(num_classes): 1 when
+    every class is predicted equally often, 0 when one class takes every row. It reads no label,
+    so it may judge the unlabelled target: a classifier that collapses it onto few classes scores low."""
+    counts = np.bincount(np.argmax(logits, axis=1), minlength=num_classes)
+    shares = counts[counts > 0] / counts.sum()
+    return float(-np.sum(shares * np.log(shares)) / np.log(num_classes)) if num_classes > 1 else 1.0
+
+
 def evaluate(model, pair, inputs, ties=DEFAULT_TIES):
     """Codes of every split and the figures of both protocols (labels as one-hot matrices),
     ranked figures under the tie rule `ties`."""
@@ -316,6 +325,7 @@ def evaluate(model, pair, inputs, ties=DEFAULT_TIES):
             codes["source_database"][1], ties)
     predictions = target_logits[pair.target_database].argmax(axis=1)
     figures["target_classifier_accuracy"] = float(np.mean(predictions == pair.target.labels[pair.target_database]))
+    figures["target_prediction_balance"] = prediction_balance(target_logits[pair.target_database], pair.num_classes)
     return figures, codes
 
 

@@ -3,6 +3,7 @@
     python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
     python -m utils.tune --method acmr --dataset wiki --trials 20
     python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
+    python -m utils.tune --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
 
 Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
 (seeded) proposes, and scores them on VALIDATION items carved out of the training set, never
@@ -12,6 +13,10 @@ SOURCE (`--validation-fraction`, default 0.1; the target is unlabelled). The sco
 mean validation mAP over the retrieval directions (SSAH: i->t and t->i over the whole
 ranking; ACMR: the mean of its two protocols' direction averages, mAP@top_k and mAP over all;
 METAH: source validation queries against the source database), under the run's tie rule.
+Source queries cannot see what the terms acting through the unlabelled target do to it, so a METAH
+search also judges the target without its labels: a trial whose classifier spreads the target's
+training items over the classes with a balance (entropy of the predicted classes' shares over
+log C) below `--target-balance-floor` (default 0.9; 0: off) ranks below every trial that keeps it.
 
 Trial 0 runs the base settings (the program's method with train.py's dataset defaults, as far as
 they lie in the search space), so a preset is never worse than them on validation.
@@ -44,6 +49,13 @@ PER_RUN_FIELDS = ("dataset", "data", "bits", "seed", "runs_dir", "run_name", "ch
 BASE_PRESET = {"ssah": "original", "acmr": "original", "metah": "metah"}
 VALIDATION_SHARE = 0.2        # image-text data: share of the training items held out by default
 METAH_VALIDATION_FRACTION = 0.1
+# Subtracted from a METAH trial's score when the target's prediction balance is below the floor:
+# validation mAP lies in [0, 1], so such a trial ranks below every other, and TPE still sees
+# which rejected settings came closer.
+REJECTED_PENALTY = 1.0
+# METAH's default floor: its defaults keep 0.96-1.0 on every Office pair, a preset that collapsed
+# W->A's target scored 0.75 (seed 0 of the search).
+METAH_TARGET_BALANCE_FLOOR = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +242,8 @@ def validation_score(method, config):
         from trainers import metah
         # Only the final figures score a trial: evaluating after every epoch (20 times in 300
         # iterations on amazon) would triple its time and change nothing it trains.
-        figures = metah.fit(dataclasses.replace(config, eval_every_epoch=False))["final"]["source-validation"]
+        final = metah.fit(dataclasses.replace(config, eval_every_epoch=False))["final"]
+        figures = {**final["source-validation"], "target_prediction_balance": final["target_prediction_balance"]}
         return float(figures["map"]), figures
     from utils.data import load_dataset
     data = validation_view(load_dataset(config.dataset, config.data, config.seed, config.split_file,
@@ -315,15 +328,31 @@ def apply_params(config, params, space=()):
     return dataclasses.replace(config, **values)
 
 
+def target_check(method, figures, floor):
+    """(penalty, record fields) of a trial's target criterion: a METAH trial whose target prediction
+    balance (in its figures) is below `floor` (0: off) loses REJECTED_PENALTY; other methods have no
+    target to judge."""
+    if method != "metah":
+        return 0.0, {}
+    accepted = figures["target_prediction_balance"] >= floor
+    return (0.0 if accepted else REJECTED_PENALTY), {"accepted": accepted}
+
+
 def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="", validation_size=None,
-               validation_fraction=None, timeout=0.0, command=""):
+               validation_fraction=None, timeout=0.0, command="", target_balance_floor=None):
     """Runs the search and writes the preset to `out`; returns the preset as a dict."""
+    if target_balance_floor is None:
+        target_balance_floor = METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
     try:
         import optuna
     except ImportError:
         raise UserError("the settings search needs Optuna: pip install optuna") from None
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
+    if not 0.0 <= target_balance_floor < 1.0:
+        raise UserError(f"--target-balance-floor is a share of log C in [0, 1), got {target_balance_floor}")
+    if target_balance_floor and method != "metah":
+        raise UserError(f"--target-balance-floor judges METAH's unlabelled target; {method} has none: drop it")
     from trainers import get_method
     module = get_method(method)
     options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
@@ -350,10 +379,14 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         trial_config = apply_params(config, params, space)
         start = time.perf_counter()
         score, figures = validation_score(method, trial_config)
-        records.append({"number": trial.number, "params": params, "validation_map": score,
+        penalty, check = target_check(method, figures, target_balance_floor)
+        records.append({"number": trial.number, "params": params, "validation_map": score, **check,
                         "figures": figures, "seconds": round(time.perf_counter() - start, 1)})
-        print(f"trial {trial.number}: validation mAP {score:.4f} ({records[-1]['seconds']} s) {params}", flush=True)
-        return score
+        verdict = f", target balance {figures['target_prediction_balance']:.3f}" \
+            f"{'' if check['accepted'] else ' REJECTED'}" if check else ""
+        print(f"trial {trial.number}: validation mAP {score:.4f}{verdict} ({records[-1]['seconds']} s) {params}",
+              flush=True)
+        return score - penalty
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE samples at random for its first n_startup_trials (10 by default): a third of a short search
@@ -366,13 +399,21 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
                 study.enqueue_trial(base_params(method, config, space, preset))
     study.optimize(objective, n_trials=trials, timeout=timeout or None)
     best = study.best_trial
+    best_record = next(record for record in records if record["number"] == best.number)
+    if not best_record.get("accepted", True):
+        highest = max(record["figures"]["target_prediction_balance"] for record in records)
+        raise UserError(f"every trial's target prediction balance fell below --target-balance-floor "
+                        f"{target_balance_floor} (highest {highest:.3f}); give a lower floor, or 0 to turn the check off")
     best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space)
     preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
               "command": command, "base": BASE_PRESET[method], "bits": bits, "seed": seed,
               "validation": {"objective": "mean validation mAP over the directions", "ties": config.ties,
                              "size": getattr(config, "validation_size", None) if method != "metah" else None,
                              "source_fraction": config.validation_fraction if method == "metah" else None,
-                             "best_map": best.value, "best_trial": best.number},
+                             "best_map": best_record["validation_map"], "best_trial": best.number,
+                             **({"target_balance_floor": target_balance_floor,
+                                 "target_prediction_balance": best_record["figures"]["target_prediction_balance"]}
+                                if method == "metah" else {})},
               "trials": records, "search_space": [dataclasses.asdict(p) for p in space],
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if out:
@@ -397,12 +438,16 @@ def main(argv=None):
                         help=f"METAH: share of the source held out (default {METAH_VALIDATION_FRACTION})")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop starting trials after this many "
                         "seconds (0: no limit)")
+    parser.add_argument("--target-balance-floor", type=float, default=None,
+                        help="METAH: a trial whose predicted classes on the unlabelled target have an entropy "
+                        f"below this share of log C ranks below every other (default {METAH_TARGET_BALANCE_FLOOR}; "
+                        "0: off)")
     args, fixed = parser.parse_known_args(argv)
     out = args.out or os.path.join(PRESETS_DIR, preset_name(args.method, args.dataset))
     command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
     run_search(args.method, args.dataset, args.trials, bits=args.bits, seed=args.seed, fixed_options=fixed,
                out=out, validation_size=args.validation_size, validation_fraction=args.validation_fraction,
-               timeout=args.timeout, command=command)
+               timeout=args.timeout, command=command, target_balance_floor=args.target_balance_floor)
 
 
 if __name__ == "__main__":
