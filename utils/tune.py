@@ -10,8 +10,9 @@ on the queries: image-text datasets hold out `--validation-size` training items 
 fifth), which are ranked against the database without them; METAH holds out a share of the
 SOURCE (`--validation-fraction`, default 0.1; the target is unlabelled). The score is the
 mean validation mAP over the retrieval directions (SSAH: i->t and t->i over the whole
-ranking; ACMR: the mean of its two protocols' direction averages, mAP@top_k and mAP over all;
-METAH: source validation queries against the source database), under the run's tie rule.
+ranking; ACMR: by `--objective`, see ACMR_OBJECTIVES, default the mean of its two protocols'
+direction averages, mAP@top_k and mAP over all; METAH: source validation queries against the
+source database), under the run's tie rule.
 
 Trial 0 runs the base settings (the program's method with train.py's dataset defaults, as far as
 they lie in the search space), so a preset is never worse than them on validation.
@@ -42,6 +43,14 @@ PER_RUN_FIELDS = ("dataset", "data", "bits", "seed", "runs_dir", "run_name", "ch
                   "variant", "preset", "ties")
 # The program's method each search starts from (the preset field's value).
 BASE_PRESET = {"ssah": "original", "acmr": "original", "metah": "metah"}
+# ACMR's validation figures come in two protocols (mAP@top_k test vs test, mAP over all test vs
+# database), each averaged over i->t and t->i; --objective says how one trial's score combines them.
+ACMR_OBJECTIVES = {
+    "mean": "mean validation mAP over the directions (ACMR: the mean of the two protocols' averages)",
+    "min": "the smaller of ACMR's two protocols' validation averages (mAP@top_k, mAP over all): a trial "
+           "scores well only when both do",
+    "top_k": "ACMR's validation mAP@top_k average alone (the authors' protocol)",
+}
 VALIDATION_SHARE = 0.2        # image-text data: share of the training items held out by default
 METAH_VALIDATION_FRACTION = 0.1
 
@@ -87,6 +96,10 @@ SEARCH_SPACES = {
         # k = 5, per-triplet loss, shuffling, L_reg): a search around the program alone picked
         # settings below the paper variant on test.
         Param("switches", choices=("original", "paper"), preset=True),
+        # The switch that decides whether the label classifier learns (the paper) or stays the random
+        # one the projectors fit (the program), searched apart from the others; its start value is
+        # the switches' own (False in trial 0, True in the paper variant's trial).
+        Param("train_label_classifier", choices=(False, True)),
         # Wikipedia's inputs are L1-normalised SIFT histograms and LDA proportions, far from unit scale.
         Param("image_norm", choices=("none", "standardize")),
         Param("text_norm", choices=("none", "standardize")),
@@ -220,8 +233,25 @@ def validation_view(data):
     return dataclasses.replace(data, split=view)
 
 
-def validation_score(method, config):
-    """(score, figures): the mean validation mAP of one trained `config` (see the module docstring)."""
+def acmr_objective_score(figures, objective="mean"):
+    """One ACMR trial's score from its validation `figures` ({protocol: {"average": mAP, ...}})
+    under `objective` (a name in ACMR_OBJECTIVES)."""
+    import numpy as np
+
+    from trainers.acmr import TEST_PROTOCOL
+    averages = {protocol: float(values["average"]) for protocol, values in figures.items()}
+    if objective == "mean":
+        return float(np.mean(list(averages.values())))
+    if objective == "min":
+        return min(averages.values())
+    if objective == "top_k":
+        return averages[TEST_PROTOCOL]
+    raise UserError(f"--objective {objective} is not one of {', '.join(ACMR_OBJECTIVES)}")
+
+
+def validation_score(method, config, objective="mean"):
+    """(score, figures): the validation mAP of one trained `config` (see the module docstring);
+    ACMR's combines its protocols by `objective` (ACMR_OBJECTIVES)."""
     import numpy as np
 
     from utils.run import set_seed
@@ -241,7 +271,7 @@ def validation_score(method, config):
         return float(np.mean([figures["i->t"], figures["t->i"]])), figures
     from trainers import acmr
     figures = acmr.fit(config, data=data)["final"]
-    return float(np.mean([protocol["average"] for protocol in figures.values()])), figures
+    return acmr_objective_score(figures, objective), figures
 
 
 # --------------------------------------------------------------------------- the search
@@ -316,7 +346,7 @@ def apply_params(config, params, space=()):
 
 
 def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="", validation_size=None,
-               validation_fraction=None, timeout=0.0, command=""):
+               validation_fraction=None, timeout=0.0, command="", objective="mean"):
     """Runs the search and writes the preset to `out`; returns the preset as a dict."""
     try:
         import optuna
@@ -324,6 +354,11 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         raise UserError("the settings search needs Optuna: pip install optuna") from None
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
+    if objective not in ACMR_OBJECTIVES:
+        raise UserError(f"--objective {objective} is not one of {', '.join(ACMR_OBJECTIVES)}")
+    if objective != "mean" and method != "acmr":
+        raise UserError(f"--objective {objective} combines ACMR's two protocols; {method} scores one "
+                        f"figure per trial: leave --objective out")
     from trainers import get_method
     module = get_method(method)
     options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
@@ -345,11 +380,11 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     space = search_space(method, given)
     records = []
 
-    def objective(trial):
+    def score_trial(trial):
         params = {param.name: param.suggest(trial) for param in space}
         trial_config = apply_params(config, params, space)
         start = time.perf_counter()
-        score, figures = validation_score(method, trial_config)
+        score, figures = validation_score(method, trial_config, objective)
         records.append({"number": trial.number, "params": params, "validation_map": score,
                         "figures": figures, "seconds": round(time.perf_counter() - start, 1)})
         print(f"trial {trial.number}: validation mAP {score:.4f} ({records[-1]['seconds']} s) {params}", flush=True)
@@ -364,12 +399,12 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         for preset in param.choices if param.preset else ():
             if preset != BASE_PRESET[method]:
                 study.enqueue_trial(base_params(method, config, space, preset))
-    study.optimize(objective, n_trials=trials, timeout=timeout or None)
+    study.optimize(score_trial, n_trials=trials, timeout=timeout or None)
     best = study.best_trial
     best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space)
     preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
               "command": command, "base": BASE_PRESET[method], "bits": bits, "seed": seed,
-              "validation": {"objective": "mean validation mAP over the directions", "ties": config.ties,
+              "validation": {"objective": objective, "rule": ACMR_OBJECTIVES[objective], "ties": config.ties,
                              "size": getattr(config, "validation_size", None) if method != "metah" else None,
                              "source_fraction": config.validation_fraction if method == "metah" else None,
                              "best_map": best.value, "best_trial": best.number},
@@ -395,6 +430,9 @@ def main(argv=None):
                         help="image-text data: training items held out for scoring (default: a fifth)")
     parser.add_argument("--validation-fraction", type=float, default=None,
                         help=f"METAH: share of the source held out (default {METAH_VALIDATION_FRACTION})")
+    parser.add_argument("--objective", default="mean", choices=tuple(ACMR_OBJECTIVES),
+                        help="ACMR: how a trial's score combines the two protocols' validation averages: "
+                        "mean (default), min (the smaller: both must be high) or top_k (mAP@top_k alone)")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop starting trials after this many "
                         "seconds (0: no limit)")
     args, fixed = parser.parse_known_args(argv)
@@ -402,7 +440,7 @@ def main(argv=None):
     command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
     run_search(args.method, args.dataset, args.trials, bits=args.bits, seed=args.seed, fixed_options=fixed,
                out=out, validation_size=args.validation_size, validation_fraction=args.validation_fraction,
-               timeout=args.timeout, command=command)
+               timeout=args.timeout, command=command, objective=args.objective)
 
 
 if __name__ == "__main__":
