@@ -252,3 +252,36 @@ def test_an_objective_other_than_mean_is_acmr_only():
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="not one of mean, min, top_k"):
         tune.acmr_objective_score({acmr.TEST_PROTOCOL: {"average": 0.3}}, "max")
+
+
+def test_a_warm_start_adds_an_earlier_searchs_trials_rescored_under_the_new_objective(tmp_path, monkeypatch):
+    """--warm-start: the trials recorded in an earlier preset join the study as done trials, scored
+    from their recorded figures under --objective (so the best can be one of them); a record made
+    before train_label_classifier was searched gets the value its switches gave."""
+    monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.30, 0.28), True: (0.20, 0.45)}))
+    earlier = tmp_path / "earlier.json"
+    tune.run_search("acmr", "synthetic", trials=2, validation_size=120, out=str(earlier))  # mean: trial 1 wins
+    recorded = json.loads(earlier.read_text())
+    assert recorded["validation"]["best_trial"] == 1
+    for trial in recorded["trials"]:  # as an older search wrote them
+        del trial["params"]["train_label_classifier"]
+    write(earlier, recorded)
+
+    # Every new trial scores below both recorded ones under min, so the best is a recorded trial.
+    monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.10, 0.10), True: (0.10, 0.10)}))
+    preset = tune.run_search("acmr", "synthetic", trials=1, validation_size=120, objective="min",
+                             warm_start=str(earlier))
+    warm, new = preset["trials"][:2], preset["trials"][2:]
+    assert [t["warm_start"]["number"] for t in warm] == [0, 1] and len(new) == 1
+    assert [t["params"]["train_label_classifier"] for t in warm] == [False, True]  # from the switches
+    assert [t["validation_map"] for t in warm] == [pytest.approx(0.28), pytest.approx(0.20)]  # rescored
+    assert new[0]["number"] == 2 and new[0]["params"]["switches"] == "original"  # then the base trial
+    assert preset["validation"]["best_trial"] == 0 and preset["validation"]["best_map"] == pytest.approx(0.28)
+    assert preset["validation"]["warm_start"] == {"file": str(earlier), "trials": 2}
+    assert preset["settings"]["train_label_classifier"] is False
+
+    with pytest.raises(UserError, match="validation size 120, this search with 150") as error:
+        tune.run_search("acmr", "synthetic", trials=1, validation_size=150, warm_start=str(earlier))
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="leave --warm-start out"):
+        tune.run_search("metah", "mnist->usps", trials=1, warm_start=str(earlier))

@@ -69,6 +69,21 @@ class Param:
     choices: tuple = ()
     preset: bool = False
 
+    def distribution(self):
+        """The Optuna distribution suggest() draws from (for trials added from a record)."""
+        from optuna import distributions
+        if self.choices:
+            return distributions.CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return distributions.FloatDistribution(self.low, self.high, log=self.log)
+
+    def holds(self, value):
+        """Whether `value` lies in the searched choices or range."""
+        if self.choices:
+            return value in self.choices and type(value) in {type(choice) for choice in self.choices}
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def suggest(self, trial):
         if self.choices:
             return trial.suggest_categorical(self.name, list(self.choices))
@@ -276,6 +291,46 @@ def validation_score(method, config, objective="mean"):
 
 # --------------------------------------------------------------------------- the search
 
+def warm_start_trials(path, method, config, space, bits, seed, objective):
+    """The trials recorded in the preset at `path` (an earlier ACMR search on the same data, bits,
+    seed, validation part and tie rule) as (record, params, score): each rescored under `objective`
+    from its recorded validation figures, its params those of the searched settings now. A
+    setting it did not search is read off the config its own params made (e.g. a trial's
+    train_label_classifier from its switches); a trial that lies outside today's space (a
+    setting now fixed, a value out of range) is left out."""
+    from trainers import get_method
+    if method != "acmr":
+        raise UserError(f"--warm-start rescores recorded ACMR trials from their figures; {method}'s records "
+                        f"hold only the score of their own criterion: leave --warm-start out")
+    read_preset(path, method, get_method(method).Config)  # a missing or broken file: a one-line error
+    with open(path) as f:
+        recorded = json.load(f)
+    validation = recorded.get("validation") or {}
+    wanted = {"dataset": (recorded.get("dataset"), config.dataset), "bits": (recorded.get("bits"), bits),
+              "seed": (recorded.get("seed"), seed), "validation size": (validation.get("size"), config.validation_size),
+              "tie rule": (validation.get("ties"), config.ties)}
+    for what, (theirs, ours) in wanted.items():
+        if theirs != ours:
+            raise UserError(f"--warm-start {path} was searched with {what} {theirs!r}, this search with {ours!r}: "
+                            f"its validation figures do not compare; give the same {what} or leave --warm-start out")
+    names = {param.name for param in space}
+    trials = []
+    for record in recorded.get("trials", ()):
+        if not isinstance(record, dict) or "figures" not in record or set(record.get("params", {})) - names:
+            continue
+        trial_config = apply_params(config, record["params"], space)
+        params = {}
+        for param in space:
+            value = record["params"].get(param.name, getattr(trial_config, param.name, None))
+            if isinstance(value, tuple):
+                value = ",".join(map(str, value))
+            if param.holds(value):
+                params[param.name] = value
+        if len(params) == len(space):
+            trials.append((record, params, acmr_objective_score(record["figures"], objective)))
+    return trials
+
+
 def base_config(method, fixed_options):
     """(Config built as train.py builds it from the fixed options, names of the settings given)."""
     from train import build_config
@@ -346,7 +401,7 @@ def apply_params(config, params, space=()):
 
 
 def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="", validation_size=None,
-               validation_fraction=None, timeout=0.0, command="", objective="mean"):
+               validation_fraction=None, timeout=0.0, command="", objective="mean", warm_start=""):
     """Runs the search and writes the preset to `out`; returns the preset as a dict."""
     try:
         import optuna
@@ -394,12 +449,18 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     # TPE samples at random for its first n_startup_trials (10 by default): a third of a short search
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 3))
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.enqueue_trial(base_params(method, config, space))  # trial 0: the base settings
+    warm = warm_start_trials(warm_start, method, config, space, bits, seed, objective) if warm_start else []
+    for record, params, score in warm:  # first, as done trials: what an earlier search measured
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={param.name: param.distribution() for param in space}, value=score))
+        records.append({**record, "number": len(records), "params": params, "validation_map": score,
+                        "warm_start": {"file": warm_start, "number": record.get("number")}})
+    study.enqueue_trial(base_params(method, config, space))  # then the base settings
     for param in space:  # then each other preset of a preset Param as it stands (e.g. ACMR's paper variant)
         for preset in param.choices if param.preset else ():
             if preset != BASE_PRESET[method]:
                 study.enqueue_trial(base_params(method, config, space, preset))
-    study.optimize(score_trial, n_trials=trials, timeout=timeout or None)
+    study.optimize(score_trial, n_trials=trials, timeout=timeout or None)  # `trials` more after the warm start
     best = study.best_trial
     best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space)
     preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
@@ -407,7 +468,8 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
               "validation": {"objective": objective, "rule": ACMR_OBJECTIVES[objective], "ties": config.ties,
                              "size": getattr(config, "validation_size", None) if method != "metah" else None,
                              "source_fraction": config.validation_fraction if method == "metah" else None,
-                             "best_map": best.value, "best_trial": best.number},
+                             "best_map": best.value, "best_trial": best.number,
+                             "warm_start": {"file": warm_start, "trials": len(warm)} if warm_start else None},
               "trials": records, "search_space": [dataclasses.asdict(p) for p in space],
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if out:
@@ -433,6 +495,10 @@ def main(argv=None):
     parser.add_argument("--objective", default="mean", choices=tuple(ACMR_OBJECTIVES),
                         help="ACMR: how a trial's score combines the two protocols' validation averages: "
                         "mean (default), min (the smaller: both must be high) or top_k (mAP@top_k alone)")
+    parser.add_argument("--warm-start", default="", metavar="PRESET",
+                        help="ACMR: first add the trials an earlier search recorded in PRESET (same data, bits, "
+                        "seed, validation part and tie rule), rescored under --objective from their validation "
+                        "figures, so the sampler starts from them; --trials more are run")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop starting trials after this many "
                         "seconds (0: no limit)")
     args, fixed = parser.parse_known_args(argv)
@@ -440,7 +506,7 @@ def main(argv=None):
     command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
     run_search(args.method, args.dataset, args.trials, bits=args.bits, seed=args.seed, fixed_options=fixed,
                out=out, validation_size=args.validation_size, validation_fraction=args.validation_fraction,
-               timeout=args.timeout, command=command, objective=args.objective)
+               timeout=args.timeout, command=command, objective=args.objective, warm_start=args.warm_start)
 
 
 if __name__ == "__main__":
