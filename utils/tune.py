@@ -2,6 +2,7 @@
 
     python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
     python -m utils.tune --method acmr --dataset wiki --trials 20
+    python -m utils.tune --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
     python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
 
 Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
