@@ -265,3 +265,88 @@ def test_the_acmr_table_runs_a_variant_with_named_settings_changed_for_ablation_
         {k: v for k, v in vars(tuned).items() if k not in unchanged}
     with pytest.raises(SystemExit, match="no setting no_such"):
         variant_config("paper:no_such=1")
+
+
+def fake_acmr_fit_by_classifier(figures_by_switch):
+    """An ACMR fit whose validation figures (mAP@top_k average, mAP over all average) depend only on
+    whether the label classifier trains: trial 0 (the program) has it fixed, trial 1 (the paper) trains it."""
+    def fit(config, data=None, **_):
+        top_k, over_all = figures_by_switch[config.train_label_classifier]
+        return {"final": {acmr.TEST_PROTOCOL: {"average": top_k}, acmr.DATABASE_PROTOCOL: {"average": over_all}}}
+    return fit
+
+
+@pytest.mark.parametrize("objective, best_trial, best_score", [
+    ("mean", 1, 0.325),   # (0.20 + 0.45) / 2 beats (0.30 + 0.28) / 2
+    ("min", 0, 0.28),     # min(0.30, 0.28) beats min(0.20, 0.45)
+    ("top_k", 0, 0.30),
+])
+def test_the_acmr_objective_picks_the_trial_its_rule_says_and_the_preset_records_it(
+        tmp_path, monkeypatch, objective, best_trial, best_score):
+    monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.30, 0.28), True: (0.20, 0.45)}))
+    out = tmp_path / "acmr-synthetic.json"
+    tune.main(["--method", "acmr", "--dataset", "synthetic", "--trials", "2", "--validation-size", "120",
+               "--objective", objective, "--out", str(out)])
+    preset = json.loads(out.read_text())
+    assert [t["params"]["train_label_classifier"] for t in preset["trials"]] == [False, True]
+    assert preset["validation"]["best_trial"] == best_trial
+    assert preset["validation"]["best_map"] == pytest.approx(best_score)
+    assert preset["validation"]["objective"] == objective
+    assert preset["validation"]["rule"] == tune.ACMR_OBJECTIVES[objective]
+    assert f"--objective {objective}" in preset["command"]
+    assert preset["settings"]["train_label_classifier"] is (best_trial == 1)
+
+
+def test_the_acmr_search_draws_train_label_classifier_apart_from_the_switches():
+    """A trial with the program's switches but a trained label classifier is the program's config
+    with that one setting changed (the searched setting applies after the preset's switches)."""
+    program = config_for(acmr, ["--dataset", "synthetic"])
+    space = tune.search_space("acmr", set())
+    assert "train_label_classifier" in {param.name for param in space}
+    trial = tune.apply_params(program, {"switches": "original", "train_label_classifier": True}, space)
+    assert trial.train_label_classifier and not program.train_label_classifier
+    assert {k: v for k, v in vars(trial).items() if k != "train_label_classifier"} == \
+        {k: v for k, v in vars(program).items() if k != "train_label_classifier"}
+    paper = tune.apply_params(program, {"switches": "paper", "train_label_classifier": False}, space)
+    assert not paper.train_label_classifier and paper.projector_steps == acmr.PRESETS["paper"]["projector_steps"]
+
+
+def test_an_objective_other_than_mean_is_acmr_only():
+    with pytest.raises(UserError, match="leave --objective out") as error:
+        tune.run_search("ssah", "synthetic", trials=1, objective="min")
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="not one of mean, min, top_k"):
+        tune.acmr_objective_score({acmr.TEST_PROTOCOL: {"average": 0.3}}, "max")
+
+
+def test_a_warm_start_adds_an_earlier_searchs_trials_rescored_under_the_new_objective(tmp_path, monkeypatch):
+    """--warm-start: the trials recorded in an earlier preset join the study as done trials, scored
+    from their recorded figures under --objective (so the best can be one of them); a record made
+    before train_label_classifier was searched gets the value its switches gave."""
+    monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.30, 0.28), True: (0.20, 0.45)}))
+    earlier = tmp_path / "earlier.json"
+    tune.run_search("acmr", "synthetic", trials=2, validation_size=120, out=str(earlier))  # mean: trial 1 wins
+    recorded = json.loads(earlier.read_text())
+    assert recorded["validation"]["best_trial"] == 1
+    for trial in recorded["trials"]:  # as an older search wrote them
+        del trial["params"]["train_label_classifier"]
+    write(earlier, recorded)
+
+    # Every new trial scores below both recorded ones under min, so the best is a recorded trial.
+    monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.10, 0.10), True: (0.10, 0.10)}))
+    preset = tune.run_search("acmr", "synthetic", trials=1, validation_size=120, objective="min",
+                             warm_start=str(earlier))
+    warm, new = preset["trials"][:2], preset["trials"][2:]
+    assert [t["warm_start"]["number"] for t in warm] == [0, 1] and len(new) == 1
+    assert [t["params"]["train_label_classifier"] for t in warm] == [False, True]  # from the switches
+    assert [t["validation_map"] for t in warm] == [pytest.approx(0.28), pytest.approx(0.20)]  # rescored
+    assert new[0]["number"] == 2 and new[0]["params"]["switches"] == "original"  # then the base trial
+    assert preset["validation"]["best_trial"] == 0 and preset["validation"]["best_map"] == pytest.approx(0.28)
+    assert preset["validation"]["warm_start"] == {"file": str(earlier), "trials": 2}
+    assert preset["settings"]["train_label_classifier"] is False
+
+    with pytest.raises(UserError, match="validation size 120, this search with 150") as error:
+        tune.run_search("acmr", "synthetic", trials=1, validation_size=150, warm_start=str(earlier))
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="leave --warm-start out"):
+        tune.run_search("metah", "mnist->usps", trials=1, warm_start=str(earlier))

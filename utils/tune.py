@@ -2,6 +2,7 @@
 
     python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
     python -m utils.tune --method acmr --dataset wiki --trials 20
+    python -m utils.tune --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
     python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
     python -m utils.tune --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
 
@@ -11,8 +12,9 @@ on the queries: image-text datasets hold out `--validation-size` training items 
 fifth), which are ranked against the database without them; METAH holds out a share of the
 SOURCE (`--validation-fraction`, default 0.1; the target is unlabelled). The score is the
 mean validation mAP over the retrieval directions (SSAH: i->t and t->i over the whole
-ranking; ACMR: the mean of its two protocols' direction averages, mAP@top_k and mAP over all;
-METAH: source validation queries against the source database), under the run's tie rule.
+ranking; ACMR: by `--objective`, see ACMR_OBJECTIVES, default the mean of its two protocols'
+direction averages, mAP@top_k and mAP over all; METAH: source validation queries against the
+source database), under the run's tie rule.
 Source queries cannot see what the terms acting through the unlabelled target do to it, so a METAH
 search also judges the target without its labels: a trial whose classifier spreads the target's
 training items over the classes with a balance (entropy of the predicted classes' shares over
@@ -47,6 +49,14 @@ PER_RUN_FIELDS = ("dataset", "data", "bits", "seed", "runs_dir", "run_name", "ch
                   "variant", "preset", "ties")
 # The program's method each search starts from (the preset field's value).
 BASE_PRESET = {"ssah": "original", "acmr": "original", "metah": "metah"}
+# ACMR's validation figures come in two protocols (mAP@top_k test vs test, mAP over all test vs
+# database), each averaged over i->t and t->i; --objective says how one trial's score combines them.
+ACMR_OBJECTIVES = {
+    "mean": "mean validation mAP over the directions (ACMR: the mean of the two protocols' averages)",
+    "min": "the smaller of ACMR's two protocols' validation averages (mAP@top_k, mAP over all): a trial "
+           "scores well only when both do",
+    "top_k": "ACMR's validation mAP@top_k average alone (the authors' protocol)",
+}
 VALIDATION_SHARE = 0.2        # image-text data: share of the training items held out by default
 METAH_VALIDATION_FRACTION = 0.1
 # Subtracted from a METAH trial's score when the target's prediction balance is below the floor:
@@ -71,6 +81,21 @@ class Param:
     integer: bool = False
     choices: tuple = ()
     preset: bool = False
+
+    def distribution(self):
+        """The Optuna distribution suggest() draws from (for trials added from a record)."""
+        from optuna import distributions
+        if self.choices:
+            return distributions.CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return distributions.FloatDistribution(self.low, self.high, log=self.log)
+
+    def holds(self, value):
+        """Whether `value` lies in the searched choices or range."""
+        if self.choices:
+            return value in self.choices and type(value) in {type(choice) for choice in self.choices}
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def suggest(self, trial):
         if self.choices:
@@ -99,6 +124,10 @@ SEARCH_SPACES = {
         # k = 5, per-triplet loss, shuffling, L_reg): a search around the program alone picked
         # settings below the paper variant on test.
         Param("switches", choices=("original", "paper"), preset=True),
+        # The switch that decides whether the label classifier learns (the paper) or stays the random
+        # one the projectors fit (the program), searched apart from the others; its start value is
+        # the switches' own (False in trial 0, True in the paper variant's trial).
+        Param("train_label_classifier", choices=(False, True)),
         # Wikipedia's inputs are L1-normalised SIFT histograms and LDA proportions, far from unit scale.
         Param("image_norm", choices=("none", "standardize")),
         Param("text_norm", choices=("none", "standardize")),
@@ -232,8 +261,25 @@ def validation_view(data):
     return dataclasses.replace(data, split=view)
 
 
-def validation_score(method, config):
-    """(score, figures): the mean validation mAP of one trained `config` (see the module docstring)."""
+def acmr_objective_score(figures, objective="mean"):
+    """One ACMR trial's score from its validation `figures` ({protocol: {"average": mAP, ...}})
+    under `objective` (a name in ACMR_OBJECTIVES)."""
+    import numpy as np
+
+    from trainers.acmr import TEST_PROTOCOL
+    averages = {protocol: float(values["average"]) for protocol, values in figures.items()}
+    if objective == "mean":
+        return float(np.mean(list(averages.values())))
+    if objective == "min":
+        return min(averages.values())
+    if objective == "top_k":
+        return averages[TEST_PROTOCOL]
+    raise UserError(f"--objective {objective} is not one of {', '.join(ACMR_OBJECTIVES)}")
+
+
+def validation_score(method, config, objective="mean"):
+    """(score, figures): the validation mAP of one trained `config` (see the module docstring);
+    ACMR's combines its protocols by `objective` (ACMR_OBJECTIVES)."""
     import numpy as np
 
     from utils.run import set_seed
@@ -254,10 +300,50 @@ def validation_score(method, config):
         return float(np.mean([figures["i->t"], figures["t->i"]])), figures
     from trainers import acmr
     figures = acmr.fit(config, data=data)["final"]
-    return float(np.mean([protocol["average"] for protocol in figures.values()])), figures
+    return acmr_objective_score(figures, objective), figures
 
 
 # --------------------------------------------------------------------------- the search
+
+def warm_start_trials(path, method, config, space, bits, seed, objective):
+    """The trials recorded in the preset at `path` (an earlier ACMR search on the same data, bits,
+    seed, validation part and tie rule) as (record, params, score): each rescored under `objective`
+    from its recorded validation figures, its params those of the searched settings now. A
+    setting it did not search is read off the config its own params made (e.g. a trial's
+    train_label_classifier from its switches); a trial that lies outside today's space (a
+    setting now fixed, a value out of range) is left out."""
+    from trainers import get_method
+    if method != "acmr":
+        raise UserError(f"--warm-start rescores recorded ACMR trials from their figures; {method}'s records "
+                        f"hold only the score of their own criterion: leave --warm-start out")
+    read_preset(path, method, get_method(method).Config)  # a missing or broken file: a one-line error
+    with open(path) as f:
+        recorded = json.load(f)
+    validation = recorded.get("validation") or {}
+    wanted = {"dataset": (recorded.get("dataset"), config.dataset), "bits": (recorded.get("bits"), bits),
+              "seed": (recorded.get("seed"), seed), "validation size": (validation.get("size"), config.validation_size),
+              "tie rule": (validation.get("ties"), config.ties)}
+    for what, (theirs, ours) in wanted.items():
+        if theirs != ours:
+            raise UserError(f"--warm-start {path} was searched with {what} {theirs!r}, this search with {ours!r}: "
+                            f"its validation figures do not compare; give the same {what} or leave --warm-start out")
+    names = {param.name for param in space}
+    trials = []
+    for record in recorded.get("trials", ()):
+        if not isinstance(record, dict) or "figures" not in record or set(record.get("params", {})) - names:
+            continue
+        trial_config = apply_params(config, record["params"], space)
+        params = {}
+        for param in space:
+            value = record["params"].get(param.name, getattr(trial_config, param.name, None))
+            if isinstance(value, tuple):
+                value = ",".join(map(str, value))
+            if param.holds(value):
+                params[param.name] = value
+        if len(params) == len(space):
+            trials.append((record, params, acmr_objective_score(record["figures"], objective)))
+    return trials
+
 
 def base_config(method, fixed_options):
     """(Config built as train.py builds it from the fixed options, names of the settings given)."""
@@ -339,7 +425,8 @@ def target_check(method, figures, floor):
 
 
 def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="", validation_size=None,
-               validation_fraction=None, timeout=0.0, command="", target_balance_floor=None):
+               validation_fraction=None, timeout=0.0, command="", target_balance_floor=None, objective="mean",
+               warm_start=""):
     """Runs the search and writes the preset to `out`; returns the preset as a dict."""
     if target_balance_floor is None:
         target_balance_floor = METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
@@ -353,6 +440,11 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         raise UserError(f"--target-balance-floor is a share of log C in [0, 1), got {target_balance_floor}")
     if target_balance_floor and method != "metah":
         raise UserError(f"--target-balance-floor judges METAH's unlabelled target; {method} has none: drop it")
+    if objective not in ACMR_OBJECTIVES:
+        raise UserError(f"--objective {objective} is not one of {', '.join(ACMR_OBJECTIVES)}")
+    if objective != "mean" and method != "acmr":
+        raise UserError(f"--objective {objective} combines ACMR's two protocols; {method} scores one "
+                        f"figure per trial: leave --objective out")
     from trainers import get_method
     module = get_method(method)
     options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
@@ -374,11 +466,11 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     space = search_space(method, given)
     records = []
 
-    def objective(trial):
+    def score_trial(trial):
         params = {param.name: param.suggest(trial) for param in space}
         trial_config = apply_params(config, params, space)
         start = time.perf_counter()
-        score, figures = validation_score(method, trial_config)
+        score, figures = validation_score(method, trial_config, objective)
         penalty, check = target_check(method, figures, target_balance_floor)
         records.append({"number": trial.number, "params": params, "validation_map": score, **check,
                         "figures": figures, "seconds": round(time.perf_counter() - start, 1)})
@@ -392,12 +484,18 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     # TPE samples at random for its first n_startup_trials (10 by default): a third of a short search
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 3))
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.enqueue_trial(base_params(method, config, space))  # trial 0: the base settings
+    warm = warm_start_trials(warm_start, method, config, space, bits, seed, objective) if warm_start else []
+    for record, params, score in warm:  # first, as done trials: what an earlier search measured
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={param.name: param.distribution() for param in space}, value=score))
+        records.append({**record, "number": len(records), "params": params, "validation_map": score,
+                        "warm_start": {"file": warm_start, "number": record.get("number")}})
+    study.enqueue_trial(base_params(method, config, space))  # then the base settings
     for param in space:  # then each other preset of a preset Param as it stands (e.g. ACMR's paper variant)
         for preset in param.choices if param.preset else ():
             if preset != BASE_PRESET[method]:
                 study.enqueue_trial(base_params(method, config, space, preset))
-    study.optimize(objective, n_trials=trials, timeout=timeout or None)
+    study.optimize(score_trial, n_trials=trials, timeout=timeout or None)  # `trials` more after the warm start
     best = study.best_trial
     best_record = next(record for record in records if record["number"] == best.number)
     if not best_record.get("accepted", True):
@@ -407,10 +505,11 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space)
     preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
               "command": command, "base": BASE_PRESET[method], "bits": bits, "seed": seed,
-              "validation": {"objective": "mean validation mAP over the directions", "ties": config.ties,
+              "validation": {"objective": objective, "rule": ACMR_OBJECTIVES[objective], "ties": config.ties,
                              "size": getattr(config, "validation_size", None) if method != "metah" else None,
                              "source_fraction": config.validation_fraction if method == "metah" else None,
                              "best_map": best_record["validation_map"], "best_trial": best.number,
+                             "warm_start": {"file": warm_start, "trials": len(warm)} if warm_start else None,
                              **({"target_balance_floor": target_balance_floor,
                                  "target_prediction_balance": best_record["figures"]["target_prediction_balance"]}
                                 if method == "metah" else {})},
@@ -436,6 +535,13 @@ def main(argv=None):
                         help="image-text data: training items held out for scoring (default: a fifth)")
     parser.add_argument("--validation-fraction", type=float, default=None,
                         help=f"METAH: share of the source held out (default {METAH_VALIDATION_FRACTION})")
+    parser.add_argument("--objective", default="mean", choices=tuple(ACMR_OBJECTIVES),
+                        help="ACMR: how a trial's score combines the two protocols' validation averages: "
+                        "mean (default), min (the smaller: both must be high) or top_k (mAP@top_k alone)")
+    parser.add_argument("--warm-start", default="", metavar="PRESET",
+                        help="ACMR: first add the trials an earlier search recorded in PRESET (same data, bits, "
+                        "seed, validation part and tie rule), rescored under --objective from their validation "
+                        "figures, so the sampler starts from them; --trials more are run")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop starting trials after this many "
                         "seconds (0: no limit)")
     parser.add_argument("--target-balance-floor", type=float, default=None,
@@ -447,7 +553,8 @@ def main(argv=None):
     command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
     run_search(args.method, args.dataset, args.trials, bits=args.bits, seed=args.seed, fixed_options=fixed,
                out=out, validation_size=args.validation_size, validation_fraction=args.validation_fraction,
-               timeout=args.timeout, command=command, target_balance_floor=args.target_balance_floor)
+               timeout=args.timeout, command=command, target_balance_floor=args.target_balance_floor,
+               objective=args.objective, warm_start=args.warm_start)
 
 
 if __name__ == "__main__":
