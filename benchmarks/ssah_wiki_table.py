@@ -95,7 +95,7 @@ def check_reused_run(run_dir, planned):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bits", default="16,32,64")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--variants", default="original,paper")
     parser.add_argument("--schedule", default="original")
     parser.add_argument("--epochs", type=int, default=1)
