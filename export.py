@@ -180,6 +180,7 @@ def _metah_preprocessing(config, pair):
     from keras import ops
 
     from utils import portable
+    from utils.data import standardization
     if pair.source.kind == "images":
         return (lambda x, names: ops.cast(x, "float32")), ["none (images as float32; the trunk scales them)"]
     train = pair.source.inputs.astype(np.float32)[pair.source_train]
@@ -188,8 +189,8 @@ def _metah_preprocessing(config, pair):
         scale = np.float32(max(float(np.sqrt(np.mean(np.square(train - mean)))), 1e-8))
         std, what = np.full_like(mean, scale), "centring: (x - source mean) / source RMS (one scalar)"
     elif config.feature_norm == "standardize":
-        mean, std = train.mean(axis=0), train.std(axis=0)
-        std, what = np.where(std > 1e-8, std, 1.0), "standardisation: (x - source mean) / source std"
+        mean, std = standardization(train)
+        what = "standardisation: (x - source mean) / source std"
     elif config.feature_norm == "l2":
         def unit(x, names):
             x = ops.cast(x, "float32")

@@ -21,6 +21,7 @@ import numpy as np
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
                            TrainingLoop, inline_batches)
 from utils.config import CommonConfig
+from utils.data import standardization
 from utils.errors import UserError
 
 PRESET_FIELD = "variant"
@@ -218,9 +219,7 @@ def input_standardization(config, data):
         if norm == "none":
             stats[modality] = None
             continue
-        rows = np.asarray(rows, np.float64)
-        std = rows.std(axis=0)
-        stats[modality] = (rows.mean(axis=0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+        stats[modality] = tuple(value.astype(np.float32) for value in standardization(np.asarray(rows, np.float64)))
     return stats
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
                            TrainingLoop, inline_batches)
 from utils.config import CommonConfig
+from utils.data import standardization
 from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
 from utils.errors import UserError
 from utils.metrics import DEFAULT_TIES
@@ -132,8 +133,7 @@ def prepare_inputs(pair: DomainPair, config):
         scale = max(float(np.sqrt(np.mean(np.square(train - mean)))), 1e-8)
         return (source - mean) / scale, (target - mean) / scale
     if config.feature_norm == "standardize":
-        mean, std = train.mean(axis=0), train.std(axis=0)
-        std = np.where(std > 1e-8, std, 1.0)
+        mean, std = standardization(train)
         return (source - mean) / std, (target - mean) / std
     if config.feature_norm == "l2":
         def unit(x):

@@ -95,6 +95,13 @@ class LazyRows:
         return self.source[self.rows[index]]
 
 
+def standardization(rows):
+    """(mean, std) per dimension of `rows` (in their dtype) for (x - mean) / std; a dimension
+    constant in them (std <= 1e-8) keeps std 1, so it is centred and not blown up."""
+    mean, std = rows.mean(axis=0), rows.std(axis=0)
+    return mean, np.where(std > 1e-8, std, 1.0)
+
+
 def prepared_path(name):
     """Where `python -m utils.prepare NAME` writes by default: DATA_ROOT/NAME.h5 in the first
     data root ($ADVHASH_DATA, else ./data of the repository), the first place train.py looks."""
