@@ -158,7 +158,8 @@ class EpochLoop:
         and a parallel map over the rows variable makes TensorFlow log a spurious error)."""
         wanted = {"lab": ("labels",), "img": ("images", "labels"), "txt": ("texts", "labels"),
                   "dis": ("images", "texts", "labels")}[step]
-        endless = not first and all(self._on_device(name) for name in wanted)
+        on_device = all(self._on_device(name) for name in wanted)
+        endless = on_device and not first
         if endless and step in self._endless:
             return self._endless[step]
         reads = [self._reader(name) for name in wanted]
@@ -171,7 +172,7 @@ class EpochLoop:
             self._endless[step] = iter(batches)
             return self._endless[step]
         batches = inline_batches(tf.data.Dataset.range(first, self.updates_per_pass).map(batch))
-        return iter(batches if all(self._on_device(name) for name in wanted) else batches.prefetch(2))
+        return iter(batches if on_device else batches.prefetch(2))
 
     # ----------------------------------------------------------------- one pass, one epoch
     def _pass(self, where, lr, k):
