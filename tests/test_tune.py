@@ -350,3 +350,155 @@ def test_a_warm_start_adds_an_earlier_searchs_trials_rescored_under_the_new_obje
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="leave --warm-start out"):
         tune.run_search("metah", "mnist->usps", trials=1, warm_start=str(earlier))
+
+
+def fake_metah_fit_by_seed(scores, balances=None, seen=None, lookups=None):
+    """A METAH fit whose validation mAP (target balance, lookup mAP within radius 2) depends on whether
+    the trial runs METAH's defaults and on the seed: scores[(is_base, seed)], falling back to
+    scores[(is_base, None)]."""
+    def fit(config, pair=None, **_):
+        base = config.beta == metah.METAH_BETA and config.alpha == metah.METAH_ALPHA
+        if seen is not None:
+            seen.append((base, config.seed))
+        pick = lambda table, default: table.get((base, config.seed), table.get((base, None), default))
+        return {"final": {"source-validation": {"map": pick(scores, 0.0), "map_radius2": pick(lookups or {}, 0.5)},
+                          "target_prediction_balance": pick(balances or {}, 0.99)}}
+    return fit
+
+
+def test_reranking_over_seeds_picks_the_trial_that_holds_not_the_luckiest(tmp_path, monkeypatch):
+    """At the search's seed every other trial beats METAH's defaults (0.9 against 0.8); at seeds 1
+    and 2 they fall to 0.5: re-ranked by the mean over seeds 0-2 the defaults win. The search's
+    own figures are reused (no run at seed 0), each new seed runs every re-ranked trial once."""
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, 0): 0.9, (False, None): 0.5}))
+    path = tmp_path / "metah-mnist-usps.json"
+    tune.main(["--method", "metah", "--dataset", "mnist->usps", "--trials", "3", "--out", str(path)])
+    searched = json.loads(path.read_text())
+    assert searched["validation"]["best_trial"] != 0 and searched["settings"]["alpha"] != metah.METAH_ALPHA
+
+    seen = []
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed(
+        {(True, None): 0.8, (False, 0): 0.9, (False, None): 0.5}, seen=seen))
+    tune.main(["--rerank", str(path), "--top", "3", "--seeds", "1,2"])
+    preset = json.loads(path.read_text())
+    assert sorted(seen) == sorted([(False, 1), (False, 2)] * 2 + [(True, 1), (True, 2)])
+    rerank = preset["rerank"]
+    assert rerank["chosen_trial"] == 0 and rerank["seeds"] == [0, 1, 2] and rerank["top"] == 3
+    assert rerank["command"] == f"python -m utils.tune --rerank {path} --top 3 --seeds 1,2"
+    assert rerank["mean_map"] == pytest.approx(0.8)
+    assert [c["number"] for c in rerank["candidates"]][0] != 0  # ranked by the search's score first
+    other = next(c for c in rerank["candidates"] if c["number"] != 0)
+    assert other["scores"] == {"0": 0.9, "1": 0.5, "2": 0.5} and other["mean_map"] == pytest.approx(19 / 30)
+    # The preset now carries the defaults' settings; the search's record is kept as it was.
+    assert preset["settings"]["alpha"] == metah.METAH_ALPHA and preset["settings"]["beta"] == metah.METAH_BETA
+    assert preset["trials"] == searched["trials"] and preset["command"] == searched["command"]
+    assert config_for(metah, ["--dataset", "mnist->usps", "--preset-file", str(path)]).alpha == metah.METAH_ALPHA
+
+
+def test_reranking_rejects_a_metah_trial_that_collapses_the_target_at_any_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9}))
+    path = tmp_path / "preset.json"
+    tune.run_search("metah", "mnist->usps", trials=2, out=str(path), command="python -m utils.tune --method metah "
+                    "--dataset mnist->usps --trials 2")
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9},
+                                                             balances={(False, 3): 0.2}))
+    preset = tune.rerank(str(path), top=2, seeds=[1, 3])
+    collapsed = next(c for c in preset["rerank"]["candidates"] if c["number"] == 1)
+    assert not collapsed["accepted"] and collapsed["balances"]["3"] == 0.2 and collapsed["mean_map"] > 0.8
+    assert preset["rerank"]["chosen_trial"] == 0
+
+
+def test_reranking_reruns_with_the_searchs_fixed_options(tmp_path):
+    """A real (tiny) SSAH search, then a re-ranking at another seed: the options held fixed in the
+    search (read back from its recorded command) hold in the rerun and stay in the preset."""
+    path = tmp_path / "ssah.json"
+    tune.main(["--method", "ssah", "--dataset", "synthetic", "--trials", "1", "--bits", "8",
+               "--validation-size", "150", "--out", str(path), *TINY_SSAH])
+    preset = tune.rerank(str(path), top=1, seeds=[5])
+    (candidate,) = preset["rerank"]["candidates"]
+    searched = json.loads(path.read_text())["trials"][0]
+    config = tune.apply_params(config_for(ssah, ["--dataset", "synthetic", "--bits", "8", "--validation-size",
+                                                 "150", "--seed", "5", *TINY_SSAH]),
+                               searched["params"], tune.search_space("ssah", {"schedule", "epochs", "hidden_dim",
+                                                                              "embed_dim", "discriminator_hidden",
+                                                                              "batch_size"}))
+    assert candidate["scores"]["5"] == pytest.approx(tune.validation_score("ssah", config)[0])
+    assert candidate["scores"]["0"] == searched["validation_map"]
+    assert preset["settings"]["schedule"] == "tiny" and preset["settings"]["hidden_dim"] == 32
+
+
+@pytest.mark.parametrize("preset, seeds, message", [
+    ({"method": "metah", "settings": {}, "command": "hand-written"}, [1], "records no search"),
+    ({"method": "nope", "settings": {}}, [1], "names no method of ssah, acmr, metah"),
+    (None, [0, 1], "other than the search's"),
+])
+def test_reranking_bad_input_is_a_one_line_error(tmp_path, monkeypatch, preset, seeds, message):
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9}))
+    path = tmp_path / "preset.json"
+    if preset is None:
+        tune.run_search("metah", "mnist->usps", trials=1, out=str(path),
+                        command="python -m utils.tune --method metah --dataset mnist->usps --trials 1")
+    else:
+        write(path, preset)
+    with pytest.raises(UserError, match=message) as error:
+        tune.rerank(str(path), top=2, seeds=seeds)
+    assert "\n" not in str(error.value)
+
+
+def test_reranking_breaks_equal_means_by_the_validation_hash_lookup(tmp_path, monkeypatch):
+    """Every trial ranks the validation queries perfectly at every seed (a small source part): the
+    trial whose lookup within radius 2 is better on average wins; without a difference, the base."""
+    path = tmp_path / "preset.json"
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 1.0, (False, None): 1.0}))
+    tune.run_search("metah", "mnist->usps", trials=2, out=str(path),
+                    command="python -m utils.tune --method metah --dataset mnist->usps --trials 2")
+    assert tune.rerank(str(path), top=2, seeds=[1])["rerank"]["chosen_trial"] == 0
+    monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 1.0, (False, None): 1.0},
+                                                             lookups={(True, None): 0.9, (False, None): 1.0}))
+    tune.run_search("metah", "mnist->usps", trials=2, out=str(path),
+                    command="python -m utils.tune --method metah --dataset mnist->usps --trials 2")
+    preset = tune.rerank(str(path), top=2, seeds=[1])
+    assert preset["rerank"]["chosen_trial"] == 1
+    assert [c["mean_map_radius2"] for c in preset["rerank"]["candidates"]] == [0.9, 1.0]
+
+
+def test_a_setting_held_fixed_on_the_command_line_beats_the_switches_a_trial_draws(monkeypatch):
+    """`--train-label-classifier false` after the known options holds in every trial, also in one
+    that draws the paper variant's switches (which train the classifier)."""
+    seen = []
+
+    def fit(config, data=None, **_):
+        seen.append((config.projector_steps, config.train_label_classifier))
+        return {"final": {acmr.TEST_PROTOCOL: {"average": 0.3}, acmr.DATABASE_PROTOCOL: {"average": 0.3}}}
+    monkeypatch.setattr(acmr, "fit", fit)
+    preset = tune.run_search("acmr", "synthetic", trials=2, validation_size=120,
+                             fixed_options=["--train-label-classifier", "false"])
+    paper_steps = acmr.PRESETS["paper"]["projector_steps"]
+    assert acmr.PRESETS["paper"]["train_label_classifier"] is True
+    assert [t["params"]["switches"] for t in preset["trials"]] == ["original", "paper"]
+    assert seen[1] == (paper_steps, False) and not any(trained for _, trained in seen)
+    assert "train_label_classifier" not in {p["name"] for p in preset["search_space"]}
+    assert preset["settings"]["train_label_classifier"] is False
+
+
+def test_a_warm_start_measures_a_setting_new_to_the_space_on_the_best_earlier_trial(tmp_path, monkeypatch):
+    """Records from before retrieval_distance was searched count as Euclidean; the search then runs
+    the base trial and the best recorded trial with cosine before the sampler's own draws."""
+    monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.30, 0.28), True: (0.20, 0.45)}))
+    earlier = tmp_path / "earlier.json"
+    tune.run_search("acmr", "synthetic", trials=2, validation_size=120, out=str(earlier))  # mean: trial 1 wins
+    recorded = json.loads(earlier.read_text())
+    for trial in recorded["trials"]:  # as a search before the setting wrote them
+        del trial["params"]["retrieval_distance"]
+    write(earlier, recorded)
+    seen = []
+
+    def fit(config, data=None, **_):
+        seen.append((config.train_label_classifier, config.retrieval_distance))
+        return {"final": {acmr.TEST_PROTOCOL: {"average": 0.1}, acmr.DATABASE_PROTOCOL: {"average": 0.1}}}
+    monkeypatch.setattr(acmr, "fit", fit)
+    preset = tune.run_search("acmr", "synthetic", trials=3, validation_size=120, warm_start=str(earlier))
+    warm_best = recorded["trials"][1]["params"]
+    assert seen[:2] == [(False, "euclidean"), (True, "cosine")]  # the base trial, then the new choice
+    assert preset["trials"][3]["params"] == {**warm_best, "retrieval_distance": "cosine"}
+    assert [t["params"]["retrieval_distance"] for t in preset["trials"][:2]] == ["euclidean"] * 2

@@ -5,6 +5,7 @@
     python -m utils.tune --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
     python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
     python -m utils.tune --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
+    python -m utils.tune --rerank trainers/presets/acmr-wiki.json --top 8 --seeds 1,2,3,4  # see rerank()
 
 Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
 (seeded) proposes, and scores them on VALIDATION items carved out of the training set, never
@@ -21,7 +22,8 @@ training items over the classes with a balance (entropy of the predicted classes
 log C) below `--target-balance-floor` (default 0.9; 0: off) ranks below every trial that keeps it.
 
 Trial 0 runs the base settings (the program's method with train.py's dataset defaults, as far as
-they lie in the search space), so a preset is never worse than them on validation.
+they lie in the search space), so a preset is never worse than them on validation; after a warm
+start, a choice setting the earlier search did not have is next tried on its best trial.
 Options after the known ones are train.py options held fixed in every trial (and written into
 the preset); a setting given that way is left out of the search. The best trial's settings go
 to --out as a preset (written atomically) with the command, every trial, the best validation
@@ -66,6 +68,10 @@ REJECTED_PENALTY = 1.0
 # METAH's default floor: its defaults keep 0.96-1.0 on every Office pair, a preset that collapsed
 # W->A's target scored 0.75 (seed 0 of the search).
 METAH_TARGET_BALANCE_FLOOR = 0.9
+# Re-ranking over seeds: between trials of equal mean validation mAP (a small validation part that
+# every good trial ranks perfectly), the validation queries' hash-lookup mAP within Hamming radius 2
+# (METAH reports it) decides.
+TIE_BREAK_FIGURE = "map_radius2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +145,9 @@ SEARCH_SPACES = {
         Param("label_weight", 1.0, 300.0, log=True),
         Param("alpha", 0.5, 20.0, log=True),
         Param("margin", 0.01, 1.0, log=True),
+        # How the embeddings are ranked (the program: Euclidean): with cosine the two modalities'
+        # embedding norms no longer count.
+        Param("retrieval_distance", choices=("euclidean", "cosine")),
     ),
     "metah": (
         # Around the defaults (already chosen on source validation): wide ranges of 8 settings
@@ -207,19 +216,24 @@ def _converted(field, hint, value, path):
     return value
 
 
-def read_preset(path, method, config_class):
-    """The settings of the preset file at `path` ({name: value} in the Config's types), checked:
-    a missing file, bad JSON, another method's preset, an unknown or per-run setting, or a
-    value of the wrong type is a one-line error."""
+def preset_json(path):
+    """The JSON of the preset file at `path`; a one-line error when it is missing or unreadable."""
     if not os.path.isfile(path):
         raise UserError(f"preset file {path} does not exist; give the path of a JSON preset written by "
                         f"python -m utils.tune")
     try:
         with open(path) as f:
-            preset = json.load(f)
+            return json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"preset file {path} is not readable JSON ({error}); write it again with "
                         f"python -m utils.tune") from None
+
+
+def read_preset(path, method, config_class):
+    """The settings of the preset file at `path` ({name: value} in the Config's types), checked:
+    a missing file, bad JSON, another method's preset, an unknown or per-run setting, or a
+    value of the wrong type is a one-line error."""
+    preset = preset_json(path)
     if not isinstance(preset, dict) or not isinstance(preset.get("settings"), dict):
         raise UserError(f"preset file {path} has no 'settings' object; a preset is the JSON that "
                         f"python -m utils.tune writes")
@@ -345,6 +359,20 @@ def warm_start_trials(path, method, config, space, bits, seed, objective):
     return trials
 
 
+def new_choice_trials(warm, space):
+    """Params of start trials for choice settings that the warm-start trials did not search (their
+    value there read off the config): the best earlier trial with each other choice, so a setting
+    new to the space is measured where the search already stands, whatever the sampler draws."""
+    if not warm:
+        return []
+    record, params, _ = max(warm, key=lambda trial: trial[2])
+    trials = []
+    for param in space:
+        if param.choices and not param.preset and param.name not in record.get("params", {}):
+            trials += [{**params, param.name: choice} for choice in param.choices if choice != params[param.name]]
+    return trials
+
+
 def base_config(method, fixed_options):
     """(Config built as train.py builds it from the fixed options, names of the settings given)."""
     from train import build_config
@@ -400,15 +428,17 @@ def base_params(method, config, space, preset=None):
     return params
 
 
-def apply_params(config, params, space=()):
+def apply_params(config, params, space=(), fixed=()):
     """`config` with the trial's values (tuple settings given as text parsed); a preset Param of
-    `space` contributes its preset's switches first (module: the config's method)."""
+    `space` contributes its preset's switches first (module: the config's method), except the
+    settings named in `fixed` (held fixed by the search's command line: they keep config's value)."""
     hints = typing.get_type_hints(type(config))
     fields = {f.name: f for f in dataclasses.fields(config)}
     preset_names = {param.name for param in space if param.preset}
     values = {}
     for name in preset_names & set(params):
-        values.update(sys.modules[type(config).__module__].PRESETS[params[name]])
+        values.update({key: value for key, value in sys.modules[type(config).__module__].PRESETS[params[name]].items()
+                       if key not in fixed})
     values.update({name: _converted(fields[name], hints[name], value, "search")
                    for name, value in params.items() if name not in preset_names})
     return dataclasses.replace(config, **values)
@@ -422,6 +452,30 @@ def target_check(method, figures, floor):
         return 0.0, {}
     accepted = figures["target_prediction_balance"] >= floor
     return (0.0 if accepted else REJECTED_PENALTY), {"accepted": accepted}
+
+
+def search_setup(method, dataset, bits, seed, fixed_options, validation_size, validation_fraction):
+    """(base Config of every trial, settings given, search space, the base variant's Config): what a
+    search and a re-ranking of its trials build alike from the same options."""
+    from trainers import get_method
+    module = get_method(method)
+    options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
+    config, given = base_config(method, options)
+    if method == "metah":
+        fraction = METAH_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+        config = dataclasses.replace(config, validation_fraction=fraction)
+        if fraction <= 0:
+            raise UserError("METAH's search scores on source validation queries: give --validation-fraction > 0")
+    else:
+        if validation_size is None:
+            from utils.data import load_dataset
+            data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
+                                split_sizes=config.split_sizes)
+            validation_size = max(1, int(round(VALIDATION_SHARE * len(data.split.train))))
+        config = dataclasses.replace(config, validation_size=validation_size)
+    reference = module.Config(**{**dataclasses.asdict(module.Config()),
+                                 **module.PRESETS[BASE_PRESET[method]]})
+    return config, given, search_space(method, given), reference
 
 
 def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="", validation_size=None,
@@ -445,30 +499,13 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     if objective != "mean" and method != "acmr":
         raise UserError(f"--objective {objective} combines ACMR's two protocols; {method} scores one "
                         f"figure per trial: leave --objective out")
-    from trainers import get_method
-    module = get_method(method)
-    options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
-    config, given = base_config(method, options)
-    if method == "metah":
-        fraction = METAH_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
-        config = dataclasses.replace(config, validation_fraction=fraction)
-        if fraction <= 0:
-            raise UserError("METAH's search scores on source validation queries: give --validation-fraction > 0")
-    else:
-        if validation_size is None:
-            from utils.data import load_dataset
-            data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
-                                split_sizes=config.split_sizes)
-            validation_size = max(1, int(round(VALIDATION_SHARE * len(data.split.train))))
-        config = dataclasses.replace(config, validation_size=validation_size)
-    reference = module.Config(**{**dataclasses.asdict(module.Config()),
-                                 **module.PRESETS[BASE_PRESET[method]]})
-    space = search_space(method, given)
+    config, given, space, reference = search_setup(method, dataset, bits, seed, fixed_options,
+                                                    validation_size, validation_fraction)
     records = []
 
     def score_trial(trial):
         params = {param.name: param.suggest(trial) for param in space}
-        trial_config = apply_params(config, params, space)
+        trial_config = apply_params(config, params, space, given)
         start = time.perf_counter()
         score, figures = validation_score(method, trial_config, objective)
         penalty, check = target_check(method, figures, target_balance_floor)
@@ -491,6 +528,8 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         records.append({**record, "number": len(records), "params": params, "validation_map": score,
                         "warm_start": {"file": warm_start, "number": record.get("number")}})
     study.enqueue_trial(base_params(method, config, space))  # then the base settings
+    for params in new_choice_trials(warm, space):  # then what the earlier search could not draw
+        study.enqueue_trial(params)
     for param in space:  # then each other preset of a preset Param as it stands (e.g. ACMR's paper variant)
         for preset in param.choices if param.preset else ():
             if preset != BASE_PRESET[method]:
@@ -502,7 +541,7 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         highest = max(record["figures"]["target_prediction_balance"] for record in records)
         raise UserError(f"every trial's target prediction balance fell below --target-balance-floor "
                         f"{target_balance_floor} (highest {highest:.3f}); give a lower floor, or 0 to turn the check off")
-    best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space)
+    best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space, given)
     preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
               "command": command, "base": BASE_PRESET[method], "bits": bits, "seed": seed,
               "validation": {"objective": objective, "rule": ACMR_OBJECTIVES[objective], "ties": config.ties,
@@ -521,8 +560,108 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
     return {"format": PRESET_FORMAT, "method": method, "dataset": dataset, **preset}
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+# --------------------------------------------------------------------------- re-ranking over seeds
+
+def recorded_search(path):
+    """(preset dict, parsed search arguments, fixed train.py options) of the preset at `path`,
+    read back from the tune command it records; a one-line error when it records none."""
+    from trainers import get_method
+    recorded = preset_json(path)
+    method = recorded.get("method") if isinstance(recorded, dict) else None
+    if method not in SEARCH_SPACES:
+        raise UserError(f"preset file {path} names no method of {', '.join(SEARCH_SPACES)}; give a preset "
+                        f"written by python -m utils.tune")
+    read_preset(path, method, get_method(method).Config)  # its settings: a one-line error when broken
+    words = shlex.split(recorded.get("command") or "")
+    if words[:3] != ["python", "-m", "utils.tune"] or "--rerank" in words or not recorded.get("trials"):
+        raise UserError(f"preset file {path} records no search (its command is {recorded.get('command')!r}); "
+                        f"re-ranking reruns the trials a python -m utils.tune search recorded")
+    args, fixed = argument_parser().parse_known_args(words[3:])
+    return recorded, args, fixed
+
+
+def rerank(path, top, seeds, out="", command=""):
+    """Reruns the `top` best trials the search recorded in the preset at `path` at each of `seeds`
+    (other than the search's: its figures are recorded) with the search's options, each seed also
+    drawing its own validation part, and writes the preset (to `out`, default `path`) with the
+    settings of the trial whose validation score, averaged over the search's seed and `seeds`, is
+    highest (equal means: the higher mean TIE_BREAK_FIGURE, then the earlier trial); a METAH trial
+    counts as kept only if its target balance holds the floor at every seed.
+    A score measured on one seed and one validation draw picks the luckiest of many trials; the
+    average of several picks what holds. Returns the preset as a dict."""
+    recorded, args, fixed = recorded_search(path)
+    method = recorded["method"]
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds or args.seed in seeds:
+        raise UserError(f"--seeds must name seeds other than the search's ({args.seed}), whose figures the "
+                        f"preset records; got {','.join(map(str, seeds)) or 'none'}")
+    floor = args.target_balance_floor
+    if floor is None:
+        floor = METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
+    config, given, space, reference = search_setup(method, args.dataset, args.bits, args.seed, fixed,
+                                                   args.validation_size, args.validation_fraction)
+    names = {param.name for param in space}
+    usable = [record for record in recorded["trials"]
+              if set(record.get("params", {})) == names and "validation_map" in record]
+    ranked = sorted(usable, key=lambda r: (r.get("accepted", True), r["validation_map"], -r["number"]), reverse=True)
+    candidates = []
+    for record in ranked[:top]:
+        trial_config = apply_params(config, record["params"], space, given)
+        scores, balances, accepted = {str(args.seed): record["validation_map"]}, {}, record.get("accepted", True)
+        figures_by_seed = {str(args.seed): record.get("figures", {})}
+        if "target_prediction_balance" in record.get("figures", {}):
+            balances[str(args.seed)] = record["figures"]["target_prediction_balance"]
+        for seed in seeds:
+            start = time.perf_counter()
+            score, figures = validation_score(method, dataclasses.replace(trial_config, seed=seed), args.objective)
+            penalty, check = target_check(method, figures, floor)
+            accepted = accepted and check.get("accepted", True)
+            scores[str(seed)] = score
+            figures_by_seed[str(seed)] = figures
+            if check:
+                balances[str(seed)] = figures["target_prediction_balance"]
+            print(f"trial {record['number']} seed {seed}: validation mAP {score:.4f}"
+                  f"{f', target balance {balances[str(seed)]:.3f}' if check else ''}"
+                  f"{'' if check.get('accepted', True) else ' REJECTED'} ({time.perf_counter() - start:.1f} s)",
+                  flush=True)
+        mean = sum(scores.values()) / len(scores)
+        lookups = [figures.get(TIE_BREAK_FIGURE) for figures in figures_by_seed.values()]
+        candidates.append({"number": record["number"], "params": record["params"], "scores": scores,
+                           "mean_map": mean, "accepted": accepted, **({"balances": balances} if balances else {}),
+                           **({f"mean_{TIE_BREAK_FIGURE}": sum(lookups) / len(lookups)}
+                              if None not in lookups else {}),
+                           "figures": figures_by_seed})
+        print(f"trial {record['number']}: mean validation mAP {mean:.4f} over {len(scores)} seeds"
+              f"{'' if accepted else ' (REJECTED at some seed)'}", flush=True)
+    kept = [candidate for candidate in candidates if candidate["accepted"]]
+    if not kept:
+        raise UserError(f"every re-ranked trial fell below --target-balance-floor {floor} at some seed; "
+                        f"re-rank more trials (--top) or search again")
+    # Equal means (e.g. every trial perfect on a small validation part): the better hash lookup on the
+    # same validation queries, then the earlier trial (the base first).
+    chosen = max(kept, key=lambda candidate: (candidate["mean_map"], candidate.get(f"mean_{TIE_BREAK_FIGURE}", 0.0),
+                                              -candidate["number"]))
+    chosen_config = apply_params(config, chosen["params"], space, given)
+    preset = {key: value for key, value in recorded.items() if key not in ("format", "method", "dataset")}
+    preset["settings"] = settings_of(chosen_config, reference, given | names)
+    preset["rerank"] = {"command": command, "top": top, "seeds": [args.seed, *seeds],
+                        "rule": "mean validation score over the seeds (each its own validation draw); equal "
+                                f"means: the higher mean {TIE_BREAK_FIGURE} where the method reports it; "
+                                "a METAH trial must hold the target balance floor at every seed",
+                        "chosen_trial": chosen["number"], "mean_map": chosen["mean_map"],
+                        "candidates": candidates,
+                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    out = out or path
+    write_preset(out, method, recorded["dataset"], **preset)
+    print(f"re-ranked {len(candidates)} trials over seeds {preset['rerank']['seeds']}: trial {chosen['number']} "
+          f"(mean validation mAP {chosen['mean_map']:.4f}); preset written to {out}")
+    return {"format": PRESET_FORMAT, "method": method, "dataset": recorded["dataset"], **preset}
+
+
+def argument_parser():
+    """The search's command line (train.py options after the known ones are held fixed)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True, choices=tuple(SEARCH_SPACES))
     parser.add_argument("--dataset", required=True)
@@ -548,6 +687,29 @@ def main(argv=None):
                         help="METAH: a trial whose predicted classes on the unlabelled target have an entropy "
                         f"below this share of log C ranks below every other (default {METAH_TARGET_BALANCE_FLOOR}; "
                         "0: off)")
+    return parser
+
+
+def rerank_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m utils.tune --rerank", description=rerank.__doc__)
+    parser.add_argument("--rerank", required=True, metavar="PRESET", help="a preset a search wrote")
+    parser.add_argument("--top", type=int, default=6, help="best recorded trials to rerun (default 6)")
+    parser.add_argument("--seeds", required=True, help="comma-separated seeds other than the search's, e.g. 1,2,3,4")
+    parser.add_argument("--out", default="", help="preset file to write (default: PRESET itself)")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, e.g. 1,2,3,4; got {args.seeds!r}") from None
+    rerank(args.rerank, args.top, seeds, out=args.out,
+           command="python -m utils.tune " + " ".join(shlex.quote(a) for a in argv))
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--rerank" or a.startswith("--rerank=") for a in argv):
+        return rerank_main(argv)
+    parser = argument_parser()
     args, fixed = parser.parse_known_args(argv)
     out = args.out or os.path.join(PRESETS_DIR, preset_name(args.method, args.dataset))
     command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
