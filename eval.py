@@ -82,7 +82,8 @@ class Source:
             raise UserError(f"unknown method {self.method!r} for {self.path}; known: {', '.join(EXPORTS)} "
                             f"(pass --method)")
         self.spec = EXPORTS[self.method]
-        self.distance = distance or self.spec["distance"]
+        # A run ranks as it was evaluated in training (ACMR: its --retrieval-distance), unless told otherwise.
+        self.distance = distance or self.config.get("retrieval_distance") or self.spec["distance"]
         if self.distance not in DISTANCES:
             raise UserError(f"unknown distance '{self.distance}'; choose one of {', '.join(DISTANCES)}")
         self.label = os.path.basename(os.path.normpath(self.path))
@@ -273,7 +274,8 @@ def build_parser():
     parser.add_argument("paths", nargs="+", help="run folder(s) or codes .mat file(s)")
     parser.add_argument("--compare", action="store_true", help="overlay several runs; print one table")
     parser.add_argument("--method", choices=sorted(EXPORTS), help="fields of a bare codes file (default ssah)")
-    parser.add_argument("--distance", choices=DISTANCES, help="override the method's distance")
+    parser.add_argument("--distance", choices=DISTANCES, help="override the distance (default: the run's own: "
+                        "Hamming for codes, ACMR's --retrieval-distance for its embeddings)")
     parser.add_argument("--directions", default="", help="comma list, e.g. 'i->t,t->i' (default: all)")
     parser.add_argument("--top-k", default="50,500", help="mAP@K for these K (comma list)")
     parser.add_argument("--n-max", type=int, default=1000, help="top-N curve up to N (default 1000)")

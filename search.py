@@ -13,7 +13,8 @@ By default a query searches the other modality (text -> images, image -> texts);
 searches the target domain. Hashing runs (SSAH, METAH) rank by Hamming distance, with the
 index that --build saved (utils.search.HammingIndex; faiss when installed); equal distances
 list the smaller database index first. ACMR's embeddings are real-valued: its database is
-ranked by Euclidean distance directly, and there is no index to build.
+ranked directly by the run's retrieval distance (Euclidean unless trained with --retrieval-distance
+cosine), and there is no index to build.
 Each listed item: rank, database index, distance, labels (label columns of multi-label data,
 the class id of single-label data) and, when the dataset's vocabulary file has them, the
 label names.

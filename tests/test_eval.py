@@ -232,3 +232,14 @@ def test_encode_hook_calls_the_trainers_encode(tmp_path, monkeypatch):
     monkeypatch.setattr(trainers, "get_method", lambda name: types.SimpleNamespace())
     with pytest.raises(UserError, match="cannot encode new items"):
         evaluator.encode_new_items(run_dir, np.zeros((2, 3)), "text")
+
+
+@pytest.mark.parametrize("saved, given, expected", [
+    ({"retrieval_distance": "cosine"}, None, "cosine"),   # as the run was evaluated in training
+    ({}, None, "euclidean"),                              # a run from before the setting: the program's
+    ({"retrieval_distance": "cosine"}, "euclidean", "euclidean"),  # --distance still wins
+])
+def test_an_acmr_run_is_ranked_by_its_own_retrieval_distance(tmp_path, saved, given, expected):
+    io.save_json(str(tmp_path / "config.json"), {"method": "acmr", "config": saved})
+    (tmp_path / "codes.mat").write_bytes(b"")  # only its presence is checked before the figures are read
+    assert evaluator.Source(str(tmp_path), distance=given).distance == expected

@@ -130,6 +130,9 @@ class Config(CommonConfig):
     drop_last: bool = _field(True, "drop the last partial batch (the program: 2173 // 64 = 33 batches)")
     # Evaluation and bookkeeping
     top_k: int = _field(50, "the authors' protocol: mAP@top_k, test against test")
+    retrieval_distance: str = _field("euclidean", "distance that ranks the embeddings in every figure: "
+                                     "euclidean (the program) or cosine (one minus the cosine: the two "
+                                     "modalities' embedding norms no longer count)", choices=("euclidean", "cosine"))
     full_test_batches: bool = _field(True, "the authors' protocol evaluates only full test batches "
                                      "(640 of the 693 Wikipedia test pairs)")
     eval_every: int = _field(1, "evaluate both protocols every N epochs (and after the last)")
@@ -395,10 +398,10 @@ VALIDATION_PROTOCOL = "map_validation_vs_database"
 def evaluate(model, data, config):
     """Both protocols, both directions; returns (figures, exported arrays).
 
-    TEST_PROTOCOL (the authors'): mAP@top_k, Euclidean on raw embeddings, test against test (only
-    full batches when full_test_batches). DATABASE_PROTOCOL: mAP over the whole ranking, test
-    queries against the database part.
-    Ties (rare for real embeddings) follow config.ties."""
+    TEST_PROTOCOL (the authors'): mAP@top_k, test against test (only full batches when
+    full_test_batches). DATABASE_PROTOCOL: mAP over the whole ranking, test queries against the
+    database part. Both rank by config.retrieval_distance (the program: Euclidean on raw
+    embeddings); ties (rare for real embeddings) follow config.ties."""
     from utils import metrics
     query_img, query_txt, query_labels = data.part("query")
     db_img, db_txt, db_labels = data.part("database")
@@ -409,13 +412,13 @@ def evaluate(model, data, config):
         raise UserError(f"the test set has {len(q_img)} pairs, fewer than one batch of {config.batch_size}: "
                         f"pass --full-test-batches false")
     t_img, t_txt, t_lab = q_img[:n_test], q_txt[:n_test], query_labels[:n_test]
-    ties = config.ties
+    ranked = dict(ties=config.ties, metric=config.retrieval_distance)
     figures = {TEST_PROTOCOL: {
-        "i->t": metrics.embedding_map(t_img, t_txt, t_lab, t_lab, top_k=config.top_k, ties=ties),
-        "t->i": metrics.embedding_map(t_txt, t_img, t_lab, t_lab, top_k=config.top_k, ties=ties),
+        "i->t": metrics.embedding_map(t_img, t_txt, t_lab, t_lab, top_k=config.top_k, **ranked),
+        "t->i": metrics.embedding_map(t_txt, t_img, t_lab, t_lab, top_k=config.top_k, **ranked),
     }, DATABASE_PROTOCOL: {
-        "i->t": metrics.embedding_map(q_img, d_txt, query_labels, db_labels, ties=ties),
-        "t->i": metrics.embedding_map(q_txt, d_img, query_labels, db_labels, ties=ties),
+        "i->t": metrics.embedding_map(q_img, d_txt, query_labels, db_labels, **ranked),
+        "t->i": metrics.embedding_map(q_txt, d_img, query_labels, db_labels, **ranked),
     }}
     for protocol in figures.values():
         protocol["average"] = (protocol["i->t"] + protocol["t->i"]) / 2
@@ -435,8 +438,9 @@ def validation_figures(model, data, config):
     db_img, db_txt, db_labels = data.part("validation_database")
     v_img, v_txt = model.embed(val_img, val_txt)
     d_img, d_txt = model.embed(db_img, db_txt)
-    figures = {"i->t": metrics.embedding_map(v_img, d_txt, val_labels, db_labels, ties=config.ties),
-               "t->i": metrics.embedding_map(v_txt, d_img, val_labels, db_labels, ties=config.ties)}
+    ranked = dict(ties=config.ties, metric=config.retrieval_distance)
+    figures = {"i->t": metrics.embedding_map(v_img, d_txt, val_labels, db_labels, **ranked),
+               "t->i": metrics.embedding_map(v_txt, d_img, val_labels, db_labels, **ranked)}
     figures["average"] = (figures["i->t"] + figures["t->i"]) / 2
     return {name: float(value) for name, value in figures.items()}
 
