@@ -444,6 +444,13 @@ def apply_params(config, params, space=(), fixed=()):
     return dataclasses.replace(config, **values)
 
 
+def balance_floor(method, given=None):
+    """The target balance floor of a search: `given`, else METAH's default (0, off, for the others)."""
+    if given is not None:
+        return given
+    return METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
+
+
 def target_check(method, figures, floor):
     """(penalty, record fields) of a trial's target criterion: a METAH trial whose target prediction
     balance (in its figures) is below `floor` (0: off) loses REJECTED_PENALTY; other methods have no
@@ -482,8 +489,7 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
                validation_fraction=None, timeout=0.0, command="", target_balance_floor=None, objective="mean",
                warm_start=""):
     """Runs the search and writes the preset to `out`; returns the preset as a dict."""
-    if target_balance_floor is None:
-        target_balance_floor = METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
+    target_balance_floor = balance_floor(method, target_balance_floor)
     try:
         import optuna
     except ImportError:
@@ -597,9 +603,7 @@ def rerank(path, top, seeds, out="", command=""):
     if not seeds or args.seed in seeds:
         raise UserError(f"--seeds must name seeds other than the search's ({args.seed}), whose figures the "
                         f"preset records; got {','.join(map(str, seeds)) or 'none'}")
-    floor = args.target_balance_floor
-    if floor is None:
-        floor = METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
+    floor = balance_floor(method, args.target_balance_floor)
     config, given, space, reference = search_setup(method, args.dataset, args.bits, args.seed, fixed,
                                                    args.validation_size, args.validation_fraction)
     names = {param.name for param in space}
@@ -690,7 +694,7 @@ def argument_parser():
     return parser
 
 
-def rerank_main(argv):
+def rerank_main(argv, command):
     parser = argparse.ArgumentParser(prog="python -m utils.tune --rerank", description=rerank.__doc__)
     parser.add_argument("--rerank", required=True, metavar="PRESET", help="a preset a search wrote")
     parser.add_argument("--top", type=int, default=6, help="best recorded trials to rerun (default 6)")
@@ -701,18 +705,16 @@ def rerank_main(argv):
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, e.g. 1,2,3,4; got {args.seeds!r}") from None
-    rerank(args.rerank, args.top, seeds, out=args.out,
-           command="python -m utils.tune " + " ".join(shlex.quote(a) for a in argv))
+    rerank(args.rerank, args.top, seeds, out=args.out, command=command)
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)  # recorded in the preset
     if any(a == "--rerank" or a.startswith("--rerank=") for a in argv):
-        return rerank_main(argv)
-    parser = argument_parser()
-    args, fixed = parser.parse_known_args(argv)
+        return rerank_main(argv, command)
+    args, fixed = argument_parser().parse_known_args(argv)
     out = args.out or os.path.join(PRESETS_DIR, preset_name(args.method, args.dataset))
-    command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)
     run_search(args.method, args.dataset, args.trials, bits=args.bits, seed=args.seed, fixed_options=fixed,
                out=out, validation_size=args.validation_size, validation_fraction=args.validation_fraction,
                timeout=args.timeout, command=command, target_balance_floor=args.target_balance_floor,
