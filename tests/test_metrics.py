@@ -158,6 +158,17 @@ def test_map_matches_reference_on_random_codes(bits, ties):
         assert abs(got - ref_map(query, db, query_labels, db_labels, top_k, ties=ties)) < TOL
 
 
+@pytest.mark.parametrize("ties", SORT_RULES)
+def test_average_precisions_are_each_querys_ap(ties):
+    query, db, query_labels, db_labels = random_case(3, 12, 300, 16)
+    for top_k in (None, 10):
+        got = metrics.average_precisions(query, db, query_labels, db_labels, top_k=top_k, ties=ties)
+        want = [ref_ap(ref_distances(q, db, "hamming", ties), ref_relevant(label, db_labels), top_k, ties)
+                for q, label in zip(query, query_labels)]
+        assert got.shape == (12,) and np.allclose(got, want, atol=TOL)
+        assert abs(metrics.mean_average_precision(query, db, query_labels, db_labels, top_k, ties) - np.mean(want)) < TOL
+
+
 @pytest.mark.parametrize("ties", metrics.TIE_RULES)
 def test_zero_one_codes_and_bool_codes_give_the_same_map(ties):
     query, db, query_labels, db_labels = random_case(3, 20, 300, 24)

@@ -457,14 +457,21 @@ class MetahTraining(Method):
         return {"first_step_seconds": self.first_step_seconds, "steps_per_epoch": self.steps_per_epoch}
 
 
-def fit(config, pair=None, run=None, resume=False):
-    """Trains and evaluates through the shared loop; logs, checkpoints and exports only when
-    `run` is given. Returns {"final": figures, "epochs": [...], "seconds", "iterations", ...}."""
+def new_training(config, pair=None):
+    """The untrained MetahTraining of `config` (its model, pair and prepared inputs) on `pair`
+    (default: the config's pair, loaded)."""
     check_config(config)
     pair = pair or load_pair(config)
     inputs = prepare_inputs(pair, config)
-    model = MetahModel(config, inputs[0].shape[1:], pair.num_classes)
-    training = MetahTraining(config, pair, inputs, model)
+    return MetahTraining(config, pair, inputs, MetahModel(config, inputs[0].shape[1:], pair.num_classes))
+
+
+def fit(config, pair=None, run=None, resume=False, training=None):
+    """Trains and evaluates through the shared loop; logs, checkpoints and exports only when
+    `run` is given; `training`: a new_training(config) to train (its model stays readable).
+    Returns {"final": figures, "epochs": [...], "seconds", "iterations", ...}."""
+    training = training or new_training(config, pair)
+    pair = training.pair
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"metah {config.preset} {pair.name} {config.bits}b").run()
 

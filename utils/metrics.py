@@ -664,15 +664,21 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k
     ties: the tie rule (module doc; default expected). Queries with no relevant item add 0
     but count in the divisor; with top_k, AP divides by the relevant items in the top K.
     """
+    return float(average_precisions(query_codes, db_codes, query_labels, db_labels, top_k, ties).mean())
+
+
+def average_precisions(query_codes, db_codes, query_labels, db_labels, top_k=None, ties=DEFAULT_TIES):
+    """Each query's AP (float64, one per query) under the rules of mean_average_precision, whose
+    figure is their plain mean: for weighting queries (e.g. importance-weighted validation)."""
     _check_top_k(top_k)
     check_ties(ties)
     if ties == "argsort":
-        report = retrieval_report(query_codes, db_codes, query_labels, db_labels, "hamming",
-                                  top_ks=() if top_k is None else (int(top_k),), n_max=1, ties=ties)
-        return report["map" if top_k is None else f"map@{int(top_k)}"]
+        problem = _SortedProblem(*_validated(query_codes, db_codes, query_labels, db_labels, "hamming"),
+                                 "hamming", ties)
+        per_query, _ = _sorted_figures(problem, () if top_k is None else (int(top_k),), 1, np.array([1]))
+        return per_query["ap" if top_k is None else f"ap@{int(top_k)}"]
     counts = _HammingCounts(distance_histograms(query_codes, db_codes, query_labels, db_labels), ties)
-    ap = counts.ap() if top_k is None else counts.ap_at(int(top_k))
-    return float(ap.mean())
+    return counts.ap() if top_k is None else counts.ap_at(int(top_k))
 
 
 def random_codes_map(query_labels, db_labels, bits, draws=3, seed=0, ties=DEFAULT_TIES):
