@@ -17,8 +17,8 @@ floor), plus the source-only, TAH and METAH presets, and records for each run:
 The summary gives, per pair, the Spearman correlation of each criterion with the target mAP over
 the trials, the target mAP of the trial each criterion picks (the search's rule: the highest
 validation mAP among trials holding the balance floor; the same with the weighted mAP), the best
-target mAP of any trial (no criterion can pick better inside the search's space) and that of the
-presets. Runs already in --out are skipped (a killed study continues).
+target mAP of any trial (no criterion can pick better inside the search's space), that of the
+presets, and how TAH's settings score on validation against the picked trial. Runs already in --out are skipped (a killed study continues).
 """
 import argparse
 import dataclasses
@@ -139,14 +139,16 @@ def summarise(results):
             target = [row["target"] for row in trials]
             held = [row for row in trials if row["balance"] >= floor] or trials
 
-            def pick(criterion):
-                return max(held, key=lambda row: row[criterion])["target"]
+            def pick(criterion, figure="target"):
+                return max(held, key=lambda row: row[criterion])[figure]
             per_seed.append({
                 "trials": len(trials),
                 "corr_validation": spearmanr([row["validation"] for row in trials], target)[0],
                 "corr_weighted": spearmanr([row["weighted"] for row in trials], target)[0],
                 "pick_validation": pick("validation"), "pick_weighted": pick("weighted"),
                 "best_trial": max(target),
+                **({"tah_validation_gap": rows["preset:tah"]["validation"] - pick("validation", "validation")}
+                   if "preset:tah" in rows else {}),
                 **{name: rows[f"preset:{name}"]["target"] for name in PRESETS if f"preset:{name}" in rows}})
         if per_seed:
             summary[(pair, bits)] = {key: float(np.mean([s[key] for s in per_seed]))
@@ -158,6 +160,7 @@ def summarise(results):
 COLUMNS = (("trials", "trials", "{:.0f}"), ("corr_validation", "ρ validation", "{:+.2f}"),
            ("corr_weighted", "ρ weighted", "{:+.2f}"), ("pick_validation", "pick: validation", "{:.3f}"),
            ("pick_weighted", "pick: weighted", "{:.3f}"), ("best_trial", "best trial", "{:.3f}"),
+           ("tah_validation_gap", "TAH's validation − pick's", "{:+.3f}"),
            ("source-only", "source-only", "{:.3f}"), ("tah", "TAH", "{:.3f}"), ("metah", "METAH", "{:.3f}"),
            ("seeds", "seeds", "{:.0f}"))
 

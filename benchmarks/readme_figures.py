@@ -330,6 +330,15 @@ def metah_speed(_, f):
                   f"train s ({', '.join(map(str, iterations))} it.)", "peak RSS MB"], rows)
 
 
+def metah_validation_study(_, *files):
+    """benchmarks/metah_validation_study.py: each file's rows (means over its seeds) in one table."""
+    from benchmarks.metah_validation_study import table_rows
+    header, rows = table_rows(files[0])
+    for f in files[1:]:
+        rows += table_rows(f)[1]
+    return table(header, rows) + "\n\n" + tie_rule_sentence(*files)
+
+
 # ---------------------------------------------------------------- evaluation and quick start
 
 def tie_rules(_, f):
@@ -432,6 +441,7 @@ RENDERERS = {
     "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
+    "metah_validation_study": metah_validation_study,
     "tah_base": tah_base, "tie_rules": tie_rules, "eval_speed": eval_speed,
     "quickstart": quickstart, "loop_overhead": loop_overhead,
 }

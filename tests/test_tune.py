@@ -502,3 +502,52 @@ def test_a_warm_start_measures_a_setting_new_to_the_space_on_the_best_earlier_tr
     assert seen[:2] == [(False, "euclidean"), (True, "cosine")]  # the base trial, then the new choice
     assert preset["trials"][3]["params"] == {**warm_best, "retrieval_distance": "cosine"}
     assert [t["params"]["retrieval_distance"] for t in preset["trials"][:2]] == ["euclidean"] * 2
+
+
+# ----------------------------------------------------------------------------- the criteria study
+
+def test_the_domain_ratio_weighs_the_source_rows_that_look_like_the_target():
+    """benchmarks/metah_validation_study.py weights source validation queries by p(target|x)/p(source|x):
+    source rows drawn like the target must outweigh those drawn far from it."""
+    from types import SimpleNamespace
+
+    from benchmarks.metah_validation_study import domain_ratios
+    rng = np.random.default_rng(0)
+    near, far = rng.normal(2.0, 1.0, (100, 60)), rng.normal(-2.0, 1.0, (100, 60))
+    target = rng.normal(2.0, 1.0, (150, 60))
+    pair = SimpleNamespace(source_train=np.arange(0, 200, 2), target_database=np.arange(150))
+    ratios = domain_ratios(SimpleNamespace(pair=pair, inputs=(np.concatenate([near, far]), target)))
+    assert ratios.shape == (200,) and np.all(ratios > 0)
+    assert np.median(ratios[:100]) > 4 * np.median(ratios[100:])  # tempered by the weight decay, not extreme
+
+
+def test_the_weighted_validation_ranks_the_runs_own_validation_queries(tmp_path, monkeypatch):
+    """With equal weights the study's weighted figure is the run's source validation mAP: the same
+    queries, database and tie rule."""
+    from benchmarks import metah_validation_study as study
+    from tests.test_metah import write_domain_files
+    write_domain_files(str(tmp_path))
+    config = metah.Config(dataset="folder:src->tgt", data=str(tmp_path), bits=16, iterations=12, batch_size=16,
+                          hidden=(32,), discriminator_hidden=32, validation_fraction=0.3, eval_every_epoch=False)
+    monkeypatch.setattr(study, "domain_ratios", lambda training: np.ones(len(training.pair.source.labels)))
+    row = study.one_run(config)
+    assert row["weighted"] == pytest.approx(row["validation"], abs=1e-12) and row["effective_share"] == pytest.approx(1)
+    assert 0 <= row["target"] <= 1 and 0 <= row["balance"] <= 1
+
+
+def test_the_study_picks_the_trial_the_search_would_and_reads_the_target_only_to_judge():
+    from benchmarks.metah_validation_study import summarise
+
+    def run(validation, weighted, balance, target):
+        return {"validation": validation, "weighted": weighted, "balance": balance, "target": target}
+    trials = [run(0.99, 0.90, 0.50, 0.70),   # best validation, but below the floor: the search rejects it
+              run(0.95, 0.80, 0.95, 0.80),   # the search's pick
+              run(0.90, 0.95, 0.95, 0.90),   # the weighted pick
+              run(0.85, 0.70, 0.95, 0.95)]   # the best on the target
+    runs = {f"A-W|32|0|trial:{i}": row for i, row in enumerate(trials)}
+    runs["A-W|32|0|preset:tah"] = run(0.9, 0.9, 0.6, 0.97)
+    entry = summarise({"runs": runs, "floors": {"A-W": 0.9}})[("A-W", 32)]
+    assert entry["pick_validation"] == 0.80 and entry["pick_weighted"] == 0.90 and entry["best_trial"] == 0.95
+    assert entry["tah"] == 0.97 and entry["trials"] == 4 and entry["seeds"] == 1
+    assert entry["tah_validation_gap"] == pytest.approx(0.9 - 0.95)
+    assert entry["corr_validation"] == pytest.approx(-1.0) and entry["corr_weighted"] == pytest.approx(-0.4)
