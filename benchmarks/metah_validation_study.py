@@ -88,8 +88,9 @@ def one_run(config):
 
 
 def settings_of_pair(dataset, bits, seed):
-    """[(label, Config)] of a pair: the three presets, then every recorded trial of its search;
-    and the search's target balance floor."""
+    """[(label, Config, recorded validation mAP or None)] of a pair: the three presets, then every
+    recorded trial of its search (with the validation mAP the search recorded, where `bits` and
+    `seed` are the search's); and the search's target balance floor."""
     from trainers import metah
     from utils import tune
     recorded, args, fixed = tune.recorded_search(tune.committed_preset("metah", dataset))
@@ -97,8 +98,10 @@ def settings_of_pair(dataset, bits, seed):
                                                 args.validation_fraction)
     config = dataclasses.replace(config, eval_every_epoch=False)
     names = {param.name for param in space}
-    settings = [(f"preset:{name}", dataclasses.replace(config, **metah.PRESETS[name])) for name in PRESETS]
-    settings += [(f"trial:{record['number']}", tune.apply_params(config, record["params"], space, given))
+    searched = bits == args.bits and seed == args.seed
+    settings = [(f"preset:{name}", dataclasses.replace(config, **metah.PRESETS[name]), None) for name in PRESETS]
+    settings += [(f"trial:{record['number']}", tune.apply_params(config, record["params"], space, given),
+                  record.get("validation_map") if searched else None)
                  for record in recorded["trials"] if set(record.get("params", {})) == names]
     return settings, tune.balance_floor("metah", args.target_balance_floor)
 
@@ -109,13 +112,14 @@ def run_study(args, results):
             for pair in args.pairs:
                 settings, floor = settings_of_pair(PAIRS[pair], bits, seed)
                 results["floors"][pair] = floor
-                for label, config in settings:
+                for label, config, recorded in settings:
                     key = run_key(pair, bits, seed, label)
                     if key in results["runs"]:
                         continue
                     results["ties"] = config.ties
-                    results["runs"][key] = one_run(config)
-                    row = results["runs"][key]
+                    row = results["runs"][key] = one_run(config)
+                    if recorded is not None:  # the search's own run, retrained: it should give the same figure
+                        row["search_validation"] = recorded
                     print(f"{key}: validation {row['validation']:.4f}, weighted {row['weighted']:.4f}, balance "
                           f"{row['balance']:.3f}, target {row['target']:.4f} ({row['seconds']:.0f} s)", flush=True)
                     results_io.write_results(args.out, results, announce=False)
@@ -174,13 +178,28 @@ def table_rows(results):
     return ["pair", "bits"] + [title for _, title, _ in COLUMNS], rows
 
 
+def reproduction_sentence(results):
+    """How many retrained trials, at the search's bits and seed, gave the validation mAP the search
+    recorded (the study measures the search's own runs)."""
+    pairs = [(row["validation"], row["search_validation"]) for row in results["runs"].values()
+             if "search_validation" in row]
+    if not pairs:
+        return "No run here repeats a search's (bits and seed of the search)."
+    same = sum(abs(a - b) < 1e-9 for a, b in pairs)
+    largest = max(abs(a - b) for a, b in pairs)
+    return (f"At the searches' code length and seed, {same} of {len(pairs)} retrained trials give the validation "
+            f"mAP their search recorded (largest difference {largest:.4f}).")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma list of {', '.join(PAIRS)}")
     parser.add_argument("--bits", default="32")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (resumed if it exists)")
-    parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads (0: TensorFlow's choice, as utils.tune runs; another "
+                             "count changes the float sums, so the trials no longer repeat the search's runs)")
     parser.add_argument("--table-only", action="store_true", help="only print the table of finished runs")
     args = parser.parse_args(argv)
     args.pairs, args.bits, args.seeds = parse_list(args.pairs), parse_list(args.bits, int), parse_list(args.seeds, int)
@@ -189,13 +208,15 @@ def main(argv=None):
         parser.error(f"unknown pairs {unknown}; pairs: {', '.join(PAIRS)}")
     results = io.load_json(args.out) if os.path.exists(args.out) else {"runs": {}, "floors": {}}
     if not args.table_only:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        if args.threads:
+            import tensorflow as tf
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         run_study(args, results)
         results_io.write_results(args.out, results)
     header, rows = table_rows(results)
     from benchmarks.readme_figures import table
     print(table(header, rows))
+    print(reproduction_sentence(results))
 
 
 if __name__ == "__main__":

@@ -332,11 +332,12 @@ def metah_speed(_, f):
 
 def metah_validation_study(_, *files):
     """benchmarks/metah_validation_study.py: each file's rows (means over its seeds) in one table."""
-    from benchmarks.metah_validation_study import table_rows
+    from benchmarks.metah_validation_study import reproduction_sentence, table_rows
     header, rows = table_rows(files[0])
     for f in files[1:]:
         rows += table_rows(f)[1]
-    return table(header, rows) + "\n\n" + tie_rule_sentence(*files)
+    return (table(header, rows) + "\n\n" + tie_rule_sentence(*files) + " "
+            + reproduction_sentence({"runs": {key: row for f in files for key, row in f["runs"].items()}}))
 
 
 # ---------------------------------------------------------------- evaluation and quick start
