@@ -93,17 +93,15 @@ def settings_of_pair(dataset, bits, seed):
     `seed` are the search's); and the search's target balance floor."""
     from trainers import metah
     from utils import tune
-    recorded, args, fixed = tune.recorded_search(tune.committed_preset("metah", dataset))
-    config, given, space, _ = tune.search_setup("metah", args.dataset, bits, seed, fixed, args.validation_size,
-                                                args.validation_fraction)
-    config = dataclasses.replace(config, eval_every_epoch=False)
-    names = {param.name for param in space}
-    searched = bits == args.bits and seed == args.seed
+    search = tune.recorded_search(tune.committed_preset("metah", dataset), bits=bits, seed=seed)
+    searched = bits == search.args.bits and seed == search.args.seed
+    config = dataclasses.replace(search.config, eval_every_epoch=False)
     settings = [(f"preset:{name}", dataclasses.replace(config, **metah.PRESETS[name]), None) for name in PRESETS]
-    settings += [(f"trial:{record['number']}", tune.apply_params(config, record["params"], space, given),
-                  record.get("validation_map") if searched else None)
-                 for record in recorded["trials"] if set(record.get("params", {})) == names]
-    return settings, tune.balance_floor("metah", args.target_balance_floor)
+    settings += [(f"trial:{record['number']}",
+                  dataclasses.replace(search.trial_config(record["params"]), eval_every_epoch=False),
+                  record["validation_map"] if searched else None)
+                 for record in search.trials()]
+    return settings, search.floor
 
 
 def run_study(args, results):

@@ -568,9 +568,35 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
 
 # --------------------------------------------------------------------------- re-ranking over seeds
 
-def recorded_search(path):
-    """(preset dict, parsed search arguments, fixed train.py options) of the preset at `path`,
-    read back from the tune command it records; a one-line error when it records none."""
+@dataclasses.dataclass
+class RecordedSearch:
+    """A search read back from the preset it wrote (recorded_search): its record, its parsed
+    options, and what its trials are built from (search_setup)."""
+    recorded: dict
+    args: argparse.Namespace
+    config: object        # the base Config of every trial
+    given: set            # settings held fixed by the search's command line
+    space: list
+    reference: object     # the base variant's Config (settings_of)
+    floor: float          # the target balance floor (balance_floor)
+
+    @property
+    def method(self):
+        return self.recorded["method"]
+
+    def trials(self):
+        """The recorded trials that drew every searched setting and scored."""
+        names = {param.name for param in self.space}
+        return [record for record in self.recorded["trials"]
+                if set(record.get("params", {})) == names and "validation_map" in record]
+
+    def trial_config(self, params):
+        return apply_params(self.config, params, self.space, self.given)
+
+
+def recorded_search(path, bits=None, seed=None):
+    """The RecordedSearch of the preset at `path`, read back from the tune command it records (at
+    its code length and seed, or at `bits` / `seed`); a one-line error when it records none."""
     from trainers import get_method
     recorded = preset_json(path)
     method = recorded.get("method") if isinstance(recorded, dict) else None
@@ -583,7 +609,11 @@ def recorded_search(path):
         raise UserError(f"preset file {path} records no search (its command is {recorded.get('command')!r}); "
                         f"re-ranking reruns the trials a python -m utils.tune search recorded")
     args, fixed = argument_parser().parse_known_args(words[3:])
-    return recorded, args, fixed
+    config, given, space, reference = search_setup(method, args.dataset, args.bits if bits is None else bits,
+                                                   args.seed if seed is None else seed, fixed,
+                                                   args.validation_size, args.validation_fraction)
+    return RecordedSearch(recorded, args, config, given, space, reference,
+                          balance_floor(method, args.target_balance_floor))
 
 
 def rerank(path, top, seeds, out="", command=""):
@@ -595,24 +625,19 @@ def rerank(path, top, seeds, out="", command=""):
     counts as kept only if its target balance holds the floor at every seed.
     A score measured on one seed and one validation draw picks the luckiest of many trials; the
     average of several picks what holds. Returns the preset as a dict."""
-    recorded, args, fixed = recorded_search(path)
-    method = recorded["method"]
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    search = recorded_search(path)
+    recorded, args, method, floor = search.recorded, search.args, search.method, search.floor
     seeds = list(dict.fromkeys(seeds))
     if not seeds or args.seed in seeds:
         raise UserError(f"--seeds must name seeds other than the search's ({args.seed}), whose figures the "
                         f"preset records; got {','.join(map(str, seeds)) or 'none'}")
-    floor = balance_floor(method, args.target_balance_floor)
-    config, given, space, reference = search_setup(method, args.dataset, args.bits, args.seed, fixed,
-                                                   args.validation_size, args.validation_fraction)
-    names = {param.name for param in space}
-    usable = [record for record in recorded["trials"]
-              if set(record.get("params", {})) == names and "validation_map" in record]
-    ranked = sorted(usable, key=lambda r: (r.get("accepted", True), r["validation_map"], -r["number"]), reverse=True)
+    ranked = sorted(search.trials(), key=lambda r: (r.get("accepted", True), r["validation_map"], -r["number"]),
+                    reverse=True)
     candidates = []
     for record in ranked[:top]:
-        trial_config = apply_params(config, record["params"], space, given)
+        trial_config = search.trial_config(record["params"])
         scores, balances, accepted = {str(args.seed): record["validation_map"]}, {}, record.get("accepted", True)
         figures_by_seed = {str(args.seed): record.get("figures", {})}
         if "target_prediction_balance" in record.get("figures", {}):
@@ -647,9 +672,9 @@ def rerank(path, top, seeds, out="", command=""):
     # same validation queries, then the earlier trial (the base first).
     chosen = max(kept, key=lambda candidate: (candidate["mean_map"], candidate.get(f"mean_{TIE_BREAK_FIGURE}", 0.0),
                                               -candidate["number"]))
-    chosen_config = apply_params(config, chosen["params"], space, given)
     preset = {key: value for key, value in recorded.items() if key not in ("format", "method", "dataset")}
-    preset["settings"] = settings_of(chosen_config, reference, given | names)
+    preset["settings"] = settings_of(search.trial_config(chosen["params"]), search.reference,
+                                     search.given | {param.name for param in search.space})
     preset["rerank"] = {"command": command, "top": top, "seeds": [args.seed, *seeds],
                         "rule": "mean validation score over the seeds (each its own validation draw); equal "
                                 f"means: the higher mean {TIE_BREAK_FIGURE} where the method reports it; "
