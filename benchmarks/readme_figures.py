@@ -8,7 +8,9 @@ A figure block in README.md is
 
 RENDERER names a function of RENDERERS (optionally `NAME:ARGUMENT`); it receives the loaded
 results files in the order given and returns the block's markdown; `render_block` adds one
-provenance line per file (machine, commit, date, command: results_io.describe).
+provenance line per results file (machine, commit, date, command: results_io.describe). A FILE
+written `?FILE` is optional: the renderer receives None when it is absent (and a file without a
+`provenance` block, such as benchmarks/paper_tables.json, adds no provenance line).
 benchmarks/check_readme.py compares every block with this rendering (and --write rewrites
 the blocks from it).
 """
@@ -173,8 +175,9 @@ ACMR_PROTOCOLS = (("map_top_k_test_vs_test", "mAP@50, test vs test (640 pairs)")
 ACMR_PAPER_ROW = "the paper's Table (shallow features; its direction labels appear swapped, see below)"
 
 
-def acmr_wiki_table(_, f):
-    """benchmarks/acmr_wiki_table.py: mean ± std (ddof 1) over seeds, both protocols, and the paper's row."""
+def acmr_wiki_table(argument, f):
+    """benchmarks/acmr_wiki_table.py: mean ± std (ddof 1) over seeds, both protocols, and the paper's
+    row (`acmr_wiki_table:no-paper` leaves it out: a page prints it once)."""
     variants = list(dict.fromkeys(r["variant"] for r in f["rows"]))
     seeds = sorted({r["seed"] for r in f["rows"]})
     rows = []
@@ -184,8 +187,9 @@ def acmr_wiki_table(_, f):
             rows.append([variant, label] + [mean_std([r[f"{protocol}/{d}"] for r in picked], ddof=1)
                                             for d in ("i->t", "t->i", "average")])
     paper = f["paper_shallow"]
-    rows.append([ACMR_PAPER_ROW, "mAP, its own 1,300 / 1,566 split"]
-                + [f"{paper[d]:.3f}" for d in ("i->t", "t->i", "average")])
+    if argument != "no-paper":
+        rows.append([ACMR_PAPER_ROW, "mAP, its own 1,300 / 1,566 split"]
+                    + [f"{paper[d]:.3f}" for d in ("i->t", "t->i", "average")])
     times = ", ".join(f"{np.mean([r['seconds'] for r in f['rows'] if r['variant'] == v]):.0f} s ({v})"
                       for v in variants)
     return (table([f"variant ({len(seeds)} seeds, mean ± std)", "protocol", "i->t", "t->i", "average"], rows)
@@ -436,6 +440,159 @@ def loop_overhead(_, f):
     return table(header, rows)
 
 
+# ---------------------------------------------------------------- front page
+
+OPTIONAL = "?"  # a block FILE written ?FILE may be absent (the renderer then receives None)
+DOMAIN_INITIALS = {"amazon": "a", "dslr": "d", "webcam": "w", "caltech": "c", "caltech10": "c"}
+DIRECTION_NAMES = {"img->txt": "i->t", "txt->img": "t->i", "image->text": "i->t", "text->image": "t->i"}
+
+
+def dataset_key(name):
+    """A dataset or domain pair as one comparable key: 'wiki', 'flickr', 'a-d', 'mnist-usps'
+    ('Wikipedia', 'office-googlenet:amazon->dslr', 'A->D' and 'A-D' all land on the project's key)."""
+    name = str(name).strip().lower()
+    name = {"wikipedia": "wiki", "mirflickr-25k": "flickr", "mirflickr25k": "flickr", "mirflickr": "flickr",
+            "nus-wide": "nuswide", "ms-coco": "coco", "mscoco": "coco"}.get(name, name)
+    name = name.split(":", 1)[-1].replace("->", "-").replace(" ", "")
+    if "-" in name:
+        source, _, target = name.partition("-")
+        name = f"{DOMAIN_INITIALS.get(source, source)}-{DOMAIN_INITIALS.get(target, target)}"
+    return name
+
+
+class PaperFigures:
+    """The papers' published figures (benchmarks/paper_tables.json: {"entries": [{"method", "dataset",
+    "direction", "bits", "metric", "value", "source": {"paper", "table", "where"}, "protocol"}]}), looked
+    up by method, dataset, direction and code length; each cell cites its source as a numbered note.
+    Without the file every paper cell is "-"; with it, a figure the papers do not report is
+    "not reported"."""
+
+    def __init__(self, data):
+        self.present = data is not None
+        self.entries = list((data or {}).get("entries", []))
+        self.used, self.notes = set(), []
+
+    def _matches(self, method, dataset, direction, bits):
+        return [i for i, e in enumerate(self.entries)
+                if str(e.get("method", "")).lower() == method and dataset_key(e.get("dataset", "")) == dataset
+                and DIRECTION_NAMES.get(str(e.get("direction", "")).lower(), str(e.get("direction", "")).lower())
+                == direction and (e.get("bits") or None) == (bits or None)]
+
+    def _note(self, entry):
+        source = entry.get("source") or {}
+        text = ", ".join(str(x) for x in (source.get("paper"), source.get("table"), source.get("where")) if x)
+        text += f"; {entry.get('metric', 'mAP')}" + (f", {entry['protocol']}" if entry.get("protocol") else "")
+        if text not in self.notes:
+            self.notes.append(text)
+        return self.notes.index(text) + 1
+
+    def cell(self, method, dataset, direction, bits=None, metric=None):
+        """The paper's figure with its note number; an entry of the same metric is preferred."""
+        if not self.present:
+            return "-"
+        found = self._matches(method, dataset, direction, bits)
+        same = [i for i in found if metric and str(self.entries[i].get("metric", "")).lower() == metric.lower()]
+        if not (same or found):
+            return "not reported"
+        i = (same or found)[0]
+        self.used.add(i)
+        return f"{float(self.entries[i]['value']):.3f} [{self._note(self.entries[i])}]"
+
+    def unplaced(self, method):
+        """One line per dataset and direction of the method's figures that no row shows."""
+        groups = {}
+        for i, e in enumerate(self.entries):
+            if i not in self.used and str(e.get("method", "")).lower() == method:
+                key = (str(e.get("dataset")), str(e.get("direction")), str(e.get("metric", "mAP")))
+                groups.setdefault(key, []).append(e)
+        lines = []
+        for (dataset, direction, metric), entries in groups.items():
+            entries.sort(key=lambda e: e.get("bits") or 0)
+            figures = " / ".join(f"{float(e['value']):.3f}" for e in entries)
+            bits = " / ".join(str(e["bits"]) for e in entries if e.get("bits"))
+            notes = ", ".join(dict.fromkeys(f"[{self._note(e)}]" for e in entries))
+            lines.append(f"- {dataset} {direction}, {metric}: {figures}" + (f" at {bits} bits" if bits else "")
+                         + f" {notes}")
+        return lines
+
+    def footer(self):
+        if not self.present:
+            return "Paper column: `benchmarks/paper_tables.json` is absent, so no published figure is shown (-)."
+        return "Sources: " + "; ".join(f"[{n}] {text}" for n, text in enumerate(self.notes, 1)) + "." \
+            if self.notes else "Sources: none of the papers' figures matches these rows."
+
+
+def seed_count(values):
+    return f"{len(values)} seed" + ("s" if len(values) != 1 else "")
+
+
+def results_summary(_, ssah, ssah_tuned, acmr, acmr_tuned, metah, paper=None):
+    """The front page's summary: per method the paper's figure (benchmarks/paper_tables.json, optional),
+    the authors' program, the port's original variant and the tuned preset, each table captioned
+    with its data, protocol, seeds and results files."""
+    papers = PaperFigures(paper)
+    parts = []
+
+    def ssah_cell(f, variant, direction, bits):
+        r = next(r for r in f["rows"] if r["variant"] == variant and r["direction"] == direction and r["bits"] == bits)
+        return f"{r['mean']:.3f} ± {r['std']:.3f}"
+    rows = [[d, bits, papers.cell("ssah", "wiki", d, bits, "mAP"), "not run",
+             ssah_cell(ssah, "original", d, bits), ssah_cell(ssah_tuned, "tuned", d, bits)]
+            for bits in ssah["bits"] for d in DIRECTIONS]
+    parts.append(f"**SSAH**, Wikipedia (128-d SIFT / 10-d LDA features, feature trunk), mAP over the whole "
+                 f"database (693 test queries x 2,173 training pairs), mean ± std over "
+                 f"{seed_count(ssah['seeds'])} (original) and {seed_count(ssah_tuned['seeds'])} (tuned); "
+                 f"`ssah_wiki_table.json`, `ssah_wiki_tuned.json`:\n\n"
+                 + table(["direction", "bits", "paper", "authors' program", "original variant", "tuned preset"], rows))
+
+    def acmr_cell(f, variant, protocol, direction):
+        values = [r[f"{protocol}/{direction}"] for r in f["rows"] if r["variant"] == variant]
+        return mean_std(values, ddof=1)
+    rows = []
+    for protocol, label in ACMR_PROTOCOLS:
+        metric = "mAP@50" if protocol.startswith("map_top_k") else "mAP"
+        for d in DIRECTIONS + ("average",):
+            rows.append([label, d, papers.cell("acmr", "wiki", d, None, metric), "not run",
+                         acmr_cell(acmr, "original", protocol, d), acmr_cell(acmr_tuned, "tuned", protocol, d)])
+    seeds = sorted({r["seed"] for r in acmr["rows"]}), sorted({r["seed"] for r in acmr_tuned["rows"]})
+    parts.append(f"**ACMR**, Wikipedia (the same features and split; 40-d real-valued embeddings), mean ± std "
+                 f"over {seed_count(seeds[0])} (original) and {seed_count(seeds[1])} (tuned); "
+                 f"`acmr_wiki_table.json`, `acmr_wiki_tuned.json`:\n\n"
+                 + table(["protocol", "direction", "paper", "authors' program", "original variant", "tuned preset"],
+                         rows))
+
+    from benchmarks.metah_ablation import PAIRS, summarise
+    keys = [k.split("|") for k in metah["runs"]]
+    bits_list = sorted({int(k[1]) for k in keys})
+    pairs = [p for p in PAIRS if any(k[0] == p for k in keys)]
+    presets = ["source-only", "tah", "metah", "tuned"]
+    summary = summarise(metah, pairs, bits_list, presets)
+    protocol = "target->target"
+    rows = []
+    for pair in pairs:
+        entries = [summary[(pair, 32, p, protocol, "map")] for p in presets]
+        rows.append([pair, 32, papers.cell("metah", dataset_key(pair), protocol, 32, "mAP")]
+                    + [f"{e[0]:.3f} ± {e[1]:.3f}" for e in entries])
+    for bits in bits_list:
+        means = [np.mean([summary[(p, bits, preset, protocol, "map")][0] for p in pairs]) for preset in presets]
+        rows.append(["mean of pairs", bits, ""] + [f"{m:.3f}" for m in means])
+    metah_seeds = sorted({int(k[2]) for k in keys})
+    parts.append(f"**METAH**, Office-Caltech10 (1024-d GoogleNet features; A amazon, D dslr, W webcam) and "
+                 f"MNIST -> USPS, target queries against the target database, mAP, mean ± std over "
+                 f"{seed_count(metah_seeds)}; `metah` is the port's default (the authors released no program; "
+                 f"`tah` follows TAH's program, read, not run); `metah_tuned.json`:\n\n"
+                 + table(["pair", "bits", "paper", "source-only", "tah", "metah (default)", "tuned preset"], rows))
+
+    also = [line for method in ("ssah", "acmr", "metah") for line in
+            ([f"{method.upper()}:"] + papers.unplaced(method) if papers.unplaced(method) else [])]
+    text = "\n\n".join(parts)
+    if also:
+        text += "\n\nThe papers' other figures, on data or settings not measured here:\n\n" + "\n".join(also)
+    rules = sorted({tie_rule(f) for f in (ssah, ssah_tuned, acmr, acmr_tuned, metah)})
+    return (text + "\n\n" + papers.footer() + " Tie rule"
+            + (f": `{rules[0]}`." if len(rules) == 1 else "s: " + ", ".join(f"`{r}`" for r in rules) + "."))
+
+
 RENDERERS = {
     "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr, "ssah_wiki_causes": ssah_wiki_causes,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
@@ -444,7 +601,7 @@ RENDERERS = {
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
     "metah_validation_study": metah_validation_study,
     "tah_base": tah_base, "tie_rules": tie_rules, "eval_speed": eval_speed,
-    "quickstart": quickstart, "loop_overhead": loop_overhead,
+    "quickstart": quickstart, "loop_overhead": loop_overhead, "results_summary": results_summary,
 }
 
 
@@ -456,9 +613,18 @@ def render(renderer, datas):
     return RENDERERS[name](argument, *datas)
 
 
+def load_block_file(path, repo=REPO):
+    """A block's results file; an optional one (?FILE) that is absent is None."""
+    optional = path.startswith(OPTIONAL)
+    full = os.path.join(repo, path[len(OPTIONAL):] if optional else path)
+    return None if optional and not os.path.exists(full) else io.load_json(full)
+
+
 def render_block(renderer, paths, repo=REPO):
-    """The whole block: the rendering, then one provenance line per results file (paths relative to repo)."""
-    datas = [io.load_json(os.path.join(repo, p)) for p in paths]
-    lines = [results_io.describe(d.get("provenance")) for d in datas]
+    """The whole block: the rendering, then one provenance line per results file (paths relative to
+    repo; an absent optional file or a file of published figures without provenance adds none)."""
+    datas = [load_block_file(p, repo) for p in paths]
+    lines = [results_io.describe(d.get("provenance")) for p, d in zip(paths, datas)
+             if d is not None and not (p.startswith(OPTIONAL) and "provenance" not in d)]
     return render(renderer, datas) + "\n\n" + "\n\n".join(dict.fromkeys(lines))
 
