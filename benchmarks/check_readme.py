@@ -90,8 +90,8 @@ def check(readme=os.path.join(REPO, "README.md"), repo=REPO, write=False):
     problems, replacements = [], []
     for begin, end, renderer, paths in blocks(lines):
         where = f"{name} line {begin + 1} ({renderer} {' '.join(paths)})"
-        if end is None:
-            problems.append(f"{where}: no closing {END}")
+        if end is None or any(BEGIN.match(line.strip()) for line in lines[begin + 1:end]):
+            problems.append(f"{where}: no closing {END} before the next block")
             continue
         expected, reason = expected_block(renderer, paths, repo)
         if reason:

@@ -7,9 +7,9 @@ from benchmarks import check_readme, readme_figures, results_io
 from utils import io
 
 
-def test_every_readme_figure_equals_its_results_file():
-    problems = check_readme.check()
-    assert not problems, "README figures that do not match their results files:\n\n" + "\n\n".join(problems)
+def test_readme_and_docs_figures_links_and_length():
+    problems = check_readme.check_all()
+    assert not problems, "README / docs problems:\n\n" + "\n\n".join(problems)
 
 
 MIRFLICKR = {"final": {"t->t": 0.6891, "i->t": 0.8012, "t->i": 0.7968, "i->i": 0.9541},
@@ -171,3 +171,100 @@ def test_metah_ablation_keeps_one_set_of_overrides_per_results_file(tmp_path, ca
     with pytest.raises(SystemExit):
         metah_ablation.main(grid + ["--set", "pairwise_weight"])
     assert "--set takes FIELD=VALUE" in capsys.readouterr().err
+
+
+def made_repo(tmp_path, readme, pages=None):
+    """A repository folder with README.md and docs/NAME.md pages."""
+    (tmp_path / "README.md").write_text(readme)
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    for name, text in (pages or {}).items():
+        path = tmp_path / "docs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path)
+
+
+def test_links_must_name_an_existing_file_and_heading(tmp_path):
+    page = ("# Data\n\n## Input checks at load\n\n## Ranking and tie rules (`--ties`)\n\n"
+            "## Splits\n\n## Splits\n")
+    readme = ("# Project\n\n[data](docs/data.md), [checks](docs/data.md#input-checks-at-load), "
+              "[ties](docs/data.md#ranking-and-tie-rules---ties), [again](docs/data.md#splits-1), "
+              "[self](#project), [web](https://example.org/x.md), `[code](docs/gone.md)`\n\n"
+              "```\n[fenced](docs/gone.md)\n```\n")
+    repo = made_repo(tmp_path, readme, {"data.md": page + "\n[home](../README.md#project)\n"})
+    assert check_readme.check_all(repo) == []
+
+    broken = readme + "\n[gone](docs/gone.md) and [anchor](docs/data.md#no-such-part)\n"
+    repo = made_repo(tmp_path, broken)
+    problems = check_readme.check_all(repo)
+    assert len(problems) == 2
+    assert "README.md line 9: link to docs/gone.md: no such file docs/gone.md" in problems[0]
+    assert "docs/data.md has no heading with the anchor #no-such-part" in problems[1]
+
+
+def test_docs_pages_are_checked_and_incoming_text_is_not(tmp_path):
+    repo = made_repo(tmp_path, "# P\n\n[a](docs/a.md)\n", {
+        "a.md": "# A\n\n| x | y |\n|---|---|\n| 1 | 0.5 |\n\n[b](b.md)\n",
+        "_incoming/branch.md": "# text to place\n\n[gone](nowhere.md)\n\n| x |\n|---|\n| 0.5 |\n"})
+    problems = check_readme.check_all(repo)
+    assert len(problems) == 2 and all(p.startswith("docs/a.md line ") for p in problems)
+    assert "outside any figures block" in problems[0] and "no such file docs/b.md" in problems[1]
+
+
+def test_readme_longer_than_its_limit_is_a_problem(tmp_path):
+    limit = check_readme.README_MAX_LINES
+    repo = made_repo(tmp_path, "# P\n" + "line\n" * (limit - 1))
+    assert check_readme.check_all(repo) == []
+    repo = made_repo(tmp_path, "# P\n" + "line\n" * limit)
+    problems = check_readme.check_all(repo)
+    assert len(problems) == 1 and f"README.md has {limit + 1} lines, more than {limit}" in problems[0]
+
+
+def test_a_block_opened_inside_another_is_refused(tmp_path):
+    text = block(tmp_path)
+    unclosed = text.replace("<!-- /figures -->", "") + "\n" + text
+    problems = check_readme.check(made_readme(tmp_path, unclosed), repo=str(tmp_path))
+    assert len(problems) == 1 and "no closing <!-- /figures --> before the next block" in problems[0]
+
+
+def test_acmr_table_without_the_paper_row():
+    rows = [{"variant": "tuned", "seed": s, "seconds": 10.0, **{f"{p}/{d}": 0.3 for p in
+            ("map_top_k_test_vs_test", "map_test_vs_database") for d in ("i->t", "t->i", "average")}} for s in (0, 1)]
+    f = {"rows": rows, "paper_shallow": {"i->t": 0.366, "t->i": 0.277, "average": 0.322}, "ties": "expected"}
+    assert "the paper's Table" in readme_figures.render("acmr_wiki_table", [f])
+    assert "the paper's Table" not in readme_figures.render("acmr_wiki_table:no-paper", [f])
+
+
+SUMMARY_FILES = ["benchmarks/results/ssah_wiki_table.json", "benchmarks/results/ssah_wiki_tuned.json",
+                 "benchmarks/results/acmr_wiki_table.json", "benchmarks/results/acmr_wiki_tuned.json",
+                 "benchmarks/results/metah_tuned.json"]
+
+
+def test_results_summary_without_and_with_the_papers_figures(tmp_path):
+    repo = readme_figures.REPO
+    paths = SUMMARY_FILES + ["?" + str(tmp_path / "paper_tables.json")]
+    absent = readme_figures.render_block("results_summary", paths, repo)
+    assert "| i->t | 16 | - | not run | 0.206 ± 0.026 | 0.209 ± 0.023 |" in absent
+    assert "`benchmarks/paper_tables.json` is absent" in absent
+    assert absent.count("Measured on") == 5  # one provenance line per results file, none for the absent one
+
+    def entry(method, dataset, direction, bits, metric, value, table):
+        return {"method": method, "dataset": dataset, "direction": direction, "bits": bits, "metric": metric,
+                "value": value, "source": {"paper": f"{method.upper()} paper", "table": table, "where": "p. 1"},
+                "protocol": "its own split"}
+    io.save_json(str(tmp_path / "paper_tables.json"), {"entries": [
+        entry("acmr", "Wikipedia", "img->txt", None, "mAP", 0.366, "Table 2"),
+        entry("ssah", "MIRFLICKR-25K", "i->t", 16, "mAP", 0.782, "Table 2"),
+        entry("ssah", "MIRFLICKR-25K", "i->t", 32, "mAP", 0.790, "Table 2"),
+        entry("metah", "office:amazon->dslr", "target->target", 32, "mAP", 0.5, "Table 3")]})
+    present = readme_figures.render_block("results_summary", paths, repo)
+    assert "| i->t | 16 | not reported | not run | 0.206 ± 0.026 |" in present  # no paper figure on Wikipedia
+    # the paper's mAP on the rows of either protocol, with its source as note [1]
+    assert "| mAP over all, test vs database = training pairs (693 x 2,173) | i->t | 0.366 [1] |" in present
+    assert "| mAP@50, test vs test (640 pairs) | t->i | not reported |" in present
+    assert "| A-D | 32 | 0.500 [2] | 0.898 ± 0.072 |" in present
+    assert "- MIRFLICKR-25K i->t, mAP: 0.782 / 0.790 at 16 / 32 bits [3]" in present
+    assert "[1] ACMR paper, Table 2, p. 1; mAP, its own split" in present
+    assert present.count("Measured on") == 5  # the papers' figures carry no provenance line
+    problems = check_readme.expected_block("results_summary", SUMMARY_FILES + ["?benchmarks/gone.json"], repo)
+    assert problems[1] is None  # an optional file may be absent
