@@ -1,6 +1,6 @@
-"""The README's figure blocks, rendered from the benchmarks' results files.
+"""The figure blocks of README.md and docs/*.md, rendered from the benchmarks' results files.
 
-A figure block in README.md is
+A figure block is
 
     <!-- figures: RENDERER FILE [FILE ...] -->
     ...markdown rendered from the FILEs...
@@ -179,7 +179,7 @@ ACMR_PROTOCOLS = (("map_top_k_test_vs_test", "mAP@50, test vs test (640 pairs)")
 
 
 # The paper's figures as printed, under its labels (benchmarks/acmr_wiki_table.py prints the same caveat):
-# the program's own deep-feature output has them the other way round, see the README.
+# the program's own deep-feature output has them the other way round, see docs/acmr.md.
 ACMR_PAPER_ROW = "the paper's Table (shallow features; its direction labels appear swapped, see below)"
 
 
