@@ -3,7 +3,7 @@
     python benchmarks/check_readme.py            # prints each problem; exit status 1 on any
     python benchmarks/check_readme.py --write    # rewrites every block from its results files
 
-Rules, for README.md and docs/*.md (docs/_incoming/, text waiting to be placed, is not checked;
+Rules, for README.md, CHANGELOG.md and docs/*.md (docs/_incoming/, text waiting to be placed, is not checked;
 see benchmarks/readme_figures.py for the block syntax):
 - each `<!-- figures: RENDERER FILE ... -->` block must equal the rendering of its results
   files (a missing file is a failure naming it: rerun the command shown beside the block; a
@@ -119,8 +119,10 @@ CODE_SPAN = re.compile(r"`[^`]*`")
 
 
 def pages(repo=REPO):
-    """README.md and every docs/*.md (docs/_incoming/ holds text not yet placed: not a page)."""
-    found = [os.path.join(repo, "README.md")]
+    """README.md, CHANGELOG.md and every docs/*.md (docs/_incoming/ holds text not yet placed:
+    not a page)."""
+    found = [os.path.join(repo, name) for name in ("README.md", "CHANGELOG.md")
+             if name == "README.md" or os.path.exists(os.path.join(repo, name))]
     docs = os.path.join(repo, "docs")
     if os.path.isdir(docs):
         found += [os.path.join(docs, n) for n in sorted(os.listdir(docs)) if n.endswith(".md")]
