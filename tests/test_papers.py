@@ -64,6 +64,20 @@ def test_a_bad_entry_is_a_user_error_naming_it(tmp_path):
             papers.load_table(str(path))
 
 
+def test_metah_runs_get_one_line_with_the_reasons_and_a_missing_figure_is_marked():
+    (line,) = papers.compare("metah", {"dataset": "mnist->usps", "bits": 32}, {"target->target": {"map": 0.5}})
+    assert line.startswith("metah on mnist->usps: the papers report no figure for this dataset")
+    assert "only the abstract is public" in line and "NUS-WIDE and VisDA2017" in line
+    # An ACMR NUS-WIDE-10k run evaluated without mAP@50 in one direction: '-' and how to get it.
+    summary = {"i->t": {"map": 0.4, "map@50": 0.6, "ties": "expected", "queries": 10, "database": 20},
+               "t->i": {"map": 0.5, "ties": "expected", "queries": 10, "database": 20}}
+    lines = papers.compare("acmr", {"dataset": "nuswide10k", "bits": 40}, summary)
+    rows = table_rows("\n".join(lines))
+    assert rows[("i->t", "map@50")][:3] == ["0.544", "0.6000", "+0.0560"]
+    assert rows[("t->i", "map@50")][:3] == ["0.538", "-", "-"]
+    assert any("--top-k K" in line for line in lines)
+
+
 def against_paper(run_dir, capsys):
     evaluator.main([str(run_dir), "--against", "paper", "--no-tensorboard"])
     report = io.load_json(os.path.join(run_dir, "report", "report.json"))
@@ -89,7 +103,7 @@ def test_acmr_wikipedia_run_beside_the_paper(tmp_path, capsys):
         assert f"map_top_k_test_vs_test {test_vs_test:.4f}" in final
     assert "../shared/spec/acmr.md:83" in printed
     assert "split sizes: run query 693, train not recorded, database 2,173" in printed
-    assert "training: run epochs 1" in printed and "variant: run 'original'" in printed
+    assert "training: run 1 epochs" in printed and "variant: run 'original'" in printed
     assert "tie rule: run 'expected'" in printed
 
 

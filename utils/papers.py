@@ -129,56 +129,78 @@ def _split_text(split):
     return ", ".join(f"{k} {v:,}" if v is not None else f"{k} not recorded" for k, v in split.items())
 
 
+def _not_reported(table, method, dataset):
+    """The one-line answer for a dataset no paper behind `method` reports, with the reasons the
+    table's sources give for papers without figures."""
+    paper_methods = PAPERS_OF_METHOD.get(method, (method,))
+    reported = sorted({e["dataset"] for e in table["entries"] if e["method"] in paper_methods})
+    why = "".join(f"; {s['method']}: {s['note']}" for s in table.get("sources", [])
+                  if s["method"] in paper_methods and not s.get("figures"))
+    return (f"{method} on {dataset or 'an unnamed dataset'}: the papers report no figure for this dataset "
+            f"({os.path.relpath(TABLE_PATH, REPO_ROOT)}; reported: {', '.join(reported) or 'none'}{why}).")
+
+
+def _figure_lines(rows, summary, results):
+    """The Markdown table: each paper row beside the run's figure of the same direction and metric."""
+    lines = ["| direction | metric | paper | run (eval.py) | run - paper | run (results.json final) |",
+             "|---|---|---|---|---|---|"]
+    missing = False
+    for entry in rows:
+        direction = next((d for d in summary if TABLE_DIRECTION.get(d, d) == entry["direction"]), None)
+        value = summary.get(direction, {}).get(entry["metric"]) if direction else None
+        missing = missing or (direction is not None and value is None)
+        shown, diff = (f"{value:.4f}", f"{value - entry['value']:+.4f}") if value is not None else ("-", "-")
+        lines.append(f"| {entry['direction']} | {entry['metric']} | {entry['value']:.3f} | {shown} | {diff} | "
+                     f"{_final_figures(results, direction) if direction else '-'} |")
+    if missing:
+        lines.append("('-': eval.py did not compute that figure; ask for mAP@K with --top-k K)")
+    return lines
+
+
+def _protocol_lines(rows, config, summary, results, backbone):
+    """The paper's protocol beside the run's: split sizes, tie rule, image network, training, variant."""
+    lines = [f"- the paper's protocol: {p}" for p in dict.fromkeys(e["protocol"] for e in rows)]
+    run_split = _run_split(config, summary, config.get("dataset", ""))
+    lines.append(f"- split sizes: run {_split_text(run_split)}; paper {_split_text(rows[0].get('split'))}")
+    ties = next(iter(summary.values()), {}).get("ties", config.get("ties", "-"))
+    lines.append(f"- tie rule: run '{ties}' (eval.py --ties); the paper's: as its protocol says, else not stated")
+    if backbone is not None:
+        lines.append(f"- image network: run '{config.get('backbone') or 'chosen by the data'}'; paper '{backbone}'")
+    # results.json "completed": {length field: as configured (0: the program's), "trained": as run}
+    completed = (results or {}).get("completed") or {}
+    lengths = [f"{completed['trained']} {key}" for key in completed if key != "trained" and "trained" in completed]
+    lengths = lengths or [f"{config[key]} {key}" for key in ("epochs", "iterations") if key in config]
+    if config.get("schedule"):
+        lengths.append(f"schedule {config['schedule']}")
+    lines.append(f"- training: run {', '.join(lengths) or 'not recorded'}; the paper's: not in the table")
+    lines.append(f"- variant: run '{config.get('variant', '-')}' (original: the authors' program; paper: the "
+                 f"published equations; tuned: a preset chosen here)")
+    return lines
+
+
 def compare(method, config, summary, results=None, table=None):
     """Lines that set a run's figures beside the papers' rows for its method, dataset, code
-    length and directions. config: the run's config.json "config"; summary: eval's
-    {direction: scalar figures}; results: its results.json (or None)."""
+    length and directions, or the one line saying the papers report none. config: the run's
+    config.json "config"; summary: eval's {direction: scalar figures}; results: its
+    results.json (or None)."""
     table = table if table is not None else load_table()
     dataset, bits = config.get("dataset", ""), config.get("bits")
     rows = find_rows(table, method, dataset)
     if not rows:
-        reported = sorted({e["dataset"] for e in table["entries"]
-                           if e["method"] in PAPERS_OF_METHOD.get(method, (method,))})
-        return [f"{method} on {dataset or 'an unnamed dataset'}: the papers report no figure for this dataset "
-                f"({os.path.relpath(TABLE_PATH, REPO_ROOT)}; reported: {', '.join(reported) or 'none'})."]
+        return [_not_reported(table, method, dataset)]
     with_bits = [e for e in rows if e["bits"] in (None, bits)]
     if not with_bits:
-        lengths = sorted({e["bits"] for e in rows})
-        return [f"{method} on {dataset}: the papers report no figure at {bits} bits "
-                f"(reported: {', '.join(map(str, lengths))} bits)."]
+        lengths = ", ".join(str(b) for b in sorted({e["bits"] for e in rows}))
+        return [f"{method} on {dataset}: the papers report no figure at {bits} bits (reported: {lengths} bits)."]
     backbone = _paper_backbone(with_bits, config.get("backbone"))
     rows = [e for e in with_bits if backbone is None or e.get("backbone") in (None, backbone)]
-    ties = next(iter(summary.values()), {}).get("ties", config.get("ties", "-"))
     length = f"{bits} bits" if rows[0]["bits"] is not None else "real-valued"
-    lines = [f"Against the papers ({os.path.relpath(TABLE_PATH, REPO_ROOT)}): {method}, {dataset}, {length}",
-             "", "| direction | metric | paper | run (eval.py) | run - paper | run (results.json final) |",
-             "|---|---|---|---|---|---|"]
-    for entry in rows:
-        direction = next((d for d in summary if TABLE_DIRECTION.get(d, d) == entry["direction"]), None)
-        run_value = summary.get(direction, {}).get(entry["metric"]) if direction else None
-        shown = f"{run_value:.4f}" if run_value is not None else "-"
-        diff = f"{run_value - entry['value']:+.4f}" if run_value is not None else "-"
-        lines.append(f"| {entry['direction']} | {entry['metric']} | {entry['value']:.3f} | {shown} | {diff} | "
-                     f"{_final_figures(results, direction) if direction else '-'} |")
-    lines += ["", "Sources:"]
-    for source in dict.fromkeys((e["source"]["paper"], e["source"]["table"], e["source"]["where"]) for e in rows):
-        lines.append(f"- {source[0]}, {source[1]}: {source[2]}")
-    lines += ["", "Protocol differences that can explain the gap:"]
-    for protocol in dict.fromkeys(e["protocol"] for e in rows):
-        lines.append(f"- the paper's protocol: {protocol}")
-    run_split, paper_split = _run_split(config, summary, dataset), rows[0].get("split")
-    lines.append(f"- split sizes: run {_split_text(run_split)}; paper {_split_text(paper_split)}")
-    lines.append(f"- tie rule: run '{ties}' (eval.py --ties); the paper's: as its protocol says, else not stated")
-    if backbone is not None:
-        lines.append(f"- image network: run '{config.get('backbone') or 'chosen by the data'}'; paper '{backbone}'")
-    schedule = [f"{key} {config[key]}" for key in ("epochs", "iterations", "schedule") if key in config]
-    completed = (results or {}).get("completed") or {}
-    done = ", ".join(f"{key} {value}" for key, value in completed.items())
-    lines.append(f"- training: run {', '.join(schedule) or 'unknown'}{f' (completed: {done})' if done else ''}; "
-                 f"the paper's: not in the table")
-    lines.append(f"- variant: run '{config.get('variant', '-')}' (original: the authors' program; paper: the "
-                 f"published equations; tuned: a preset chosen here)")
-    return lines
+    sources = dict.fromkeys((e["source"]["paper"], e["source"]["table"], e["source"]["where"]) for e in rows)
+    return ([f"Against the papers ({os.path.relpath(TABLE_PATH, REPO_ROOT)}): {method}, {dataset}, {length}", ""]
+            + _figure_lines(rows, summary, results)
+            + ["", "Sources:"] + [f"- {paper}, {name}: {where}" for paper, name, where in sources]
+            + ["", "Protocol differences that can explain the gap:"]
+            + _protocol_lines(rows, config, summary, results, backbone))
 
 
 def compare_run(run_dir, method, config, summary, table=None):
