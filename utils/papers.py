@@ -31,6 +31,17 @@ TABLE_DIRECTION = {"target->target": "target"}
 SOURCE_KEYS = ("paper", "table", "where")
 
 
+def known_dataset(name):
+    """A cross-modal dataset name or a METAH domain pair name of the project."""
+    if name in DATASETS:
+        return True
+    try:
+        parse_pair_name(name)
+    except UserError:
+        return False
+    return True
+
+
 def entry_problems(entry):
     """What is wrong with one table entry (an empty list when nothing is)."""
     problems = []
@@ -43,16 +54,13 @@ def entry_problems(entry):
         problems.append(f"method '{entry['method']}' is not one of {', '.join(METHODS)}")
     if entry["direction"] not in DIRECTIONS:
         problems.append(f"direction '{entry['direction']}' is not one of {', '.join(DIRECTIONS)}")
-    if entry["method"] in ("metah", "tah"):
-        try:
-            parse_pair_name(entry["dataset"])
-        except UserError as error:
-            problems.append(str(error))
-    elif entry["dataset"] not in DATASETS:
-        problems.append(f"dataset '{entry['dataset']}' is not a --dataset name ({', '.join(DATASETS)})")
+    if not known_dataset(entry["dataset"]):
+        problems.append(f"dataset '{entry['dataset']}' is not a --dataset name ({', '.join(DATASETS)}, "
+                        f"or a METAH domain pair)")
     if entry["bits"] is not None and (not isinstance(entry["bits"], int) or entry["bits"] < 1):
         problems.append(f"bits must be a positive integer or null, got {entry['bits']!r}")
-    if not (entry["metric"] == "map" or entry["metric"].startswith("map@") and entry["metric"][4:].isdigit()):
+    metric = str(entry["metric"])
+    if not (metric == "map" or metric.startswith("map@") and metric[4:].isdigit()):
         problems.append(f"metric '{entry['metric']}' is not map or map@K")
     if not isinstance(entry["value"], (int, float)) or not 0 <= entry["value"] <= 1:
         problems.append(f"value must be a number in [0, 1], got {entry['value']!r}")
