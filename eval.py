@@ -4,6 +4,7 @@
   python eval.py CODES.mat                 a bare codes file (SSAH fields unless --method)
   python eval.py --compare RUN_A RUN_B ... overlay runs in one plot, print one table
   python eval.py RUN_DIR --ties all         the figures under the four tie rules side by side
+  python eval.py RUN_DIR --against paper    the run's figures beside the papers' (utils/papers.py)
   python eval.py RUN_DIR --query N --top 10
                                            the top database items for query item N,
                                            with distances and labels, in every direction
@@ -291,6 +292,8 @@ def build_parser():
     parser.add_argument("--out", default="compare.png", help="--compare: the plot's path (default compare.png)")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not log the plots to the run's TensorBoard")
     parser.add_argument("--curve", choices=("pr", "top_n"), default="pr", help="--compare: which curve to overlay")
+    parser.add_argument("--against", choices=("paper",), help="paper: print the run's figures beside the published "
+                        "ones for its method, dataset, code length and directions (benchmarks/paper_tables.json)")
     return parser
 
 
@@ -306,6 +309,8 @@ def main(argv=None):
     sources = [Source(p, args.method, args.distance) for p in args.paths]
     if len(sources) > 1 and not args.compare:
         raise UserError("several paths given: add --compare to overlay them, or give one path")
+    if args.against and args.compare:
+        raise UserError("--against paper sets one run beside the papers; give one run folder without --compare")
     if args.ties == "all" and args.compare:
         raise UserError("--ties all sets the four tie rules side by side for one run; with --compare "
                         "choose one rule (--ties expected, argsort, pessimistic or optimistic)")
@@ -332,6 +337,9 @@ def main(argv=None):
             folder = write_report(source, reports, dict(settings, ties=ties), tensorboard=not args.no_tensorboard,
                                   by_tie_rule=by_tie_rule)
             print(f"report: {os.path.join(folder, 'report.json')}")
+            if args.against:
+                from utils import papers
+                print("\n".join(papers.compare_run(source.run_dir, source.method, source.config, summary_row(reports))))
     if args.compare:
         plots.save_png(args.out, plots.compare_png(results, curve=args.curve))
         print(format_table({label: summary_row(r) for label, r in results.items()}))
