@@ -488,21 +488,22 @@ class PaperFigures:
 
     def _note(self, entry):
         source = entry.get("source") or {}
+        # The protocol of each figure is in the file and in `eval.py --against paper`; a note names the source.
         text = ", ".join(str(x) for x in (source.get("paper"), source.get("table"), source.get("where")) if x)
-        text += f"; {entry.get('metric', 'mAP')}" + (f", {entry['protocol']}" if entry.get("protocol") else "")
         if text not in self.notes:
             self.notes.append(text)
         return self.notes.index(text) + 1
 
     def cell(self, method, dataset, direction, bits=None, metric=None):
-        """The paper's figure with its note number; an entry of the same metric is preferred."""
+        """The paper's figure of this metric with its note number (a figure of another metric
+        is a different protocol: "not reported")."""
         if not self.present:
             return "-"
-        found = self._matches(method, dataset, direction, bits)
-        same = [i for i in found if metric and str(self.entries[i].get("metric", "")).lower() == metric.lower()]
-        if not (same or found):
+        found = [i for i in self._matches(method, dataset, direction, bits)
+                 if str(self.entries[i].get("metric", "")).lower() == (metric or "map").lower()]
+        if not found:
             return "not reported"
-        i = (same or found)[0]
+        i = found[0]
         self.used.add(i)
         return f"{float(self.entries[i]['value']):.3f} [{self._note(self.entries[i])}]"
 
@@ -511,15 +512,17 @@ class PaperFigures:
         groups = {}
         for i, e in enumerate(self.entries):
             if i not in self.used and str(e.get("method", "")).lower() == method:
-                key = (str(e.get("dataset")), str(e.get("direction")), str(e.get("metric", "mAP")))
+                key = (str(e.get("dataset")), str((e.get("source") or {}).get("table", "")), str(e.get("direction")),
+                       str(e.get("metric", "mAP")))
                 groups.setdefault(key, []).append(e)
         lines = []
-        for (dataset, direction, metric), entries in groups.items():
+        for (dataset, source_table, direction, metric), entries in groups.items():
             entries.sort(key=lambda e: e.get("bits") or 0)
             figures = " / ".join(f"{float(e['value']):.3f}" for e in entries)
             bits = " / ".join(str(e["bits"]) for e in entries if e.get("bits"))
             notes = ", ".join(dict.fromkeys(f"[{self._note(e)}]" for e in entries))
-            lines.append(f"- {dataset} {direction}, {metric}: {figures}" + (f" at {bits} bits" if bits else "")
+            lines.append(f"- {dataset} {direction}, {metric}" + (f" ({source_table})" if source_table else "")
+                         + f": {figures}" + (f" at {bits} bits" if bits else "")
                          + f" {notes}")
         return lines
 
