@@ -259,12 +259,13 @@ def test_results_summary_without_and_with_the_papers_figures(tmp_path):
         entry("metah", "office:amazon->dslr", "target->target", 32, "mAP", 0.5, "Table 3")]})
     present = readme_figures.render_block("results_summary", paths, repo)
     assert "| i->t | 16 | not reported | not run | 0.206 ± 0.026 |" in present  # no paper figure on Wikipedia
-    # the paper's mAP on the rows of either protocol, with its source as note [1]
+    # the paper's mAP only on the rows of the same metric, with its source as note [1]
     assert "| mAP over all, test vs database = training pairs (693 x 2,173) | i->t | 0.366 [1] |" in present
+    assert "| mAP@50, test vs test (640 pairs) | i->t | not reported |" in present
     assert "| mAP@50, test vs test (640 pairs) | t->i | not reported |" in present
     assert "| A-D | 32 | 0.500 [2] | 0.898 ± 0.072 |" in present
-    assert "- MIRFLICKR-25K i->t, mAP: 0.782 / 0.790 at 16 / 32 bits [3]" in present
-    assert "[1] ACMR paper, Table 2, p. 1; mAP, its own split" in present
+    assert "- MIRFLICKR-25K i->t, mAP (Table 2): 0.782 / 0.790 at 16 / 32 bits [3]" in present
+    assert "[1] ACMR paper, Table 2, p. 1;" in present and "its own split" not in present
     assert present.count("Measured on") == 5  # the papers' figures carry no provenance line
     problems = check_readme.expected_block("results_summary", SUMMARY_FILES + ["?benchmarks/gone.json"], repo)
     assert problems[1] is None  # an optional file may be absent
