@@ -468,6 +468,15 @@ def dataset_key(name):
     return name
 
 
+def public_where(where):
+    """A source's address as a reader of the front page can follow it: a path into the project's
+    shared folder (outside a user's clone) is left out, its description kept."""
+    if not where or not str(where).startswith("../shared/"):
+        return where
+    rest = str(where).split(None, 1)[1] if len(str(where).split(None, 1)) > 1 else ""
+    return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
+
+
 class PaperFigures:
     """The papers' published figures (benchmarks/paper_tables.json: {"entries": [{"method", "dataset",
     "direction", "bits", "metric", "value", "source": {"paper", "table", "where"}, "protocol"}]}), looked
@@ -489,7 +498,8 @@ class PaperFigures:
     def _note(self, entry):
         source = entry.get("source") or {}
         # The protocol of each figure is in the file and in `eval.py --against paper`; a note names the source.
-        text = ", ".join(str(x) for x in (source.get("paper"), source.get("table"), source.get("where")) if x)
+        text = ", ".join(str(x) for x in (source.get("paper"), source.get("table"), public_where(source.get("where")))
+                         if x)
         if text not in self.notes:
             self.notes.append(text)
         return self.notes.index(text) + 1

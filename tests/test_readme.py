@@ -269,3 +269,16 @@ def test_results_summary_without_and_with_the_papers_figures(tmp_path):
     assert present.count("Measured on") == 5  # the papers' figures carry no provenance line
     problems = check_readme.expected_block("results_summary", SUMMARY_FILES + ["?benchmarks/gone.json"], repo)
     assert problems[1] is None  # an optional file may be absent
+
+
+def test_paper_sources_on_the_front_page_name_no_path_outside_a_clone():
+    spec = {"method": "acmr", "dataset": "wiki", "direction": "i->t", "bits": None, "metric": "map@50",
+            "value": 0.366, "source": {"paper": "ACMR", "table": "Table 2",
+                                       "where": "../shared/spec/acmr.md:83 (the project's spec)"}}
+    url = dict(spec, direction="t->i", source={"paper": "ACMR", "table": "Table 2", "where": "https://x.org/t"})
+    papers = readme_figures.PaperFigures({"entries": [spec, url]})
+    assert papers.cell("acmr", "wiki", "i->t", None, "map@50") == "0.366 [1]"
+    assert papers.cell("acmr", "wiki", "t->i", None, "map@50") == "0.366 [2]"
+    footer = papers.footer()
+    assert "../shared" not in footer and "[1] ACMR, Table 2, the project's spec;" in footer
+    assert "[2] ACMR, Table 2, https://x.org/t." in footer
