@@ -282,3 +282,28 @@ def test_paper_sources_on_the_front_page_name_no_path_outside_a_clone():
     footer = papers.footer()
     assert "../shared" not in footer and "[1] ACMR, Table 2, the project's spec;" in footer
     assert "[2] ACMR, Table 2, https://x.org/t." in footer
+
+
+def test_ssah_scale_renderer_shows_each_figure_per_n_and_its_exponent():
+    point = {"n": 1000, "draw_pass_seconds": 0.04, "monitor_seconds": 2500.0, "monitor_peak_above_data_mb": 10.0,
+             "peak_mb": 800.0, "step_seconds": {"lab": 0.5, "dis": 0.1, "img": 1.0, "txt": 0.2}}
+    big = dict(point, n=10000, draw_pass_seconds=0.4, step_seconds={})
+    text = readme_figures.render("ssah_scale", [{"settings": {"batch": 100}, "points": [point, big],
+                                                 "exponents": {"draws of one pass (s)": 1.0}}])
+    assert "| figure | n = 1,000 | n = 10,000 | exponent in n |" in text
+    assert "| draws of one pass (s) | 0.04 | 0.4 | 1.00 |" in text
+    assert "| draws per batch (s) | 0.004 | 0.004 | |" in text and "| monitoring check (s) | 2,500 | 2,500 | |" in text
+    assert "| lab update (s) | 0.5 | - | |" in text
+
+
+def test_ssah_epoch_speed_renderer_sets_each_storage_kind_against_memory_and_the_trunk():
+    def entry(epoch, plan, img, dis, vs_memory):
+        return {"epoch_seconds": epoch, "read_plan": plan, "read_seconds": 0.5, "vs_memory": vs_memory,
+                "steps": {"img": {"mean_seconds": img}, "dis": {"mean_seconds": dis}},
+                "img_vs_reference": img / 1.6, "dis_vs_trunk_forward": dis / 0.4}
+    results = {"kinds": {"memory": entry(10.0, None, 2.0, 0.5, 1.0), "contiguous": entry(11.0, "selection", 2.4, 0.6, 1.1)},
+               "reference": {"trunk_forward_backward": 1.5, "trunk_forward": 0.4, "all_n_discriminator_term": 0.1}}
+    text = readme_figures.render("ssah_epoch_speed", [results])
+    assert "| memory | no reads | 10.0 | 1.00x | 0.5 | 2.000 | 1.25x | 0.500 | 1.25x |" in text
+    assert "| contiguous | selection | 11.0 | 1.10x | 0.5 | 2.400 | 1.50x | 0.600 | 1.50x |" in text
+    assert "CNN-F forward + backward 1.500 s, forward 0.400 s; the ImgNet step's all-n discriminator term 0.100 s." in text
