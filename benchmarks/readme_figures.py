@@ -185,7 +185,9 @@ def ssah_epoch_speed(_, f):
     """benchmarks/ssah_epoch_speed.py: one whole SSAH epoch per image storage kind against the epoch with
     the images in memory, and the ImgNet and discriminator updates against the trunk's own work."""
     rows = []
-    for kind, entry in f["kinds"].items():
+    order = [k for k in str(f.get("settings", {}).get("kinds", "")).split(",") if k in f["kinds"]]
+    for kind in order + sorted(k for k in f["kinds"] if k not in order):  # the order they were run in
+        entry = f["kinds"][kind]
         img, dis = entry["steps"]["img"]["mean_seconds"], entry["steps"]["dis"]["mean_seconds"]
         rows.append([kind, entry["read_plan"] or "no reads", f"{entry['epoch_seconds']:.1f}",
                      f"{entry['vs_memory']:.2f}x" if entry.get("vs_memory") else "", f"{entry['read_seconds']:.1f}",

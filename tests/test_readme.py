@@ -301,9 +301,11 @@ def test_ssah_epoch_speed_renderer_sets_each_storage_kind_against_memory_and_the
         return {"epoch_seconds": epoch, "read_plan": plan, "read_seconds": 0.5, "vs_memory": vs_memory,
                 "steps": {"img": {"mean_seconds": img}, "dis": {"mean_seconds": dis}},
                 "img_vs_reference": img / 1.6, "dis_vs_trunk_forward": dis / 0.4}
-    results = {"kinds": {"memory": entry(10.0, None, 2.0, 0.5, 1.0), "contiguous": entry(11.0, "selection", 2.4, 0.6, 1.1)},
+    results = {"kinds": {"contiguous": entry(11.0, "selection", 2.4, 0.6, 1.1), "memory": entry(10.0, None, 2.0, 0.5, 1.0)},
+               "settings": {"kinds": "memory,contiguous"},
                "reference": {"trunk_forward_backward": 1.5, "trunk_forward": 0.4, "all_n_discriminator_term": 0.1}}
     text = readme_figures.render("ssah_epoch_speed", [results])
     assert "| memory | no reads | 10.0 | 1.00x | 0.5 | 2.000 | 1.25x | 0.500 | 1.25x |" in text
     assert "| contiguous | selection | 11.0 | 1.10x | 0.5 | 2.400 | 1.50x | 0.600 | 1.50x |" in text
+    assert text.index("| memory |") < text.index("| contiguous |")  # in the order the kinds were run
     assert "CNN-F forward + backward 1.500 s, forward 0.400 s; the ImgNet step's all-n discriminator term 0.100 s." in text
