@@ -161,46 +161,6 @@ def ssah_step_speed_trunks(_, features, cnnf):
                f"{monitoring}." if monitoring else ""))
 
 
-def ssah_scale(_, f):
-    """benchmarks/ssah_scale.py: each figure at every n and its exponent of growth in n (the file's)."""
-    points, batch = f["points"], f["settings"]["batch"]
-    figures = [("draws of one pass (s)", lambda p: p["draw_pass_seconds"]),
-               ("draws per batch (s)", lambda p: p["draw_pass_seconds"] / max(1, p["n"] // batch)),
-               ("monitoring check (s)", lambda p: p["monitor_seconds"]),
-               ("monitoring peak above data (MB)", lambda p: p["monitor_peak_above_data_mb"]),
-               ("peak RSS (MB)", lambda p: p["peak_mb"])] + [
-              (f"{step} update (s)", lambda p, step=step: p["step_seconds"].get(step))
-              for step in ("lab", "dis", "img", "txt")]
-    def figure(v):
-        return f"{v:,.0f}" if v >= 1000 else f"{v:.4g}"
-    rows = []
-    for name, value in figures:
-        exponent = f["exponents"].get(name)
-        rows.append([name] + ["-" if value(p) is None else figure(value(p)) for p in points]
-                    + ["" if exponent is None else f"{exponent:.2f}"])
-    return table(["figure"] + [f"n = {p['n']:,}" for p in points] + ["exponent in n"], rows)
-
-
-def ssah_epoch_speed(_, f):
-    """benchmarks/ssah_epoch_speed.py: one whole SSAH epoch per image storage kind against the epoch with
-    the images in memory, and the ImgNet and discriminator updates against the trunk's own work."""
-    rows = []
-    order = [k for k in str(f.get("settings", {}).get("kinds", "")).split(",") if k in f["kinds"]]
-    for kind in order + sorted(k for k in f["kinds"] if k not in order):  # the order they were run in
-        entry = f["kinds"][kind]
-        img, dis = entry["steps"]["img"]["mean_seconds"], entry["steps"]["dis"]["mean_seconds"]
-        rows.append([kind, entry["read_plan"] or "no reads", f"{entry['epoch_seconds']:.1f}",
-                     f"{entry['vs_memory']:.2f}x" if entry.get("vs_memory") else "", f"{entry['read_seconds']:.1f}",
-                     f"{img:.3f}" if img else "", f"{entry['img_vs_reference']:.2f}x" if img else "",
-                     f"{dis:.3f}" if dis else "", f"{entry['dis_vs_trunk_forward']:.2f}x" if dis else ""])
-    reference = f["reference"]
-    return (table(["images", "read plan", "epoch (s)", "vs in memory", "reads (s)", "ImgNet update (s)",
-                   "vs trunk f+b + all-n term", "discriminator update (s)", "vs trunk forward"], rows)
-            + f"\n\nOn one batch in the same run: CNN-F forward + backward {reference['trunk_forward_backward']:.3f} s, "
-              f"forward {reference['trunk_forward']:.3f} s; the ImgNet step's all-n discriminator term "
-              f"{reference['all_n_discriminator_term']:.3f} s.")
-
-
 def stream_memory(_, *files):
     """benchmarks/stream_memory.py, one row per file (the first one's peak against the 2 GB target)."""
     rows = []
@@ -495,6 +455,46 @@ DOMAIN_INITIALS = {"amazon": "a", "dslr": "d", "webcam": "w", "caltech": "c", "c
 DIRECTION_NAMES = {"img->txt": "i->t", "txt->img": "t->i", "image->text": "i->t", "text->image": "t->i"}
 
 
+def ssah_scale(_, f):
+    """benchmarks/ssah_scale.py: each figure at every n and its exponent of growth in n (the file's)."""
+    points, batch = f["points"], f["settings"]["batch"]
+    figures = [("draws of one pass (s)", lambda p: p["draw_pass_seconds"]),
+               ("draws per batch (s)", lambda p: p["draw_pass_seconds"] / max(1, p["n"] // batch)),
+               ("monitoring check (s)", lambda p: p["monitor_seconds"]),
+               ("monitoring peak above data (MB)", lambda p: p["monitor_peak_above_data_mb"]),
+               ("peak RSS (MB)", lambda p: p["peak_mb"])] + [
+              (f"{step} update (s)", lambda p, step=step: p["step_seconds"].get(step))
+              for step in ("lab", "dis", "img", "txt")]
+    def figure(v):
+        return f"{v:,.0f}" if v >= 1000 else f"{v:.4g}"
+    rows = []
+    for name, value in figures:
+        exponent = f["exponents"].get(name)
+        rows.append([name] + ["-" if value(p) is None else figure(value(p)) for p in points]
+                    + ["" if exponent is None else f"{exponent:.2f}"])
+    return table(["figure"] + [f"n = {p['n']:,}" for p in points] + ["exponent in n"], rows)
+
+
+def ssah_epoch_speed(_, f):
+    """benchmarks/ssah_epoch_speed.py: one whole SSAH epoch per image storage kind against the epoch with
+    the images in memory, and the ImgNet and discriminator updates against the trunk's own work."""
+    rows = []
+    order = [k for k in str(f.get("settings", {}).get("kinds", "")).split(",") if k in f["kinds"]]
+    for kind in order + sorted(k for k in f["kinds"] if k not in order):  # the order they were run in
+        entry = f["kinds"][kind]
+        img, dis = entry["steps"]["img"]["mean_seconds"], entry["steps"]["dis"]["mean_seconds"]
+        rows.append([kind, entry["read_plan"] or "no reads", f"{entry['epoch_seconds']:.1f}",
+                     f"{entry['vs_memory']:.2f}x" if entry.get("vs_memory") else "", f"{entry['read_seconds']:.1f}",
+                     f"{img:.3f}" if img else "", f"{entry['img_vs_reference']:.2f}x" if img else "",
+                     f"{dis:.3f}" if dis else "", f"{entry['dis_vs_trunk_forward']:.2f}x" if dis else ""])
+    reference = f["reference"]
+    return (table(["images", "read plan", "epoch (s)", "vs in memory", "reads (s)", "ImgNet update (s)",
+                   "vs trunk f+b + all-n term", "discriminator update (s)", "vs trunk forward"], rows)
+            + f"\n\nOn one batch in the same run: CNN-F forward + backward {reference['trunk_forward_backward']:.3f} s, "
+              f"forward {reference['trunk_forward']:.3f} s; the ImgNet step's all-n discriminator term "
+              f"{reference['all_n_discriminator_term']:.3f} s.")
+
+
 def dataset_key(name):
     """A dataset or domain pair as one comparable key: 'wiki', 'flickr', 'a-d', 'mnist-usps'
     ('Wikipedia', 'office-googlenet:amazon->dslr', 'A->D' and 'A-D' all land on the project's key)."""
@@ -657,13 +657,13 @@ def results_summary(_, ssah, ssah_tuned, acmr, acmr_tuned, metah, paper=None):
 RENDERERS = {
     "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr, "ssah_wiki_causes": ssah_wiki_causes,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
-    "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory, "ssah_scale": ssah_scale,
-    "ssah_epoch_speed": ssah_epoch_speed,
+    "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
     "metah_validation_study": metah_validation_study,
     "tah_base": tah_base, "tie_rules": tie_rules, "eval_speed": eval_speed,
     "quickstart": quickstart, "loop_overhead": loop_overhead, "results_summary": results_summary,
+    "ssah_scale": ssah_scale, "ssah_epoch_speed": ssah_epoch_speed,
 }
 
 
