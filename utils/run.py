@@ -232,6 +232,7 @@ class Run:
         self.created = set()           # entries of RUN_DIR this process created
         self.lock = RunLock(self.dir)
         self._writer = None
+        self._own_event_files = set()  # event files this process's writer holds (never rewritten)
         self._scalar_write = None  # the compiled write of log_scalars
 
     @property
@@ -240,7 +241,9 @@ class Run:
         if self._writer is None:
             import tensorflow as tf
             self._note_created("tb")
+            before = set(os.listdir(self.path("tb"))) if os.path.isdir(self.path("tb")) else set()
             self._writer = tf.summary.create_file_writer(self.path("tb"))
+            self._own_event_files |= set(os.listdir(self.path("tb"))) - before
         return self._writer
 
     def _note_created(self, name):
@@ -440,7 +443,7 @@ class Run:
         log those steps twice."""
         restored = restore_latest(self.dir, checkpoint)
         if restored:
-            drop_events_after(self.path("tb"), os.path.getmtime(restored + ".index"))
+            drop_events_after(self.path("tb"), os.path.getmtime(restored + ".index"), keep_files=self._own_event_files)
         return restored
 
     def export_codes(self, arrays):
@@ -471,9 +474,12 @@ def keep_policy(text):
                     f"number of last checkpoints")
 
 
-def drop_events_after(tb_dir, wall_time):
-    """Rewrites the TensorBoard event files in `tb_dir` without the events written after
-    `wall_time` (seconds since the epoch); files left empty of summaries are removed."""
+def drop_events_after(tb_dir, wall_time, keep_files=()):
+    """Rewrites the TensorBoard event files in `tb_dir` without the training events written
+    after `wall_time` (seconds since the epoch): the lost part of an interrupted run, which the
+    resumed run logs again. Files in `keep_files` (those a live writer of this process holds)
+    are never touched, and eval.py's plots (images) are not training events: they stay.
+    A file cut short by a kill keeps its complete records."""
     if not os.path.isdir(tb_dir):
         return
     import tensorflow as tf
@@ -481,16 +487,19 @@ def drop_events_after(tb_dir, wall_time):
     dropped_total = 0
     for name in sorted(os.listdir(tb_dir)):
         path = os.path.join(tb_dir, name)
-        if "tfevents" not in name or not os.path.isfile(path):
+        if "tfevents" not in name or not os.path.isfile(path) or name in keep_files:
             continue
-        kept, dropped = [], 0
-        for record in tf.data.TFRecordDataset(path):
-            event = event_pb2.Event.FromString(record.numpy())
-            if event.wall_time > wall_time and event.HasField("summary"):
-                dropped += 1
-            else:
-                kept.append(record.numpy())
-        if dropped:
+        kept, dropped, cut = [], 0, False
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                if event.wall_time > wall_time and _is_training_event(event):
+                    dropped += 1
+                else:
+                    kept.append(record.numpy())
+        except tf.errors.DataLossError:  # a last record cut short by a kill
+            cut = True
+        if dropped or cut:
             dropped_total += dropped
             with io.atomic_path(path) as tmp:
                 with tf.io.TFRecordWriter(tmp) as writer:
@@ -498,6 +507,12 @@ def drop_events_after(tb_dir, wall_time):
                         writer.write(record)
     if dropped_total:
         print(f"TensorBoard: dropped {dropped_total} events logged after the restored checkpoint", flush=True)
+
+
+def _is_training_event(event):
+    """A summary a training run logs; images are eval.py's plots (Run.log_image), not training's."""
+    return event.HasField("summary") and not any(value.metadata.plugin_data.plugin_name == "images"
+                                                 for value in event.summary.value)
 
 
 def saved_config(run_dir, config_classes):
