@@ -2,9 +2,9 @@
 
 A method trains in UNITS (an epoch, or for METAH an epoch's worth of iterations). The loop
 owns what is the same for all of them: resuming from the latest checkpoint, and after each unit
-the cadence evaluate -> log -> checkpoint (the last ones, and the best by VALIDATION mAP) ->
-export -> results; the NaN guard; the progress bar; TensorBoard's loss, learning-rate and mAP
-tags. The method supplies only its updates (`train_unit`) and its evaluation (`evaluate`).
+the cadence evaluate -> log -> checkpoint (the last ones, and the best by VALIDATION mAP; the
+history records inside it) -> results -> export, so nothing refers to an unwritten checkpoint;
+the NaN guard; the progress bar; TensorBoard's loss, learning-rate and mAP tags. The method supplies only its updates (`train_unit`) and its evaluation (`evaluate`).
 
 Losses never cross to the host per update: each compiled step adds its loss terms to a
 `LossMeter` (sums in device variables), and the loop reads the meters once per `log_every`
@@ -165,6 +165,9 @@ class TrainingLoop:
         self.updates_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
         self.unit_updates_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="unit_updates_done")
         self.records_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="history_records")
+        # The history records as JSON: results.json is written after the checkpoint, so a kill
+        # between the two must not lose the records the checkpoint counts.
+        self.history_var = tf.Variable("", dtype=tf.string, trainable=False, name="history_json")
         self.updates = 0
         self.unit_updates_done = 0
         self.history = []
@@ -181,11 +184,14 @@ class TrainingLoop:
             objects.update(meter.checkpoint_objects())
         return tf.train.Checkpoint(loop_units_done=self.units_done, loop_updates=self.updates_var,
                                    loop_unit_updates_done=self.unit_updates_var,
-                                   loop_history_records=self.records_var, **objects)
+                                   loop_history_records=self.records_var, loop_history=self.history_var,
+                                   **objects)
 
     def _restore(self):
-        from utils import io
+        import json
         import os
+
+        from utils import io
         checkpoint = self.checkpoint()
         self.manager = self.run_folder.checkpoint_manager(checkpoint)
         if not self.resume:
@@ -198,10 +204,16 @@ class TrainingLoop:
         inside = f", {self.unit_updates_done} updates into unit {int(self.units_done.numpy()) + 1}" \
             if self.unit_updates_done else ""
         print(f"resumed from {restored} ({int(self.units_done.numpy())} units done{inside})", flush=True)
-        path = self.run_folder.path("results.json")
+        records = int(self.records_var.numpy())
+        saved = self.history_var.numpy().decode()
+        if saved:
+            saved = json.loads(saved)
+        else:  # a checkpoint of an older version: its records are in results.json
+            path = self.run_folder.path("results.json")
+            saved = io.load_json(path).get("epochs", []) if os.path.exists(path) else []
         # Records written after the restored checkpoint (a kill between the two writes) are dropped.
-        saved = io.load_json(path).get("epochs", []) if os.path.exists(path) else []
-        self.history = list(saved[:int(self.records_var.numpy())])
+        self.history = list(saved[:records])
+        self._records_written = None
         self.method.after_restore(int(self.units_done.numpy()), self.unit_updates_done)
 
     # ---------------------------------------------------------------- called by the method
@@ -265,14 +277,17 @@ class TrainingLoop:
     def _save(self, score):
         if self.run_folder is None:
             return
+        from utils import io
         self._check_unit_sums()  # never checkpoint a non-finite state
-        if len(self.history) != self._records_written:  # results.json holds every record the checkpoint counts
-            self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
-            self._records_written = len(self.history)
         self.updates_var.assign(self.updates)
         self.unit_updates_var.assign(self.unit_updates_done)
         self.records_var.assign(len(self.history))
+        self.history_var.assign(io.to_json(self.history))
         self.run_folder.save_checkpoint(self.manager, self.updates, score=score)
+        # Then results.json: it never counts a record that no checkpoint holds.
+        if len(self.history) != self._records_written:
+            self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
+            self._records_written = len(self.history)
 
     def _keep_score(self, evaluation):
         if evaluation is None:
@@ -332,8 +347,6 @@ class TrainingLoop:
                 evaluation = method.evaluate(unit + 1, final=False) if method.eval_due(unit + 1) else None
                 if evaluation is not None:
                     self._log_evaluation(evaluation)
-                    if evaluation.exports is not None and self.run_folder is not None:
-                        self.run_folder.export_codes(evaluation.exports)
                     if self.bar is not None and evaluation.maps:
                         self.bar.set_postfix(**{d: f"{v:.3f}" for d, v in evaluation.maps.items()})
                 record = method.unit_record(trained, losses, evaluation)
@@ -344,7 +357,9 @@ class TrainingLoop:
                 elif method.progress == "units":
                     self.bar.update(1)
                 if self.run_folder is not None:
-                    self._save(score=self._keep_score(evaluation))
+                    self._save(score=self._keep_score(evaluation))  # the checkpoint, then results.json
+                    if evaluation is not None and evaluation.exports is not None:
+                        self.run_folder.export_codes(evaluation.exports)  # codes of a checkpointed state only
                     if unit + 1 < units:
                         self.cadence.saved()
         if self.bar is not None:

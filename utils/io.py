@@ -38,6 +38,11 @@ def save_json(path, obj):
             f.write("\n")
 
 
+def to_json(obj):
+    """`obj` as compact JSON text (NumPy numbers and arrays as JSON numbers and lists)."""
+    return json.dumps(obj, sort_keys=True, default=_json_default)
+
+
 def load_json(path):
     with open(path) as f:
         return json.load(f)

@@ -29,7 +29,7 @@ import numpy as np
 
 from utils import io
 from utils.config import config_from_dict
-from utils.errors import UserError
+from utils.errors import UserError, WriteFailed
 
 
 class NonFiniteLoss(RuntimeError):
@@ -415,15 +415,18 @@ class Run:
         epoch's mean mAP) and 'best' in --keep-checkpoints, a checkpoint that beats every earlier
         score is also written to checkpoints/best/ (its score in checkpoints/best/score.json).
         Returns the path written."""
-        path = manager.save(checkpoint_number=number)
-        _, keep_best = self.keep_policy()
-        if score is not None and keep_best and math.isfinite(float(score)):
-            best = self.best_checkpoint()
-            if best is None or float(score) > best[1]:
-                best_dir = self.path("checkpoints", "best")
-                best_path = manager.beside(best_dir, max_to_keep=1).save(checkpoint_number=number)
-                io.save_json(os.path.join(best_dir, "score.json"),
-                             {"score": float(score), "checkpoint": os.path.basename(best_path)})
+        try:
+            path = manager.save(checkpoint_number=number)
+            _, keep_best = self.keep_policy()
+            if score is not None and keep_best and math.isfinite(float(score)):
+                best = self.best_checkpoint()
+                if best is None or float(score) > best[1]:
+                    best_dir = self.path("checkpoints", "best")
+                    best_path = manager.beside(best_dir, max_to_keep=1).save(checkpoint_number=number)
+                    io.save_json(os.path.join(best_dir, "score.json"),
+                                 {"score": float(score), "checkpoint": os.path.basename(best_path)})
+        except WriteFailed as error:
+            raise WriteFailed(f"{error}; then continue with: python train.py --resume {self.dir}") from None
         return path
 
     def best_checkpoint(self):
@@ -567,26 +570,77 @@ class CheckpointWriter:
         return [prefix for number, prefix in _numbered_checkpoints(self.directory)]
 
     def save(self, checkpoint_number):
-        """Writes DIRECTORY/ckpt-N (TensorFlow writes temporary files and renames them), then
-        the state file naming it, then removes the checkpoints beyond max_to_keep; returns the
-        prefix written."""
-        import glob
+        """Writes DIRECTORY/ckpt-N (TensorFlow writes temporary files and renames them), reads
+        it back, then writes the state file naming it, and only then removes the checkpoints
+        beyond max_to_keep: the last good checkpoint is never deleted before a newer one is
+        written and verified. A failed write (disk full, no permission, unreadable result)
+        removes its partial files, leaves the state file and the older checkpoints as they were
+        and raises WriteFailed. Returns the prefix written."""
         import tensorflow as tf
         os.makedirs(self.directory, exist_ok=True)
         prefix = os.path.join(self.directory, f"ckpt-{int(checkpoint_number)}")
+        previous = [p for p in self.kept() if p != prefix]
+        found = set(_checkpoint_files(prefix))
         self.checkpoint.save_counter.assign_add(1)
-        self._write()(tf.constant(prefix))  # a tensor: a Python string would be traced anew per prefix
-        kept = [p for p in self.kept() if p != prefix] + [prefix]
-        dropped, kept = kept[:-self.max_to_keep], kept[-self.max_to_keep:]
-        names = [os.path.basename(p) for p in kept]
-        state = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
-        with io.atomic_path(os.path.join(self.directory, "checkpoint")) as tmp:
-            with open(tmp, "w") as f:
-                f.write("\n".join(state) + "\n")
+        try:
+            self._write()(tf.constant(prefix))  # a tensor: a Python string would be traced anew per prefix
+            verify_checkpoint(prefix)
+            kept = previous + [prefix]
+            dropped, kept = kept[:-self.max_to_keep], kept[-self.max_to_keep:]
+            names = [os.path.basename(p) for p in kept]
+            state = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+            with io.atomic_path(os.path.join(self.directory, "checkpoint")) as tmp:
+                with open(tmp, "w") as f:
+                    f.write("\n".join(state) + "\n")
+        except (tf.errors.OpError, OSError) as error:
+            self.checkpoint.save_counter.assign_add(-1)
+            for path in _checkpoint_files(prefix):
+                if path not in found:
+                    _remove(path)
+            latest = f"the latest checkpoint is still {previous[-1]}" if previous else "there is no checkpoint yet"
+            raise WriteFailed(f"cannot write the checkpoint {prefix} ({error_cause(error)}); its partial files "
+                              f"are removed and {latest}: free space or fix the permissions in "
+                              f"{self.directory}") from None
         for old in dropped:
-            for path in glob.glob(glob.escape(old) + ".*"):
-                os.remove(path)
+            for path in _checkpoint_files(old):
+                _remove(path)
         return prefix
+
+
+def _checkpoint_files(prefix):
+    """The files of checkpoint `prefix` (.index, .data-*) and TensorFlow's temporary ones (PREFIX_temp*)."""
+    import glob
+    return glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_temp*")
+
+
+def _remove(path):
+    import shutil
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def verify_checkpoint(prefix):
+    """Reads every tensor of checkpoint `prefix` back (TensorFlow checks each one's checksum);
+    raises TensorFlow's error when one is missing, cut short or damaged."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(prefix)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
+def error_cause(error):
+    """The cause of an OSError or a TensorFlow error in a few words (its first line, without
+    TensorFlow's hints)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = (getattr(error, "message", None) or str(error)).strip()
+    for known in ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded"):
+        if known.lower() in text.lower():
+            return known
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 200 else first[:200] + "..."
 
 
 def _numbered_checkpoints(folder):
@@ -610,6 +664,17 @@ def checkpoint_candidates(run_dir):
     return found
 
 
+def readable_checkpoint(run_dir):
+    """The checkpoint restore_latest would restore: the newest whose every tensor reads, or None."""
+    for path in checkpoint_candidates(run_dir):
+        try:
+            verify_checkpoint(path)
+        except Exception:  # TensorFlow raises several types for corrupt or missing files
+            continue
+        return path
+    return None
+
+
 def restore_latest(run_dir, checkpoint):
     """Restores RUN_DIR/checkpoints' newest readable checkpoint into `checkpoint`, if any;
     returns its path or None. A corrupt or truncated newer one is skipped with a message; none
@@ -620,18 +685,18 @@ def restore_latest(run_dir, checkpoint):
     problems = []
     for path in candidates:
         try:
+            verify_checkpoint(path)  # every tensor readable: a partial restore would mix two checkpoints
             checkpoint.restore(path).expect_partial()
-        except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
-            text = str(error).strip()
-            problems.append(f"{path}: {text.splitlines()[0] if text else type(error).__name__}")
-            print(f"cannot read checkpoint {path} ({problems[-1].split(': ', 1)[1]}); "
-                  f"trying an older one", flush=True)
+        except Exception as error:  # TensorFlow raises several types for corrupt, missing or mismatched files
+            problems.append((path, error_cause(error)))
             continue
         if problems:
-            print(f"restored the older checkpoint {path}", flush=True)
+            unreadable = ", ".join(os.path.basename(p) for p, _ in problems)
+            print(f"cannot read checkpoint {problems[0][0]} ({problems[0][1]}); restored the older "
+                  f"{path} (unreadable: {unreadable})", flush=True)
         return path
     raise UserError(f"no readable checkpoint in {os.path.join(run_dir, 'checkpoints')} (newest: "
-                    f"{problems[0]}); the checkpoints are corrupt or from a different model shape: "
+                    f"{problems[0][0]}: {problems[0][1]}); the checkpoints are corrupt or from a different model shape: "
                     f"start a new run")
 
 

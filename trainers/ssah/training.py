@@ -88,14 +88,12 @@ def _check_resume_checkpoint(run_dir, objects, data_shape=None):
     one lacking some of their variables (an older version that did not save every variable,
     or other network settings; restoring would silently leave those at their initial values),
     or one trained on other data (e.g. another tag file)."""
-    path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    from utils.run import readable_checkpoint
+    path = readable_checkpoint(run_dir)  # the one Run.restore_latest restores (it says why when not the newest)
     if path is None:
         return
-    try:
-        reader = tf.train.load_checkpoint(path)
-        names = reader.get_variable_to_shape_map()
-    except Exception:  # unreadable: Run.restore_latest falls back to an older checkpoint, saying so
-        return
+    reader = tf.train.load_checkpoint(path)
+    names = reader.get_variable_to_shape_map()
     key = next((k for k in names if k.startswith("data_shape")), None)
     if key is not None and data_shape is not None:
         saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
