@@ -65,3 +65,70 @@ def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch)
     extended = str(tmp_path / "runs" / "extended")
     train.main(["--resume", extended, "--epochs", "2"])
     assert_same_scalars(extended, reference)
+
+
+def fail_checkpoint_write(monkeypatch, at_write, partial=True):
+    """The `at_write`-th checkpoint write (from 1) fails as a full disk does, after leaving
+    partial files as TensorFlow does; returns {"time": when it failed}."""
+    from utils.run import CheckpointWriter
+    real_write, calls, failed = CheckpointWriter._write, {"n": 0}, {}
+
+    def write(self):
+        compiled = real_write(self)
+
+        def writing(prefix):
+            calls["n"] += 1
+            if calls["n"] != at_write:
+                return compiled(prefix)
+            prefix = prefix.numpy().decode()
+            if partial:
+                os.makedirs(prefix + "_temp")
+                with open(os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+                    f.write(b"\0" * 100)
+            failed["time"] = os.stat(os.path.dirname(prefix)).st_mtime
+            raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}_temp/part-00000-of-00001.data-00000-of-00001;"
+                                                   f" No space left on device\n\tIf you want to see a list of ...")
+        return writing
+    monkeypatch.setattr(CheckpointWriter, "_write", write)
+    return failed
+
+
+def ssah_argv(runs_dir, name, *extra):
+    return ["--method", "ssah", "--schedule", "tiny", "--bits", "8", "--embed-dim", "16", "--hidden-dim", "32",
+            "--discriminator-hidden", "16,16", "--runs-dir", str(runs_dir), "--run-name", name, *extra]
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_after_it(tmp_path, monkeypatch, capsys):
+    import train
+    from utils.errors import WriteFailed
+    failed = fail_checkpoint_write(monkeypatch, at_write=2)  # epoch 2's
+    with pytest.raises(WriteFailed) as caught:
+        train.main(ssah_argv(tmp_path, "r", "--epochs", "2"))
+    message = str(caught.value)
+    run_dir = tmp_path / "r"
+    assert "\n" not in message and str(run_dir / "checkpoints" / "ckpt-56") in message
+    assert "No space left on device" in message and f"still {run_dir / 'checkpoints' / 'ckpt-28'}" in message
+    assert f"--resume {run_dir}" in message and caught.value.exit_code == 74
+    left = sorted(os.listdir(run_dir / "checkpoints"))
+    assert left[0] == "checkpoint" and "ckpt-28.index" in left and all(n.startswith("ckpt-28.") for n in left[1:])
+    assert 'model_checkpoint_path: "ckpt-28"' in (run_dir / "checkpoints" / "checkpoint").read_text()
+    assert [r["epoch"] for r in io.load_json(run_dir / "results.json")["epochs"]] == [1]
+    assert os.stat(run_dir / "codes.mat").st_mtime <= failed["time"]  # epoch 2's codes never exported
+    monkeypatch.undo()
+    capsys.readouterr()
+    results = train.main(["--resume", str(run_dir)])
+    assert "resumed from" in capsys.readouterr().out and results["final"]["epoch"] == 2
+
+
+def test_a_failed_first_checkpoint_leaves_no_results_and_the_run_resumable(tmp_path, monkeypatch):
+    import train
+    from utils.errors import WriteFailed
+    fail_checkpoint_write(monkeypatch, at_write=1)
+    with pytest.raises(WriteFailed, match="there is no checkpoint yet"):
+        train.main(ssah_argv(tmp_path, "r", "--epochs", "1"))
+    run_dir = tmp_path / "r"
+    assert os.listdir(run_dir / "checkpoints") == []
+    assert not (run_dir / "codes.mat").exists() and not (run_dir / "results.json").exists()
+    assert "error: cannot write the checkpoint" in (run_dir / "train.log").read_text()
+    monkeypatch.undo()
+    assert train.main(["--resume", str(run_dir)])["final"]["epoch"] == 1
