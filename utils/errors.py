@@ -25,13 +25,30 @@ class WriteFailed(UserError):
     exit_code = 74  # sysexits.h EX_IOERR
 
 
+def storage_cause(error):
+    """The cause in a few words when `error` (an OSError or a TensorFlow error) is a disk or
+    permission problem, else None."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error) if error.errno in STORAGE_ERRORS else None
+    if type(error).__module__.startswith("tensorflow"):
+        text = (getattr(error, "message", None) or str(error)).lower()
+        for known in ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded"):
+            if known.lower() in text:
+                return known
+    return None
+
+
 def storage_error_line(error):
-    """The one line of an OSError that is a disk or permission problem, else None."""
-    if not isinstance(error, OSError) or error.errno not in STORAGE_ERRORS:
+    """The one line of a disk or permission error (an OSError or a TensorFlow error), else None."""
+    cause = storage_cause(error)
+    if cause is None:
         return None
-    where = f" {error.filename}" if error.filename else ""
-    return (f"cannot write or read{where}: {error.strerror}; free space or fix the permissions there "
-            f"(what was written before is kept), then run the command again")
+    filename = getattr(error, "filename", None)
+    where = f"cannot write or read {filename}" if filename else "a write or read failed"
+    if not filename and not isinstance(error, OSError):
+        where += f" ({(getattr(error, 'message', None) or str(error)).strip().splitlines()[0][:300]})"
+    return (f"{where}: {cause}; free space or fix the permissions there (what was written before is kept), "
+            f"then run the command again")
 
 
 def run_command_line(main):
@@ -44,7 +61,7 @@ def run_command_line(main):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except OSError as error:
+    except Exception as error:  # a full disk or a permission, met by the system or by TensorFlow
         line = storage_error_line(error)
         if line is None:
             raise

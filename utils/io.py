@@ -11,6 +11,8 @@ import tempfile
 import numpy as np
 import scipy.io
 
+from utils.errors import WriteFailed, storage_cause
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -26,6 +28,12 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as error:
+        cause = storage_cause(error)
+        if cause is None:
+            raise
+        raise WriteFailed(f"cannot write {path} ({cause}); the file is left as it was: free space or fix the "
+                          f"permissions in {folder}, then run the command again") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

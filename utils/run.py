@@ -29,7 +29,7 @@ import numpy as np
 
 from utils import io
 from utils.config import config_from_dict
-from utils.errors import UserError, WriteFailed
+from utils.errors import UserError, WriteFailed, storage_cause
 
 
 class NonFiniteLoss(RuntimeError):
@@ -242,7 +242,16 @@ class Run:
             import tensorflow as tf
             self._note_created("tb")
             before = set(os.listdir(self.path("tb"))) if os.path.isdir(self.path("tb")) else set()
-            self._writer = tf.summary.create_file_writer(self.path("tb"))
+            try:
+                self._writer = tf.summary.create_file_writer(self.path("tb"))
+            except tf.errors.OpError as error:
+                if storage_cause(error) is None:
+                    raise
+                for name in set(os.listdir(self.path("tb"))) - before:  # the empty file it could not fill
+                    if os.path.getsize(self.path("tb", name)) == 0:
+                        os.remove(self.path("tb", name))
+                raise WriteFailed(f"cannot write TensorBoard's events in {self.path('tb')} ({storage_cause(error)}): "
+                                  f"free space or fix the permissions there, then run the command again") from None
             self._own_event_files |= set(os.listdir(self.path("tb"))) - before
         return self._writer
 
@@ -345,7 +354,10 @@ class Run:
         _active_log = self.path("train.log")
 
     def log(self, message):
-        _append_log(self.path("train.log"), message)
+        try:
+            _append_log(self.path("train.log"), message)
+        except OSError:  # a full disk: the message still reaches the terminal; this must not hide it
+            pass
 
     # ------------------------------------------------------------------ TensorBoard
 
@@ -633,12 +645,12 @@ def verify_checkpoint(prefix):
 def error_cause(error):
     """The cause of an OSError or a TensorFlow error in a few words (its first line, without
     TensorFlow's hints)."""
+    known = storage_cause(error)
+    if known:
+        return known
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = (getattr(error, "message", None) or str(error)).strip()
-    for known in ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded"):
-        if known.lower() in text.lower():
-            return known
     first = text.splitlines()[0] if text else type(error).__name__
     return first if len(first) <= 200 else first[:200] + "..."
 
