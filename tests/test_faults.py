@@ -132,3 +132,53 @@ def test_a_failed_first_checkpoint_leaves_no_results_and_the_run_resumable(tmp_p
     assert "error: cannot write the checkpoint" in (run_dir / "train.log").read_text()
     monkeypatch.undo()
     assert train.main(["--resume", str(run_dir)])["final"]["epoch"] == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (needs root and mount; skipped where not permitted)."""
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip() or 'not permitted'}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def fill(disk, leave_bytes):
+    """Fills `disk` up to `leave_bytes` free with one file; returns its path."""
+    stat = os.statvfs(disk)
+    filler = os.path.join(disk, "filler")
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave_bytes))
+    return filler
+
+
+def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(tmp_path, small_disk, capsys):
+    import eval as eval_cli
+    import train
+    from utils.errors import WriteFailed
+    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
+    argv = acmr_argv(tmp_path, "r", "--epochs", "1")
+    argv[argv.index("--runs-dir") + 1] = str(small_disk)
+    train.main(argv)
+    run_dir = small_disk / "r"
+    filler = fill(small_disk, 200_000)  # less than a checkpoint
+    with pytest.raises(WriteFailed, match=r"cannot write the checkpoint .*ckpt-8 \(No space left on device\)"):
+        train.main(["--resume", str(run_dir), "--epochs", "2"])
+    left = sorted(os.listdir(run_dir / "checkpoints"))
+    assert all(name.startswith(("ckpt-4.", "checkpoint", "best")) for name in left), left  # no ckpt-8_temp
+    assert 'model_checkpoint_path: "ckpt-4"' in (run_dir / "checkpoints" / "checkpoint").read_text()
+    fill(small_disk, 0)
+    with pytest.raises(WriteFailed, match=rf"cannot write {run_dir}.report.* \(No space left on device\)"):
+        eval_cli.main([str(run_dir)])
+    with pytest.raises(WriteFailed, match="No space left on device"):
+        train.main(["--resume", str(run_dir), "--epochs", "2"])
+    os.remove(filler)
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir), "--epochs", "2"])["epochs"][-1]["epoch"] == 2
+    assert "resumed from" in capsys.readouterr().out

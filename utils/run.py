@@ -210,6 +210,9 @@ def _missing_folders(path):
 
 
 def _folder_error(path, error):
+    if storage_cause(error):
+        return WriteFailed(f"cannot write the run folder {path}: {storage_cause(error)}; free space or fix the "
+                           f"permissions there (nothing in it was changed), or choose another --runs-dir")
     return UserError(f"cannot write the run folder {path}: {error.strerror or error}; "
                      f"choose a writable --runs-dir")
 
