@@ -33,7 +33,7 @@ def load_mat(path):
         data = scipy.io.loadmat(path)
     except NotImplementedError:  # v7.3 files are HDF5
         import h5py
-        with h5py.File(path, "r") as f:
+        with io.open_hdf5(path, "codes file") as f:
             data = {k: np.asarray(v).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
     except (ValueError, OSError) as error:
         raise UserError(f"cannot read {path}: {error}; give a codes.mat written by train.py") from None

@@ -182,3 +182,117 @@ def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(tm
     capsys.readouterr()
     assert train.main(["--resume", str(run_dir), "--epochs", "2"])["epochs"][-1]["epoch"] == 2
     assert "resumed from" in capsys.readouterr().out
+
+
+def test_a_truncated_prepared_file_is_one_line_naming_it_and_leaves_no_run_folder(tmp_path):
+    import train
+    from tests.test_data import small_dcmh_arrays, write_dcmh_hdf5
+    rng = np.random.RandomState(1)
+    _, texts, labels = small_dcmh_arrays(40)
+    path = tmp_path / "flickr.h5"
+    write_dcmh_hdf5(str(path), rng.rand(40, 5).astype(np.float32), texts, labels)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(UserError, match=rf"cannot read dataset file {path} \(truncated file.*copy or prepare it again"):
+        train.main(["--method", "ssah", "--dataset", "flickr", "--data", str(path), "--split-sizes", "5,20",
+                    "--backbone", "features", "--runs-dir", str(tmp_path / "runs"), "--run-name", "r"])
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_a_damaged_config_json_is_one_line_for_resume_and_eval(tmp_path):
+    import eval as eval_cli
+    import train
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"method": "ssah", "config": {"bits": 1')  # cut short
+    for command in (lambda: train.main(["--resume", str(run_dir)]), lambda: eval_cli.main([str(run_dir)])):
+        with pytest.raises(UserError, match=rf"cannot read {run_dir / 'config.json'}: it is not valid JSON"):
+            command()
+
+
+def test_missing_checkpoint_data_falls_back_to_an_older_complete_checkpoint(tmp_path, monkeypatch, capsys):
+    import glob
+
+    import train
+    after_update(monkeypatch, 50, lambda: (_ for _ in ()).throw(Killed()))  # in epoch 2 (updates 29-56)
+    with pytest.raises(Killed):
+        train.main(ssah_argv(tmp_path, "r", "--epochs", "2", "--checkpoint-every", "14", "--keep-checkpoints", "2"))
+    monkeypatch.undo()
+    folder = tmp_path / "r" / "checkpoints"
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".index")) == ["ckpt-28.index", "ckpt-42.index"]
+    for path in glob.glob(str(folder / "ckpt-42.data-*")):
+        os.remove(path)
+    capsys.readouterr()
+    results = train.main(["--resume", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert f"cannot read checkpoint {folder / 'ckpt-42'}" in out and f"restored the older {folder / 'ckpt-28'}" in out
+    assert results["final"]["epoch"] == 2
+    for path in glob.glob(str(folder / "*.data-*")):
+        os.remove(path)
+    (tmp_path / "r" / "results.json").unlink()  # an unfinished run again, with no checkpoint data at all
+    with pytest.raises(UserError, match="no readable checkpoint in"):
+        train.main(["--resume", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"host": "%s"}', '{"pid": %d, "host": "%s"}'])
+def test_an_empty_unreadable_or_dead_lock_is_stale_and_taken_over(tmp_path, capsys, content):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tests.test_infra import ToyConfig
+    from utils.run import Run
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r"))
+    run.close()
+    if "%d" in content:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        content = content % (int(dead.stdout), socket.gethostname())
+    elif "%s" in content:
+        content = content % socket.gethostname()
+    with open(run.lock.path, "w") as f:
+        f.write(content)  # a crash between creating and writing the lock, a damaged one, a dead owner
+    reopened = Run.open(run.dir, {"toy": ToyConfig})
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and f"taking over the stale lock {run.lock.path}" in out
+    assert json.load(open(reopened.lock.path))["pid"] == os.getpid()
+    reopened.close()
+
+
+def test_a_checkpoint_that_does_not_read_back_keeps_the_older_one(tmp_path):
+    from tests.test_infra import ToyConfig
+    from utils.errors import WriteFailed
+    from utils.run import CheckpointWriter, Run
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r", keep_checkpoints="last"))
+    variable = tf.Variable([1.0, 2.0])
+    checkpoint = tf.train.Checkpoint(v=variable)
+    manager = run.checkpoint_manager(checkpoint)
+    first = run.save_checkpoint(manager, 1)
+    real_write = CheckpointWriter._write
+
+    def write_then_damage(self):
+        compiled = real_write(self)
+
+        def writing(prefix):
+            compiled(prefix)
+            for path in glob_data(prefix.numpy().decode()):
+                with open(path, "r+b") as f:
+                    f.truncate(2)  # written, but cut short (the disk lied)
+        return writing
+
+    def glob_data(prefix):
+        import glob
+        return glob.glob(prefix + ".data-*")
+    CheckpointWriter._write = write_then_damage
+    try:
+        with pytest.raises(WriteFailed, match=rf"ckpt-2 .*still {first}"):
+            run.save_checkpoint(manager, 2)
+    finally:
+        CheckpointWriter._write = real_write
+    left = sorted(os.listdir(run.path("checkpoints")))
+    assert left[0] == "checkpoint" and "ckpt-1.index" in left and all(n.startswith("ckpt-1.") for n in left[1:])
+    variable.assign([0.0, 0.0])
+    assert run.restore_latest(checkpoint) == first
+    np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])
+    assert int(checkpoint.save_counter.numpy()) == 1  # the failed write is not counted
+    run.close()

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import scipy.io
 
-from utils.errors import WriteFailed, storage_cause
+from utils.errors import UserError, WriteFailed, storage_cause
 
 
 @contextlib.contextmanager
@@ -52,8 +52,26 @@ def to_json(obj):
 
 
 def load_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in `path`; a damaged file (cut short, overwritten, not text) is a one-line error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"cannot read {path}: it is not valid JSON ({str(error).splitlines()[0]}); the file is "
+                        f"damaged: restore it from a copy, or start a new run") from None
+
+
+def open_hdf5(path, what="file"):
+    """h5py.File(path, "r"); a truncated or damaged file is a one-line error naming it."""
+    import h5py
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if not os.path.exists(path):
+            raise UserError(f"{what} {path} not found; pass the right path") from None
+        cause = str(error).split("(", 1)[-1].rstrip(")") if "(" in str(error) else str(error)
+        raise UserError(f"cannot read {what} {path} ({cause}): the file is truncated or damaged; "
+                        f"copy or prepare it again") from None
 
 
 def save_mat(path, arrays):

@@ -159,14 +159,18 @@ class RunLock:
                 return
             except FileExistsError:
                 holder = self._holder()
+                if holder == "released":  # its owner finished meanwhile: try again
+                    continue
                 if not self._is_stale(holder, owner["host"]):
                     where = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
                     raise UserError(f"run folder {os.path.dirname(self.path)} is in use by {where} "
                                     f"(lock file {self.path}); wait for it to finish, or pick another "
                                     f"--run-name") from None
-                print(f"taking over the stale lock {self.path}: process {holder.get('pid')} on "
-                      f"{holder.get('host')} is gone", flush=True)
-                os.remove(self.path)
+                why = (f"process {holder['pid']} on {holder.get('host')} is gone" if isinstance(holder, dict)
+                       and isinstance(holder.get("pid"), int) else "it is empty or names no process")
+                print(f"taking over the stale lock {self.path}: {why}", flush=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -178,13 +182,20 @@ class RunLock:
         try:
             with open(self.path) as f:
                 return json.load(f)
+        except FileNotFoundError:
+            return "released"
         except (OSError, ValueError):
-            return {}
+            return None
 
     @staticmethod
     def _is_stale(holder, host):
-        if not holder or holder.get("host") != host or not isinstance(holder.get("pid"), int):
-            return False  # another host's process (or an unreadable lock) cannot be checked from here
+        """A lock is stale when it is empty or unreadable (a crash between creating and writing
+        it: a live owner's lock is complete, as it is linked from a finished file), names no
+        process, or names a process of this host that is gone. Another host's cannot be checked."""
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+            return True
+        if holder.get("host") != host:
+            return False
         try:
             os.kill(holder["pid"], 0)
         except ProcessLookupError:
@@ -607,7 +618,7 @@ class CheckpointWriter:
             with io.atomic_path(os.path.join(self.directory, "checkpoint")) as tmp:
                 with open(tmp, "w") as f:
                     f.write("\n".join(state) + "\n")
-        except (tf.errors.OpError, OSError) as error:
+        except (tf.errors.OpError, OSError, UnreadableCheckpoint) as error:
             self.checkpoint.save_counter.assign_add(-1)
             for path in _checkpoint_files(prefix):
                 if path not in found:
@@ -640,9 +651,16 @@ def verify_checkpoint(prefix):
     """Reads every tensor of checkpoint `prefix` back (TensorFlow checks each one's checksum);
     raises TensorFlow's error when one is missing, cut short or damaged."""
     import tensorflow as tf
-    reader = tf.train.load_checkpoint(prefix)
-    for name in reader.get_variable_to_shape_map():
-        reader.get_tensor(name)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # TensorFlow raises several types (OpError, IndexError, ...)
+        raise UnreadableCheckpoint(f"{prefix} does not read back: {error_cause(error)}") from None
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint whose files are missing, cut short or damaged."""
 
 
 def error_cause(error):
