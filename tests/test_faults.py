@@ -210,14 +210,22 @@ def test_a_damaged_config_json_is_one_line_for_resume_and_eval(tmp_path):
             command()
 
 
-def test_missing_checkpoint_data_falls_back_to_an_older_complete_checkpoint(tmp_path, monkeypatch, capsys):
+def test_a_run_killed_in_its_last_epoch_is_evaluated_as_unfinished_and_resumes_past_missing_data(
+        tmp_path, monkeypatch, capsys):
     import glob
 
+    import eval as eval_cli
     import train
     after_update(monkeypatch, 50, lambda: (_ for _ in ()).throw(Killed()))  # in epoch 2 (updates 29-56)
     with pytest.raises(Killed):
         train.main(ssah_argv(tmp_path, "r", "--epochs", "2", "--checkpoint-every", "14", "--keep-checkpoints", "2"))
     monkeypatch.undo()
+    capsys.readouterr()
+    eval_cli.main([str(tmp_path / "r"), "--no-tensorboard"])
+    out = capsys.readouterr().out
+    assert f"note: {tmp_path / 'r'} is unfinished: its codes are from epoch 1 of 2" in out
+    assert io.load_json(tmp_path / "r" / "report" / "report.json")["unfinished"] == {"done": 1, "of": 2,
+                                                                                      "unit": "epoch"}
     folder = tmp_path / "r" / "checkpoints"
     assert sorted(n for n in os.listdir(folder) if n.endswith(".index")) == ["ckpt-28.index", "ckpt-42.index"]
     for path in glob.glob(str(folder / "ckpt-42.data-*")):
@@ -296,3 +304,79 @@ def test_a_checkpoint_that_does_not_read_back_keeps_the_older_one(tmp_path):
     np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])
     assert int(checkpoint.save_counter.numpy()) == 1  # the failed write is not counted
     run.close()
+
+
+def test_epochs_0_is_an_error_and_leaves_no_run_folder(tmp_path):
+    import train
+    with pytest.raises(UserError, match="--epochs 0 trains nothing"):
+        train.main(ssah_argv(tmp_path, "r", "--epochs", "0"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_labels_of_one_class_warn_that_every_map_is_trivially_1(tmp_path, capsys):
+    import pickle
+
+    from utils.data import load_dataset
+    from utils.metrics import trivially_relevant
+    write_wiki_pickles(str(tmp_path), n_train=20, n_test=10)
+    data = load_dataset("wiki-pickle", str(tmp_path))
+    assert "trivially 1" not in capsys.readouterr().out
+    for part in ("train", "test"):
+        with open(tmp_path / f"{part}_labels.pkl", "wb") as f:
+            pickle.dump([3] * (20 if part == "train" else 10), f, protocol=2)
+    load_dataset("wiki-pickle", str(tmp_path))
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "every mAP is trivially 1" in out
+    # every query relevant to every item without one shared class (multi-hot labels)
+    assert trivially_relevant([[1, 1, 0], [1, 0, 1]], [[1, 0, 0], [1, 1, 1]])
+    assert not trivially_relevant([[1, 0, 0], [0, 1, 0]], [[1, 0, 0], [0, 1, 1]])
+    assert not trivially_relevant(data.labels[data.split.query], data.labels[data.split.database])
+
+
+def test_code_diversity_counts_distinct_codes_and_constant_bits():
+    from utils.metrics import code_diversity, collapse_warning
+    rng = np.random.RandomState(0)
+    varied = np.where(rng.rand(200, 16) > 0.5, 1, -1)
+    assert code_diversity(varied) == {"items": 200, "bits": 16, "distinct": 200, "constant_bits": 0,
+                                      "collapsed": False}
+    one_code = np.tile(varied[:1], (200, 1))
+    assert code_diversity(one_code)["distinct"] == 1 and code_diversity(one_code)["constant_bits"] == 16
+    half_constant = varied.copy()
+    half_constant[:, :9] = 1  # 9 of 16 bits the same everywhere, the codes still distinct
+    stats = code_diversity((half_constant > 0).astype(np.uint8))  # {0, 1} codes too
+    assert stats["constant_bits"] == 9 and stats["distinct"] > 100 and stats["collapsed"]
+    few = varied[rng.randint(0, 3, size=200)]  # 3 distinct codes of 200: 1.5%
+    assert code_diversity(few)["distinct"] == 3 and code_diversity(few)["collapsed"]
+    assert not code_diversity(varied[rng.randint(0, 5, size=200)])["collapsed"]  # 2.5%
+    line = collapse_warning({"Qi": code_diversity(one_code), "Dt": code_diversity(varied)}, " after unit 1 of 2")
+    assert line.startswith("warning: the codes have collapsed after unit 1 of 2: Qi 1 distinct of 200 (16 of 16")
+    assert "Dt" not in line and collapse_warning({"Dt": code_diversity(varied)}) is None
+
+
+def test_collapsed_codes_are_said_in_train_log_tensorboard_and_results(tmp_path):
+    from tests.test_loop import Toy, toy_run
+    from trainers.loop import Evaluation, TrainingLoop
+    from utils.run import tee_stdout
+
+    class CollapsingToy(Toy):
+        def evaluate(self, units_done, final):
+            evaluation = super().evaluate(units_done, final)
+            codes = np.where(np.random.RandomState(units_done).rand(100, 8) > 0.5, 1, -1)
+            if units_done == 2:
+                codes[:] = 1  # collapsed after the second unit
+            return Evaluation(evaluation.figures, maps=evaluation.maps, codes={"Q": codes, "D": codes})
+
+    run = toy_run(tmp_path, "r")
+    run.start_log()
+    with tee_stdout(run.path("train.log")):
+        results = TrainingLoop(CollapsingToy([1.0] * 4, per_unit=2, log_every=2, maps=[0.1, 0.2]), run).run()
+    run.close()
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert log.count("warning: the codes have collapsed") == 1
+    assert "after unit 2 of 2: Q 1 distinct of 100 (8 of 8 bits constant)" in log
+    assert [r["codes"]["Q"]["collapsed"] for r in results["epochs"]] == [False, True]
+    assert results["codes"]["D"] == {"items": 100, "bits": 8, "distinct": 1, "constant_bits": 8, "collapsed": True}
+    assert io.load_json(tmp_path / "r" / "results.json")["codes"]["Q"]["distinct"] == 1
+    logged = scalar_steps(str(tmp_path / "r"))
+    assert [value for _, value in logged["codes/distinct"]][-1] == 1.0
+    assert [value for _, value in logged["codes/constant_bits"]] == [0.0, 8.0, 8.0]  # units 1, 2, the final

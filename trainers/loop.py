@@ -20,11 +20,14 @@ import time
 import numpy as np
 
 
-# TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy; x axis: updates.
+# TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy, codes/...; x axis: updates.
 LOSS_TAG = "loss/{step}/{term}"
 LR_TAG = "lr/{step}"
 MAP_TAG = "mAP/{direction}"
 DISCRIMINATOR_ACCURACY_TAG = "discriminator/accuracy"
+# The fewest distinct codes and the most constant bits among the evaluated code sets (collapse).
+CODES_DISTINCT_TAG = "codes/distinct"
+CODES_CONSTANT_BITS_TAG = "codes/constant_bits"
 
 
 @dataclasses.dataclass
@@ -34,12 +37,15 @@ class Evaluation:
     figures: JSON figures (recorded in the unit's history record and as results' "final");
     maps: {direction: mAP} logged as mAP/DIRECTION; validation: the VALIDATION mAP that chooses
     the best checkpoint (None: no validation part, only the last checkpoints are kept);
-    scalars: other TensorBoard tags; exports: arrays for codes.mat (None: nothing exported now)."""
+    scalars: other TensorBoard tags; exports: arrays for codes.mat (None: nothing exported now);
+    codes: {name: binary codes} of the query and database items, whose collapse the loop
+    watches (None: real-valued outputs)."""
     figures: dict
     maps: dict = dataclasses.field(default_factory=dict)
     validation: float = None
     scalars: dict = dataclasses.field(default_factory=dict)
     exports: dict = None
+    codes: dict = None
 
 
 class LossMeter:
@@ -300,11 +306,27 @@ class TrainingLoop:
             self._said_no_validation = True
         return evaluation.validation
 
-    def _log_evaluation(self, evaluation):
+    def _log_evaluation(self, evaluation, diversity=None):
         if self.run_folder is None:
             return
         scalars = {MAP_TAG.format(direction=d): v for d, v in evaluation.maps.items()}
+        if diversity:
+            scalars[CODES_DISTINCT_TAG] = min(d["distinct"] for d in diversity.values())
+            scalars[CODES_CONSTANT_BITS_TAG] = max(d["constant_bits"] for d in diversity.values())
         self.run_folder.log_scalars(self.updates, {**scalars, **evaluation.scalars})
+
+    def _code_diversity(self, evaluation, when, said=None):
+        """{name: metrics.code_diversity} of the evaluation's codes (None without codes), with
+        the warning line when they have collapsed (stdout, so train.log too) unless it is the
+        same as `said` (the last evaluation's)."""
+        from utils.metrics import code_diversity, collapse_warning
+        if evaluation.codes is None:
+            return None
+        diversity = {name: code_diversity(codes, name) for name, codes in evaluation.codes.items()}
+        warning = collapse_warning(diversity, when)
+        if warning and diversity != said:
+            print(warning, flush=True)
+        return diversity
 
     def _progress(self, unit, total_units):
         from utils.run import progress
@@ -326,6 +348,7 @@ class TrainingLoop:
             self._restore()
             self.cadence = CheckpointCadence(self.run_folder.dir, self.checkpoint_every)
         start_unit, units = int(self.units_done.numpy()), method.units
+        evaluation = diversity = None
         start_time = time.perf_counter()
         per_unit = method.progress == "unit_updates"
         self.bar = None if per_unit else self._progress(start_unit, units)
@@ -345,12 +368,16 @@ class TrainingLoop:
                 self.unit_updates_done = 0
                 self.units_done.assign(unit + 1)
                 evaluation = method.evaluate(unit + 1, final=False) if method.eval_due(unit + 1) else None
+                diversity = None
                 if evaluation is not None:
-                    self._log_evaluation(evaluation)
+                    diversity = self._code_diversity(evaluation, f" after unit {unit + 1} of {units}")
+                    self._log_evaluation(evaluation, diversity)
                     if self.bar is not None and evaluation.maps:
                         self.bar.set_postfix(**{d: f"{v:.3f}" for d, v in evaluation.maps.items()})
                 record = method.unit_record(trained, losses, evaluation)
                 if record is not None:
+                    if diversity:
+                        record["codes"] = diversity
                     self.history.append(record)
                 if bar_of_unit is not None:
                     bar_of_unit.close()
@@ -366,10 +393,15 @@ class TrainingLoop:
             self.bar.close()
         seconds = time.perf_counter() - start_time
         final = method.evaluate(units, final=True)
+        again = final is evaluation  # the last unit's evaluation (logged and warned about already)
+        diversity = diversity if again else self._code_diversity(final, " at the end", said=diversity)
         results = {"final": final.figures, "epochs": self.history, "seconds": seconds, "iterations": self.updates,
                    **method.results_extra()}
+        if diversity:
+            results["codes"] = diversity
         if self.run_folder is not None:
-            self._log_evaluation(final)
+            if not again:
+                self._log_evaluation(final, diversity)
             if final.exports is not None:
                 self.run_folder.export_codes(final.exports)
             self.run_folder.save_results(results)

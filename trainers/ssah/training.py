@@ -207,6 +207,7 @@ class SSAHTraining(Method):
         print(f"epoch {units_done}: mAP (ties: {self.config.ties}) "
               + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()), flush=True)
         evaluation = Evaluation(figures, maps=maps, scalars=scalars, exports=codes,
+                                codes={name: codes[name] for name in ("Qi", "Qt", "Di", "Dt")},
                                 validation=None if validation is None else float(np.mean(list(validation.values()))))
         self._last = (units_done, evaluation)
         return evaluation
@@ -225,6 +226,9 @@ def check_config(config):
         raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
     if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
         raise UserError("bits, embed_dim and batch_size must be positive")
+    if config.epochs < 1:
+        raise UserError(f"--epochs {config.epochs} trains nothing (the run would be untrained networks marked "
+                        f"complete); give --epochs 1 or more, and evaluate a trained run with eval.py RUN_DIR")
 
 
 def load_data(config):
