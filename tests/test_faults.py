@@ -267,7 +267,9 @@ def test_an_empty_unreadable_or_dead_lock_is_stale_and_taken_over(tmp_path, caps
     reopened.close()
 
 
-def test_a_checkpoint_that_does_not_read_back_keeps_the_older_one(tmp_path):
+def test_a_checkpoint_that_does_not_read_back_keeps_the_older_one(tmp_path, monkeypatch):
+    import glob
+
     from tests.test_infra import ToyConfig
     from utils.errors import WriteFailed
     from utils.run import CheckpointWriter, Run
@@ -283,20 +285,14 @@ def test_a_checkpoint_that_does_not_read_back_keeps_the_older_one(tmp_path):
 
         def writing(prefix):
             compiled(prefix)
-            for path in glob_data(prefix.numpy().decode()):
+            for path in glob.glob(prefix.numpy().decode() + ".data-*"):
                 with open(path, "r+b") as f:
-                    f.truncate(2)  # written, but cut short (the disk lied)
+                    f.truncate(2)  # written without an error, but cut short (the disk lied)
         return writing
-
-    def glob_data(prefix):
-        import glob
-        return glob.glob(prefix + ".data-*")
-    CheckpointWriter._write = write_then_damage
-    try:
-        with pytest.raises(WriteFailed, match=rf"ckpt-2 .*still {first}"):
-            run.save_checkpoint(manager, 2)
-    finally:
-        CheckpointWriter._write = real_write
+    monkeypatch.setattr(CheckpointWriter, "_write", write_then_damage)
+    with pytest.raises(WriteFailed, match=rf"ckpt-2 .*still {first}"):
+        run.save_checkpoint(manager, 2)
+    monkeypatch.undo()
     left = sorted(os.listdir(run.path("checkpoints")))
     assert left[0] == "checkpoint" and "ckpt-1.index" in left and all(n.startswith("ckpt-1.") for n in left[1:])
     variable.assign([0.0, 0.0])
