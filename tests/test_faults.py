@@ -67,6 +67,38 @@ def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch)
     assert_same_scalars(extended, reference)
 
 
+def test_a_resume_keeps_eval_plots_and_never_rewrites_its_own_event_file(tmp_path):
+    import time
+
+    from tensorflow.core.util import event_pb2
+
+    from tests.test_infra import ToyConfig
+    from utils.run import Run
+    run = Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="r"))
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(1.0))
+    run.log_scalars(1, {"loss": 1.0}, prefix="lab/")
+    run.save_checkpoint(run.checkpoint_manager(checkpoint), 1)
+    time.sleep(0.05)
+    run.log_scalars(2, {"loss": 2.0}, prefix="lab/")  # lost by the kill: the resume logs it again
+    run.close()
+    plots = Run(run.dir, "toy", run.config)  # eval.py's plots, logged after the checkpoint
+    plots.log_image(0, "eval/pr_curve", tf.io.encode_png(tf.zeros([4, 4, 4], tf.uint8)).numpy())
+    plots.close()
+    resumed = Run.open(run.dir, {"toy": ToyConfig})
+    resumed.log_config()  # the resumed process's writer is open before the restore (train.py's order)
+    assert resumed.restore_latest(checkpoint) is not None
+    resumed.log_scalars(2, {"loss": 20.0}, prefix="lab/")
+    resumed.close()
+    tags = []
+    for name in sorted(os.listdir(run.path("tb"))):
+        for record in tf.data.TFRecordDataset(run.path("tb", name)):
+            event = event_pb2.Event.FromString(record.numpy())
+            tags += [(value.tag, event.step) for value in event.summary.value]
+    assert sorted(t for t in tags if t[0] == "lab/loss") == [("lab/loss", 1), ("lab/loss", 2)]
+    assert ("eval/pr_curve", 0) in tags and ("config", 0) in tags  # the plot kept; the resumed header too
+    assert scalar_steps(run.dir)["lab/loss"][-1] == (2, 20.0)
+
+
 def fail_checkpoint_write(monkeypatch, at_write, partial=True):
     """The `at_write`-th checkpoint write (from 1) fails as a full disk does, after leaving
     partial files as TensorFlow does; returns {"time": when it failed}."""
