@@ -12,7 +12,7 @@ import sys
 
 from trainers import METHODS, get_method
 from utils.config import add_config_arguments, config_from_args
-from utils.errors import UserError, run_command_line
+from utils.errors import UserError, WriteFailed, run_command_line
 
 # The setting that says how long a method trains; the only one `--resume` may change (to extend).
 LENGTH_FIELDS = {"ssah": "epochs", "acmr": "epochs", "metah": "iterations"}
@@ -169,7 +169,7 @@ def main(argv=None):
                 run.log(f"error: {error}")
                 raise UserError(str(error)) from None
             except UserError as error:
-                if not known.resume and not run.has_checkpoints():
+                if not known.resume and not run.has_checkpoints() and not isinstance(error, WriteFailed):
                     run.discard()  # bad input found before anything was trained: leave no empty run
                 else:
                     run.log(f"error: {error}")

@@ -13,7 +13,7 @@ from tests.test_metah import write_domain_files
 # First components a scalar tag may have: the scheme's four, and method-specific extras
 # (the reversal's lambda, figures beside the mAPs).
 TAG_FAMILIES = {"loss", "lr", "mAP", "discriminator", "adversarial", "eval", "mAP_radius2", "precision_radius2",
-                "modality"}
+                "modality", "codes"}
 
 
 def event_contents(run_dir):

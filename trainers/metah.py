@@ -442,7 +442,9 @@ class MetahTraining(Method):
                        "source_L": codes["source_database"][1]}
         # The best checkpoint is chosen on source validation queries, never on the target's.
         return Evaluation(figures, maps={p: figures[p]["map"] for p in PROTOCOLS}, validation=validation,
-                          scalars=scalars, exports=exports)
+                          scalars=scalars, exports=exports,
+                          codes={"Q": codes["query"][0], "Dt": codes["target_database"][0],
+                                 "Ds": codes["source_database"][0]})
 
     def unit_record(self, trained, losses, evaluation):
         return None if evaluation is None else {"iteration": trained["iteration"], **evaluation.figures}
