@@ -22,6 +22,10 @@ from utils.errors import UserError
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 
+STRATEGY_HELP = ("none (one device), mirrored (all local GPUs) or multiworker (the hosts of TF_CONFIG): each "
+                 "replica takes its part of the global batch and the losses and updates are those of the "
+                 "global batch")
+
 _started = {}  # strategy name -> the strategy this process made (one per name: see make_strategy)
 
 
@@ -166,6 +170,29 @@ def all_gather(values):
     if not _collective():
         return values
     return tf.distribute.get_replica_context().all_gather([_on_this_device(v) for v in values], axis=0)
+
+
+def replica_rows(global_rows):
+    """(first, count) of this replica's rows of a global batch of `global_rows` rows (replica r of
+    R takes rows [r B/R, (r+1) B/R)); None outside a strategy with several replicas."""
+    import tensorflow as tf
+    if not _collective():
+        return None
+    count = global_rows // num_replicas()
+    return tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, count.dtype) * count, count
+
+
+def whole_batch(own, first):
+    """The global batch's rows of a per-row output whose rows [first, first + len) this replica
+    computed (`own`): the other replicas' rows gathered as constants, its own rows as they are,
+    so that a loss of the whole batch (mined pairs, batch sums) differentiates only through this
+    replica's rows and the replicas' gradients sum to the one-replica gradient of the loss."""
+    import tensorflow as tf
+    if not _collective():
+        return own
+    gathered = tf.stop_gradient(all_gather([own])[0])
+    rows = tf.shape(own)[0]
+    return tf.concat([gathered[:first], own, gathered[first + rows:]], axis=0)
 
 
 def replica_share(term):
