@@ -82,14 +82,28 @@ def check_two_workers_equal_one_process(tmp_path, argv, compare):
     return finished
 
 
-def test_ssah_two_workers_train_as_one_process(tmp_path):
-    def same_codes(workers, one):
-        for field in ("Qi", "Qt", "Di", "Dt", "B"):
-            np.testing.assert_array_equal(workers[field], one[field])
+def same_codes(workers, one):
+    for field in ("Qi", "Qt", "Di", "Dt", "B"):
+        np.testing.assert_array_equal(workers[field], one[field])
+
+
+def test_ssah_two_workers_train_and_resume_as_one_process(tmp_path):
+    import train
     finished = check_two_workers_equal_one_process(tmp_path, SSAH_TINY, same_codes)
     # both workers trained the same model: the same final figures
     finals = [stdout[stdout.index("final figures"):] for _, stdout, _ in finished]
     assert finals[0] == finals[1]
+    # extended with --resume: worker 1 restores the chief's checkpoint (its own folder was removed)
+    runs = tmp_path / "runs"
+    shared, one = runs / "shared", runs / "one"
+    finished = run_two_workers(["--resume", str(shared), "--epochs", "2"], tmp_path / "tmp")
+    for index, (status, stdout, stderr) in enumerate(finished):
+        assert status == 0, f"worker {index}: {stderr[-3000:]}"
+        assert f"resumed from {shared / 'checkpoints'}" in stdout
+    assert os.listdir(tmp_path / "tmp") == [] and not os.path.exists(shared / "lock")
+    train.main(["--resume", str(one), "--epochs", "2"])
+    same_codes(scipy.io.loadmat(shared / "codes.mat"), scipy.io.loadmat(one / "codes.mat"))
+    assert [epoch["epoch"] for epoch in json.load(open(shared / "results.json"))["epochs"]] == [1, 2]
 
 
 @pytest.mark.skipif(not os.path.exists(WIKI), reason="needs ../shared/data/wikipedia/wikiData.mat")
