@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import scipy.io
 from tests.conftest import shared_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER_SECONDS = 240  # a worker left waiting for a peer that died is stopped, not left hanging
+WORKER_SECONDS = 600  # a bound for a busy machine (about 30 s each on an idle one); a failed worker stops both
 
 SSAH_TINY = ["--method", "ssah", "--dataset", "synthetic", "--split-sizes", "20,40", "--schedule", "tiny",
              "--bits", "8", "--embed-dim", "16", "--hidden-dim", "32", "--batch-size", "8",
@@ -35,10 +36,10 @@ def free_ports(count):
     return ports
 
 
-def run_two_workers(argv, temp_dir):
+def run_two_workers(argv, temp_dir, log_dir):
     """Runs `python train.py ARGV --strategy multiworker` as workers 0 and 1 of a cluster on
-    127.0.0.1; returns their (exit status, stdout, stderr). TMPDIR is `temp_dir`, so what the
-    non-chief worker writes for itself can be looked for afterwards."""
+    127.0.0.1; returns their (exit status, stdout, stderr), read from files in `log_dir`. TMPDIR
+    is `temp_dir`, so what the non-chief worker writes for itself can be looked for afterwards."""
     ports = free_ports(2)
     workers = []
     for index in range(2):
@@ -46,19 +47,28 @@ def run_two_workers(argv, temp_dir):
                      "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2",
                "TMPDIR": str(temp_dir)}
-        workers.append(subprocess.Popen([sys.executable, "train.py", *argv, "--strategy", "multiworker"],
-                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True))
-    finished = []
+        outputs = [open(os.path.join(log_dir, f"worker{index}.{name}"), "w+") for name in ("out", "err")]
+        workers.append((subprocess.Popen([sys.executable, "train.py", *argv, "--strategy", "multiworker"],
+                                         cwd=ROOT, env=env, stdout=outputs[0], stderr=outputs[1]), outputs))
+    deadline = time.monotonic() + WORKER_SECONDS
     try:
-        for worker in workers:
-            stdout, stderr = worker.communicate(timeout=WORKER_SECONDS)
-            finished.append((worker.returncode, stdout, stderr))
+        while any(worker.poll() is None for worker, _ in workers) and time.monotonic() < deadline:
+            if any(worker.poll() not in (None, 0) for worker, _ in workers):
+                break  # one failed: the other would wait for it in a collective
+            time.sleep(0.5)
     finally:
-        for worker in workers:
+        for worker, _ in workers:
             if worker.poll() is None:
                 worker.kill()
-                worker.communicate()
+            worker.wait()
+    finished = []
+    for worker, outputs in workers:
+        texts = []
+        for output in outputs:
+            output.seek(0)
+            texts.append(output.read())
+            output.close()
+        finished.append((worker.returncode, *texts))
     return finished
 
 
@@ -69,7 +79,7 @@ def check_two_workers_equal_one_process(tmp_path, argv, compare):
     temp_dir = tmp_path / "tmp"
     temp_dir.mkdir()
     runs = tmp_path / "runs"
-    finished = run_two_workers(argv + ["--runs-dir", str(runs), "--run-name", "shared"], temp_dir)
+    finished = run_two_workers(argv + ["--runs-dir", str(runs), "--run-name", "shared"], temp_dir, tmp_path)
     for index, (status, stdout, stderr) in enumerate(finished):
         assert status == 0, f"worker {index}: {stderr[-3000:]}"
     assert f"run folder: {runs / 'shared'}" in finished[0][1]
@@ -96,7 +106,7 @@ def test_ssah_two_workers_train_and_resume_as_one_process(tmp_path):
     # extended with --resume: worker 1 restores the chief's checkpoint (its own folder was removed)
     runs = tmp_path / "runs"
     shared, one = runs / "shared", runs / "one"
-    finished = run_two_workers(["--resume", str(shared), "--epochs", "2"], tmp_path / "tmp")
+    finished = run_two_workers(["--resume", str(shared), "--epochs", "2"], tmp_path / "tmp", tmp_path)
     for index, (status, stdout, stderr) in enumerate(finished):
         assert status == 0, f"worker {index}: {stderr[-3000:]}"
         assert f"resumed from {shared / 'checkpoints'}" in stdout
@@ -162,3 +172,43 @@ def test_each_worker_reads_only_its_rows_of_each_global_batch(tmp_path, monkeypa
     for whole, first, second in zip(rows_read[None], rows_read[0], rows_read[1]):
         np.testing.assert_array_equal(np.concatenate([first, second]), whole)
     assert distribute.worker_rows(TwoWorkerStrategy(1), 8) == (4, 8)
+
+
+OFFICE = shared_path("data", "office-caltech10")
+
+
+def metah_one_and_two_replicas():
+    """METAH's final figures on one device and on two logical CPU devices (`mirrored`), in a fresh
+    process (the devices must be configured before TensorFlow starts): printed as JSON."""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from trainers import metah
+    from utils import distribute
+    distribute._started["mirrored"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # both devices
+    tf.config.experimental.enable_op_determinism()
+    finals = {}
+    for strategy in ("none", "mirrored"):
+        tf.keras.utils.set_random_seed(0)
+        config = metah.Config(dataset="office-googlenet:W->D", data=OFFICE, bits=16, iterations=12, batch_size=32,
+                              eval_every_epoch=False, trunk_dropout=0.0, discriminator_dropout=0.0,
+                              pairwise_gradient_accumulates=True, strategy=strategy)
+        finals[strategy] = metah.fit(config)["final"]
+    print("REPORT " + json.dumps(finals))
+
+
+@pytest.mark.skipif(not os.path.exists(OFFICE), reason="needs ../shared/data/office-caltech10")
+def test_metah_two_replicas_train_as_one_device():
+    """Without dropout (its masks are drawn per replica), two replicas give one device's figures."""
+    done = subprocess.run([sys.executable, "-m", "tests.test_multiworker"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=WORKER_SECONDS, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads([line for line in done.stdout.splitlines() if line.startswith("REPORT ")][-1][7:])
+    one, two = report["none"], report["mirrored"]
+    for direction in ("target->target", "target->source"):
+        assert two[direction]["map"] == pytest.approx(one[direction]["map"], abs=1e-6)
+    assert two["target_classifier_accuracy"] == pytest.approx(one["target_classifier_accuracy"], abs=1e-6)
+
+
+if __name__ == "__main__":
+    metah_one_and_two_replicas()

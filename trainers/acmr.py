@@ -534,7 +534,8 @@ class AcmrTraining(Method):
             terms = self._batch_update(rows, update_modality)
             return {key: distribute.replica_share(value) for key, value in terms.items()}
         shares = self.strategy.run(replica_share, args=(rows,))
-        return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for key, value in shares.items()}
+        return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for key, value in shares.items()}
 
     def _batch_update(self, rows, update_modality):
         """The update of the batch of training rows `rows`; returns its loss terms."""
@@ -544,7 +545,8 @@ class AcmrTraining(Method):
         mask = self.config.mining_mask
         negatives = mine_negatives_tf(img, labels, mask), mine_negatives_tf(txt, labels, mask)
         if isinstance(update_modality, bool) or self.config.projector_steps == 1:
-            terms = self.model.apply_update(img, txt, labels, *negatives, self.config.projector_steps == 1 or update_modality)
+            modality_turn = self.config.projector_steps == 1 or update_modality
+            terms = self.model.apply_update(img, txt, labels, *negatives, modality_turn)
         else:
             terms = tf.cond(update_modality,
                             lambda: self.model.apply_update(img, txt, labels, *negatives, True),

@@ -30,10 +30,11 @@ _started = {}  # strategy name -> the strategy this process made (one per name: 
 
 
 def start(name):
-    """The run's strategy, made now: every entry point (train.py, its --resume, eval.py) calls
-    this right after parsing its arguments, before any other TensorFlow work (a TensorBoard
-    writer, seeding, building a model), because a multiworker strategy must configure its
-    collective ops at program startup. Later make_strategy(name) calls return the same one."""
+    """The run's strategy, made now: train.py (a new run and --resume) calls this right after
+    reading its options, before any other TensorFlow work (a TensorBoard writer, seeding,
+    building a model), because a multiworker strategy must configure its collective ops at
+    program startup; later make_strategy(name) calls return the same one. (eval.py, export.py
+    and encoding new items rebuild models on one device: they make no strategy.)"""
     return make_strategy(name)
 
 
