@@ -2,7 +2,8 @@
 
 The two-replica comparison needs two logical CPU devices, which must be configured before
 TensorFlow initialises its devices: it runs in a fresh process (`python -m tests.test_full_scale
-mirrored`, or `worker` for one process of a multiworker cluster) that reports the differences as JSON.
+mirrored`) that reports the differences as JSON. Several workers (train.py --strategy multiworker as
+two processes): tests/test_multiworker.py.
 """
 import dataclasses
 import json
@@ -79,15 +80,11 @@ def run_variant(variant, strategy):
 
 
 def main(mode):
-    """mirrored: two logical CPU devices in this process; worker: one worker of the
-    MultiWorkerMirroredStrategy cluster in TF_CONFIG (one CPU replica per worker)."""
+    """mirrored: two logical CPU devices in this process (several workers: tests/test_multiworker.py)."""
     import tensorflow as tf
-    if mode == "worker":
-        two = tf.distribute.MultiWorkerMirroredStrategy()  # before any other TensorFlow work
-    else:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     tf.config.experimental.enable_op_determinism()
     report = {}
     for variant in ("original", "paper"):
@@ -127,29 +124,6 @@ def test_two_replicas_match_one_replica_on_the_global_batch():
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     check_report(done.stdout, done.stderr)
-
-
-@pytest.mark.skipif(os.environ.get("ADVHASH_MULTIWORKER_TEST") != "1",
-                    reason="starts a two-process cluster on localhost (~20 s); set ADVHASH_MULTIWORKER_TEST=1")
-def test_two_workers_match_one_replica_on_the_global_batch():
-    import socket
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("localhost", 0))
-            ports.append(probe.getsockname()[1])
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
-                     "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.test_full_scale", "worker"], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}))
-    for worker in workers:
-        stdout, stderr = worker.communicate(timeout=300)
-        assert worker.returncode == 0, stderr[-3000:]
-        check_report(stdout, stderr)
 
 
 def test_jit_steps_equal_plain_steps():
@@ -213,9 +187,13 @@ def test_strategy_settings_fail_with_one_line_messages(monkeypatch):
     one_device = tf.distribute.MirroredStrategy(["/cpu:0"])
     with pytest.raises(UserError, match="drop --jit or use --strategy none"):
         distribute.replicated_step(one_device, lambda x, lr: {"loss": x}, jit=True)
-    two_replicas = type("TwoReplicas", (), {"num_replicas_in_sync": 2})()
+    def two_replicas(local_devices):  # on two workers (one device each) or on one worker
+        extended = type("Extended", (), {"worker_devices": ["cpu"] * local_devices})()
+        return type("TwoReplicas", (), {"num_replicas_in_sync": 2, "extended": extended})()
     with pytest.raises(UserError, match="multiple of 2"):
-        distribute.split_batch(two_replicas, [np.zeros((7, 3))])
+        distribute.worker_rows(two_replicas(1), 7)
+    with pytest.raises(UserError, match="multiple of 2"):
+        distribute.split_batch(two_replicas(2), [np.zeros((7, 3))])
 
 
 # --------------------------------------------------------------------------- streamed images

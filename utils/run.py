@@ -245,6 +245,7 @@ class Run:
         self.created_runs_dirs = []    # ... and the folders above it that it made, innermost first
         self.created = set()           # entries of RUN_DIR this process created
         self.lock = RunLock(self.dir)
+        self.checkpoint_source = self.dir  # where restore_latest reads (a WorkerRun: the chief's folder)
         self._writer = None
         self._own_event_files = set()  # event files this process's writer holds (never rewritten)
         self._scalar_write = None  # the compiled write of log_scalars
@@ -434,7 +435,7 @@ class Run:
         return CheckpointWriter(checkpoint, self.path("checkpoints"), max_to_keep=max_to_keep or keep_last)
 
     def has_checkpoints(self):
-        return bool(checkpoint_candidates(self.dir))
+        return bool(checkpoint_candidates(self.checkpoint_source))
 
     def save_checkpoint(self, manager, number, score=None):
         """Writes checkpoint `number` with `manager`; with `score` (higher is better, e.g. the
@@ -470,7 +471,7 @@ class Run:
         corrupt); returns its path or None. TensorBoard events logged after that checkpoint was
         written (the lost part of an interrupted epoch) are dropped, so that resuming does not
         log those steps twice."""
-        restored = restore_latest(self.dir, checkpoint)
+        restored = restore_latest(self.checkpoint_source, checkpoint)
         if restored:
             drop_events_after(self.path("tb"), os.path.getmtime(restored + ".index"), keep_files=self._own_event_files)
         return restored
@@ -482,6 +483,36 @@ class Run:
     def save_results(self, results):
         self._note_created("results.json")
         io.save_json(self.path("results.json"), results)
+
+
+class WorkerRun(Run):
+    """A non-chief worker's side of a multiworker run. tf.distribute has every worker run the
+    same saves (checkpoints, summaries) as the chief; this worker writes them to a temporary
+    folder of its own, removed when it closes, so the chief alone writes the run folder (also
+    when all workers share it on one filesystem). Resuming, it reads the chief's checkpoints
+    and its config.json and results.json, and writes nothing there."""
+
+    def __init__(self, method, config, task_index, chief_dir=""):
+        import shutil
+        import tempfile
+        folder = tempfile.mkdtemp(prefix=f"advhash-worker{task_index}-")
+        super().__init__(folder, method, config, created=True)
+        self.chief_dir = os.fspath(chief_dir)
+        if chief_dir:
+            self.checkpoint_source = self.chief_dir
+            for name in ("config.json", "results.json"):
+                if os.path.exists(os.path.join(chief_dir, name)):
+                    shutil.copyfile(os.path.join(chief_dir, name), self.path(name))
+        else:
+            io.save_json(self.path("config.json"), {"method": method, "config": dataclasses.asdict(config)})
+
+    def close(self):
+        import shutil
+        super().close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def discard(self):
+        self.close()
 
 
 def hparam_values(settings):

@@ -245,7 +245,7 @@ def fit(config, data=None, run=None, resume=False):
     backbone = resolve_backbone(config, data)
     trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
     if resume and run is not None:
-        _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape(data, backbone))
+        _check_resume_checkpoint(run.checkpoint_source, trainer.checkpoint_objects(), data_shape(data, backbone))
     training = SSAHTraining(config, data, trainer, backbone, run=run)
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"SSAH {config.variant} {config.dataset}").run()
