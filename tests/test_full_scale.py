@@ -112,8 +112,10 @@ def check_report(stdout, stderr):
     for variant, result in report.items():
         assert result["replicas"] == 2 and result["loss_keys_equal"]
         assert len(result["losses"]) == ROUNDS * len(STEPS)
-        # every loss term of every step (LabNet, discriminators, ImgNet, TxtNet), several rounds
-        assert result["loss_difference"] < 1e-5, (variant, result["losses"])
+        # every loss term of every step (LabNet, discriminators, ImgNet, TxtNet), several rounds; the
+        # paper variant's adversarial term (18.93) differs by 1.2e-5 relative on AVX2-only CPUs (the
+        # sums of two replicas are rounded in another order), 1e-7 for the original variant
+        assert result["loss_difference"] < (3e-5 if variant == "paper" else 1e-5), (variant, result["losses"])
         # Adam divides by sqrt(v): float32 rounding of tiny gradients shows a little more in the weights
         assert result["variable_difference"] < 1e-4, variant
         assert result["buffer_difference"] < 1e-5, variant
