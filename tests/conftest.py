@@ -2,6 +2,7 @@
 repository, or $ADVHASH_SHARED) is absent."""
 import os
 
+import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,6 +15,19 @@ def shared_path(*parts):
     if not os.path.exists(path):
         pytest.skip(f"real data not available: {path} is missing (set ADVHASH_SHARED to the shared folder)")
     return path
+
+
+GOLDEN = os.path.join(REPO_ROOT, "tests", "golden")
+
+
+def load_golden(name):
+    """The arrays of the authors' program's golden file `name` that the tests read: from the
+    repository's trimmed copy (tests/golden/, exact), else from the full file in the shared folder."""
+    from tests.golden import codec
+    trimmed = os.path.join(GOLDEN, name)
+    if os.path.exists(trimmed):
+        return codec.load(trimmed)
+    return dict(np.load(shared_path("golden", name)))
 
 
 def after_update(monkeypatch, at_update, action):

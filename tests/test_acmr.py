@@ -121,8 +121,8 @@ def test_tensorflow_mining_finds_the_numpy_negatives_ties_and_all_one_class_batc
 
 
 def test_tensorflow_mining_finds_the_programs_negatives_on_the_golden_batches():
-    from tests.conftest import shared_path
-    golden = np.load(shared_path("golden", "acmr-three-steps.npz"))
+    from tests.conftest import load_golden
+    golden = load_golden("acmr-three-steps.npz")
     classes = golden["init/lc_fc_0/weights"].shape[1]
     for step in range(3):
         labels = np.eye(classes, dtype=np.float32)[golden[f"step{step}/input/labels"] - 1]

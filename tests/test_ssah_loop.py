@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 from trainers.ssah import EARLY_STOP, SCHEDULES, STEP_NAMES, EpochLoop, inner_loop
 
 # --------------------------------------------------------------------------- early stop, control flow
@@ -165,7 +165,7 @@ def epoch_record():
     from utils.run import set_seed
 
     set_seed(0)
-    golden = dict(np.load(shared_path("golden", "ssah-one-epoch.npz")))
+    golden = load_golden("ssah-one-epoch.npz")
     setting = dict(zip(golden["config_names"], golden["config"].tolist()))
     config = Config(bits=setting["K"], embed_dim=setting["E"], batch_size=setting["batch"], **PRESETS["original"])
     mean = tf.constant(golden["input/mean_image"])

@@ -8,7 +8,7 @@ from models.original_layout import (DISCRIMINATOR_SCOPES, load_original_ssah_var
                                     original_ssah_variables)
 from models.ssah import Discriminator, FeatureTrunk, ImgNet, LabNet, TxtNet
 from models.vgg19 import VGG19, keras_layer_names, vgg19_from_file, vgg19_geometry
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 from utils.errors import UserError
 
 SMALL_CNNF = (4, 8, 8, 8, 8, 16, 32)
@@ -259,7 +259,7 @@ def test_original_layout_round_trip_and_errors():
 
 @pytest.fixture(scope="module")
 def golden_arrays():
-    return dict(np.load(shared_path("golden", "ssah-one-step.npz")))
+    return load_golden("ssah-one-step.npz")
 
 
 def arrays_of(z, prefix):
