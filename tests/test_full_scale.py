@@ -122,6 +122,7 @@ def check_report(stdout, stderr):
         assert result["buffer_difference"] < 1e-5, variant
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_replica_on_the_global_batch():
     done = subprocess.run([sys.executable, "-m", "tests.test_full_scale", "mirrored"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -131,6 +132,7 @@ def test_two_replicas_match_one_replica_on_the_global_batch():
 
 @pytest.mark.skipif(os.environ.get("ADVHASH_MULTIWORKER_TEST") != "1",
                     reason="starts a two-process cluster on localhost (~20 s); set ADVHASH_MULTIWORKER_TEST=1")
+@pytest.mark.slow
 def test_two_workers_match_one_replica_on_the_global_batch():
     import socket
     ports = []
@@ -253,6 +255,7 @@ def count_image_reads(monkeypatch):
     return read_rows
 
 
+@pytest.mark.slow
 def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch):
     """Same draws, same batches: a lazy HDF5 source (streamed) and the same images in memory
     give identical codes and figures; both read their image rows batch by batch on the host
@@ -299,6 +302,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 
 # --------------------------------------------------------------------------- real COCO, end to end
 
+@pytest.mark.slow
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     """The README's commands on the official COCO layout: `python -m utils.prepare coco
     --annotations ... --images ... --images ...` (default output: the data folder) -> `python

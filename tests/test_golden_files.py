@@ -13,6 +13,7 @@ from tests.golden import codec
 from tests.golden.build import encode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(codec.KEEP))
 def test_trimmed_file_decodes_to_the_full_files_arrays_bit_for_bit(name):
     with np.load(shared_path("golden", name)) as z:

@@ -7,6 +7,7 @@ from benchmarks import check_readme, readme_figures, results_io
 from utils import io
 
 
+@pytest.mark.slow
 def test_every_readme_figure_equals_its_results_file():
     problems = check_readme.check()
     assert not problems, "README figures that do not match their results files:\n\n" + "\n\n".join(problems)

@@ -221,6 +221,7 @@ def test_bad_paper_settings_are_one_line_errors(overrides, message):
     (["--variant", "paper"], ["lab", "img", "txt", "dis"]),                     # the paper's order
     (["--step-order", "txt,dis,lab,img"], ["txt", "dis", "lab", "img"]),         # any order given
 ])
+@pytest.mark.slow
 def test_an_epoch_runs_the_steps_in_step_order(tmp_path, monkeypatch, argv, expected):
     import train
     from trainers import ssah

@@ -171,6 +171,7 @@ def write_legacy_keras_h5(model, path, include_top=True):
             handle.attrs["layer_names"] = names
 
 
+@pytest.mark.slow
 def test_vgg19_from_keras_h5_matches_the_keras_network(tmp_path):
     full, up_to_fc2 = tiny_keras_vgg19(SMALL_VGG)
     path = str(tmp_path / "vgg19.h5")
@@ -189,6 +190,7 @@ def test_vgg19_from_keras_h5_matches_the_keras_network(tmp_path):
     assert_one_line_user_error(lambda: vgg19_from_file(notop), "include_top")
 
 
+@pytest.mark.slow
 def test_vgg19_from_matconvnet_mat_both_layouts(tmp_path):
     geometry = vgg19_geometry(SMALL_VGG)
     rgb = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3)).astype(np.uint8)
