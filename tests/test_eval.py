@@ -44,6 +44,7 @@ def make_run(folder, method, fields, **config):
     return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ties", ["pessimistic", "argsort"])
 def test_run_folder_report_matches_reference(tmp_path, capsys, ties):
     fields = ssah_fields()

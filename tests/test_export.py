@@ -234,6 +234,7 @@ def test_portable_text_net_gives_the_net_codes(tmp_path, fusion, text_dim):
     np.testing.assert_array_equal(np.asarray(model(texts)), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trunk", ["cnn", "mlp", "cnnf"])
 def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path, monkeypatch, trunk):
     import functools

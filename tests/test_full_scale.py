@@ -154,6 +154,7 @@ def test_two_workers_match_one_replica_on_the_global_batch():
         check_report(stdout, stderr)
 
 
+@pytest.mark.slow
 def test_jit_steps_equal_plain_steps():
     steps = ("lab",)  # XLA compiles slowly on CPU: one step (scatter writes, pairwise terms, TF1 Adam)
     plain = run_steps(tiny_trainer(), steps, rounds=2)
@@ -164,6 +165,7 @@ def test_jit_steps_equal_plain_steps():
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_mixed_precision_computes_in_float16_and_keeps_float32_state():
     steps = ("img", "txt")  # float16 trunk, MS fusion and LRN; buffer writes
     reference = run_steps(tiny_trainer(), steps, rounds=1)

@@ -175,6 +175,7 @@ def test_pairwise_gradient_matches_numpy():
                                np_pairwise_gradient(codes, labels, 16), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulates", [True, False])
 def test_pairwise_gradient_reaches_the_codes_as_a_running_sum_when_it_accumulates(accumulates):
     """Only the pairwise term on, plain SGD: the hash layer's bias moves by

@@ -61,6 +61,7 @@ def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
     assert config_for(ssah, ["--dataset", "synthetic", "--preset-file", str(out), "--hidden-dim", "48"]).hidden_dim == 48
 
 
+@pytest.mark.slow
 def test_validation_rows_are_never_query_rows(monkeypatch):
     """The search trains and scores on the validation view: its queries are validation items,
     carved from training, disjoint from the dataset's queries and from what is trained on."""
@@ -166,6 +167,7 @@ def write_target_domain(folder, collapsed):
     np.savez(os.path.join(folder, "tgt.npz"), features=xt.astype(np.float32), labels=yt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("collapsed", [False, True])
 def test_the_target_criterion_reads_the_trained_classifier_on_the_target(tmp_path, collapsed):
     """A real trial: a target the classifier spreads over the three classes passes a 0.9 floor;
@@ -487,6 +489,7 @@ def test_a_setting_held_fixed_on_the_command_line_beats_the_switches_a_trial_dra
     assert preset["settings"]["train_label_classifier"] is False
 
 
+@pytest.mark.slow
 def test_a_warm_start_measures_a_setting_new_to_the_space_on_the_best_earlier_trial(tmp_path, monkeypatch):
     """Records from before retrieval_distance was searched count as Euclidean; the search then runs
     the base trial and the best recorded trial with cosine before the sampler's own draws."""
@@ -527,6 +530,7 @@ def test_the_domain_ratio_weighs_the_source_rows_that_look_like_the_target():
     assert np.median(ratios[:100]) > 4 * np.median(ratios[100:])  # tempered by the weight decay, not extreme
 
 
+@pytest.mark.slow
 def test_the_weighted_validation_ranks_the_runs_own_validation_queries(tmp_path, monkeypatch):
     """With equal weights the study's weighted figure is the run's source validation mAP: the same
     queries, database and tie rule."""

@@ -230,6 +230,7 @@ def build_nets(n_classes, bits, embed, text_dim, widths=GOLDEN_WIDTHS, hidden=40
     return nets
 
 
+@pytest.mark.slow
 def test_original_layout_round_trip_and_errors():
     small = (2, 2, 2, 2, 2, 4, 8)
     first, second = build_nets(5, 8, 6, 12, small, hidden=16), build_nets(5, 8, 6, 12, small, hidden=16)
