@@ -121,6 +121,7 @@ def check_report(stdout, stderr):
         assert result["buffer_difference"] < 1e-5, variant
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_replica_on_the_global_batch():
     done = subprocess.run([sys.executable, "-m", "tests.test_full_scale", "mirrored"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -128,6 +129,7 @@ def test_two_replicas_match_one_replica_on_the_global_batch():
     check_report(done.stdout, done.stderr)
 
 
+@pytest.mark.slow
 def test_jit_steps_equal_plain_steps():
     steps = ("lab",)  # XLA compiles slowly on CPU: one step (scatter writes, pairwise terms, TF1 Adam)
     plain = run_steps(tiny_trainer(), steps, rounds=2)
@@ -138,6 +140,7 @@ def test_jit_steps_equal_plain_steps():
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_mixed_precision_computes_in_float16_and_keeps_float32_state():
     steps = ("img", "txt")  # float16 trunk, MS fusion and LRN; buffer writes
     reference = run_steps(tiny_trainer(), steps, rounds=1)
@@ -233,6 +236,7 @@ def count_image_reads(monkeypatch):
     return read_rows
 
 
+@pytest.mark.slow
 def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch):
     """Same draws, same batches: a lazy HDF5 source (streamed) and the same images in memory
     give identical codes and figures; both read their image rows batch by batch on the host
@@ -279,6 +283,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 
 # --------------------------------------------------------------------------- real COCO, end to end
 
+@pytest.mark.slow
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     """The README's commands on the official COCO layout: `python -m utils.prepare coco
     --annotations ... --images ... --images ...` (default output: the data folder) -> `python

@@ -7,6 +7,7 @@ from benchmarks import check_readme, readme_figures, results_io
 from utils import io
 
 
+@pytest.mark.slow
 def test_readme_and_docs_figures_links_and_length():
     problems = check_readme.check_all()
     assert not problems, "README / docs problems:\n\n" + "\n\n".join(problems)

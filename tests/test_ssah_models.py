@@ -179,6 +179,7 @@ def test_txtnet_first_layer_reads_the_row_major_flattening_of_the_fusion_map():
     np.testing.assert_allclose(txt.fc1(txt.flatten(txt.fusion(x))).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_new_layers_are_normal_0_01_for_weights_and_biases_and_follow_the_seed():
     def build(seed):
         set_seed(seed, deterministic=False)
