@@ -17,6 +17,7 @@ import numpy as np
 
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
                            TrainingLoop, inline_batches)
+from utils import distribute
 from utils.config import CommonConfig
 from utils.data import standardization
 from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
@@ -166,12 +167,13 @@ class MetahModel:
         import keras
         import tensorflow as tf
         from models.metah import DomainDiscriminator, HashingNetwork
-        from utils.optim import FusedSGD
+        from utils.optim import DynamicLossScale, FusedSGD
         self.config = config
         self.num_classes = num_classes
-        self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
-                                  dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
-        self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
+        with distribute.dtype_policy(config.precision):
+            self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
+                                      dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
+            self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
         dummy = tf.zeros((1,) + tuple(input_shape), tf.float32)
         codes, _ = self.net(dummy)
         self.discriminator(codes)
@@ -186,12 +188,13 @@ class MetahModel:
             self.optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
         self.variables = self.net.trainable_variables + self.discriminator.trainable_variables
         self.optimizer.build(self.variables)
+        self.loss_scale = DynamicLossScale() if distribute.needs_loss_scaling(config.precision) else None
         # The running sum of the pairwise gradients by batch position (pairwise_gradient_accumulates).
         self.pairwise_gradient_sum = tf.Variable(tf.zeros((config.batch_size, config.bits)), trainable=False,
                                                  name="pairwise_gradient_sum")
         self.meter = LossMeter("metah", meter_terms(config))
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._encode = tf.function(lambda x: self.net(x, training=False), reduce_retracing=True)
+        self._encode = tf.function(lambda x: distribute.float32(self.net(x, training=False)), reduce_retracing=True)
 
     def set_lambda(self, value):
         self.discriminator.set_lambda(value)
@@ -209,7 +212,7 @@ class MetahModel:
         from losses import metah as L
         c = self.config
         n_source = tf.shape(source_x)[0]
-        codes, logits = self.net(tf.concat([source_x, target_x], axis=0), training=training)
+        codes, logits = distribute.float32(self.net(tf.concat([source_x, target_x], axis=0), training=training))
         source_codes = codes[:n_source]
         terms = {
             "pairwise": L.pairwise_t_loss(source_codes, source_y, c.bits),
@@ -221,7 +224,7 @@ class MetahModel:
                 + c.beta * entropy_scale * terms["entropy"])
         if c.domain_weight > 0:
             # The reversal layer inside the discriminator flips this term's gradient for the network.
-            domain_logits = self.discriminator(codes, training=training)
+            domain_logits = distribute.float32(self.discriminator(codes, training=training))
             source_logits, target_logits = domain_logits[:n_source], domain_logits[n_source:]
             terms["domain"] = L.domain_loss(source_logits, target_logits)
             terms["discriminator_accuracy"] = L.domain_accuracy(source_logits, target_logits)
@@ -235,12 +238,14 @@ class MetahModel:
 
     def _train_step(self, source_x, source_y, target_x, entropy_scale):
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         with tf.GradientTape() as tape:
             terms, objective = self._terms_and_objective(source_x, source_y, target_x, entropy_scale, training=True,
                                                          accumulate=self.config.pairwise_gradient_accumulates)
-        gradients = tape.gradient(objective, self.variables)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, self.variables) if g is not None])
+        gradients, finite = scaled_gradients(tape, objective, self.variables, self.loss_scale)
+        apply_if_finite(finite, lambda: self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, self.variables) if g is not None]))
         return terms
 
     def encode(self, inputs, batch_size=2048):
@@ -256,9 +261,13 @@ class MetahModel:
         """Every variable of the networks (the dropout seed generators' states included, which
         Keras does not track for tf.train.Checkpoint) and of the optimiser, and the pairwise
         gradient buffer: a resumed run continues exactly."""
-        return {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
-                "network_state": list(self.net.variables), "discriminator_state": list(self.discriminator.variables),
-                "pairwise_gradient_sum": self.pairwise_gradient_sum}
+        objects = {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
+                   "network_state": list(self.net.variables),
+                   "discriminator_state": list(self.discriminator.variables),
+                   "pairwise_gradient_sum": self.pairwise_gradient_sum}
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
+        return objects
 
     def checkpoint(self, step):
         """A tf.train.Checkpoint of checkpoint_objects() and the iteration variable `step`."""

@@ -170,8 +170,6 @@ class Config(CommonConfig):
     strategy: str = _field("none", "none (one device), mirrored (all local GPUs) or multiworker (the hosts "
                            "of TF_CONFIG): each replica takes its part of the global batch and the losses "
                            "and updates are those of the global batch", choices=distribute.STRATEGIES)
-    mixed_precision: bool = _field(False, "Keras mixed_float16 (float16 compute; float32 variables, buffers "
-                                   "and losses; dynamic loss scaling): for GPUs")
     jit: bool = _field(False, "compile each training step with XLA (tf.function jit_compile): for GPUs; "
                        "needs --strategy none")
 

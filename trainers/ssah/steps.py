@@ -11,8 +11,7 @@ from utils.data import pipeline
 from utils.optim import DynamicLossScale, TF1Adam
 
 
-def _to_float(x):
-    return tf.cast(x, tf.float32)
+_to_float = distribute.float32
 
 
 def _scatter_rows(variable, rows, values):
@@ -31,11 +30,11 @@ class SSAHTrainer:
     def __init__(self, config, train_labels, text_dim, trunk, image_preprocess=None, seed=0, strategy=None,
                  text_preprocess=None):
         """strategy: a tf.distribute strategy (None: one device); create `trunk` under its scope
-        and under distribute.dtype_policy(config.mixed_precision)."""
+        and under distribute.dtype_policy(config.precision)."""
         self.config = config
         self.strategy = strategy
         self.text_preprocess = text_preprocess or _to_float
-        with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+        with distribute.scope(strategy), distribute.dtype_policy(config.precision):
             self._create(train_labels, text_dim, trunk, image_preprocess, seed)
 
     def _create(self, train_labels, text_dim, trunk, image_preprocess, seed):
@@ -77,9 +76,10 @@ class SSAHTrainer:
         else:
             self.optimizers = {net: TF1Adam(name=f"adam_{net}") for net in ("lab", "img", "txt")}
         self.optimizers["dis"] = TF1Adam(name="adam_discriminators")
-        # One loss scale per step: their losses differ by orders of magnitude (sums over n x batch vs means)
+        # float16: one loss scale per step (their losses differ by orders of magnitude: sums over
+        # n x batch vs means)
         self.loss_scales = ({step: DynamicLossScale(name=f"loss_scale_{step}") for step in STEP_NAMES}
-                            if config.mixed_precision else {})
+                            if distribute.needs_loss_scaling(config.precision) else {})
         self._compiled = {}
         self._concrete = {}  # (step, input shapes and dtypes) -> its traced graph
         self.accumulators = {step: [] for step in STEP_NAMES}  # see step()
@@ -131,8 +131,8 @@ class SSAHTrainer:
                                          for name, value in zip(names, values)])
 
     def _outputs(self, net, inputs):
-        """(feature, hash, label prediction) of a net, in float32 (mixed precision computes in float16)."""
-        return tuple(tf.cast(x, tf.float32) for x in self.nets[net](inputs, training=True))
+        """(feature, hash, label prediction) of a net, in float32 (mixed precision computes in 16 bits)."""
+        return tuple(_to_float(x) for x in self.nets[net](inputs, training=True))
 
     def _supervised_terms(self, feature, hashes, predicted, batch_labels, similarity):
         """The four terms every modality's loss shares (against the stored LABEL buffers)."""
@@ -146,7 +146,7 @@ class SSAHTrainer:
 
     def _apply(self, step, tape, loss, learning_rate):
         """Gradient of the global batch's loss (each replica's loss is its share; the shares'
-        gradients are summed) and the update; under mixed precision, of scale * loss."""
+        gradients are summed) and the update; under mixed_float16, of scale * loss."""
         variables = self.step_variables(step)
         loss_scale = self.loss_scales.get(step)
         if loss_scale is None:
@@ -170,10 +170,12 @@ class SSAHTrainer:
         return {"loss": loss, **terms}
 
     def discriminator_logits(self, image_features, text_features, label_features):
-        return (self.nets["dis_img"](image_features, training=True),
-                self.nets["dis_txt"](text_features, training=True),
-                self.label_discriminator("img")(label_features, training=True),
-                self.label_discriminator("txt")(label_features, training=True))
+        """The four discriminators' logits, in float32 (the losses are float32 in every precision)."""
+        return tuple(_to_float(logits) for logits in (
+            self.nets["dis_img"](image_features, training=True),
+            self.nets["dis_txt"](text_features, training=True),
+            self.label_discriminator("img")(label_features, training=True),
+            self.label_discriminator("txt")(label_features, training=True)))
 
     def dis_step_fn(self, batch_images, batch_texts, batch_labels, learning_rate):
         image_features = self.nets["img"](self.image_preprocess(batch_images))[0]
@@ -205,7 +207,7 @@ class SSAHTrainer:
                 fed = tf.stop_gradient(feature)
             # A mean over the batch rows, or over all n stored rows (the same on every replica):
             # either way each replica holds 1/replicas of it (the other terms are sums over rows).
-            adversarial = L.adversarial_loss(self.nets[f"dis_{modality}"](fed, training=True), 1.0)
+            adversarial = L.adversarial_loss(_to_float(self.nets[f"dis_{modality}"](fed, training=True)), 1.0)
             terms["adversarial"] = self.config.delta * distribute.replica_share(adversarial)
             loss = tf.add_n(list(terms.values()))
         self._apply(modality, tape, loss, learning_rate)
