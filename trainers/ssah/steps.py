@@ -170,12 +170,10 @@ class SSAHTrainer:
         return {"loss": loss, **terms}
 
     def discriminator_logits(self, image_features, text_features, label_features):
-        """The four discriminators' logits, in float32 (the losses are float32 in every precision)."""
-        return tuple(_to_float(logits) for logits in (
-            self.nets["dis_img"](image_features, training=True),
-            self.nets["dis_txt"](text_features, training=True),
-            self.label_discriminator("img")(label_features, training=True),
-            self.label_discriminator("txt")(label_features, training=True)))
+        return (self.nets["dis_img"](image_features, training=True),
+                self.nets["dis_txt"](text_features, training=True),
+                self.label_discriminator("img")(label_features, training=True),
+                self.label_discriminator("txt")(label_features, training=True))
 
     def dis_step_fn(self, batch_images, batch_texts, batch_labels, learning_rate):
         image_features = self.nets["img"](self.image_preprocess(batch_images))[0]
@@ -207,7 +205,7 @@ class SSAHTrainer:
                 fed = tf.stop_gradient(feature)
             # A mean over the batch rows, or over all n stored rows (the same on every replica):
             # either way each replica holds 1/replicas of it (the other terms are sums over rows).
-            adversarial = L.adversarial_loss(_to_float(self.nets[f"dis_{modality}"](fed, training=True)), 1.0)
+            adversarial = L.adversarial_loss(self.nets[f"dis_{modality}"](fed, training=True), 1.0)
             terms["adversarial"] = self.config.delta * distribute.replica_share(adversarial)
             loss = tf.add_n(list(terms.values()))
         self._apply(modality, tape, loss, learning_rate)
