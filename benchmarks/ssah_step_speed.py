@@ -71,12 +71,25 @@ def matmul_rate(tf, size, dtype, repeats=3):
 
 
 def graph_flops(graph):
-    """Floating-point operations of a traced graph (TensorFlow's profiler: ops with registered
-    flop statistics and known shapes, e.g. MatMul, Conv2D and their gradients)."""
-    from tensorflow.python.profiler import model_analyzer, option_builder
-    options = option_builder.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    return int(model_analyzer.profile(graph, options=options).total_float_ops)
+    """Floating-point operations of a traced graph's live ops (those its outputs or stateful ops
+    depend on: TensorFlow prunes the rest, e.g. the gradient of an input that needs none), each
+    by TensorFlow's registered flop statistics (MatMul, Conv2D and their gradients, ...)."""
+    from tensorflow.python.framework import ops as tf_ops
+    pending = [t.op for t in graph.outputs] + list(graph.control_outputs)
+    live = set()
+    while pending:
+        op = pending.pop()
+        if op in live:
+            continue
+        live.add(op)
+        pending += [t.op for t in op.inputs] + list(op.control_inputs)
+    total = 0
+    for op in live:
+        try:
+            total += tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+        except ValueError:  # no flop statistics registered for this op type
+            pass
+    return int(total)
 
 
 def op_kind(name):
