@@ -93,14 +93,17 @@ def graph_flops(graph):
 
 
 def op_kind(name):
-    """A readable kind for a traced op "scope/.../op:Type" (the profile's grouping)."""
+    """A readable kind for a traced op "scope/.../op:Type" (the profile's grouping). TensorFlow's
+    own MatMul gradient runs under the "gradient_tape" scope; the gradient products of
+    models.ssah.Dense (a custom gradient) carry no such scope and count as plain MatMul."""
     scope, _, kind = name.rpartition(":")
-    if kind in ("MatMul", "_FusedMatMul", "BatchMatMulV2", "Conv2D", "_FusedConv2D",
-                "Conv2DBackpropInput", "Conv2DBackpropFilter"):
-        if "gradient_tape" in scope:
-            transposed = "input gradient" if scope.endswith("/MatMul") else "weight gradient"
-            return f"{kind} backward ({transposed})" if kind.startswith("MatMul") else f"{kind} backward"
-        return f"{kind} forward"
+    if kind == "_FusedMatMul":
+        return "_FusedMatMul (forward with bias)"
+    if kind == "MatMul" and "gradient_tape" in scope:
+        operand = "transposed kernel" if scope.endswith("/MatMul") else "transposed input"
+        return f"MatMul of TensorFlow's gradient ({operand})"
+    if kind in ("MatMul", "Conv2D", "_FusedConv2D") and "gradient_tape" not in scope:
+        return f"{kind} (forward, or a Dense gradient product)" if kind == "MatMul" else f"{kind} (forward)"
     return kind
 
 
