@@ -49,7 +49,7 @@ def tiny_trainer(variant="original", strategy=None, **overrides):
     config = dataclasses.replace(Config(bits=8, embed_dim=16, hidden_dim=32, batch_size=BATCH),
                                  **{**PRESETS[variant], **overrides})
     tf.keras.utils.set_random_seed(0)
-    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+    with distribute.scope(strategy), distribute.dtype_policy(config.precision):
         trunk = FeatureTrunk(32)
     trainer = SSAHTrainer(config, labels, TEXT_DIM, trunk, strategy=strategy)
     trainer.build((IMAGE_DIM,))
@@ -144,7 +144,7 @@ def test_jit_steps_equal_plain_steps():
 def test_mixed_precision_computes_in_float16_and_keeps_float32_state():
     steps = ("img", "txt")  # float16 trunk, MS fusion and LRN; buffer writes
     reference = run_steps(tiny_trainer(), steps, rounds=1)
-    trainer = tiny_trainer(mixed_precision=True)
+    trainer = tiny_trainer(precision="mixed_float16")
     mixed = run_steps(trainer, steps, rounds=1)
     layer = trainer.nets["txt"].fc1
     assert layer.compute_dtype == "float16" and layer.kernel.dtype == "float32"

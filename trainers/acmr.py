@@ -239,7 +239,7 @@ class AcmrModel:
         import tensorflow as tf
 
         from models.acmr import AcmrNetworks, layer_sizes
-        from utils.optim import FusedAdam
+        from utils.optim import DynamicLossScale, FusedAdam
         self.config = config
         self.settings = resolved(config)
         image_widths, text_widths, modality_hidden = layer_sizes(config.architecture, config.dataset)
@@ -248,8 +248,10 @@ class AcmrModel:
             if getattr(config, f"{modality}_norm") != "none" and input_stats.get(modality) is None:
                 raise ValueError(f"--{modality}-norm {getattr(config, f'{modality}_norm')} needs the training "
                                  f"rows' statistics: pass input_stats=input_standardization(config, data)")
-        self.nets = AcmrNetworks(image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden,
-                                 image_standardize=input_stats.get("image"), text_standardize=input_stats.get("text"))
+        with distribute.dtype_policy(config.precision):
+            self.nets = AcmrNetworks(image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden,
+                                     image_standardize=input_stats.get("image"),
+                                     text_standardize=input_stats.get("text"))
         self.projector_variables = self.nets.projector_variables + (
             self.nets.label_classifier.trainable_variables if config.train_label_classifier else [])
         self.modality_variables = self.nets.modality_classifier.trainable_variables
@@ -266,10 +268,13 @@ class AcmrModel:
         self.modality_optimizer = adam(config.modality_learning_rate, "modality_adam")
         self.projector_optimizer.build(self.projector_variables)
         self.modality_optimizer.build(self.modality_variables)
+        # mixed_float16: one loss scale for both updates (the shared pass takes one gradient)
+        self.loss_scale = DynamicLossScale() if distribute.needs_loss_scaling(config.precision) else None
         self.meter = LossMeter("acmr", meter_terms(config, self.settings))
         self.train_step = tf.function(self._train_step)
         self.modality_step = tf.function(self._modality_step)
-        self._embed = tf.function(lambda img, txt: (self.nets.image_projector(img), self.nets.text_projector(txt)),
+        self._embed = tf.function(lambda img, txt: distribute.float32((self.nets.image_projector(img),
+                                                                       self.nets.text_projector(txt))),
                                   reduce_retracing=True)
 
     def set_lambda(self, value):
@@ -281,7 +286,8 @@ class AcmrModel:
         "emb" is the program's emb_loss. With adversarial_in_projector_loss the modality
         classifier sees the embeddings through the reversal layer (its loss reaches the
         projectors as -lambda * gradient); otherwise it sees stop_gradient(embeddings), so its
-        loss can never reach them (the program's inert adversarial path)."""
+        loss can never reach them (the program's inert adversarial path). Outputs and losses are
+        float32 in every --precision."""
         import tensorflow as tf
         from losses import acmr as L
         c, s = self.config, self.settings
@@ -292,9 +298,10 @@ class AcmrModel:
             emb_img, emb_txt = nets.image_projector(img), nets.text_projector(txt)
             feed_img = emb_img if adversarial else tf.stop_gradient(emb_img)
             feed_txt = emb_txt if adversarial else tf.stop_gradient(emb_txt)
-            return (emb_img, emb_txt, nets.label_classifier(emb_img), nets.label_classifier(emb_txt),
-                    nets.modality_classifier(feed_img, reverse=adversarial),
-                    nets.modality_classifier(feed_txt, reverse=adversarial))
+            return tuple(distribute.float32(x) for x in (
+                emb_img, emb_txt, nets.label_classifier(emb_img), nets.label_classifier(emb_txt),
+                nets.modality_classifier(feed_img, reverse=adversarial),
+                nets.modality_classifier(feed_txt, reverse=adversarial)))
         own = distribute.replica_rows(tf.shape(img)[0])
         if own is None:
             outputs = per_row_outputs(img, txt)
@@ -331,6 +338,8 @@ class AcmrModel:
         """Projector update; with update_modality (a Python bool) and shared_forward_pass, also the
         modality classifier's update from the same forward pass (one tape, one gradient call)."""
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         both = update_modality and self.config.shared_forward_pass
         variables = self.projector_variables + (self.modality_variables if both else [])
         with tf.GradientTape() as tape:
@@ -341,20 +350,25 @@ class AcmrModel:
             if "regularisation" in terms:  # a term of the weights themselves: each replica holds its share
                 reg = terms["regularisation"]
                 objective += self.config.regularisation_weight * (distribute.replica_share(reg) - reg)
-        gradients = tape.gradient(objective, variables)
+        gradients, finite = scaled_gradients(tape, objective, variables, self.loss_scale)
         n = len(self.projector_variables)
-        self.projector_optimizer.apply_gradients(zip(gradients[:n], self.projector_variables))
-        if both:
-            self.modality_optimizer.apply_gradients(zip(gradients[n:], self.modality_variables))
+
+        def apply():
+            self.projector_optimizer.apply_gradients(zip(gradients[:n], self.projector_variables))
+            if both:
+                self.modality_optimizer.apply_gradients(zip(gradients[n:], self.modality_variables))
+        apply_if_finite(finite, apply)
         return terms
 
     def _modality_step(self, img, txt, labels, img_negative_index, txt_negative_index):
         """The modality classifier's own update from a fresh forward pass."""
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         with tf.GradientTape() as tape:
             terms, _ = self.loss_terms(img, txt, labels, img_negative_index, txt_negative_index)
-        gradients = tape.gradient(terms["modality"], self.modality_variables)
-        self.modality_optimizer.apply_gradients(zip(gradients, self.modality_variables))
+        gradients, finite = scaled_gradients(tape, terms["modality"], self.modality_variables, self.loss_scale)
+        apply_if_finite(finite, lambda: self.modality_optimizer.apply_gradients(zip(gradients, self.modality_variables)))
         return terms
 
     def apply_update(self, img, txt, labels, img_negative_index, txt_negative_index, update_modality):
@@ -388,9 +402,12 @@ class AcmrModel:
     def checkpoint_objects(self):
         """Every variable of the four networks and the two optimisers, by checkpoint name."""
         n = self.nets
-        return {"image_projector": n.image_projector, "text_projector": n.text_projector,
-                "label_classifier": n.label_classifier, "modality_classifier": n.modality_classifier,
-                "projector_optimizer": self.projector_optimizer, "modality_optimizer": self.modality_optimizer}
+        objects = {"image_projector": n.image_projector, "text_projector": n.text_projector,
+                   "label_classifier": n.label_classifier, "modality_classifier": n.modality_classifier,
+                   "projector_optimizer": self.projector_optimizer, "modality_optimizer": self.modality_optimizer}
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
+        return objects
 
     def checkpoint(self, epoch=None, iteration=None, partial_epoch=None):
         """A tf.train.Checkpoint of checkpoint_objects() and the given position variables."""

@@ -169,12 +169,13 @@ class MetahModel:
         import keras
         import tensorflow as tf
         from models.metah import DomainDiscriminator, HashingNetwork
-        from utils.optim import FusedSGD
+        from utils.optim import DynamicLossScale, FusedSGD
         self.config = config
         self.num_classes = num_classes
-        self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
-                                  dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
-        self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
+        with distribute.dtype_policy(config.precision):
+            self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
+                                      dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
+            self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
         dummy = tf.zeros((1,) + tuple(input_shape), tf.float32)
         codes, _ = self.net(dummy)
         self.discriminator(codes)
@@ -189,12 +190,13 @@ class MetahModel:
             self.optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
         self.variables = self.net.trainable_variables + self.discriminator.trainable_variables
         self.optimizer.build(self.variables)
+        self.loss_scale = DynamicLossScale() if distribute.needs_loss_scaling(config.precision) else None
         # The running sum of the pairwise gradients by batch position (pairwise_gradient_accumulates).
         self.pairwise_gradient_sum = tf.Variable(tf.zeros((config.batch_size, config.bits)), trainable=False,
                                                  name="pairwise_gradient_sum")
         self.meter = LossMeter("metah", meter_terms(config))
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._encode = tf.function(lambda x: self.net(x, training=False), reduce_retracing=True)
+        self._encode = tf.function(lambda x: distribute.float32(self.net(x, training=False)), reduce_retracing=True)
 
     def set_lambda(self, value):
         self.discriminator.set_lambda(value)
@@ -214,8 +216,8 @@ class MetahModel:
         n_source = tf.shape(source_x)[0]
         own = distribute.replica_rows(n_source)  # the source and target batches are equally long
         if own is None:
-            codes, logits = self.net(tf.concat([source_x, target_x], axis=0), training=training)
-            domain_logits = self.discriminator(codes, training=training) if c.domain_weight > 0 else None
+            codes, logits = distribute.float32(self.net(tf.concat([source_x, target_x], axis=0), training=training))
+            domain_logits = distribute.float32(self.discriminator(codes, training=training)) if c.domain_weight > 0 else None
         else:  # under a strategy: the networks on this replica's rows, the losses on the whole batch
             codes, logits, domain_logits = self._whole_batch_outputs(source_x, target_x, own, training)
         source_codes = codes[:n_source]
@@ -254,18 +256,21 @@ class MetahModel:
         outputs = [codes, logits]
         if self.config.domain_weight > 0:
             outputs.append(self.discriminator(codes, training=training))
+        outputs = [distribute.float32(x) for x in outputs]
         whole = [tf.concat([distribute.whole_batch(x[:count], first), distribute.whole_batch(x[count:], first)], 0)
                  for x in outputs]
         return whole[0], whole[1], whole[2] if len(whole) > 2 else None
 
     def _train_step(self, source_x, source_y, target_x, entropy_scale):
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         with tf.GradientTape() as tape:
             terms, objective = self._terms_and_objective(source_x, source_y, target_x, entropy_scale, training=True,
                                                          accumulate=self.config.pairwise_gradient_accumulates)
-        gradients = tape.gradient(objective, self.variables)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, self.variables) if g is not None])
+        gradients, finite = scaled_gradients(tape, objective, self.variables, self.loss_scale)
+        apply_if_finite(finite, lambda: self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, self.variables) if g is not None]))
         return terms
 
     def encode(self, inputs, batch_size=2048):
@@ -281,9 +286,13 @@ class MetahModel:
         """Every variable of the networks (the dropout seed generators' states included, which
         Keras does not track for tf.train.Checkpoint) and of the optimiser, and the pairwise
         gradient buffer: a resumed run continues exactly."""
-        return {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
-                "network_state": list(self.net.variables), "discriminator_state": list(self.discriminator.variables),
-                "pairwise_gradient_sum": self.pairwise_gradient_sum}
+        objects = {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
+                   "network_state": list(self.net.variables),
+                   "discriminator_state": list(self.discriminator.variables),
+                   "pairwise_gradient_sum": self.pairwise_gradient_sum}
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
+        return objects
 
     def checkpoint(self, step):
         """A tf.train.Checkpoint of checkpoint_objects() and the iteration variable `step`."""

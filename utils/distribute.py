@@ -1,4 +1,4 @@
-"""Several devices (tf.distribute), mixed precision and XLA for the custom training loops.
+"""Several devices (tf.distribute), mixed precision (float16 or bfloat16) and XLA for the custom training loops.
 
 A trainer's step function is written for ONE replica's part of the global batch and
 calls these helpers, which are the plain operations when no strategy runs it:
@@ -272,16 +272,41 @@ def replicated_step(strategy, fn, jit=False):
     return step
 
 
+# Keras dtype policies --precision offers: float32 computes and stores in float32 (the programs');
+# the mixed ones compute in 16 bits and keep float32 variables (and the trainers keep float32
+# buffers and losses). float16's 5-bit exponent needs loss scaling; bfloat16 has float32's range.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def needs_loss_scaling(precision):
+    """float16 gradients underflow without loss scaling; bfloat16 ones do not."""
+    return check_precision(precision) == "mixed_float16"
+
+
 @contextlib.contextmanager
-def dtype_policy(mixed_precision):
-    """Keras' mixed_float16 policy while networks are built (float16 compute, float32 variables)."""
+def dtype_policy(precision):
+    """Keras' dtype policy `precision` (one of PRECISIONS) while networks are built: layers made
+    inside compute in its dtype and keep float32 variables."""
     import keras
-    if not mixed_precision:
+    if check_precision(precision) == "float32":
         yield
         return
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
+    keras.config.set_dtype_policy(precision)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def float32(values):
+    """A tensor (or a tuple, list or dict of them) in float32: network outputs under a mixed policy
+    are 16-bit, and every loss is computed in float32. A float32 tensor passes through unchanged."""
+    import tensorflow as tf
+    return tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), values)

@@ -168,8 +168,6 @@ class Config(CommonConfig):
     eval_batch_size: int = _field(512, "batch size when computing query/database codes")
     # Full scale (utils/distribute.py); lazy (HDF5) images always stream through tf.data
     strategy: str = _field("none", distribute.STRATEGY_HELP, choices=distribute.STRATEGIES)
-    mixed_precision: bool = _field(False, "Keras mixed_float16 (float16 compute; float32 variables, buffers "
-                                   "and losses; dynamic loss scaling): for GPUs")
     jit: bool = _field(False, "compile each training step with XLA (tf.function jit_compile): for GPUs; "
                        "needs --strategy none")
 

@@ -75,7 +75,7 @@ def text_standardizer(config, data):
 def build_trainer(config, data, backbone, strategy=None):
     """An SSAHTrainer for `data`'s training part with every variable created; the trunk is
     built under the strategy's scope and the run's dtype policy."""
-    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+    with distribute.scope(strategy), distribute.dtype_policy(config.precision):
         trunk, preprocess = build_trunk(config, data, backbone)
     trainer = SSAHTrainer(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
                           seed=config.seed, strategy=strategy, text_preprocess=text_standardizer(config, data))
