@@ -34,7 +34,7 @@ def load_mat(path):
         data = scipy.io.loadmat(path)
     except NotImplementedError:  # v7.3 files are HDF5
         import h5py
-        with h5py.File(path, "r") as f:
+        with io.open_hdf5(path, "codes file") as f:
             data = {k: np.asarray(v).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
     except (ValueError, OSError) as error:
         raise UserError(f"cannot read {path}: {error}; give a codes.mat written by train.py") from None
@@ -134,13 +134,49 @@ def evaluate(source, top_ks=(50, 500), n_max=1000, radius=2, empty="zero", direc
             for name in names}
 
 
+def unfinished(source):
+    """For a run folder whose training has not finished (stopped, or still running), {"done",
+    "of", "unit"}: the epoch (METAH: iteration) its codes.mat is from and the configured length;
+    else None. A finished run's results.json says what length it completed ("completed"); a
+    run extended with --resume since then is unfinished again."""
+    if not source.run_dir:
+        return None
+    path = os.path.join(source.run_dir, "results.json")
+    results = io.load_json(path) if os.path.exists(path) else {}
+    completed = results.get("completed")
+    if completed:
+        field = next((k for k in completed if k != "trained"), None)
+        if field is None or source.config.get(field) == completed[field]:
+            return None
+    elif "final" in results:
+        return None  # finished before train.py marked completion
+    unit = "iteration" if "iterations" in source.config else "epoch"
+    records = [r for r in results.get("epochs", []) if unit in r]
+    return {"done": records[-1][unit] if records else 0, "of": source.config.get(unit + "s"), "unit": unit}
+
+
+def unfinished_note(source, state):
+    length = f"{state['of']}" if state["of"] else "the program's length"
+    return (f"note: {source.path} is unfinished: its codes are from {state['unit']} {state['done']} of {length}, "
+            f"not the run's final ones (it was stopped or is still training; continue it with "
+            f"python train.py --resume {source.path})")
+
+
+def trivial_note(source):
+    """The warning line when every query of the source's first direction is relevant to every
+    database item (one class): every mAP is then trivially 1. None otherwise."""
+    first = next(iter(source.spec["directions"]))
+    _, _, query_labels, db_labels = source.direction(first)
+    return metrics.trivial_relevance_warning(query_labels, db_labels, source.codes_path)
+
+
 def summary_row(reports):
     """The scalar figures of each direction (no curves)."""
     return {direction: {k: v for k, v in report.items() if not isinstance(v, (dict, list))}
             for direction, report in reports.items()}
 
 
-def write_report(source, reports, settings, tensorboard=True, by_tie_rule=None):
+def write_report(source, reports, settings, tensorboard=True, by_tie_rule=None, unfinished=None):
     """RUN_DIR/report/report.json and PNGs (beside CODES.mat for a bare file); returns the folder.
     settings["ties"] names the rule of `reports`; by_tie_rule: {rule: summary_row} of --ties all."""
     if source.run_dir:
@@ -156,6 +192,8 @@ def write_report(source, reports, settings, tensorboard=True, by_tie_rule=None):
                "directions": reports, "plots": {name: f"{name}.png" for name in pngs}}
     if by_tie_rule:
         content["by_tie_rule"] = by_tie_rule
+    if unfinished:
+        content["unfinished"] = unfinished
     io.save_json(os.path.join(folder, "report.json"), content)
     if tensorboard and source.run_dir:
         from utils.run import Run
@@ -320,6 +358,10 @@ def main(argv=None):
         return None
     results = {}
     for source in sources:
+        state = unfinished(source)
+        for line in (unfinished_note(source, state) if state else None, trivial_note(source)):
+            if line:
+                print(line)
         ties = args.ties if args.ties not in (None, "all") else source.config.get("ties", metrics.DEFAULT_TIES)
         reports = evaluate(source, directions=directions, ties=ties, **settings)
         results[source.label] = reports
@@ -335,7 +377,7 @@ def main(argv=None):
                 print(f"{source.label}: tie rule {ties}")
                 print(format_table({source.label: summary_row(reports)}))
             folder = write_report(source, reports, dict(settings, ties=ties), tensorboard=not args.no_tensorboard,
-                                  by_tie_rule=by_tie_rule)
+                                  by_tie_rule=by_tie_rule, unfinished=state)
             print(f"report: {os.path.join(folder, 'report.json')}")
             if args.against:
                 from utils import papers

@@ -12,7 +12,7 @@ import sys
 
 from trainers import METHODS, get_method
 from utils.config import add_config_arguments, config_from_args
-from utils.errors import UserError, run_command_line
+from utils.errors import UserError, WriteFailed, run_command_line
 
 # The setting that says how long a method trains; the only one `--resume` may change (to extend).
 LENGTH_FIELDS = {"ssah": "epochs", "acmr": "epochs", "metah": "iterations"}
@@ -118,6 +118,24 @@ def resumed_config(run, module, parser, argv, method_given):
     return config
 
 
+def open_run(method, config, resume_dir=""):
+    """Starts the run's --strategy first (before any other TensorFlow work: a multiworker
+    strategy must configure its collectives at startup), then opens the run folder: the chief
+    (or the only process) creates or reopens it; another worker of a multiworker run gets a
+    temporary folder of its own (utils.run.WorkerRun)."""
+    from utils import distribute
+    from utils.run import Run, WorkerRun
+    name = getattr(config, "strategy", "none")
+    distribute.start(name)
+    if distribute.is_chief(name):
+        return Run.open(resume_dir, {method: type(config)}) if resume_dir else Run.create(method, config)
+    task_type, index, _ = distribute.cluster_task()
+    run = WorkerRun(method, config, index, chief_dir=resume_dir)
+    print(f"{task_type} {index}: the chief writes the run folder; this worker's checkpoints and logs go to "
+          f"{run.dir} (removed at the end)", flush=True)
+    return run
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     first = argparse.ArgumentParser(add_help=False)
@@ -127,18 +145,19 @@ def main(argv=None):
                        "apply after the variant, before explicit options")
     known, _ = first.parse_known_args(argv)
 
-    from utils.run import NonFiniteLoss, Run, finished_length, mark_completed, set_seed, tee_stdout
+    from utils.run import NonFiniteLoss, finished_length, mark_completed, saved_config, set_seed, tee_stdout
     if known.resume and known.preset_file:
         raise UserError("--resume continues a run with its saved settings: drop --preset-file")
     if known.resume:
-        run = Run.open(known.resume, {m: get_method(m).Config for m in METHODS})
+        method, saved = saved_config(known.resume, {m: get_method(m).Config for m in METHODS})
+        run = open_run(method, saved, resume_dir=known.resume)
         module = get_method(run.method)
     else:
         method = known.method or "ssah"
         module = get_method(method)
         config = build_config(module, method_parser(module, first).parse_args(argv))
         check_config(config, method)
-        run = Run.create(method, config)
+        run = open_run(method, config)
     length_field = LENGTH_FIELDS.get(run.method, "epochs")
     try:
         if known.resume:
@@ -169,7 +188,7 @@ def main(argv=None):
                 run.log(f"error: {error}")
                 raise UserError(str(error)) from None
             except UserError as error:
-                if not known.resume and not run.has_checkpoints():
+                if not known.resume and not run.has_checkpoints() and not isinstance(error, WriteFailed):
                     run.discard()  # bad input found before anything was trained: leave no empty run
                 else:
                     run.log(f"error: {error}")

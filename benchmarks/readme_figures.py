@@ -161,6 +161,46 @@ def ssah_step_speed_trunks(_, features, cnnf):
                f"{monitoring}." if monitoring else ""))
 
 
+def ssah_step_precision(_, f):
+    """benchmarks/ssah_step_speed.py: each step per precision, its GFLOP/s as a fraction of the same
+    run's float32 matmul rate, the speed-up over the first precision, and (--profile) where the
+    time goes."""
+    matmul, precisions = f["matmul"], f["settings"]["precision"]
+    runs = {(run["trunk"], run["precision"]): run for run in f["runs"]}
+    header = ["trunk (batch)", "step", "GFLOP / update"]
+    for i, precision in enumerate(precisions):
+        header += [f"{precision}: s", "of matmul"] + (["speed-up"] if i else [])
+    rows = []
+    for trunk in f["settings"]["trunk"]:
+        base = runs[(trunk, precisions[0])]
+        for k, step in enumerate(base["steps"]):
+            row = [f"{trunk} ({base['batch']})", step["step"], f"{step['gflop']:.3g}"]
+            for i, precision in enumerate(precisions):
+                other = runs[(trunk, precision)]["steps"][k]
+                rate = other["gflop"] / other["median_seconds"]
+                row += [f"{other['median_seconds']:.3g}", f"{rate / matmul['float32_gflops']:.0%}"]
+                if i:
+                    row.append(f"{step['median_seconds'] / other['median_seconds']:.2f}x")
+            rows.append(row)
+    flags = ", ".join(f"{flag} {'yes' if on else 'no'}" for flag, on in f.get("cpu_flags", {}).items())
+    text = (table(header, rows)
+            + f"\n\n{matmul['size']}^3 matmul in the same run: float32 {matmul['float32_gflops']:.1f} GFLOP/s, "
+              f"bfloat16 {matmul['bfloat16_gflops']:.1f} GFLOP/s ({f['device']}; CPU flags: {flags}; "
+              f"TF_ENABLE_ONEDNN_OPTS={f['onednn']}).")
+    for run in f["runs"]:
+        if run.get("monitoring"):
+            text += ("\n\nMonitoring loss over all n items (once per checked early-stop pass): "
+                     + ", ".join(f"{m['net']} {m['seconds']:.2f} s" for m in run["monitoring"]) + ".")
+        for step in run["steps"]:
+            if step.get("profile_seconds_by_op"):
+                # the costliest kinds (a results file is written with its keys sorted by name)
+                top = sorted(step["profile_seconds_by_op"].items(), key=lambda kv: -kv[1])[:6]
+                text += (f"\n\nWhere a {run['trunk']} {step['step']} update's {step['median_seconds']:.3g} s go "
+                         f"({run['precision']}, op time summed over both threads): "
+                         + ", ".join(f"{kind} {seconds:.3g} s" for kind, seconds in top) + ".")
+    return text
+
+
 def stream_memory(_, *files):
     """benchmarks/stream_memory.py, one row per file (the first one's peak against the 2 GB target)."""
     rows = []
@@ -657,7 +697,8 @@ def results_summary(_, ssah, ssah_tuned, acmr, acmr_tuned, metah, paper=None):
 RENDERERS = {
     "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr, "ssah_wiki_causes": ssah_wiki_causes,
     "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
-    "ssah_step_speed_trunks": ssah_step_speed_trunks, "stream_memory": stream_memory,
+    "ssah_step_speed_trunks": ssah_step_speed_trunks, "ssah_step_precision": ssah_step_precision,
+    "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
     "metah_validation_study": metah_validation_study,

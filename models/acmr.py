@@ -45,8 +45,8 @@ class FeatureProjector(keras.Model):
             tf.constant(value, tf.float32) for value in standardize)
 
     def call(self, x):
-        if self.standardize is not None:
-            x = (x - self.standardize[0]) / self.standardize[1]
+        if self.standardize is not None:  # in float32 (x arrives in the layer's compute dtype)
+            x = tf.cast((tf.cast(x, tf.float32) - self.standardize[0]) / self.standardize[1], x.dtype)
         for layer in self.dense_layers:
             x = tf.tanh(layer(x))
         return x

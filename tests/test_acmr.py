@@ -121,8 +121,8 @@ def test_tensorflow_mining_finds_the_numpy_negatives_ties_and_all_one_class_batc
 
 
 def test_tensorflow_mining_finds_the_programs_negatives_on_the_golden_batches():
-    from tests.conftest import shared_path
-    golden = np.load(shared_path("golden", "acmr-three-steps.npz"))
+    from tests.conftest import load_golden
+    golden = load_golden("acmr-three-steps.npz")
     classes = golden["init/lc_fc_0/weights"].shape[1]
     for step in range(3):
         labels = np.eye(classes, dtype=np.float32)[golden[f"step{step}/input/labels"] - 1]
@@ -210,6 +210,7 @@ def test_network_sizes_follow_the_architecture_setting():
     assert np.all(np.abs(out.numpy()) <= 1.0)
 
 
+@pytest.mark.slow
 def test_input_standardisation_feeds_the_projectors_training_standardised_rows():
     """--image-norm / --text-norm standardize: each projector sees (x - training mean) / training
     std (here: the same weights on rows standardised by hand); none (the program) the raw rows."""
@@ -348,6 +349,7 @@ def test_pickle_errors_are_one_line(tmp_path):
 
 # ----------------------------------------------------------------------------- train.py end to end
 
+@pytest.mark.slow
 def test_train_main_on_wiki_pickles_writes_results_codes_and_resumes(tmp_path, capsys):
     import train
     from utils import io
@@ -380,6 +382,7 @@ def test_train_main_on_wiki_pickles_writes_results_codes_and_resumes(tmp_path, c
     assert 0.0 <= original["final"][acmr.DATABASE_PROTOCOL]["average"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
     import train
     data_dir = tmp_path / "wiki"
@@ -405,6 +408,7 @@ def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
     assert resumed["final"] == straight["final"] and resumed["iterations"] == straight["iterations"]
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_every_variable_of_the_networks_and_optimisers(tmp_path):
     from tests.test_metah import variable_values
 
@@ -439,6 +443,7 @@ def test_checkpoint_holds_every_variable_of_the_networks_and_optimisers(tmp_path
     assert [v.numpy() for v in restored_position] == [1, 9, b'{"batches": 3}']
 
 
+@pytest.mark.slow
 def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_whole_one(tmp_path, monkeypatch):
     """SIGINT during iteration 5 of 3 epochs x 3 batches (shuffled, paper variant: k = 5, so the
     modality classifier's update falls mid-epoch) stops after a checkpoint inside epoch 2;
@@ -470,6 +475,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     assert resumed["epochs"] == whole["epochs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["original", "paper"])
 def test_the_loops_tf_data_updates_equal_one_by_one_updates_on_numpy_mined_batches(tmp_path, variant):
     """fit's batches come through tf.data, are mined in TensorFlow and run several updates per
@@ -508,6 +514,7 @@ def test_the_loops_tf_data_updates_equal_one_by_one_updates_on_numpy_mined_batch
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_the_epoch_with_the_best_validation_map(tmp_path):
     """--validation-size: the validation items (out of training) ranked against the database
     without them; the kept best checkpoint is the epoch whose validation average is highest."""
@@ -538,6 +545,7 @@ def test_bad_input_gives_one_line_errors(tmp_path):
         acmr.check_config(config)
 
 
+@pytest.mark.slow
 def test_train_main_on_the_real_wikipedia_features(tmp_path):
     import train
     from tests.conftest import shared_path

@@ -1,15 +1,14 @@
 """The original variant against the authors' triplet_wiki program (its golden files, recorded by
-running it and found by conftest.shared_path): three training iterations on the real shallow
+running it and read by conftest.load_golden): three training iterations on the real shallow
 Wikipedia features, float32 tolerance."""
 import dataclasses
 
 import keras
 import numpy as np
 import pytest
-import scipy.io
 
 from losses.acmr import mine_negatives
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 from trainers import acmr
 from utils.optim import FusedAdam
 
@@ -18,7 +17,7 @@ LOSSES = {"label": "label_loss", "triplet": "triplet_loss", "emb": "emb_loss", "
 
 @pytest.fixture(scope="module")
 def golden():
-    return dict(np.load(shared_path("golden", "acmr-three-steps.npz")))
+    return load_golden("acmr-three-steps.npz")
 
 
 def original_model(golden, adam_kernel="keras"):
@@ -33,20 +32,6 @@ def step_inputs(golden, step):
     get = lambda name: golden[f"step{step}/input/{name}"]  # noqa: E731
     labels = np.eye(golden["init/lc_fc_0/weights"].shape[1], dtype=np.float32)[get("labels") - 1]
     return get("img"), get("txt"), labels, get("img_negative_index"), get("txt_negative_index"), float(get("lambda"))
-
-
-def test_golden_inputs_are_the_real_wikipedia_batches_in_file_order(golden):
-    mat = scipy.io.loadmat(shared_path("data", "wikipedia", "wikiData.mat"))
-    config = acmr.Config()
-    batches = acmr.epoch_batches(len(mat["I_tr"]), config.batch_size, config.shuffle, config.drop_last,
-                                 config.seed, 0)
-    assert len(batches) == 2173 // 64 == 33
-    for step in range(3):
-        rows = batches[step]
-        np.testing.assert_array_equal(rows, np.arange(64 * step, 64 * step + 64))
-        np.testing.assert_array_equal(golden[f"step{step}/input/img"], mat["I_tr"][rows].astype(np.float32))
-        np.testing.assert_array_equal(golden[f"step{step}/input/txt"], mat["T_tr"][rows].astype(np.float32))
-        np.testing.assert_array_equal(golden[f"step{step}/input/labels"], mat["L_tr"][rows].reshape(-1))
 
 
 def test_our_mining_finds_the_programs_negatives(golden):

@@ -127,6 +127,7 @@ def test_split_file_round_trip_and_range_check(tmp_path):
         load_split(path, 40)
 
 
+@pytest.mark.slow
 def test_validation_items_are_held_out_of_training_and_never_queries(tmp_path):
     data = load_dataset("synthetic", validation_size=100, seed=3)
     whole = load_dataset("synthetic", seed=3)

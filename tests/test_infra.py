@@ -215,6 +215,7 @@ def test_scalars_of_any_number_of_tags_are_written_by_one_traced_function(tmp_pa
                             for tag, value in scalars.items())
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_config_and_the_tie_rule_of_a_run(tmp_path):
     import tensorflow as tf
 
@@ -268,6 +269,7 @@ def test_unwritable_runs_dir_and_weights_without_a_trunk_are_one_line_errors(tmp
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_folder_is_refused_and_a_dead_owner_is_stale(tmp_path, capsys):
     import json
     import socket
@@ -349,6 +351,7 @@ def test_checkpoint_cadence_by_steps_time_and_signal():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(tmp_path, capsys):
     import json
 
@@ -387,6 +390,7 @@ def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(tmp_pa
     assert "acmr original synthetic: 3/3" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_metah_resume_extends_its_iterations(tmp_path, capsys):
     import train
     from tests.test_metah import write_domain_files
@@ -431,6 +435,7 @@ def test_a_competitors_lock_being_written_does_not_make_a_fresh_folder_look_used
         Run.create("toy", ToyConfig(runs_dir=str(tmp_path), run_name="other"))
 
 
+@pytest.mark.slow
 def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(tmp_path):
     import subprocess
     import sys
@@ -449,6 +454,7 @@ def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(
     assert os.listdir(tmp_path) == ["same"] and not os.path.exists(tmp_path / "same" / "lock")
 
 
+@pytest.mark.slow
 def test_a_run_finished_before_completion_was_marked_is_not_rewritten(tmp_path, capsys):
     import json
 

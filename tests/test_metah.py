@@ -88,6 +88,7 @@ def small_batch(seed=0):
             rng.randn(6, 5).astype(np.float32) + 1.0)
 
 
+@pytest.mark.slow
 def test_one_tape_updates_network_and_discriminator_with_the_domain_gradient_reversed():
     """Only the domain term on: the network must move UP the domain loss by lr * lambda * w
     times its gradient, the discriminator DOWN by lr * w times its gradient."""
@@ -174,6 +175,7 @@ def test_pairwise_gradient_matches_numpy():
                                np_pairwise_gradient(codes, labels, 16), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulates", [True, False])
 def test_pairwise_gradient_reaches_the_codes_as_a_running_sum_when_it_accumulates(accumulates):
     """Only the pairwise term on, plain SGD: the hash layer's bias moves by
@@ -210,6 +212,7 @@ def variable_values(named_objects):
     return values
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_every_variable_of_the_networks_and_the_optimiser(tmp_path):
     def build():
         keras.backend.clear_session()  # the same variable paths in both builds
@@ -254,6 +257,7 @@ def write_domain_files(folder, seed=0):
     np.savez(os.path.join(folder, "tgt.npz"), features=xt.astype(np.float32), labels=yt)
 
 
+@pytest.mark.slow
 def test_train_main_end_to_end_exports_codes_and_resume_continues_exactly(tmp_path, monkeypatch):
     import train
     from utils import io
@@ -291,6 +295,7 @@ def test_train_main_end_to_end_exports_codes_and_resume_continues_exactly(tmp_pa
     assert resumed["final"] == final
 
 
+@pytest.mark.slow
 def test_the_loops_tf_data_updates_equal_one_by_one_train_steps(tmp_path):
     """The shared loop feeds batches through tf.data and runs several iterations per compiled
     call, setting lambda in the graph; by hand, the same iterations go one by one through
@@ -325,6 +330,7 @@ def test_the_loops_tf_data_updates_equal_one_by_one_train_steps(tmp_path):
     assert results["final"] == metah.evaluate(by_hand, pair, inputs)[0]
 
 
+@pytest.mark.slow
 def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_whole_one(tmp_path, monkeypatch):
     """Dropout on (its random state must be saved) and the pairwise gradient buffer in use: SIGTERM
     during update 7 of 12 (epochs of 4 updates) stops after a checkpoint at 7 (--log-every 1: the
@@ -352,6 +358,7 @@ def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_who
     assert resumed["final"] == whole["final"] and resumed["epochs"] == whole["epochs"]
 
 
+@pytest.mark.slow
 def test_real_office_pair_trains_above_chance():
     from tests.conftest import shared_path
     root = shared_path("data", "office-caltech10")
@@ -371,6 +378,7 @@ def test_absent_data_names_the_data_option(tmp_path):
         metah.fit(metah.Config(dataset="folder:src->tgt", data=str(tmp_path), trunk="cnn"))
 
 
+@pytest.mark.slow
 def test_image_folder_pair_trains_with_the_conv_trunk(tmp_path):
     from tests.test_domains import write_image_folder
     root = str(tmp_path)

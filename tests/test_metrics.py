@@ -255,6 +255,7 @@ def test_queries_without_relevant_items_add_zero_and_count():
     assert report["queries_without_relevant"] >= 4
 
 
+@pytest.mark.slow
 def test_real_wikipedia_codes_cross_modal():
     data = scipy.io.loadmat(shared_path("data", "wikipedia", "wikiData.mat"))
     rng = np.random.default_rng(0)
@@ -273,6 +274,7 @@ def test_real_wikipedia_codes_cross_modal():
         assert abs(metrics.mean_average_precision(*args, ties="argsort") - authors_calc_map(*args)) < 1e-12
 
 
+@pytest.mark.slow
 def test_real_mirflickr_multi_label_codes():
     folder = shared_path("data", "mirflickr25k")
     tags = scipy.io.loadmat(f"{folder}/mirflickr25k-yall.mat")["YAll"][:2050].astype(np.float64)

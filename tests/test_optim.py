@@ -3,6 +3,7 @@ ApplyAdam kernel and keeps beta1_power / beta2_power as float32 variables multip
 every update): bit for bit, with one counter shared by the variables of several calls. The fused
 Keras optimizers against TF1's Adam and Keras' SGD (bit for bit), Keras checkpoints, and their op count."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from utils.optim import FusedAdam, FusedSGD, TF1Adam, _power_table
@@ -15,6 +16,7 @@ def gradients(rng, shape):
     return tf.constant(values.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_tf1adam_equals_tensorflow1_adam_bit_for_bit_with_a_shared_counter():
     rng = np.random.RandomState(0)
     starts = [rng.randn(300).astype(np.float32) * 0.01, rng.randn(7, 5).astype(np.float32) * 0.01]
@@ -101,6 +103,7 @@ def test_fused_adam_equals_tensorflow1_adam_bit_for_bit_and_keeps_keras_slots():
     assert [v.path for v in optimizer.variables] == [v.path for v in keras_adam.variables]
 
 
+@pytest.mark.slow
 def test_fused_sgd_equals_keras_sgd_bit_for_bit_with_momentum_decay_and_schedule():
     import keras
 

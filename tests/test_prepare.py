@@ -46,6 +46,7 @@ def independent_words(text):
     return [w for w in words if len(w) >= 2 and w not in prepare.STOP_WORDS]
 
 
+@pytest.mark.slow
 def test_real_coco_mini_counts_match_the_annotation_files(tmp_path):
     root = shared_path("data", "coco-mini")
     out = str(tmp_path / "coco.h5")

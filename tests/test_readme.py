@@ -7,6 +7,7 @@ from benchmarks import check_readme, readme_figures, results_io
 from utils import io
 
 
+@pytest.mark.slow
 def test_readme_and_docs_figures_links_and_length():
     problems = check_readme.check_all()
     assert not problems, "README / docs problems:\n\n" + "\n\n".join(problems)
@@ -309,3 +310,14 @@ def test_ssah_epoch_speed_renderer_sets_each_storage_kind_against_memory_and_the
     assert "| contiguous | selection | 11.0 | 1.10x | 0.5 | 2.400 | 1.50x | 0.600 | 1.50x |" in text
     assert text.index("| memory |") < text.index("| contiguous |")  # in the order the kinds were run
     assert "CNN-F forward + backward 1.500 s, forward 0.400 s; the ImgNet step's all-n discriminator term 0.100 s." in text
+
+
+def test_step_precision_profile_names_the_costliest_op_kinds_first():
+    profile = {f"Op{i}": 0.001 for i in range(7)} | {"ZMatMul": 0.9, "YAdam": 0.2}  # as a file stores it: by name
+    step = {"step": "TxtNet", "gflop": 30.0, "median_seconds": 1.5, "profile_seconds_by_op": dict(sorted(profile.items()))}
+    results = {"matmul": {"size": 64, "float32_gflops": 40.0, "bfloat16_gflops": 20.0},
+               "settings": {"precision": ["float32"], "trunk": ["features"]}, "device": "CPU", "onednn": "unset",
+               "runs": [{"trunk": "features", "precision": "float32", "batch": 128, "steps": [step]}]}
+    text = readme_figures.render("ssah_step_precision", [results])
+    assert "| features (128) | TxtNet | 30 | 1.5 | 50% |" in text
+    assert "update's 1.5 s go (float32, op time summed over both threads): ZMatMul 0.9 s, YAdam 0.2 s, Op0 0.001 s" in text

@@ -53,6 +53,7 @@ def third_party_imports():
     return found - set(sys.stdlib_module_names) - LOCAL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file", ["requirements.txt", "requirements-gpu.txt"])
 def test_requirements_declare_every_imported_package_and_bound_keras(file):
     declared = requirement_names(file)

@@ -37,6 +37,7 @@ def listed(result):
     return distances, indices
 
 
+@pytest.mark.slow
 def test_ssah_build_and_search_by_tag_vectors_words_and_image_features(tmp_path, monkeypatch, capsys):
     import trainers.ssah as ssah
     from utils.data import load_dataset
@@ -88,6 +89,7 @@ def test_ssah_build_and_search_by_tag_vectors_words_and_image_features(tmp_path,
     assert "no up-to-date index of the image database" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_acmr_searches_by_euclidean_distance_and_has_no_index(tmp_path):
     from utils.data import load_dataset
     run_dir, exported = train_run(tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1",
@@ -107,6 +109,7 @@ def test_acmr_searches_by_euclidean_distance_and_has_no_index(tmp_path):
         search.main([run_dir, "--image-features", str(tmp_path / "images.npy"), "--database", "target"])
 
 
+@pytest.mark.slow
 def test_metah_searches_the_target_domain_by_default(tmp_path):
     import trainers.metah as metah
     from tests.test_metah import write_domain_files
@@ -129,6 +132,7 @@ def test_metah_searches_the_target_domain_by_default(tmp_path):
         search.main([run_dir, "--text-features", str(tmp_path / "queries.npy")])
 
 
+@pytest.mark.slow
 def test_search_errors_are_one_line(tmp_path):
     from eval import Source
     with pytest.raises(UserError, match="run folder not found"):

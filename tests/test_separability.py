@@ -26,6 +26,7 @@ def test_tiny_but_separable_sets_score_one_and_identical_sets_score_chance():
     assert lopsided["test"] == lopsided["train"] and lopsided["train"] < 0.75
 
 
+@pytest.mark.slow
 def test_acmr_modality_diagnostics_are_recorded_and_leave_training_unchanged(tmp_path):
     from tests.test_acmr import write_wiki_pickles
     from trainers import acmr

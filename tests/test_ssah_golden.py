@@ -1,6 +1,6 @@
 """The original variant reproduces one update of each SSAH step of the authors' program.
 
-The golden file ssah-one-step.npz (shared data, found by tests.conftest.shared_path) holds the program's initial
+The golden file ssah-one-step.npz (tests/golden, read by tests.conftest.load_golden) holds the program's initial
 weights, buffers and inputs, and every loss, head output and changed variable after
 one update of LabNet, the discriminators, ImgNet and TxtNet, in that order.
 """
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 
 RTOL = 1e-4  # float32 tolerance, relative to each array's largest magnitude
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return dict(np.load(shared_path("golden", "ssah-one-step.npz")))
+    return load_golden("ssah-one-step.npz")
 
 
 def _close(actual, expected, scale=None):

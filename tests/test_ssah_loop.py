@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 from trainers.ssah import EARLY_STOP, SCHEDULES, STEP_NAMES, EpochLoop, inner_loop
 
 # --------------------------------------------------------------------------- early stop, control flow
@@ -89,6 +89,7 @@ def test_the_issue_cases_stop_where_the_program_stops():
     assert passes["dis"] == [1, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_passes_and_stop_decisions_equal_the_programs(schedule):
     rng = np.random.RandomState(len(schedule))
@@ -165,7 +166,7 @@ def epoch_record():
     from utils.run import set_seed
 
     set_seed(0)
-    golden = dict(np.load(shared_path("golden", "ssah-one-epoch.npz")))
+    golden = load_golden("ssah-one-epoch.npz")
     setting = dict(zip(golden["config_names"], golden["config"].tolist()))
     config = Config(bits=setting["K"], embed_dim=setting["E"], batch_size=setting["batch"], **PRESETS["original"])
     mean = tf.constant(golden["input/mean_image"])
@@ -194,6 +195,7 @@ def epoch_record():
     return golden, loop.record, codes, labels
 
 
+@pytest.mark.slow
 def test_one_epoch_runs_the_programs_updates_and_stop_decisions(epoch_record):
     golden, record, _, _ = epoch_record
     updates = record["updates"]
@@ -237,6 +239,7 @@ def test_one_epoch_runs_the_programs_updates_and_stop_decisions(epoch_record):
     np.testing.assert_allclose([c["previous"] for c in checks], golden["stop_check/previous"], rtol=5e-3)
 
 
+@pytest.mark.slow
 def test_one_epoch_gives_the_programs_codes_and_maps(epoch_record):
     golden, _, codes, labels = epoch_record
     # The program against itself on another thread count: B 5 of 2048 bits, qBX 1 of 512,
@@ -267,6 +270,7 @@ def unescaped(name):
     return name.replace(".S", "/").replace("..", ".")
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_every_variable_of_every_net_and_optimizer(tmp_path):
     """By path: the CNN-F trunk, the discriminators' hidden layers and TxtNet's multi-scale
     weights (Keras layers in Python lists and dicts) included; a fresh trainer restores them all."""
@@ -363,6 +367,7 @@ def stop_after_updates(monkeypatch, count, action):
     monkeypatch.setattr(SSAHTrainer, "step", step)
 
 
+@pytest.mark.slow
 def test_stopped_by_sigint_then_killed_then_resumed_gives_the_uninterrupted_run_bit_for_bit(
         tmp_path, monkeypatch, uninterrupted, capsys):
     """SIGINT in epoch 1 writes a checkpoint and ends train.py with one line and exit status 130;
@@ -392,6 +397,7 @@ def test_stopped_by_sigint_then_killed_then_resumed_gives_the_uninterrupted_run_
     assert_same_run(str(run_dir), uninterrupted)
 
 
+@pytest.mark.slow
 def test_learning_rates_and_maps_share_the_runs_update_axis(uninterrupted):
     """lr/lab at the first update of each LabNet inner index (the program's list, entry epoch +
     index), mAP/DIRECTION at the last update of each epoch (and again for the final figures)."""

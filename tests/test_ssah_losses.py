@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from losses import ssah as L
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 
 RNG = np.random.default_rng(0)
 N, BATCH, WIDTH = 12, 5, 7
@@ -102,7 +102,7 @@ def golden():
     from models.cnnf import CNNF, GOLDEN_WIDTHS
     from models.original_layout import DISCRIMINATOR_SCOPES, load_original_ssah_variables
     from models.ssah import Discriminator, ImgNet, LabNet, TxtNet
-    z = dict(np.load(shared_path("golden", "ssah-one-step.npz")))
+    z = load_golden("ssah-one-step.npz")
     n, bits, embed, classes, d, _ = (int(v) for v in z["config"])
     nets = dict(lab=LabNet(classes, bits, embed), txt=TxtNet(d, classes, bits, embed),
                 img=ImgNet(CNNF(widths=GOLDEN_WIDTHS), classes, bits, embed))

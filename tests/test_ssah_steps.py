@@ -50,6 +50,7 @@ ORIGINAL_MOVES = {"lab": {"lab"}, "dis": {"dis_img", "dis_txt", "dis_img_label",
 PAPER_MOVES = {"lab": {"lab"}, "dis": {"dis_img", "dis_txt"}, "img": {"img"}, "txt": {"txt"}}
 
 
+@pytest.mark.slow
 def test_original_variant_moves_what_the_program_moves():
     trainer, inputs = make_trainer("original")
     assert len(trainer.discriminator_names) == 4
@@ -60,6 +61,7 @@ def test_original_variant_moves_what_the_program_moves():
         assert moved(trainer, before) == expected, step
 
 
+@pytest.mark.slow
 def test_original_adversarial_term_is_inert_for_the_generators():
     """delta only changes the discriminator, never ImgNet/TxtNet, in the original wiring."""
     results = {}
@@ -73,6 +75,7 @@ def test_original_adversarial_term_is_inert_for_the_generators():
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_original_image_step_pushes_d_i_towards_label_on_stored_features():
     trainer, inputs = make_trainer("original")
     fed = trainer.buffers["feat_I"]
@@ -82,6 +85,7 @@ def test_original_image_step_pushes_d_i_towards_label_on_stored_features():
     assert after > before  # the logit of "label" rises: the opposite of D_I's own objective
 
 
+@pytest.mark.slow
 def test_paper_variant_generator_steps_leave_discriminators_alone():
     trainer, inputs = make_trainer("paper")
     assert sorted(trainer.discriminator_names) == ["dis_img", "dis_txt"]  # shared per modality pair
@@ -91,6 +95,7 @@ def test_paper_variant_generator_steps_leave_discriminators_alone():
         assert moved(trainer, before) == expected, step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["img", "txt"])
 def test_paper_variant_adversarial_gradient_reaches_the_generator(modality):
     """The same update with delta = 0 and delta > 0 differs: the discriminator's gradient flows."""
@@ -111,6 +116,7 @@ def test_paper_variant_adversarial_gradient_reaches_the_generator(modality):
     assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads if g is not None) > 0
 
 
+@pytest.mark.slow
 def test_shared_adam_counter_advances_on_every_generator_update():
     trainer, inputs = make_trainer("original")
     for step in ("lab", "dis", "img", "txt"):
@@ -124,6 +130,7 @@ def test_shared_adam_counter_advances_on_every_generator_update():
     assert [int(separate.optimizers[s].iterations.numpy()) for s in ("lab", "img", "txt")] == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_each_step_writes_its_batch_rows_before_the_update():
     trainer, inputs = make_trainer("original")
     for step, (net, names) in {"lab": ("lab", ("H", "feat_L", "pred_L")),
@@ -139,6 +146,7 @@ def test_each_step_writes_its_batch_rows_before_the_update():
             np.testing.assert_array_equal(trainer.buffers[name].numpy()[BATCH:], untouched[name])
 
 
+@pytest.mark.slow
 def test_changing_the_learning_rate_does_not_retrace():
     trainer, inputs = make_trainer("original")
     for lr in (1e-2, 1e-3, 10 ** -3.5):
@@ -146,6 +154,7 @@ def test_changing_the_learning_rate_does_not_retrace():
     assert trainer._compiled["lab"].experimental_get_tracing_count() == 1
 
 
+@pytest.mark.slow
 def test_codes_of_any_batch_size_come_from_one_trace_per_modality():
     """hash_codes: sign of the tanh hash (0 counts as +1), the same rows whatever the batch size,
     from one traced function per modality (no retrace per batch or per call)."""
@@ -161,6 +170,7 @@ def test_codes_of_any_batch_size_come_from_one_trace_per_modality():
     assert traced == [1, 1]
 
 
+@pytest.mark.slow
 def test_monitoring_loss_reads_the_programs_buffers():
     """LabNet: (H, feat_L, pred_L); ImgNet: codes sign(F), pair (F, H); TxtNet: sign(G), pair (H, G)."""
     trainer, inputs = make_trainer("original")
@@ -185,6 +195,7 @@ def test_monitoring_loss_reads_the_programs_buffers():
         np.testing.assert_allclose(trainer.monitoring_loss(net, chunk=7), expected, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_paper_variant_nets_are_the_papers():
     """Discriminators E -> 4096 -> 4096 -> 1 with tanh; TxtNet's joint fusion over windows 1, 2, 3, 5, 10."""
     trainer, inputs = make_trainer("paper")
@@ -221,6 +232,7 @@ def test_bad_paper_settings_are_one_line_errors(overrides, message):
     (["--variant", "paper"], ["lab", "img", "txt", "dis"]),                     # the paper's order
     (["--step-order", "txt,dis,lab,img"], ["txt", "dis", "lab", "img"]),         # any order given
 ])
+@pytest.mark.slow
 def test_an_epoch_runs_the_steps_in_step_order(tmp_path, monkeypatch, argv, expected):
     import train
     from trainers import ssah

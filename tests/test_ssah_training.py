@@ -24,6 +24,7 @@ def lookup_gain(codes, query, db):
     return curve["precision"][0] - curve["precision"][-1]
 
 
+@pytest.mark.slow
 def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
     results = train.main(FAST + ["--epochs", "2", "--runs-dir", str(tmp_path), "--run-name", "syn"])
     run_dir = tmp_path / "syn"
@@ -54,6 +55,7 @@ def test_synthetic_run_writes_outputs_and_beats_random_codes(tmp_path):
     assert events and os.path.getsize(run_dir / "tb" / events[0]) > 1000
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     import trainers.ssah.training as ssah  # where train() looks evaluate up
     real_evaluate = ssah.evaluate
@@ -78,6 +80,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     assert results["final"]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resume_with_other_data_is_a_one_line_error(tmp_path):
     train.main(FAST + ["--hidden-dim", "64", "--epochs", "1", "--runs-dir", str(tmp_path), "--run-name", "d"])
     config_path = tmp_path / "d" / "config.json"
@@ -90,6 +93,7 @@ def test_resume_with_other_data_is_a_one_line_error(tmp_path):
         train.main(["--resume", str(tmp_path / "d")])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_every_variable_is_a_one_line_error(tmp_path, monkeypatch):
     """As one from a version that left the trunk out: restoring it would silently keep random weights."""
     import trainers.ssah as ssah
@@ -105,6 +109,7 @@ def test_a_checkpoint_without_every_variable_is_a_one_line_error(tmp_path, monke
         ssah.encode(run_dir, np.zeros((1, 256), np.float32), "image")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
     # Entry 1 of the LabNet list (epoch 2) becomes 10^10: the LabNet loss overflows.
     with pytest.raises(UserError, match=r"'lab/\w+' became (inf|nan)"):  # names the step
@@ -116,6 +121,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
     assert len(checkpoints) == 1  # epoch 1's end (numbered by updates), none after the overflow
 
 
+@pytest.mark.slow
 def test_mirflickr_tags_and_labels_with_made_features(tmp_path, capsys):
     """Real MIRFLICKR-25K tags and labels; image features = labels @ random projection + noise."""
     from benchmarks.ssah_mirflickr_tags import make_folder
@@ -159,6 +165,7 @@ def test_wiki_starts_from_its_dataset_defaults_and_explicit_options_win():
     assert rates(config_for(["--dataset", "wiki", "--lr-lab-exponent", "2", "--epochs", "3"])) == (2.0, 3.5, 3)
 
 
+@pytest.mark.slow
 def test_train_log_has_a_line_per_pass(tmp_path):
     """A run's progress is readable from RUN_DIR/train.log: one line per pass of every net."""
     train.main(FAST + ["--hidden-dim", "64", "--epochs", "1", "--runs-dir", str(tmp_path), "--run-name", "log"])
@@ -171,6 +178,7 @@ def test_train_log_has_a_line_per_pass(tmp_path):
         assert all(" pass " in line and "loss " in line for line in lines)
 
 
+@pytest.mark.slow
 def test_fit_in_code_without_a_run_folder_writes_nothing(tmp_path, monkeypatch):
     """fit(config, data) as ACMR's and METAH's: the results dict, and no file anywhere."""
     from trainers import ssah

@@ -5,6 +5,7 @@ the resolved config as text and as HParams. A new method's case: one more test c
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.test_acmr import write_wiki_pickles
@@ -13,7 +14,7 @@ from tests.test_metah import write_domain_files
 # First components a scalar tag may have: the scheme's four, and method-specific extras
 # (the reversal's lambda, figures beside the mAPs).
 TAG_FAMILIES = {"loss", "lr", "mAP", "discriminator", "adversarial", "eval", "mAP_radius2", "precision_radius2",
-                "modality"}
+                "modality", "codes"}
 
 
 def event_contents(run_dir):
@@ -62,6 +63,7 @@ def assert_scheme(run_dir, method, required, updates):
     return contents
 
 
+@pytest.mark.slow
 def test_acmr_run_follows_the_scheme(tmp_path):
     import train
     write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
@@ -75,6 +77,7 @@ def test_acmr_run_follows_the_scheme(tmp_path):
     assert contents["lr/projector"][0][2] == np.float32(1e-4)
 
 
+@pytest.mark.slow
 def test_metah_run_follows_the_scheme(tmp_path):
     import train
     write_domain_files(str(tmp_path))
@@ -90,6 +93,7 @@ def test_metah_run_follows_the_scheme(tmp_path):
     assert [step for step, _, _ in contents["mAP/target->target"]] == [4, 8]
 
 
+@pytest.mark.slow
 def test_ssah_run_follows_the_scheme(tmp_path):
     import train
     train.main(["--method", "ssah", "--schedule", "tiny", "--epochs", "1", "--bits", "8", "--embed-dim", "16",

@@ -30,6 +30,7 @@ def write(path, obj):
     return str(path)
 
 
+@pytest.mark.slow
 def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
     out = tmp_path / "ssah-synthetic.json"
     tune.main(["--method", "ssah", "--dataset", "synthetic", "--trials", "2", "--bits", "8",
@@ -60,6 +61,7 @@ def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
     assert config_for(ssah, ["--dataset", "synthetic", "--preset-file", str(out), "--hidden-dim", "48"]).hidden_dim == 48
 
 
+@pytest.mark.slow
 def test_validation_rows_are_never_query_rows(monkeypatch):
     """The search trains and scores on the validation view: its queries are validation items,
     carved from training, disjoint from the dataset's queries and from what is trained on."""
@@ -104,6 +106,7 @@ def test_metah_scores_on_source_validation_queries(monkeypatch):
     assert not seen[0].eval_every_epoch and "eval_every_epoch" not in preset["settings"]
 
 
+@pytest.mark.slow
 def test_metah_trial_skips_the_per_epoch_evaluation_and_scores_what_a_full_run_does(tmp_path):
     """A trial evaluates only at the end (for speed); the per-epoch evaluations of a normal run
     change nothing it trains, so the trial's validation figures are the normal run's."""
@@ -164,6 +167,7 @@ def write_target_domain(folder, collapsed):
     np.savez(os.path.join(folder, "tgt.npz"), features=xt.astype(np.float32), labels=yt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("collapsed", [False, True])
 def test_the_target_criterion_reads_the_trained_classifier_on_the_target(tmp_path, collapsed):
     """A real trial: a target the classifier spreads over the three classes passes a 0.9 floor;
@@ -197,6 +201,7 @@ def test_a_bad_preset_file_is_a_one_line_error(tmp_path, content, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_missing_preset_file_stops_train_py_before_training(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         train.main(["--method", "ssah", "--dataset", "synthetic", "--runs-dir", str(tmp_path),
@@ -281,6 +286,7 @@ def fake_acmr_fit_by_classifier(figures_by_switch):
     ("min", 0, 0.28),     # min(0.30, 0.28) beats min(0.20, 0.45)
     ("top_k", 0, 0.30),
 ])
+@pytest.mark.slow
 def test_the_acmr_objective_picks_the_trial_its_rule_says_and_the_preset_records_it(
         tmp_path, monkeypatch, objective, best_trial, best_score):
     monkeypatch.setattr(acmr, "fit", fake_acmr_fit_by_classifier({False: (0.30, 0.28), True: (0.20, 0.45)}))
@@ -366,6 +372,7 @@ def fake_metah_fit_by_seed(scores, balances=None, seen=None, lookups=None):
     return fit
 
 
+@pytest.mark.slow
 def test_reranking_over_seeds_picks_the_trial_that_holds_not_the_luckiest(tmp_path, monkeypatch):
     """At the search's seed every other trial beats METAH's defaults (0.9 against 0.8); at seeds 1
     and 2 they fall to 0.5: re-ranked by the mean over seeds 0-2 the defaults win. The search's
@@ -408,6 +415,7 @@ def test_reranking_rejects_a_metah_trial_that_collapses_the_target_at_any_seed(t
     assert preset["rerank"]["chosen_trial"] == 0
 
 
+@pytest.mark.slow
 def test_reranking_reruns_with_the_searchs_fixed_options(tmp_path):
     """A real (tiny) SSAH search, then a re-ranking at another seed: the options held fixed in the
     search (read back from its recorded command) hold in the rerun and stay in the preset."""
@@ -481,6 +489,7 @@ def test_a_setting_held_fixed_on_the_command_line_beats_the_switches_a_trial_dra
     assert preset["settings"]["train_label_classifier"] is False
 
 
+@pytest.mark.slow
 def test_a_warm_start_measures_a_setting_new_to_the_space_on_the_best_earlier_trial(tmp_path, monkeypatch):
     """Records from before retrieval_distance was searched count as Euclidean; the search then runs
     the base trial and the best recorded trial with cosine before the sampler's own draws."""
@@ -521,6 +530,7 @@ def test_the_domain_ratio_weighs_the_source_rows_that_look_like_the_target():
     assert np.median(ratios[:100]) > 4 * np.median(ratios[100:])  # tempered by the weight decay, not extreme
 
 
+@pytest.mark.slow
 def test_the_weighted_validation_ranks_the_runs_own_validation_queries(tmp_path, monkeypatch):
     """With equal weights the study's weighted figure is the run's source validation mAP: the same
     queries, database and tie rule."""

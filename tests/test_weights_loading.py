@@ -8,7 +8,7 @@ from models.original_layout import (DISCRIMINATOR_SCOPES, load_original_ssah_var
                                     original_ssah_variables)
 from models.ssah import Discriminator, FeatureTrunk, ImgNet, LabNet, TxtNet
 from models.vgg19 import VGG19, keras_layer_names, vgg19_from_file, vgg19_geometry
-from tests.conftest import shared_path
+from tests.conftest import load_golden
 from utils.errors import UserError
 
 SMALL_CNNF = (4, 8, 8, 8, 8, 16, 32)
@@ -171,6 +171,7 @@ def write_legacy_keras_h5(model, path, include_top=True):
             handle.attrs["layer_names"] = names
 
 
+@pytest.mark.slow
 def test_vgg19_from_keras_h5_matches_the_keras_network(tmp_path):
     full, up_to_fc2 = tiny_keras_vgg19(SMALL_VGG)
     path = str(tmp_path / "vgg19.h5")
@@ -189,6 +190,7 @@ def test_vgg19_from_keras_h5_matches_the_keras_network(tmp_path):
     assert_one_line_user_error(lambda: vgg19_from_file(notop), "include_top")
 
 
+@pytest.mark.slow
 def test_vgg19_from_matconvnet_mat_both_layouts(tmp_path):
     geometry = vgg19_geometry(SMALL_VGG)
     rgb = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3)).astype(np.uint8)
@@ -228,6 +230,7 @@ def build_nets(n_classes, bits, embed, text_dim, widths=GOLDEN_WIDTHS, hidden=40
     return nets
 
 
+@pytest.mark.slow
 def test_original_layout_round_trip_and_errors():
     small = (2, 2, 2, 2, 2, 4, 8)
     first, second = build_nets(5, 8, 6, 12, small, hidden=16), build_nets(5, 8, 6, 12, small, hidden=16)
@@ -259,7 +262,7 @@ def test_original_layout_round_trip_and_errors():
 
 @pytest.fixture(scope="module")
 def golden_arrays():
-    return dict(np.load(shared_path("golden", "ssah-one-step.npz")))
+    return load_golden("ssah-one-step.npz")
 
 
 def arrays_of(z, prefix):

@@ -20,6 +20,7 @@ import numpy as np
 
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
                            TrainingLoop, inline_batches)
+from utils import distribute
 from utils.config import CommonConfig
 from utils.data import standardization
 from utils.errors import UserError
@@ -136,6 +137,7 @@ class Config(CommonConfig):
     full_test_batches: bool = _field(True, "the authors' protocol evaluates only full test batches "
                                      "(640 of the 693 Wikipedia test pairs)")
     eval_every: int = _field(1, "evaluate both protocols every N epochs (and after the last)")
+    strategy: str = _field("none", distribute.STRATEGY_HELP, choices=distribute.STRATEGIES)
     separability_every: int = _field(0, "measurement only: every N epochs, fit a fresh linear classifier to "
                                      "convergence telling the training pairs' image from text embeddings and "
                                      "log its accuracy on the test pairs (eval/modality/separability), next to "
@@ -237,7 +239,7 @@ class AcmrModel:
         import tensorflow as tf
 
         from models.acmr import AcmrNetworks, layer_sizes
-        from utils.optim import FusedAdam
+        from utils.optim import DynamicLossScale, FusedAdam
         self.config = config
         self.settings = resolved(config)
         image_widths, text_widths, modality_hidden = layer_sizes(config.architecture, config.dataset)
@@ -246,8 +248,10 @@ class AcmrModel:
             if getattr(config, f"{modality}_norm") != "none" and input_stats.get(modality) is None:
                 raise ValueError(f"--{modality}-norm {getattr(config, f'{modality}_norm')} needs the training "
                                  f"rows' statistics: pass input_stats=input_standardization(config, data)")
-        self.nets = AcmrNetworks(image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden,
-                                 image_standardize=input_stats.get("image"), text_standardize=input_stats.get("text"))
+        with distribute.dtype_policy(config.precision):
+            self.nets = AcmrNetworks(image_dim, text_dim, num_classes, image_widths, text_widths, modality_hidden,
+                                     image_standardize=input_stats.get("image"),
+                                     text_standardize=input_stats.get("text"))
         self.projector_variables = self.nets.projector_variables + (
             self.nets.label_classifier.trainable_variables if config.train_label_classifier else [])
         self.modality_variables = self.nets.modality_classifier.trainable_variables
@@ -264,10 +268,13 @@ class AcmrModel:
         self.modality_optimizer = adam(config.modality_learning_rate, "modality_adam")
         self.projector_optimizer.build(self.projector_variables)
         self.modality_optimizer.build(self.modality_variables)
+        # mixed_float16: one loss scale for both updates (the shared pass takes one gradient)
+        self.loss_scale = DynamicLossScale() if distribute.needs_loss_scaling(config.precision) else None
         self.meter = LossMeter("acmr", meter_terms(config, self.settings))
         self.train_step = tf.function(self._train_step)
         self.modality_step = tf.function(self._modality_step)
-        self._embed = tf.function(lambda img, txt: (self.nets.image_projector(img), self.nets.text_projector(txt)),
+        self._embed = tf.function(lambda img, txt: distribute.float32((self.nets.image_projector(img),
+                                                                       self.nets.text_projector(txt))),
                                   reduce_retracing=True)
 
     def set_lambda(self, value):
@@ -279,13 +286,31 @@ class AcmrModel:
         "emb" is the program's emb_loss. With adversarial_in_projector_loss the modality
         classifier sees the embeddings through the reversal layer (its loss reaches the
         projectors as -lambda * gradient); otherwise it sees stop_gradient(embeddings), so its
-        loss can never reach them (the program's inert adversarial path)."""
+        loss can never reach them (the program's inert adversarial path). Outputs and losses are
+        float32 in every --precision."""
         import tensorflow as tf
         from losses import acmr as L
         c, s = self.config, self.settings
+        adversarial = c.adversarial_in_projector_loss
         nets = self.nets
-        emb_img, emb_txt = nets.image_projector(img), nets.text_projector(txt)
-        label = L.label_loss(nets.label_classifier(emb_img), nets.label_classifier(emb_txt), labels)
+
+        def per_row_outputs(img, txt):
+            emb_img, emb_txt = nets.image_projector(img), nets.text_projector(txt)
+            feed_img = emb_img if adversarial else tf.stop_gradient(emb_img)
+            feed_txt = emb_txt if adversarial else tf.stop_gradient(emb_txt)
+            return tuple(distribute.float32(x) for x in (
+                emb_img, emb_txt, nets.label_classifier(emb_img), nets.label_classifier(emb_txt),
+                nets.modality_classifier(feed_img, reverse=adversarial),
+                nets.modality_classifier(feed_txt, reverse=adversarial)))
+        own = distribute.replica_rows(tf.shape(img)[0])
+        if own is None:
+            outputs = per_row_outputs(img, txt)
+        else:  # under a strategy: the networks on this replica's rows, the losses on the whole batch
+            first, count = own
+            outputs = [distribute.whole_batch(x, first)
+                       for x in per_row_outputs(img[first:first + count], txt[first:first + count])]
+        emb_img, emb_txt, label_img, label_txt, logits_img, logits_txt = outputs
+        label = L.label_loss(label_img, label_txt, labels)
         terms = {"label": label}
         if s["program"] == "triplet":
             # The negative text of image anchor i is the text of row img_negative_index[i].
@@ -305,11 +330,6 @@ class AcmrModel:
         if c.regularisation_weight > 0:
             terms["regularisation"] = L.frobenius_regulariser(self.regularised_matrices)
             terms["emb"] = terms["emb"] + c.regularisation_weight * terms["regularisation"]
-        adversarial = c.adversarial_in_projector_loss
-        feed_img = emb_img if adversarial else tf.stop_gradient(emb_img)
-        feed_txt = emb_txt if adversarial else tf.stop_gradient(emb_txt)
-        logits_img = nets.modality_classifier(feed_img, reverse=adversarial)
-        logits_txt = nets.modality_classifier(feed_txt, reverse=adversarial)
         terms["modality"] = L.modality_loss(logits_img, logits_txt)
         terms["modality_accuracy"] = L.modality_accuracy(logits_img, logits_txt)
         return terms, (emb_img, emb_txt)
@@ -318,6 +338,8 @@ class AcmrModel:
         """Projector update; with update_modality (a Python bool) and shared_forward_pass, also the
         modality classifier's update from the same forward pass (one tape, one gradient call)."""
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         both = update_modality and self.config.shared_forward_pass
         variables = self.projector_variables + (self.modality_variables if both else [])
         with tf.GradientTape() as tape:
@@ -325,20 +347,28 @@ class AcmrModel:
             # The modality loss reaches the projectors only through the reversal layer (adversarial)
             # and never otherwise (stop_gradient); the modality variables see only that loss.
             objective = terms["emb"] + terms["modality"]
-        gradients = tape.gradient(objective, variables)
+            if "regularisation" in terms:  # a term of the weights themselves: each replica holds its share
+                reg = terms["regularisation"]
+                objective += self.config.regularisation_weight * (distribute.replica_share(reg) - reg)
+        gradients, finite = scaled_gradients(tape, objective, variables, self.loss_scale)
         n = len(self.projector_variables)
-        self.projector_optimizer.apply_gradients(zip(gradients[:n], self.projector_variables))
-        if both:
-            self.modality_optimizer.apply_gradients(zip(gradients[n:], self.modality_variables))
+
+        def apply():
+            self.projector_optimizer.apply_gradients(zip(gradients[:n], self.projector_variables))
+            if both:
+                self.modality_optimizer.apply_gradients(zip(gradients[n:], self.modality_variables))
+        apply_if_finite(finite, apply)
         return terms
 
     def _modality_step(self, img, txt, labels, img_negative_index, txt_negative_index):
         """The modality classifier's own update from a fresh forward pass."""
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         with tf.GradientTape() as tape:
             terms, _ = self.loss_terms(img, txt, labels, img_negative_index, txt_negative_index)
-        gradients = tape.gradient(terms["modality"], self.modality_variables)
-        self.modality_optimizer.apply_gradients(zip(gradients, self.modality_variables))
+        gradients, finite = scaled_gradients(tape, terms["modality"], self.modality_variables, self.loss_scale)
+        apply_if_finite(finite, lambda: self.modality_optimizer.apply_gradients(zip(gradients, self.modality_variables)))
         return terms
 
     def apply_update(self, img, txt, labels, img_negative_index, txt_negative_index, update_modality):
@@ -372,9 +402,12 @@ class AcmrModel:
     def checkpoint_objects(self):
         """Every variable of the four networks and the two optimisers, by checkpoint name."""
         n = self.nets
-        return {"image_projector": n.image_projector, "text_projector": n.text_projector,
-                "label_classifier": n.label_classifier, "modality_classifier": n.modality_classifier,
-                "projector_optimizer": self.projector_optimizer, "modality_optimizer": self.modality_optimizer}
+        objects = {"image_projector": n.image_projector, "text_projector": n.text_projector,
+                   "label_classifier": n.label_classifier, "modality_classifier": n.modality_classifier,
+                   "projector_optimizer": self.projector_optimizer, "modality_optimizer": self.modality_optimizer}
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
+        return objects
 
     def checkpoint(self, epoch=None, iteration=None, partial_epoch=None):
         """A tf.train.Checkpoint of checkpoint_objects() and the given position variables."""
@@ -475,9 +508,9 @@ class AcmrTraining(Method):
     name = "ACMR"
     progress = "units"  # a line per epoch
 
-    def __init__(self, config, data, model):
+    def __init__(self, config, data, model, strategy=None):
         import tensorflow as tf
-        self.config, self.data, self.model = config, data, model
+        self.config, self.data, self.model, self.strategy = config, data, model, strategy
         self.settings = model.settings
         self.units = self.settings["epochs"]
         self.log_every = config.log_every
@@ -496,20 +529,46 @@ class AcmrTraining(Method):
         self._same_order_batches = None  # the pipeline of every epoch's batches when they are not shuffled
 
     def _update(self, rows, position, update_modality):
-        """One update on the batch of training rows `rows` (batch `position` of the epoch)."""
+        """One update on the batch of training rows `rows` (batch `position` of the epoch); under a
+        strategy every replica gets the rows, mines the negatives in the whole batch and runs the
+        networks on its share (AcmrModel.loss_terms), and the terms are summed over replicas."""
+        import tensorflow as tf
+        if self.strategy is None:
+            terms = self._batch_update(rows, update_modality)
+        elif self.config.projector_steps == 1:
+            terms = self._replicated_update(rows, True)
+        else:  # the turn chosen outside the replicas: collectives cannot run inside a replica's tf.cond
+            terms = tf.cond(update_modality, lambda: self._replicated_update(rows, True),
+                            lambda: self._replicated_update(rows, False))
+        self.model.meter.add(terms)
+        self.batch_accuracy[position].assign(terms["modality_accuracy"])
+
+    def _replicated_update(self, rows, update_modality):
+        """The update on every replica (update_modality: a Python bool); the terms of the batch."""
+        import tensorflow as tf
+
+        def replica_share(rows):  # a replica's terms (of the whole batch) as its share of their sum
+            terms = self._batch_update(rows, update_modality)
+            return {key: distribute.replica_share(value) for key, value in terms.items()}
+        shares = self.strategy.run(replica_share, args=(rows,))
+        return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for key, value in shares.items()}
+
+    def _batch_update(self, rows, update_modality):
+        """The update of the batch of training rows `rows`; returns its loss terms."""
         import tensorflow as tf
         from losses.acmr import mine_negatives_tf
         img, txt, labels = (tf.gather(part, rows) for part in self.train_inputs)
         mask = self.config.mining_mask
         negatives = mine_negatives_tf(img, labels, mask), mine_negatives_tf(txt, labels, mask)
-        if self.config.projector_steps == 1:
-            terms = self.model.apply_update(img, txt, labels, *negatives, True)
+        if isinstance(update_modality, bool) or self.config.projector_steps == 1:
+            modality_turn = self.config.projector_steps == 1 or update_modality
+            terms = self.model.apply_update(img, txt, labels, *negatives, modality_turn)
         else:
             terms = tf.cond(update_modality,
                             lambda: self.model.apply_update(img, txt, labels, *negatives, True),
                             lambda: self.model.apply_update(img, txt, labels, *negatives, False))
-        self.model.meter.add(terms)
-        self.batch_accuracy[position].assign(terms["modality_accuracy"])
+        return terms
 
     def _run_updates(self, batches, count, updates_before):
         """`count` updates on the next batches of the tf.data iterator `batches`, in one call;
@@ -604,9 +663,16 @@ def fit(config, data=None, run=None, resume=False, model=None):
     if len(train_img) < config.batch_size and config.drop_last:
         raise UserError(f"the training set has {len(train_img)} pairs, fewer than one batch of "
                         f"{config.batch_size}: lower --batch-size or pass --drop-last false")
-    model = model or AcmrModel(config, np.shape(train_img)[1], np.shape(train_txt)[1], data.num_classes,
-                               input_stats=input_standardization(config, data))
-    training = AcmrTraining(config, data, model)
+    strategy = distribute.make_strategy(config.strategy)
+    if strategy is not None:
+        distribute.worker_rows(strategy, config.batch_size)  # a one-line error when the batch does not split
+        if not config.drop_last and len(train_img) % config.batch_size % strategy.num_replicas_in_sync:
+            raise UserError(f"the last partial batch of {len(train_img) % config.batch_size} pairs does not split "
+                            f"over {strategy.num_replicas_in_sync} replicas: pass --drop-last true")
+    with distribute.scope(strategy):
+        model = model or AcmrModel(config, np.shape(train_img)[1], np.shape(train_txt)[1], data.num_classes,
+                                   input_stats=input_standardization(config, data))
+    training = AcmrTraining(config, data, model, strategy)
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"acmr {config.variant} {config.dataset}").run()
 

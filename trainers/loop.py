@@ -2,9 +2,9 @@
 
 A method trains in UNITS (an epoch, or for METAH an epoch's worth of iterations). The loop
 owns what is the same for all of them: resuming from the latest checkpoint, and after each unit
-the cadence evaluate -> log -> checkpoint (the last ones, and the best by VALIDATION mAP) ->
-export -> results; the NaN guard; the progress bar; TensorBoard's loss, learning-rate and mAP
-tags. The method supplies only its updates (`train_unit`) and its evaluation (`evaluate`).
+the cadence evaluate -> log -> checkpoint (the last ones, and the best by VALIDATION mAP; the
+history records inside it) -> results -> export, so nothing refers to an unwritten checkpoint;
+the NaN guard; the progress bar; TensorBoard's loss, learning-rate and mAP tags. The method supplies only its updates (`train_unit`) and its evaluation (`evaluate`).
 
 Losses never cross to the host per update: each compiled step adds its loss terms to a
 `LossMeter` (sums in device variables), and the loop reads the meters once per `log_every`
@@ -20,11 +20,14 @@ import time
 import numpy as np
 
 
-# TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy; x axis: updates.
+# TensorBoard tags: loss/STEP/TERM, lr/STEP, mAP/DIRECTION, discriminator/accuracy, codes/...; x axis: updates.
 LOSS_TAG = "loss/{step}/{term}"
 LR_TAG = "lr/{step}"
 MAP_TAG = "mAP/{direction}"
 DISCRIMINATOR_ACCURACY_TAG = "discriminator/accuracy"
+# The fewest distinct codes and the most constant bits among the evaluated code sets (collapse).
+CODES_DISTINCT_TAG = "codes/distinct"
+CODES_CONSTANT_BITS_TAG = "codes/constant_bits"
 
 
 @dataclasses.dataclass
@@ -34,12 +37,15 @@ class Evaluation:
     figures: JSON figures (recorded in the unit's history record and as results' "final");
     maps: {direction: mAP} logged as mAP/DIRECTION; validation: the VALIDATION mAP that chooses
     the best checkpoint (None: no validation part, only the last checkpoints are kept);
-    scalars: other TensorBoard tags; exports: arrays for codes.mat (None: nothing exported now)."""
+    scalars: other TensorBoard tags; exports: arrays for codes.mat (None: nothing exported now);
+    codes: {name: binary codes} of the query and database items, whose collapse the loop
+    watches (None: real-valued outputs)."""
     figures: dict
     maps: dict = dataclasses.field(default_factory=dict)
     validation: float = None
     scalars: dict = dataclasses.field(default_factory=dict)
     exports: dict = None
+    codes: dict = None
 
 
 class LossMeter:
@@ -165,6 +171,9 @@ class TrainingLoop:
         self.updates_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
         self.unit_updates_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="unit_updates_done")
         self.records_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="history_records")
+        # The history records as JSON: results.json is written after the checkpoint, so a kill
+        # between the two must not lose the records the checkpoint counts.
+        self.history_var = tf.Variable("", dtype=tf.string, trainable=False, name="history_json")
         self.updates = 0
         self.unit_updates_done = 0
         self.history = []
@@ -181,11 +190,14 @@ class TrainingLoop:
             objects.update(meter.checkpoint_objects())
         return tf.train.Checkpoint(loop_units_done=self.units_done, loop_updates=self.updates_var,
                                    loop_unit_updates_done=self.unit_updates_var,
-                                   loop_history_records=self.records_var, **objects)
+                                   loop_history_records=self.records_var, loop_history=self.history_var,
+                                   **objects)
 
     def _restore(self):
-        from utils import io
+        import json
         import os
+
+        from utils import io
         checkpoint = self.checkpoint()
         self.manager = self.run_folder.checkpoint_manager(checkpoint)
         if not self.resume:
@@ -198,10 +210,16 @@ class TrainingLoop:
         inside = f", {self.unit_updates_done} updates into unit {int(self.units_done.numpy()) + 1}" \
             if self.unit_updates_done else ""
         print(f"resumed from {restored} ({int(self.units_done.numpy())} units done{inside})", flush=True)
-        path = self.run_folder.path("results.json")
+        records = int(self.records_var.numpy())
+        saved = self.history_var.numpy().decode()
+        if saved:
+            saved = json.loads(saved)
+        else:  # a checkpoint of an older version: its records are in results.json
+            path = self.run_folder.path("results.json")
+            saved = io.load_json(path).get("epochs", []) if os.path.exists(path) else []
         # Records written after the restored checkpoint (a kill between the two writes) are dropped.
-        saved = io.load_json(path).get("epochs", []) if os.path.exists(path) else []
-        self.history = list(saved[:int(self.records_var.numpy())])
+        self.history = list(saved[:records])
+        self._records_written = None
         self.method.after_restore(int(self.units_done.numpy()), self.unit_updates_done)
 
     # ---------------------------------------------------------------- called by the method
@@ -265,14 +283,17 @@ class TrainingLoop:
     def _save(self, score):
         if self.run_folder is None:
             return
+        from utils import io
         self._check_unit_sums()  # never checkpoint a non-finite state
-        if len(self.history) != self._records_written:  # results.json holds every record the checkpoint counts
-            self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
-            self._records_written = len(self.history)
         self.updates_var.assign(self.updates)
         self.unit_updates_var.assign(self.unit_updates_done)
         self.records_var.assign(len(self.history))
+        self.history_var.assign(io.to_json(self.history))
         self.run_folder.save_checkpoint(self.manager, self.updates, score=score)
+        # Then results.json: it never counts a record that no checkpoint holds.
+        if len(self.history) != self._records_written:
+            self.run_folder.save_results({"epochs": self.history, **self.method.results_extra()})
+            self._records_written = len(self.history)
 
     def _keep_score(self, evaluation):
         if evaluation is None:
@@ -285,11 +306,27 @@ class TrainingLoop:
             self._said_no_validation = True
         return evaluation.validation
 
-    def _log_evaluation(self, evaluation):
+    def _log_evaluation(self, evaluation, diversity=None):
         if self.run_folder is None:
             return
         scalars = {MAP_TAG.format(direction=d): v for d, v in evaluation.maps.items()}
+        if diversity:
+            scalars[CODES_DISTINCT_TAG] = min(d["distinct"] for d in diversity.values())
+            scalars[CODES_CONSTANT_BITS_TAG] = max(d["constant_bits"] for d in diversity.values())
         self.run_folder.log_scalars(self.updates, {**scalars, **evaluation.scalars})
+
+    def _code_diversity(self, evaluation, when, said=None):
+        """{name: metrics.code_diversity} of the evaluation's codes (None without codes), with
+        the warning line when they have collapsed (stdout, so train.log too) unless it is the
+        same as `said` (the last evaluation's)."""
+        from utils.metrics import code_diversity, collapse_warning
+        if evaluation.codes is None:
+            return None
+        diversity = {name: code_diversity(codes, name) for name, codes in evaluation.codes.items()}
+        warning = collapse_warning(diversity, when)
+        if warning and diversity != said:
+            print(warning, flush=True)
+        return diversity
 
     def _progress(self, unit, total_units):
         from utils.run import progress
@@ -311,6 +348,7 @@ class TrainingLoop:
             self._restore()
             self.cadence = CheckpointCadence(self.run_folder.dir, self.checkpoint_every)
         start_unit, units = int(self.units_done.numpy()), method.units
+        evaluation = diversity = None
         start_time = time.perf_counter()
         per_unit = method.progress == "unit_updates"
         self.bar = None if per_unit else self._progress(start_unit, units)
@@ -330,31 +368,40 @@ class TrainingLoop:
                 self.unit_updates_done = 0
                 self.units_done.assign(unit + 1)
                 evaluation = method.evaluate(unit + 1, final=False) if method.eval_due(unit + 1) else None
+                diversity = None
                 if evaluation is not None:
-                    self._log_evaluation(evaluation)
-                    if evaluation.exports is not None and self.run_folder is not None:
-                        self.run_folder.export_codes(evaluation.exports)
+                    diversity = self._code_diversity(evaluation, f" after unit {unit + 1} of {units}")
+                    self._log_evaluation(evaluation, diversity)
                     if self.bar is not None and evaluation.maps:
                         self.bar.set_postfix(**{d: f"{v:.3f}" for d, v in evaluation.maps.items()})
                 record = method.unit_record(trained, losses, evaluation)
                 if record is not None:
+                    if diversity:
+                        record["codes"] = diversity
                     self.history.append(record)
                 if bar_of_unit is not None:
                     bar_of_unit.close()
                 elif method.progress == "units":
                     self.bar.update(1)
                 if self.run_folder is not None:
-                    self._save(score=self._keep_score(evaluation))
+                    self._save(score=self._keep_score(evaluation))  # the checkpoint, then results.json
+                    if evaluation is not None and evaluation.exports is not None:
+                        self.run_folder.export_codes(evaluation.exports)  # codes of a checkpointed state only
                     if unit + 1 < units:
                         self.cadence.saved()
         if self.bar is not None:
             self.bar.close()
         seconds = time.perf_counter() - start_time
         final = method.evaluate(units, final=True)
+        again = final is evaluation  # the last unit's evaluation (logged and warned about already)
+        diversity = diversity if again else self._code_diversity(final, " at the end", said=diversity)
         results = {"final": final.figures, "epochs": self.history, "seconds": seconds, "iterations": self.updates,
                    **method.results_extra()}
+        if diversity:
+            results["codes"] = diversity
         if self.run_folder is not None:
-            self._log_evaluation(final)
+            if not again:
+                self._log_evaluation(final, diversity)
             if final.exports is not None:
                 self.run_folder.export_codes(final.exports)
             self.run_folder.save_results(results)

@@ -17,6 +17,7 @@ import numpy as np
 
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
                            TrainingLoop, inline_batches)
+from utils import distribute
 from utils.config import CommonConfig
 from utils.data import standardization
 from utils.data.domains import DEFAULT_PAIR, FAMILIES, DomainPair, load_domain_pair
@@ -107,6 +108,8 @@ class Config(CommonConfig):
     query_fraction: float = _field(0.1, "share of the target domain drawn (per class, seeded) as queries")
     validation_fraction: float = _field(0.0, "share of the SOURCE held out as validation queries "
                                         "for choosing hyperparameters (0: none)")
+    strategy: str = _field("none", distribute.STRATEGY_HELP + " (dropout masks are drawn per replica for its "
+                           "rows: another random stream than one process's)", choices=distribute.STRATEGIES)
     # Bookkeeping
     eval_every_epoch: bool = _field(True, "evaluate mAP after every epoch (one pass over the larger domain)")
 
@@ -166,12 +169,13 @@ class MetahModel:
         import keras
         import tensorflow as tf
         from models.metah import DomainDiscriminator, HashingNetwork
-        from utils.optim import FusedSGD
+        from utils.optim import DynamicLossScale, FusedSGD
         self.config = config
         self.num_classes = num_classes
-        self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
-                                  dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
-        self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
+        with distribute.dtype_policy(config.precision):
+            self.net = HashingNetwork(config.bits, num_classes, trunk=config.trunk, hidden=config.hidden,
+                                      dropout=config.trunk_dropout, trunk_weights=config.trunk_weights)
+            self.discriminator = DomainDiscriminator(config.discriminator_hidden, config.discriminator_dropout)
         dummy = tf.zeros((1,) + tuple(input_shape), tf.float32)
         codes, _ = self.net(dummy)
         self.discriminator(codes)
@@ -186,12 +190,13 @@ class MetahModel:
             self.optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
         self.variables = self.net.trainable_variables + self.discriminator.trainable_variables
         self.optimizer.build(self.variables)
+        self.loss_scale = DynamicLossScale() if distribute.needs_loss_scaling(config.precision) else None
         # The running sum of the pairwise gradients by batch position (pairwise_gradient_accumulates).
         self.pairwise_gradient_sum = tf.Variable(tf.zeros((config.batch_size, config.bits)), trainable=False,
                                                  name="pairwise_gradient_sum")
         self.meter = LossMeter("metah", meter_terms(config))
         self.train_step = tf.function(self._train_step, reduce_retracing=True)
-        self._encode = tf.function(lambda x: self.net(x, training=False), reduce_retracing=True)
+        self._encode = tf.function(lambda x: distribute.float32(self.net(x, training=False)), reduce_retracing=True)
 
     def set_lambda(self, value):
         self.discriminator.set_lambda(value)
@@ -209,7 +214,12 @@ class MetahModel:
         from losses import metah as L
         c = self.config
         n_source = tf.shape(source_x)[0]
-        codes, logits = self.net(tf.concat([source_x, target_x], axis=0), training=training)
+        own = distribute.replica_rows(n_source)  # the source and target batches are equally long
+        if own is None:
+            codes, logits = distribute.float32(self.net(tf.concat([source_x, target_x], axis=0), training=training))
+            domain_logits = distribute.float32(self.discriminator(codes, training=training)) if c.domain_weight > 0 else None
+        else:  # under a strategy: the networks on this replica's rows, the losses on the whole batch
+            codes, logits, domain_logits = self._whole_batch_outputs(source_x, target_x, own, training)
         source_codes = codes[:n_source]
         terms = {
             "pairwise": L.pairwise_t_loss(source_codes, source_y, c.bits),
@@ -221,7 +231,6 @@ class MetahModel:
                 + c.beta * entropy_scale * terms["entropy"])
         if c.domain_weight > 0:
             # The reversal layer inside the discriminator flips this term's gradient for the network.
-            domain_logits = self.discriminator(codes, training=training)
             source_logits, target_logits = domain_logits[:n_source], domain_logits[n_source:]
             terms["domain"] = L.domain_loss(source_logits, target_logits)
             terms["discriminator_accuracy"] = L.domain_accuracy(source_logits, target_logits)
@@ -229,18 +238,39 @@ class MetahModel:
         terms["total"] = c.pairwise_weight * terms["pairwise"] + rest
         if not accumulate:
             return terms, terms["total"]
-        running_sum = self.pairwise_gradient_sum.assign_add(L.pairwise_t_gradient(source_codes, source_y, c.bits))
+        if own is None:
+            running_sum = self.pairwise_gradient_sum.assign_add(L.pairwise_t_gradient(source_codes, source_y, c.bits))
+        else:  # the same sum on every replica, written to every device's copy
+            running_sum = self.pairwise_gradient_sum + L.pairwise_t_gradient(source_codes, source_y, c.bits)
+            distribute.synchronized_updates([(self.pairwise_gradient_sum, _assign, (running_sum,))])
         stand_in = tf.reduce_sum(source_codes * tf.stop_gradient(running_sum))
         return terms, c.pairwise_weight * stand_in + rest
 
+    def _whole_batch_outputs(self, source_x, target_x, own, training):
+        """(codes, logits, domain logits or None) of the whole batch (source rows, then target
+        rows) with the networks run on this replica's rows `own` = (first, count) of each side."""
+        import tensorflow as tf
+        first, count = own
+        codes, logits = self.net(tf.concat([source_x[first:first + count], target_x[first:first + count]], axis=0),
+                                 training=training)
+        outputs = [codes, logits]
+        if self.config.domain_weight > 0:
+            outputs.append(self.discriminator(codes, training=training))
+        outputs = [distribute.float32(x) for x in outputs]
+        whole = [tf.concat([distribute.whole_batch(x[:count], first), distribute.whole_batch(x[count:], first)], 0)
+                 for x in outputs]
+        return whole[0], whole[1], whole[2] if len(whole) > 2 else None
+
     def _train_step(self, source_x, source_y, target_x, entropy_scale):
         import tensorflow as tf
+
+        from utils.optim import apply_if_finite, scaled_gradients
         with tf.GradientTape() as tape:
             terms, objective = self._terms_and_objective(source_x, source_y, target_x, entropy_scale, training=True,
                                                          accumulate=self.config.pairwise_gradient_accumulates)
-        gradients = tape.gradient(objective, self.variables)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, self.variables) if g is not None])
+        gradients, finite = scaled_gradients(tape, objective, self.variables, self.loss_scale)
+        apply_if_finite(finite, lambda: self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, self.variables) if g is not None]))
         return terms
 
     def encode(self, inputs, batch_size=2048):
@@ -256,9 +286,13 @@ class MetahModel:
         """Every variable of the networks (the dropout seed generators' states included, which
         Keras does not track for tf.train.Checkpoint) and of the optimiser, and the pairwise
         gradient buffer: a resumed run continues exactly."""
-        return {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
-                "network_state": list(self.net.variables), "discriminator_state": list(self.discriminator.variables),
-                "pairwise_gradient_sum": self.pairwise_gradient_sum}
+        objects = {"net": self.net, "discriminator": self.discriminator, "optimizer": self.optimizer,
+                   "network_state": list(self.net.variables),
+                   "discriminator_state": list(self.discriminator.variables),
+                   "pairwise_gradient_sum": self.pairwise_gradient_sum}
+        if self.loss_scale is not None:
+            objects["loss_scale"] = self.loss_scale
+        return objects
 
     def checkpoint(self, step):
         """A tf.train.Checkpoint of checkpoint_objects() and the iteration variable `step`."""
@@ -354,9 +388,9 @@ class MetahTraining(Method):
     name = "METAH"
     validation_hint = "give --validation-fraction F (source validation queries) to keep it too"
 
-    def __init__(self, config, pair, inputs, model):
+    def __init__(self, config, pair, inputs, model, strategy=None):
         import tensorflow as tf
-        self.config, self.pair, self.inputs, self.model = config, pair, inputs, model
+        self.config, self.pair, self.inputs, self.model, self.strategy = config, pair, inputs, model, strategy
         self.log_every = config.log_every
         self.meters = [model.meter]
         self.steps_per_epoch = math.ceil(max(len(pair.source_train), len(pair.target_database)) / config.batch_size)
@@ -371,8 +405,17 @@ class MetahTraining(Method):
         import tensorflow as tf
         source, source_onehot, target = self.device_inputs
         self.model.discriminator.reversal.lambda_.assign(lam)
-        terms = self.model._train_step(tf.gather(source, source_rows), tf.gather(source_onehot, source_rows),
-                                       tf.gather(target, target_rows), entropy_scale)
+        batch = (tf.gather(source, source_rows), tf.gather(source_onehot, source_rows),
+                 tf.gather(target, target_rows), entropy_scale)
+        if self.strategy is None:
+            terms = self.model._train_step(*batch)
+        else:  # every replica gets the whole batch and runs the networks on its share of it
+
+            def replica_share(*batch):
+                return {key: distribute.replica_share(value) for key, value in self.model._train_step(*batch).items()}
+            shares = self.strategy.run(replica_share, args=batch)
+            terms = {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                     for key, value in shares.items()}
         self.model.meter.add(terms)
 
     def _run_updates(self, batches, count):
@@ -442,7 +485,9 @@ class MetahTraining(Method):
                        "source_L": codes["source_database"][1]}
         # The best checkpoint is chosen on source validation queries, never on the target's.
         return Evaluation(figures, maps={p: figures[p]["map"] for p in PROTOCOLS}, validation=validation,
-                          scalars=scalars, exports=exports)
+                          scalars=scalars, exports=exports,
+                          codes={"Q": codes["query"][0], "Dt": codes["target_database"][0],
+                                 "Ds": codes["source_database"][0]})
 
     def unit_record(self, trained, losses, evaluation):
         return None if evaluation is None else {"iteration": trained["iteration"], **evaluation.figures}
@@ -463,7 +508,12 @@ def new_training(config, pair=None):
     check_config(config)
     pair = pair or load_pair(config)
     inputs = prepare_inputs(pair, config)
-    return MetahTraining(config, pair, inputs, MetahModel(config, inputs[0].shape[1:], pair.num_classes))
+    strategy = distribute.make_strategy(config.strategy)
+    if strategy is not None:
+        distribute.worker_rows(strategy, config.batch_size)  # a one-line error when the batch does not split
+    with distribute.scope(strategy):
+        model = MetahModel(config, inputs[0].shape[1:], pair.num_classes)
+    return MetahTraining(config, pair, inputs, model, strategy)
 
 
 def fit(config, pair=None, run=None, resume=False, training=None):
@@ -474,6 +524,10 @@ def fit(config, pair=None, run=None, resume=False, training=None):
     pair = training.pair
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"metah {config.preset} {pair.name} {config.bits}b").run()
+
+
+def _assign(variable, value):
+    return variable.assign(value)
 
 
 def _current_rate(optimizer):

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import typing
 
+from utils.distribute import PRECISIONS, check_precision
 from utils.errors import UserError
 from utils.metrics import DEFAULT_TIES, TIE_RULES, check_ties
 
@@ -47,9 +48,14 @@ class CommonConfig:
         "help": "order of items at equal distance in every ranked figure: expected (mean over random "
                 "orders, exact), argsort (the original programs' np.argsort), pessimistic (relevant "
                 "last) or optimistic (relevant first)", "choices": TIE_RULES})
+    precision: str = dataclasses.field(default="float32", metadata={
+        "help": "float32 (the programs'), mixed_bfloat16 (bfloat16 compute, float32 variables, buffers and "
+                "losses; CPUs with AVX512-BF16/AMX and GPUs) or mixed_float16 (float16 compute with dynamic "
+                "loss scaling; GPUs)", "choices": PRECISIONS})
 
     def __post_init__(self):
         check_ties(self.ties)  # before training, not at the first evaluation
+        check_precision(self.precision)
         if self.log_every < 1:
             raise UserError(f"--log-every must be at least 1, got {self.log_every}")
 
@@ -69,8 +75,24 @@ def _parse_list(item_type):
     return parse
 
 
+# Settings that were replaced: old field -> (its replacement, {old value: new value}, advice). The
+# old option is a one-line error naming the new one; a saved config with the old key still loads.
+REPLACED_SETTINGS = {"mixed_precision": ("precision", {True: "mixed_float16", False: "float32"},
+                                         "--precision mixed_float16 (float16, GPUs) or mixed_bfloat16")}
+
+
+class _ReplacedOption(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        new, _, advice = REPLACED_SETTINGS[self.dest]
+        raise UserError(f"{option_string} was replaced by --{new.replace('_', '-')}: give {advice}")
+
+
 def add_config_arguments(parser, config_class):
-    """Adds one option per dataclass field of `config_class`."""
+    """Adds one option per dataclass field of `config_class` (and REPLACED_SETTINGS' old options,
+    which say what replaced them)."""
+    for old in REPLACED_SETTINGS:
+        parser.add_argument("--" + old.replace("_", "-"), dest=old, nargs="?", action=_ReplacedOption,
+                            help=argparse.SUPPRESS)
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
         hint = hints[field.name]
@@ -103,6 +125,10 @@ def config_from_args(config_class, args, base=None):
 def config_from_dict(config_class, values):
     """Rebuilds a config saved as JSON; unknown keys are an error, missing keys take defaults."""
     names = {f.name for f in dataclasses.fields(config_class)}
+    values = dict(values)
+    for old, (new, mapping, _) in REPLACED_SETTINGS.items():
+        if old in values and new in names and new not in values:
+            values[new] = mapping[values.pop(old)]
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"saved config has unknown settings {unknown}; it was written by another "

@@ -1,4 +1,4 @@
-"""Several devices (tf.distribute), mixed precision and XLA for the custom training loops.
+"""Several devices (tf.distribute), mixed precision (float16 or bfloat16) and XLA for the custom training loops.
 
 A trainer's step function is written for ONE replica's part of the global batch and
 calls these helpers, which are the plain operations when no strategy runs it:
@@ -10,8 +10,9 @@ calls these helpers, which are the plain operations when no strategy runs it:
 - `all_gather(values)`: the global batch of per-replica tensors (replica order = batch order);
 - `synchronized_updates([(variable, fn, args), ...])`: fn(copy, *args) on every device's copy
   of each mirrored variable, e.g. writing the global batch's rows into stored buffers.
-`replicated_step` turns such a function into one tf.function that splits the global
-batch over the replicas (`split_batch`), runs it on each and sums the returned losses.
+`replicated_step` turns such a function into one tf.function that splits this worker's rows
+of the global batch (`worker_rows`: a worker reads only those) over its replicas
+(`split_batch`), runs it on each and sums the returned losses.
 """
 import contextlib
 import json
@@ -21,15 +22,37 @@ from utils.errors import UserError
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 
+STRATEGY_HELP = ("none (one device), mirrored (all local GPUs) or multiworker (the hosts of TF_CONFIG): each "
+                 "replica takes its part of the global batch and the losses and updates are those of the "
+                 "global batch")
+
+_started = {}  # strategy name -> the strategy this process made (one per name: see make_strategy)
+
+
+def start(name):
+    """The run's strategy, made now: train.py (a new run and --resume) calls this right after
+    reading its options, before any other TensorFlow work (a TensorBoard writer, seeding,
+    building a model), because a multiworker strategy must configure its collective ops at
+    program startup; later make_strategy(name) calls return the same one. (eval.py, export.py
+    and encoding new items rebuild models on one device: they make no strategy.)"""
+    return make_strategy(name)
+
 
 def make_strategy(name):
-    """None for "none" (the default strategy), else the tf.distribute strategy.
+    """None for "none" (the default strategy), else the tf.distribute strategy, made once per
+    process and name (a second MultiWorkerMirroredStrategy could not configure its collectives).
 
     multiworker reads the cluster from TF_CONFIG; create it before any other TensorFlow
-    work in the process (TensorFlow's rule for collective ops)."""
-    import tensorflow as tf
+    work in the process (TensorFlow's rule for collective ops): see `start`."""
     if name == "none":
         return None
+    if name not in _started:
+        _started[name] = _new_strategy(name)
+    return _started[name]
+
+
+def _new_strategy(name):
+    import tensorflow as tf
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
@@ -44,6 +67,58 @@ def make_strategy(name):
                 raise UserError("TF_CONFIG lists no workers; give cluster.worker host:port entries")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise UserError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
+
+
+def cluster_task():
+    """(task type, index, workers) of this process from TF_CONFIG, read without TensorFlow:
+    ("worker", 0, 1) when TF_CONFIG is unset (one process). Workers counts the chief too."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text:
+        return "worker", 0, 1
+    try:
+        config = json.loads(text)
+        cluster, task = config.get("cluster", {}), config.get("task", {})
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        return str(task.get("type", "worker")), int(task.get("index", 0)), max(1, workers)
+    except (ValueError, AttributeError, TypeError):
+        raise UserError("TF_CONFIG is not JSON with 'cluster' and 'task' entries; set it as "
+                        "tf.distribute.MultiWorkerMirroredStrategy documents") from None
+
+
+def is_chief(strategy_name):
+    """Whether this process writes the run folder: always without a multiworker strategy;
+    with one, the task of type "chief", or worker 0 when the cluster names no chief (the
+    convention of tf.distribute). The other workers write to a temporary folder of their own."""
+    if strategy_name != "multiworker":
+        return True
+    task_type, index, _ = cluster_task()
+    if task_type == "chief":
+        return True
+    has_chief = bool(json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {}).get("chief"))
+    return task_type == "worker" and index == 0 and not has_chief
+
+
+def worker_rows(strategy, global_rows):
+    """(first, stop): this worker's rows of a global batch of `global_rows` rows, the rows of
+    its local replicas (replica r of R takes rows [r B/R, (r+1) B/R); a worker's replicas are
+    consecutive). The whole batch without a strategy or on one worker. Each worker reads only
+    these rows of its inputs (images from HDF5 included) and passes them to `replicated_step`."""
+    if strategy is None:
+        return 0, int(global_rows)
+    replicas = strategy.num_replicas_in_sync
+    if global_rows % replicas:
+        raise UserError(f"the global batch of {global_rows} does not split evenly over {replicas} replicas; "
+                        f"choose a batch size that is a multiple of {replicas}")
+    local = len(strategy.extended.worker_devices)
+    share = global_rows // replicas * local
+    worker = _worker_index(strategy)
+    return worker * share, (worker + 1) * share
+
+
+def _worker_index(strategy):
+    """This worker's position in the replica order: replica ids run worker by worker (tf.distribute's
+    id_in_cluster: the chief first); 0 for a one-worker strategy."""
+    return int(getattr(strategy.extended, "_id_in_cluster", 0) or 0)
 
 
 def scope(strategy):
@@ -98,6 +173,29 @@ def all_gather(values):
     return tf.distribute.get_replica_context().all_gather([_on_this_device(v) for v in values], axis=0)
 
 
+def replica_rows(global_rows):
+    """(first, count) of this replica's rows of a global batch of `global_rows` rows (replica r of
+    R takes rows [r B/R, (r+1) B/R)); None outside a strategy with several replicas."""
+    import tensorflow as tf
+    if not _collective():
+        return None
+    count = global_rows // num_replicas()
+    return tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, count.dtype) * count, count
+
+
+def whole_batch(own, first):
+    """The global batch's rows of a per-row output whose rows [first, first + len) this replica
+    computed (`own`): the other replicas' rows gathered as constants, its own rows as they are,
+    so that a loss of the whole batch (mined pairs, batch sums) differentiates only through this
+    replica's rows and the replicas' gradients sum to the one-replica gradient of the loss."""
+    import tensorflow as tf
+    if not _collective():
+        return own
+    gathered = tf.stop_gradient(all_gather([own])[0])
+    rows = tf.shape(own)[0]
+    return tf.concat([gathered[:first], own, gathered[first + rows:]], axis=0)
+
+
 def replica_share(term):
     """This replica's share of a mean over the (evenly split) global batch computed on its rows,
     or of a term every replica computes whole: term / replicas."""
@@ -129,19 +227,21 @@ def synchronized_updates(updates):
 
 
 def split_batch(strategy, arrays):
-    """Per-replica values: replica r gets rows [r B/R, (r+1) B/R) of each array (B = rows)."""
+    """Per-replica values from this worker's rows of the global batch (`worker_rows`; on one
+    worker the whole batch): its local replica l of L gets rows [l B/L, (l+1) B/L) of each array."""
     import tensorflow as tf
-    replicas = strategy.num_replicas_in_sync
-    rows = int(arrays[0].shape[0])
-    if rows % replicas:
-        raise UserError(f"the global batch of {rows} does not split evenly over {replicas} replicas; "
-                        f"choose a batch size that is a multiple of {replicas}")
-    share = rows // replicas
     devices = strategy.extended.worker_devices
+    rows = int(arrays[0].shape[0])
+    if rows % len(devices):
+        raise UserError(f"the global batch of {rows * strategy.num_replicas_in_sync // len(devices)} does not "
+                        f"split evenly over {strategy.num_replicas_in_sync} replicas; choose a batch size "
+                        f"that is a multiple of {strategy.num_replicas_in_sync}")
+    share = rows // len(devices)
 
     def value_fn(context):
-        first = context.replica_id_in_sync_group * share
-        with tf.device(devices[context.replica_id_in_sync_group % len(devices)]):
+        local = context.replica_id_in_sync_group % len(devices)
+        first = local * share
+        with tf.device(devices[local]):
             return tuple(tf.identity(array[first:first + share]) for array in arrays)
     return strategy.experimental_distribute_values_from_function(value_fn)
 
@@ -172,16 +272,41 @@ def replicated_step(strategy, fn, jit=False):
     return step
 
 
+# Keras dtype policies --precision offers: float32 computes and stores in float32 (the programs');
+# the mixed ones compute in 16 bits and keep float32 variables (and the trainers keep float32
+# buffers and losses). float16's 5-bit exponent needs loss scaling; bfloat16 has float32's range.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def needs_loss_scaling(precision):
+    """float16 gradients underflow without loss scaling; bfloat16 ones do not."""
+    return check_precision(precision) == "mixed_float16"
+
+
 @contextlib.contextmanager
-def dtype_policy(mixed_precision):
-    """Keras' mixed_float16 policy while networks are built (float16 compute, float32 variables)."""
+def dtype_policy(precision):
+    """Keras' dtype policy `precision` (one of PRECISIONS) while networks are built: layers made
+    inside compute in its dtype and keep float32 variables."""
     import keras
-    if not mixed_precision:
+    if check_precision(precision) == "float32":
         yield
         return
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
+    keras.config.set_dtype_policy(precision)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def float32(values):
+    """A tensor (or a tuple, list or dict of them) in float32: network outputs under a mixed policy
+    are 16-bit, and every loss is computed in float32. A float32 tensor passes through unchanged."""
+    import tensorflow as tf
+    return tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), values)

@@ -11,6 +11,8 @@ import tempfile
 import numpy as np
 import scipy.io
 
+from utils.errors import UserError, WriteFailed, storage_cause
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -26,6 +28,12 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as error:
+        cause = storage_cause(error)
+        if cause is None:
+            raise
+        raise WriteFailed(f"cannot write {path} ({cause}); the file is left as it was: free space or fix the "
+                          f"permissions in {folder}, then run the command again") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -38,9 +46,32 @@ def save_json(path, obj):
             f.write("\n")
 
 
+def to_json(obj):
+    """`obj` as compact JSON text (NumPy numbers and arrays as JSON numbers and lists)."""
+    return json.dumps(obj, sort_keys=True, default=_json_default)
+
+
 def load_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in `path`; a damaged file (cut short, overwritten, not text) is a one-line error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"cannot read {path}: it is not valid JSON ({str(error).splitlines()[0]}); the file is "
+                        f"damaged: restore it from a copy, or start a new run") from None
+
+
+def open_hdf5(path, what="file"):
+    """h5py.File(path, "r"); a truncated or damaged file is a one-line error naming it."""
+    import h5py
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if not os.path.exists(path):
+            raise UserError(f"{what} {path} not found; pass the right path") from None
+        cause = str(error).split("(", 1)[-1].rstrip(")") if "(" in str(error) else str(error)
+        raise UserError(f"cannot read {what} {path} ({cause}): the file is truncated or damaged; "
+                        f"copy or prepare it again") from None
 
 
 def save_mat(path, arrays):

@@ -819,3 +819,58 @@ def hash_lookup_curve(query_codes, db_codes, query_labels, db_labels, empty="zer
 def top_n_curve(query, db, query_labels, db_labels, n_max=1000, distance="hamming", ties=DEFAULT_TIES):
     """precision@N and recall@N for N = 1..n_max: {n, precision, recall}."""
     return retrieval_report(query, db, query_labels, db_labels, distance, n_max=n_max, ties=ties)["top_n"]
+
+
+# ----------------------------------------------------------------------------- what makes a figure meaningless
+
+# Codes have collapsed when fewer than this fraction of the items have distinct codes, or more
+# than this fraction of the bits is the same for every item: most items then tie at every
+# distance and the ranking (and its mAP) says little about the network.
+COLLAPSE_DISTINCT_FRACTION = 0.02
+COLLAPSE_CONSTANT_BITS_FRACTION = 0.5
+
+
+def code_diversity(codes, name="codes"):
+    """{"items", "bits", "distinct": distinct codes, "constant_bits": bits equal in every item,
+    "collapsed"} of one set of binary codes (items x bits, {-1,+1} or {0,1})."""
+    bits = code_bits(codes, name)
+    items, width = bits.shape
+    distinct = int(len(np.unique(pack_bits(bits), axis=0))) if items else 0
+    constant = int(np.sum(bits.all(axis=0) | ~bits.any(axis=0))) if items else width
+    collapsed = bool(items > 1 and (distinct < COLLAPSE_DISTINCT_FRACTION * items
+                                    or constant > COLLAPSE_CONSTANT_BITS_FRACTION * width))
+    return {"items": int(items), "bits": int(width), "distinct": distinct, "constant_bits": constant,
+            "collapsed": collapsed}
+
+
+def collapse_warning(diversity, when=""):
+    """The one warning line for {name: code_diversity} when any set has collapsed, else None."""
+    collapsed = {name: d for name, d in diversity.items() if d["collapsed"]}
+    if not collapsed:
+        return None
+    parts = ", ".join(f"{name} {d['distinct']} distinct of {d['items']} ({d['constant_bits']} of {d['bits']} bits "
+                      f"constant)" for name, d in collapsed.items())
+    return (f"warning: the codes have collapsed{when}: {parts}; most items tie, so the mAP says little (a trunk "
+            f"from random weights, too high a learning rate or too few epochs; see troubleshooting)")
+
+
+def trivially_relevant(query_labels, db_labels, chunk=512):
+    """True when every query item shares a label with every database item (e.g. one class):
+    then any ranking has mAP 1 and the figure means nothing. Stops at the first pair that
+    shares no label (at once on real data)."""
+    query = _label_matrix(query_labels, "query labels").astype(np.float32)
+    db = _label_matrix(db_labels, "database labels").astype(np.float32)
+    if not len(query) or not len(db):
+        return False
+    if np.any(query.all(axis=0) & db.all(axis=0)):  # a label every item has
+        return True
+    return all(np.all(query[start:start + chunk] @ db.T > 0) for start in range(0, len(query), chunk))
+
+
+def trivial_relevance_warning(query_labels, db_labels, what):
+    """The one warning line when every query item of `what` is relevant to every database item, else None."""
+    if not trivially_relevant(query_labels, db_labels):
+        return None
+    classes = int(np.any(np.asarray(db_labels) != 0, axis=0).sum()) if np.ndim(db_labels) == 2 else "?"
+    return (f"warning: in {what} every query item shares a label with every database item ({classes} "
+            f"class(es) in use): every mAP is trivially 1 and says nothing; use labels with several classes")

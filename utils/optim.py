@@ -256,3 +256,23 @@ class DynamicLossScale(tf.Module):
         distribute.synchronized_updates([(self.good_steps, _assign, (tf.where(grow, tf.zeros_like(good), good),)),
                                          (self.scale, _assign, (scale,))])
         return grads, finite
+
+
+def scaled_gradients(tape, loss, variables, loss_scale=None):
+    """(gradients of loss, finite): without a DynamicLossScale tape.gradient and None (always
+    apply); with one, the gradient of scale * loss unscaled and whether all of it is finite."""
+    if loss_scale is None:
+        return tape.gradient(loss, variables), None
+    return loss_scale.unscale(tape.gradient(loss, variables, output_gradients=loss_scale.scale))
+
+
+def apply_if_finite(finite, apply):
+    """apply() (an optimizer's update) now, or only where `finite` (scaled_gradients') is true."""
+    if finite is None:
+        apply()
+        return
+
+    def applied():
+        apply()
+        return tf.constant(True)
+    tf.cond(finite, applied, lambda: tf.constant(False))

@@ -29,7 +29,7 @@ import numpy as np
 
 from utils import io
 from utils.config import config_from_dict
-from utils.errors import UserError
+from utils.errors import UserError, WriteFailed, storage_cause
 
 
 class NonFiniteLoss(RuntimeError):
@@ -159,14 +159,18 @@ class RunLock:
                 return
             except FileExistsError:
                 holder = self._holder()
+                if holder == "released":  # its owner finished meanwhile: try again
+                    continue
                 if not self._is_stale(holder, owner["host"]):
                     where = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
                     raise UserError(f"run folder {os.path.dirname(self.path)} is in use by {where} "
                                     f"(lock file {self.path}); wait for it to finish, or pick another "
                                     f"--run-name") from None
-                print(f"taking over the stale lock {self.path}: process {holder.get('pid')} on "
-                      f"{holder.get('host')} is gone", flush=True)
-                os.remove(self.path)
+                why = (f"process {holder['pid']} on {holder.get('host')} is gone" if isinstance(holder, dict)
+                       and isinstance(holder.get("pid"), int) else "it is empty or names no process")
+                print(f"taking over the stale lock {self.path}: {why}", flush=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -178,13 +182,20 @@ class RunLock:
         try:
             with open(self.path) as f:
                 return json.load(f)
+        except FileNotFoundError:
+            return "released"
         except (OSError, ValueError):
-            return {}
+            return None
 
     @staticmethod
     def _is_stale(holder, host):
-        if not holder or holder.get("host") != host or not isinstance(holder.get("pid"), int):
-            return False  # another host's process (or an unreadable lock) cannot be checked from here
+        """A lock is stale when it is empty or unreadable (a crash between creating and writing
+        it: a live owner's lock is complete, as it is linked from a finished file), names no
+        process, or names a process of this host that is gone. Another host's cannot be checked."""
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+            return True
+        if holder.get("host") != host:
+            return False
         try:
             os.kill(holder["pid"], 0)
         except ProcessLookupError:
@@ -210,6 +221,9 @@ def _missing_folders(path):
 
 
 def _folder_error(path, error):
+    if storage_cause(error):
+        return WriteFailed(f"cannot write the run folder {path}: {storage_cause(error)}; free space or fix the "
+                           f"permissions there (nothing in it was changed), or choose another --runs-dir")
     return UserError(f"cannot write the run folder {path}: {error.strerror or error}; "
                      f"choose a writable --runs-dir")
 
@@ -231,7 +245,9 @@ class Run:
         self.created_runs_dirs = []    # ... and the folders above it that it made, innermost first
         self.created = set()           # entries of RUN_DIR this process created
         self.lock = RunLock(self.dir)
+        self.checkpoint_source = self.dir  # where restore_latest reads (a WorkerRun: the chief's folder)
         self._writer = None
+        self._own_event_files = set()  # event files this process's writer holds (never rewritten)
         self._scalar_write = None  # the compiled write of log_scalars
 
     @property
@@ -240,7 +256,18 @@ class Run:
         if self._writer is None:
             import tensorflow as tf
             self._note_created("tb")
-            self._writer = tf.summary.create_file_writer(self.path("tb"))
+            before = set(os.listdir(self.path("tb"))) if os.path.isdir(self.path("tb")) else set()
+            try:
+                self._writer = tf.summary.create_file_writer(self.path("tb"))
+            except tf.errors.OpError as error:
+                if storage_cause(error) is None:
+                    raise
+                for name in set(os.listdir(self.path("tb"))) - before:  # the empty file it could not fill
+                    if os.path.getsize(self.path("tb", name)) == 0:
+                        os.remove(self.path("tb", name))
+                raise WriteFailed(f"cannot write TensorBoard's events in {self.path('tb')} ({storage_cause(error)}): "
+                                  f"free space or fix the permissions there, then run the command again") from None
+            self._own_event_files |= set(os.listdir(self.path("tb"))) - before
         return self._writer
 
     def _note_created(self, name):
@@ -342,7 +369,10 @@ class Run:
         _active_log = self.path("train.log")
 
     def log(self, message):
-        _append_log(self.path("train.log"), message)
+        try:
+            _append_log(self.path("train.log"), message)
+        except OSError:  # a full disk: the message still reaches the terminal; this must not hide it
+            pass
 
     # ------------------------------------------------------------------ TensorBoard
 
@@ -405,22 +435,25 @@ class Run:
         return CheckpointWriter(checkpoint, self.path("checkpoints"), max_to_keep=max_to_keep or keep_last)
 
     def has_checkpoints(self):
-        return bool(checkpoint_candidates(self.dir))
+        return bool(checkpoint_candidates(self.checkpoint_source))
 
     def save_checkpoint(self, manager, number, score=None):
         """Writes checkpoint `number` with `manager`; with `score` (higher is better, e.g. the
         epoch's mean mAP) and 'best' in --keep-checkpoints, a checkpoint that beats every earlier
         score is also written to checkpoints/best/ (its score in checkpoints/best/score.json).
         Returns the path written."""
-        path = manager.save(checkpoint_number=number)
-        _, keep_best = self.keep_policy()
-        if score is not None and keep_best and math.isfinite(float(score)):
-            best = self.best_checkpoint()
-            if best is None or float(score) > best[1]:
-                best_dir = self.path("checkpoints", "best")
-                best_path = manager.beside(best_dir, max_to_keep=1).save(checkpoint_number=number)
-                io.save_json(os.path.join(best_dir, "score.json"),
-                             {"score": float(score), "checkpoint": os.path.basename(best_path)})
+        try:
+            path = manager.save(checkpoint_number=number)
+            _, keep_best = self.keep_policy()
+            if score is not None and keep_best and math.isfinite(float(score)):
+                best = self.best_checkpoint()
+                if best is None or float(score) > best[1]:
+                    best_dir = self.path("checkpoints", "best")
+                    best_path = manager.beside(best_dir, max_to_keep=1).save(checkpoint_number=number)
+                    io.save_json(os.path.join(best_dir, "score.json"),
+                                 {"score": float(score), "checkpoint": os.path.basename(best_path)})
+        except WriteFailed as error:
+            raise WriteFailed(f"{error}; then continue with: python train.py --resume {self.dir}") from None
         return path
 
     def best_checkpoint(self):
@@ -438,9 +471,9 @@ class Run:
         corrupt); returns its path or None. TensorBoard events logged after that checkpoint was
         written (the lost part of an interrupted epoch) are dropped, so that resuming does not
         log those steps twice."""
-        restored = restore_latest(self.dir, checkpoint)
+        restored = restore_latest(self.checkpoint_source, checkpoint)
         if restored:
-            drop_events_after(self.path("tb"), os.path.getmtime(restored + ".index"))
+            drop_events_after(self.path("tb"), os.path.getmtime(restored + ".index"), keep_files=self._own_event_files)
         return restored
 
     def export_codes(self, arrays):
@@ -450,6 +483,36 @@ class Run:
     def save_results(self, results):
         self._note_created("results.json")
         io.save_json(self.path("results.json"), results)
+
+
+class WorkerRun(Run):
+    """A non-chief worker's side of a multiworker run. tf.distribute has every worker run the
+    same saves (checkpoints, summaries) as the chief; this worker writes them to a temporary
+    folder of its own, removed when it closes, so the chief alone writes the run folder (also
+    when all workers share it on one filesystem). Resuming, it reads the chief's checkpoints
+    and its config.json and results.json, and writes nothing there."""
+
+    def __init__(self, method, config, task_index, chief_dir=""):
+        import shutil
+        import tempfile
+        folder = tempfile.mkdtemp(prefix=f"advhash-worker{task_index}-")
+        super().__init__(folder, method, config, created=True)
+        self.chief_dir = os.fspath(chief_dir)
+        if chief_dir:
+            self.checkpoint_source = self.chief_dir
+            for name in ("config.json", "results.json"):
+                if os.path.exists(os.path.join(chief_dir, name)):
+                    shutil.copyfile(os.path.join(chief_dir, name), self.path(name))
+        else:
+            io.save_json(self.path("config.json"), {"method": method, "config": dataclasses.asdict(config)})
+
+    def close(self):
+        import shutil
+        super().close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def discard(self):
+        self.close()
 
 
 def hparam_values(settings):
@@ -471,9 +534,12 @@ def keep_policy(text):
                     f"number of last checkpoints")
 
 
-def drop_events_after(tb_dir, wall_time):
-    """Rewrites the TensorBoard event files in `tb_dir` without the events written after
-    `wall_time` (seconds since the epoch); files left empty of summaries are removed."""
+def drop_events_after(tb_dir, wall_time, keep_files=()):
+    """Rewrites the TensorBoard event files in `tb_dir` without the training events written
+    after `wall_time` (seconds since the epoch): the lost part of an interrupted run, which the
+    resumed run logs again. Files in `keep_files` (those a live writer of this process holds)
+    are never touched, and eval.py's plots (images) are not training events: they stay.
+    A file cut short by a kill keeps its complete records."""
     if not os.path.isdir(tb_dir):
         return
     import tensorflow as tf
@@ -481,16 +547,19 @@ def drop_events_after(tb_dir, wall_time):
     dropped_total = 0
     for name in sorted(os.listdir(tb_dir)):
         path = os.path.join(tb_dir, name)
-        if "tfevents" not in name or not os.path.isfile(path):
+        if "tfevents" not in name or not os.path.isfile(path) or name in keep_files:
             continue
-        kept, dropped = [], 0
-        for record in tf.data.TFRecordDataset(path):
-            event = event_pb2.Event.FromString(record.numpy())
-            if event.wall_time > wall_time and event.HasField("summary"):
-                dropped += 1
-            else:
-                kept.append(record.numpy())
-        if dropped:
+        kept, dropped, cut = [], 0, False
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                if event.wall_time > wall_time and _is_training_event(event):
+                    dropped += 1
+                else:
+                    kept.append(record.numpy())
+        except tf.errors.DataLossError:  # a last record cut short by a kill
+            cut = True
+        if dropped or cut:
             dropped_total += dropped
             with io.atomic_path(path) as tmp:
                 with tf.io.TFRecordWriter(tmp) as writer:
@@ -498,6 +567,12 @@ def drop_events_after(tb_dir, wall_time):
                         writer.write(record)
     if dropped_total:
         print(f"TensorBoard: dropped {dropped_total} events logged after the restored checkpoint", flush=True)
+
+
+def _is_training_event(event):
+    """A summary a training run logs; images are eval.py's plots (Run.log_image), not training's."""
+    return event.HasField("summary") and not any(value.metadata.plugin_data.plugin_name == "images"
+                                                 for value in event.summary.value)
 
 
 def saved_config(run_dir, config_classes):
@@ -552,26 +627,84 @@ class CheckpointWriter:
         return [prefix for number, prefix in _numbered_checkpoints(self.directory)]
 
     def save(self, checkpoint_number):
-        """Writes DIRECTORY/ckpt-N (TensorFlow writes temporary files and renames them), then
-        the state file naming it, then removes the checkpoints beyond max_to_keep; returns the
-        prefix written."""
-        import glob
+        """Writes DIRECTORY/ckpt-N (TensorFlow writes temporary files and renames them), reads
+        it back, then writes the state file naming it, and only then removes the checkpoints
+        beyond max_to_keep: the last good checkpoint is never deleted before a newer one is
+        written and verified. A failed write (disk full, no permission, unreadable result)
+        removes its partial files, leaves the state file and the older checkpoints as they were
+        and raises WriteFailed. Returns the prefix written."""
         import tensorflow as tf
         os.makedirs(self.directory, exist_ok=True)
         prefix = os.path.join(self.directory, f"ckpt-{int(checkpoint_number)}")
+        previous = [p for p in self.kept() if p != prefix]
+        found = set(_checkpoint_files(prefix))
         self.checkpoint.save_counter.assign_add(1)
-        self._write()(tf.constant(prefix))  # a tensor: a Python string would be traced anew per prefix
-        kept = [p for p in self.kept() if p != prefix] + [prefix]
-        dropped, kept = kept[:-self.max_to_keep], kept[-self.max_to_keep:]
-        names = [os.path.basename(p) for p in kept]
-        state = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
-        with io.atomic_path(os.path.join(self.directory, "checkpoint")) as tmp:
-            with open(tmp, "w") as f:
-                f.write("\n".join(state) + "\n")
+        try:
+            self._write()(tf.constant(prefix))  # a tensor: a Python string would be traced anew per prefix
+            verify_checkpoint(prefix)
+            kept = previous + [prefix]
+            dropped, kept = kept[:-self.max_to_keep], kept[-self.max_to_keep:]
+            names = [os.path.basename(p) for p in kept]
+            state = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+            with io.atomic_path(os.path.join(self.directory, "checkpoint")) as tmp:
+                with open(tmp, "w") as f:
+                    f.write("\n".join(state) + "\n")
+        except (tf.errors.OpError, OSError, UnreadableCheckpoint) as error:
+            self.checkpoint.save_counter.assign_add(-1)
+            for path in _checkpoint_files(prefix):
+                if path not in found:
+                    _remove(path)
+            latest = f"the latest checkpoint is still {previous[-1]}" if previous else "there is no checkpoint yet"
+            raise WriteFailed(f"cannot write the checkpoint {prefix} ({error_cause(error)}); its partial files "
+                              f"are removed and {latest}: free space or fix the permissions in "
+                              f"{self.directory}") from None
         for old in dropped:
-            for path in glob.glob(glob.escape(old) + ".*"):
-                os.remove(path)
+            for path in _checkpoint_files(old):
+                _remove(path)
         return prefix
+
+
+def _checkpoint_files(prefix):
+    """The files of checkpoint `prefix` (.index, .data-*) and TensorFlow's temporary ones (PREFIX_temp*)."""
+    import glob
+    return glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_temp*")
+
+
+def _remove(path):
+    import shutil
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def verify_checkpoint(prefix):
+    """Reads every tensor of checkpoint `prefix` back (TensorFlow checks each one's checksum);
+    raises TensorFlow's error when one is missing, cut short or damaged."""
+    import tensorflow as tf
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as error:  # TensorFlow raises several types (OpError, IndexError, ...)
+        raise UnreadableCheckpoint(f"{prefix} does not read back: {error_cause(error)}") from None
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint whose files are missing, cut short or damaged."""
+
+
+def error_cause(error):
+    """The cause of an OSError or a TensorFlow error in a few words (its first line, without
+    TensorFlow's hints)."""
+    known = storage_cause(error)
+    if known:
+        return known
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = (getattr(error, "message", None) or str(error)).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 200 else first[:200] + "..."
 
 
 def _numbered_checkpoints(folder):
@@ -595,6 +728,17 @@ def checkpoint_candidates(run_dir):
     return found
 
 
+def readable_checkpoint(run_dir):
+    """The checkpoint restore_latest would restore: the newest whose every tensor reads, or None."""
+    for path in checkpoint_candidates(run_dir):
+        try:
+            verify_checkpoint(path)
+        except Exception:  # TensorFlow raises several types for corrupt or missing files
+            continue
+        return path
+    return None
+
+
 def restore_latest(run_dir, checkpoint):
     """Restores RUN_DIR/checkpoints' newest readable checkpoint into `checkpoint`, if any;
     returns its path or None. A corrupt or truncated newer one is skipped with a message; none
@@ -605,18 +749,18 @@ def restore_latest(run_dir, checkpoint):
     problems = []
     for path in candidates:
         try:
+            verify_checkpoint(path)  # every tensor readable: a partial restore would mix two checkpoints
             checkpoint.restore(path).expect_partial()
-        except Exception as error:  # TensorFlow raises several types for corrupt or mismatched files
-            text = str(error).strip()
-            problems.append(f"{path}: {text.splitlines()[0] if text else type(error).__name__}")
-            print(f"cannot read checkpoint {path} ({problems[-1].split(': ', 1)[1]}); "
-                  f"trying an older one", flush=True)
+        except Exception as error:  # TensorFlow raises several types for corrupt, missing or mismatched files
+            problems.append((path, error_cause(error)))
             continue
         if problems:
-            print(f"restored the older checkpoint {path}", flush=True)
+            unreadable = ", ".join(os.path.basename(p) for p, _ in problems)
+            print(f"cannot read checkpoint {problems[0][0]} ({problems[0][1]}); restored the older "
+                  f"{path} (unreadable: {unreadable})", flush=True)
         return path
     raise UserError(f"no readable checkpoint in {os.path.join(run_dir, 'checkpoints')} (newest: "
-                    f"{problems[0]}); the checkpoints are corrupt or from a different model shape: "
+                    f"{problems[0][0]}: {problems[0][1]}); the checkpoints are corrupt or from a different model shape: "
                     f"start a new run")
 
 

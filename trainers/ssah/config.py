@@ -167,11 +167,7 @@ class Config(CommonConfig):
     lr_exponent_step: float = _field(0.5, "exponent increment per list entry (entry = epoch + inner index)")
     eval_batch_size: int = _field(512, "batch size when computing query/database codes")
     # Full scale (utils/distribute.py); lazy (HDF5) images always stream through tf.data
-    strategy: str = _field("none", "none (one device), mirrored (all local GPUs) or multiworker (the hosts "
-                           "of TF_CONFIG): each replica takes its part of the global batch and the losses "
-                           "and updates are those of the global batch", choices=distribute.STRATEGIES)
-    mixed_precision: bool = _field(False, "Keras mixed_float16 (float16 compute; float32 variables, buffers "
-                                   "and losses; dynamic loss scaling): for GPUs")
+    strategy: str = _field("none", distribute.STRATEGY_HELP, choices=distribute.STRATEGIES)
     jit: bool = _field(False, "compile each training step with XLA (tf.function jit_compile): for GPUs; "
                        "needs --strategy none")
 

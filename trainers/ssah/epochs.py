@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from trainers.loop import LOSS_TAG, LR_TAG, inline_batches
 from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
+from utils import distribute
 from utils.data import pipeline
 from utils.errors import UserError
 from utils.run import check_finite
@@ -65,6 +66,8 @@ class EpochLoop:
         self.schedule = schedule or SCHEDULES[config.schedule]
         self.batch = trainer.batch_size
         self.updates_per_pass = max(1, trainer.num_items // self.batch)
+        # This worker's rows of each global batch: the only ones it reads (all of them on one worker)
+        self.worker_rows = distribute.worker_rows(trainer.strategy, self.batch)
         self.batch_order = None if batch_order is None else iter(batch_order)
         self.loop = None  # the shared TrainingLoop of a run (mid-epoch checkpoints, log reads), set by run_epoch
         self.counters = dict.fromkeys(STEP_NAMES, 0)   # updates per step (TensorBoard's x axis)
@@ -148,7 +151,8 @@ class EpochLoop:
 
     def _batches(self, step, first=0):
         """An iterator (tf.data) of (rows, inputs of the step...) of the current pass's batches
-        first, first + 1, ... (the rows read from pass_rows as each batch is made).
+        first, first + 1, ... (the rows read from pass_rows as each batch is made): of each
+        global batch, this worker's rows only (`worker_rows`; HDF5 images are read for those).
 
         Inputs all on the device: one endless iterator per step, made once (making one costs
         ~5 ms, more than a pass of updates of tiny networks) and read in the calling thread;
@@ -164,8 +168,10 @@ class EpochLoop:
             return self._endless[step]
         reads = [self._reader(name) for name in wanted]
 
+        first_row, stop_row = self.worker_rows
+
         def batch(b):
-            rows = self.pass_rows[b]
+            rows = self.pass_rows[b][first_row:stop_row]
             return (rows,) + tuple(read(rows) for read in reads)
         if endless:
             batches = inline_batches(tf.data.Dataset.range(self.updates_per_pass).repeat().map(batch))

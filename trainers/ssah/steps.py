@@ -11,8 +11,7 @@ from utils.data import pipeline
 from utils.optim import DynamicLossScale, TF1Adam
 
 
-def _to_float(x):
-    return tf.cast(x, tf.float32)
+_to_float = distribute.float32
 
 
 def _scatter_rows(variable, rows, values):
@@ -31,11 +30,11 @@ class SSAHTrainer:
     def __init__(self, config, train_labels, text_dim, trunk, image_preprocess=None, seed=0, strategy=None,
                  text_preprocess=None):
         """strategy: a tf.distribute strategy (None: one device); create `trunk` under its scope
-        and under distribute.dtype_policy(config.mixed_precision)."""
+        and under distribute.dtype_policy(config.precision)."""
         self.config = config
         self.strategy = strategy
         self.text_preprocess = text_preprocess or _to_float
-        with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+        with distribute.scope(strategy), distribute.dtype_policy(config.precision):
             self._create(train_labels, text_dim, trunk, image_preprocess, seed)
 
     def _create(self, train_labels, text_dim, trunk, image_preprocess, seed):
@@ -77,9 +76,10 @@ class SSAHTrainer:
         else:
             self.optimizers = {net: TF1Adam(name=f"adam_{net}") for net in ("lab", "img", "txt")}
         self.optimizers["dis"] = TF1Adam(name="adam_discriminators")
-        # One loss scale per step: their losses differ by orders of magnitude (sums over n x batch vs means)
+        # float16: one loss scale per step (their losses differ by orders of magnitude: sums over
+        # n x batch vs means)
         self.loss_scales = ({step: DynamicLossScale(name=f"loss_scale_{step}") for step in STEP_NAMES}
-                            if config.mixed_precision else {})
+                            if distribute.needs_loss_scaling(config.precision) else {})
         self._compiled = {}
         self._concrete = {}  # (step, input shapes and dtypes) -> its traced graph
         self.accumulators = {step: [] for step in STEP_NAMES}  # see step()
@@ -131,8 +131,8 @@ class SSAHTrainer:
                                          for name, value in zip(names, values)])
 
     def _outputs(self, net, inputs):
-        """(feature, hash, label prediction) of a net, in float32 (mixed precision computes in float16)."""
-        return tuple(tf.cast(x, tf.float32) for x in self.nets[net](inputs, training=True))
+        """(feature, hash, label prediction) of a net, in float32 (mixed precision computes in 16 bits)."""
+        return tuple(_to_float(x) for x in self.nets[net](inputs, training=True))
 
     def _supervised_terms(self, feature, hashes, predicted, batch_labels, similarity):
         """The four terms every modality's loss shares (against the stored LABEL buffers)."""
@@ -146,7 +146,7 @@ class SSAHTrainer:
 
     def _apply(self, step, tape, loss, learning_rate):
         """Gradient of the global batch's loss (each replica's loss is its share; the shares'
-        gradients are summed) and the update; under mixed precision, of scale * loss."""
+        gradients are summed) and the update; under mixed_float16, of scale * loss."""
         variables = self.step_variables(step)
         loss_scale = self.loss_scales.get(step)
         if loss_scale is None:

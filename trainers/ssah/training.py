@@ -75,7 +75,7 @@ def text_standardizer(config, data):
 def build_trainer(config, data, backbone, strategy=None):
     """An SSAHTrainer for `data`'s training part with every variable created; the trunk is
     built under the strategy's scope and the run's dtype policy."""
-    with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
+    with distribute.scope(strategy), distribute.dtype_policy(config.precision):
         trunk, preprocess = build_trunk(config, data, backbone)
     trainer = SSAHTrainer(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
                           seed=config.seed, strategy=strategy, text_preprocess=text_standardizer(config, data))
@@ -88,14 +88,12 @@ def _check_resume_checkpoint(run_dir, objects, data_shape=None):
     one lacking some of their variables (an older version that did not save every variable,
     or other network settings; restoring would silently leave those at their initial values),
     or one trained on other data (e.g. another tag file)."""
-    path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    from utils.run import readable_checkpoint
+    path = readable_checkpoint(run_dir)  # the one Run.restore_latest restores (it says why when not the newest)
     if path is None:
         return
-    try:
-        reader = tf.train.load_checkpoint(path)
-        names = reader.get_variable_to_shape_map()
-    except Exception:  # unreadable: Run.restore_latest falls back to an older checkpoint, saying so
-        return
+    reader = tf.train.load_checkpoint(path)
+    names = reader.get_variable_to_shape_map()
     key = next((k for k in names if k.startswith("data_shape")), None)
     if key is not None and data_shape is not None:
         saved = dict(zip(("training items", "tag dimension", "classes", "image dimension"),
@@ -209,6 +207,7 @@ class SSAHTraining(Method):
         print(f"epoch {units_done}: mAP (ties: {self.config.ties}) "
               + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()), flush=True)
         evaluation = Evaluation(figures, maps=maps, scalars=scalars, exports=codes,
+                                codes={name: codes[name] for name in ("Qi", "Qt", "Di", "Dt")},
                                 validation=None if validation is None else float(np.mean(list(validation.values()))))
         self._last = (units_done, evaluation)
         return evaluation
@@ -227,6 +226,9 @@ def check_config(config):
         raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
     if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
         raise UserError("bits, embed_dim and batch_size must be positive")
+    if config.epochs < 1:
+        raise UserError(f"--epochs {config.epochs} trains nothing (the run would be untrained networks marked "
+                        f"complete); give --epochs 1 or more, and evaluate a trained run with eval.py RUN_DIR")
 
 
 def load_data(config):
@@ -243,7 +245,7 @@ def fit(config, data=None, run=None, resume=False):
     backbone = resolve_backbone(config, data)
     trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
     if resume and run is not None:
-        _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape(data, backbone))
+        _check_resume_checkpoint(run.checkpoint_source, trainer.checkpoint_objects(), data_shape(data, backbone))
     training = SSAHTraining(config, data, trainer, backbone, run=run)
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"SSAH {config.variant} {config.dataset}").run()

@@ -165,6 +165,10 @@ def load_dataset(name, path="", seed=0, split_file="", split_sizes=None, validat
             split = splits.permutation_split(len(labels), num_query, num_train, seed)
         splits.check_split(split, len(labels), f"{path or name}: the {name} split")
     split = splits.carve_validation(split, validation_size, seed)
+    from utils.metrics import trivial_relevance_warning
+    warning = trivial_relevance_warning(labels[split.query], labels[split.database], f"{name}'s query and database")
+    if warning:
+        print(warning, flush=True)  # stdout: a run's train.log keeps it
     return CrossModalData(name=name, images=images, texts=texts, labels=labels, split=split,
                           mean_image=mean_image, single_label=single_label)
 

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from utils import io
 from utils.data.validate import check_inputs
 from utils.errors import UserError
 
@@ -57,7 +58,7 @@ class HDF5Images:
     def __init__(self, path, key, num_items=None):
         self.path, self.key = path, key
         self._file = None
-        with h5py.File(path, "r") as f:
+        with io.open_hdf5(path, "image file") as f:
             stored = f[key].shape
             if num_items is None:
                 if "LAll" not in f:
@@ -75,7 +76,7 @@ class HDF5Images:
 
     def _dataset(self):
         if self._file is None:  # opened on first use, so the object can cross process forks
-            self._file = h5py.File(self.path, "r")
+            self._file = io.open_hdf5(self.path, "image file")
         return self._file[self.key]
 
     def __getitem__(self, rows):
@@ -115,7 +116,7 @@ def _image_side(matlab_array, num_items, what):
 
 
 def read_dcmh_hdf5(path):
-    with h5py.File(path, "r") as f:
+    with io.open_hdf5(path, "dataset file") as f:
         image_key = next((k for k in IMAGE_KEYS if k in f), None)
         if image_key is None:
             raise UserError(f"{path} has no 'images' or 'IAll' array (found {sorted(f.keys())}); "
@@ -150,7 +151,7 @@ def _read_v5_field(path, name):
     try:
         mat = scipy.io.loadmat(path)
     except NotImplementedError:  # v7.3 file: HDF5 inside
-        with h5py.File(path, "r") as f:
+        with io.open_hdf5(path, "MATLAB file") as f:
             return _matrix_from_hdf5(f, name, path)
     except Exception as error:
         raise UserError(f"cannot read {path} as a MATLAB file ({error}); replace the file") from None
@@ -173,7 +174,7 @@ def read_dcmh_folder(folder):
     labels = _read_v5_field(found["lall"], "LAll").astype(np.float32)
     lazy = False
     if h5py.is_hdf5(found["iall"]):  # v7.3: images are read lazily, as from the single file
-        with h5py.File(found["iall"], "r") as f:
+        with io.open_hdf5(found["iall"], "image file") as f:
             lazy = "IAll" in f and f["IAll"].ndim == 4
     if lazy:
         images = HDF5Images(found["iall"], "IAll", len(labels))

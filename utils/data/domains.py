@@ -296,6 +296,11 @@ def load_domain_pair(name_or_paths=DEFAULT_PAIR, path="", seed=0, query_fraction
         source_validation, source_train = stratified_holdout(source.labels, validation_fraction, seed + 1)
     else:
         source_validation, source_train = np.zeros(0, np.int64), np.arange(len(source))
+    from utils.metrics import trivial_relevance_warning
+    warning = trivial_relevance_warning(np.eye(num_classes)[target.labels[target_query]],
+                                        np.eye(num_classes)[target.labels[target_database]], f"{name}'s target split")
+    if warning:
+        print(warning, flush=True)
     return DomainPair(name=name, source=source, target=target, num_classes=num_classes,
                       target_query=target_query, target_database=target_database,
                       source_train=source_train, source_validation=source_validation)
