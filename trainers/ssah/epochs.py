@@ -15,6 +15,39 @@ from utils.run import check_finite
 StopCheck = collections.namedtuple("StopCheck", "pass_index previous last stopped")
 
 
+def draw_batches(rng, num_items, batches, batch):
+    """(batches, batch) int64: each row an independent uniform draw of `batch` distinct items of
+    range(num_items) in random order, as the program's first `batch` of a fresh permutation, in
+    time and memory that grow with batches * batch, not with num_items.
+
+    The first `batch` distinct values of a row of i.i.d. uniform integers (repeats skipped) are
+    such a draw; columns are added (`batch` at a time) until every row has enough. Below
+    2 * batch items repeats would be most draws: a permutation of those few items instead.
+    Graph-friendly (tf.function); rng: a tf.random.Generator."""
+    if num_items < 2 * batch:
+        return tf.cast(tf.argsort(rng.uniform([batches, num_items]), axis=1)[:, :batch], tf.int64)
+
+    def more():  # int64: the bias of a range that is no power of two is below num_items / 2**64
+        return rng.uniform([batches, batch], 0, num_items, dtype=tf.int64)
+
+    def firsts(draws):
+        """Where each row's value occurs for the first time (a stable sort keeps the earliest first)."""
+        order = tf.argsort(draws, axis=1, stable=True)
+        ordered = tf.gather(draws, order, batch_dims=1)
+        new = tf.concat([tf.ones([batches, 1], tf.bool), ordered[:, 1:] != ordered[:, :-1]], axis=1)
+        return tf.gather(new, tf.argsort(order, axis=1), batch_dims=1)
+
+    def short(draws):
+        return tf.reduce_any(tf.reduce_sum(tf.cast(firsts(draws), tf.int32), axis=1) < batch)
+
+    draws = tf.concat([more(), more()], axis=1)
+    draws, = tf.while_loop(short, lambda draws: (tf.concat([draws, more()], axis=1),), (draws,),
+                           shape_invariants=(tf.TensorShape([batches, None]),))
+    first = firsts(draws)
+    keep = first & (tf.cumsum(tf.cast(first, tf.int32), axis=1) <= batch)
+    return tf.reshape(tf.boolean_mask(draws, keep), [batches, batch])
+
+
 def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
     """The passes of one inner index of one net, with the program's early stop.
 
@@ -43,7 +76,8 @@ SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and d
 class EpochLoop:
     """SSAH's epochs as the program runs them: per net, the inner indices of the schedule, each
     up to its passes with the program's early stop; a pass is n // batch updates, each on a
-    fresh random batch (the first `batch` of a random permutation of the n training items).
+    fresh random batch (`batch` distinct training items, drawn as the first `batch` of a random
+    permutation would be: `draw_batches`).
 
     batch_order: None draws every batch from trainer.rng; else an iterable of row arrays
     (indices into the training items, `batch` each), one per update in the order the loop
@@ -123,13 +157,10 @@ class EpochLoop:
         self.pass_rows.assign(np.stack(draws).astype(np.int64))
 
     def _draws(self):
-        """Each batch in turn: the first `batch` of a random permutation of the n items
-        (argsort of n uniform draws of trainer.rng), into pass_rows. Compiled as one call per
-        pass; the generator's state advances as it does for the same calls made one by one."""
-        n, rows = self.trainer.num_items, tf.TensorArray(tf.int32, size=self.updates_per_pass)
-        for b in tf.range(self.updates_per_pass):
-            rows = rows.write(b, tf.argsort(self.trainer.rng.uniform([n]))[:self.batch])
-        self.pass_rows.assign(tf.cast(rows.stack(), tf.int64))
+        """The pass's batches, each an independent uniform draw of `batch` distinct items
+        (`draw_batches` from trainer.rng), into pass_rows; compiled as one call per pass."""
+        n, batches = self.trainer.num_items, self.updates_per_pass
+        self.pass_rows.assign(draw_batches(self.trainer.rng, n, batches, self.batch))
 
     def _on_device(self, name):
         """Feature and label matrices are put on the device once and gathered there; image arrays
