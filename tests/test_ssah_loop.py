@@ -113,11 +113,17 @@ def test_inner_loop_resumes_with_its_recorded_losses():
     assert inner_loop(3, ran.append, lambda k: 1.0, None, []) == (3, [])
 
 
-def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
+@pytest.mark.parametrize("subset", [False, True])
+def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows(subset):
     """Without a given batch order, each pass's batches are draw_batches of the trainer's
     generator, pass after pass (eager as reference); every step gets exactly its batch's rows,
-    items, texts and labels."""
+    items, texts and labels. subset: images and texts given as the training rows of larger
+    matrices (LazyRows, as SSAH's training passes them): gathered through those rows, and on
+    this CPU from the host matrix itself (no copy: a write to it is seen by the next read)."""
     import tensorflow as tf
+
+    from utils.data import LazyRows
+    from utils.data.pipeline import aligned_array
 
     class RecordingTrainer(StubTrainer):
         def __init__(self):
@@ -134,8 +140,14 @@ def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
     trainer = RecordingTrainer()
     parts = (np.random.RandomState(0).rand(23, 3).astype(np.float32), np.arange(23 * 2).reshape(23, 2),
              np.eye(23, 4, dtype=np.float32))
+    given = parts
+    if subset:  # the 23 training rows scattered among 40
+        train_rows = np.random.RandomState(1).permutation(40)[:23]
+        whole_images, whole_texts = np.zeros((40, 3), np.float32), aligned_array(np.zeros((40, 2)), np.float32)
+        whole_images[train_rows], whole_texts[train_rows] = parts[0], parts[1]
+        given = (LazyRows(whole_images, train_rows), LazyRows(whole_texts, train_rows), parts[2])
     schedule = {"lab": (2,), "dis": (1,), "img": (1, 1), "txt": (1,)}
-    loop = EpochLoop(trainer, Config(), parts, schedule=schedule, keep_record=True)
+    loop = EpochLoop(trainer, Config(), given, schedule=schedule, keep_record=True)
     loop.run_epoch(0)
 
     reference = tf.random.Generator.from_seed(7)
@@ -150,6 +162,10 @@ def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
         assert len(inputs) == len(want)
         for got, value in zip(inputs, want):
             np.testing.assert_array_equal(got, value)
+    if subset:
+        whole_texts[train_rows[4]] = 99.0
+        read = loop._reader("texts")(tf.constant([4, 5], tf.int64)).numpy()
+        np.testing.assert_array_equal(read, [[99.0, 99.0], parts[1][5]])
 
 
 def test_drawn_batches_are_uniform_draws_of_distinct_items():

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from trainers.loop import LOSS_TAG, LR_TAG, inline_batches
 from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
-from utils.data import pipeline
+from utils.data import LazyRows, pipeline
 from utils.errors import UserError
 from utils.run import check_finite
 
@@ -163,19 +163,30 @@ class EpochLoop:
         self.pass_rows.assign(draw_batches(self.trainer.rng, n, batches, self.batch))
 
     def _on_device(self, name):
-        """Feature and label matrices are put on the device once and gathered there; image arrays
-        (in memory or lazy HDF5) are read on the host batch by batch (a copy of every image would
-        double the memory they take)."""
+        """Feature and label matrices (or row subsets of one: utils.data.LazyRows) are put on
+        the device once and gathered there; image arrays (in memory or lazy HDF5) are read on
+        the host batch by batch (a copy of every image would double the memory they take)."""
         source = getattr(self, name)
-        return isinstance(source, np.ndarray) and source.ndim == 2
+        matrix = source.source if isinstance(source, LazyRows) else source
+        return isinstance(matrix, np.ndarray) and matrix.ndim == 2
 
     def _reader(self, name):
-        """rows -> the values of source `name` (images, texts, labels) at those rows."""
+        """rows -> the values of source `name` (images, texts, labels) at those rows. A row subset
+        of a matrix is gathered from the whole matrix on the device through its rows (no copy of
+        the subset is made; on a CPU the device matrix is the host array itself: device_matrix)."""
+        source = getattr(self, name)
         if not self._on_device(name):
-            return pipeline.host_reads(getattr(self, name))
+            return pipeline.host_reads(source)
         if name not in self._device_values:
-            self._device_values[name] = tf.constant(getattr(self, name))
-        return lambda rows: tf.gather(self._device_values[name], rows)
+            if isinstance(source, LazyRows):
+                self._device_values[name] = (pipeline.device_matrix(source.source),
+                                             tf.constant(np.asarray(source.rows, np.int64)))
+            else:
+                self._device_values[name] = (pipeline.device_matrix(source), None)
+        values, subset = self._device_values[name]
+        if subset is None:
+            return lambda rows: tf.gather(values, rows)
+        return lambda rows: tf.gather(values, tf.gather(subset, rows))
 
     def _batches(self, step, first=0):
         """An iterator (tf.data) of (rows, inputs of the step...) of the current pass's batches

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from utils.data.pipeline import aligned_array
 from utils.data.validate import check_inputs
 from utils.errors import UserError
 
@@ -111,7 +112,7 @@ def _image_side(matlab_array, num_items, what):
                         f"224 x 224 x 3 x N")
     if items_on_last_axis(matlab_array.shape, num_items, what):
         matlab_array = np.moveaxis(matlab_array, -1, 0)
-    return matlab_array.astype(np.float32) if matlab_array.ndim == 2 else matlab_array
+    return aligned_array(matlab_array, np.float32) if matlab_array.ndim == 2 else matlab_array
 
 
 def read_dcmh_hdf5(path):
@@ -120,7 +121,7 @@ def read_dcmh_hdf5(path):
         if image_key is None:
             raise UserError(f"{path} has no 'images' or 'IAll' array (found {sorted(f.keys())}); "
                             f"a DCMH-format file holds images, YAll and LAll")
-        texts = _matrix_from_hdf5(f, "YAll", path).astype(np.float32)
+        texts = aligned_array(_matrix_from_hdf5(f, "YAll", path), np.float32)  # shared with the device
         labels = _matrix_from_hdf5(f, "LAll", path).astype(np.float32)
         image_ndim = f[image_key].ndim
         mean_image = np.asarray(f["mean_image"][()]).T.astype(np.float32) if "mean_image" in f else None
@@ -169,7 +170,7 @@ def read_dcmh_folder(folder):
             raise UserError(f"no *{part}*.mat file in {folder}; the folder needs IAll, YAll "
                             f"and LAll .mat files (or pass the single .h5/.mat file)")
         found[part] = matches[0]
-    texts = _read_v5_field(found["yall"], "YAll").astype(np.float32)
+    texts = aligned_array(_read_v5_field(found["yall"], "YAll"), np.float32)
     labels = _read_v5_field(found["lall"], "LAll").astype(np.float32)
     lazy = False
     if h5py.is_hdf5(found["iall"]):  # v7.3: images are read lazily, as from the single file
