@@ -96,15 +96,16 @@ def squared_error(a, b, budget_bytes=MONITORING_BUDGET_BYTES):
     return total
 
 
-def all_pairs_nll(first, second, labels, similarity_scale, budget_bytes=MONITORING_BUDGET_BYTES):
+def all_pairs_nll(first, second, labels, similarity_scale, budget_bytes=MONITORING_BUDGET_BYTES, rows_of=None):
     """sum(log(1 + exp(Theta)) - S * Theta) over ALL n x n pairs, Theta = 0.5 * first @ second^T,
     S = similarity_scale where two items share a label, else 0; in float64 (S too: 0.999 in
     float32 is 1.3e-8 off). Summed over blocks of pairs (`pair_blocks`), so that the memory it
-    takes is `budget_bytes` whatever n (the program's n x n matrices would be 8 TB at n = 1M)."""
+    takes is `budget_bytes` whatever n (the program's n x n matrices would be 8 TB at n = 1M).
+    rows_of: None, or the number of first rows whose pairs to sum (a part: benchmarks time one)."""
     num_items = int(labels.shape[0])
     block_rows, block_columns = pair_blocks(num_items, budget_bytes)
     total = tf.constant(0.0, MONITORING_DTYPE)
-    for start in range(0, num_items, block_rows):
+    for start in range(0, num_items if rows_of is None else min(rows_of, num_items), block_rows):
         rows = slice(start, min(start + block_rows, num_items))
         row_labels = tf.cast(labels[rows], MONITORING_DTYPE)
         for column in range(0, num_items, block_columns):
