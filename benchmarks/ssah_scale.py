@@ -80,9 +80,9 @@ def measure_point(args):
     pass_rows = draws().numpy()
     result["draw_pass_seconds"] = time.perf_counter() - start
 
-    # per-update time of each step on drawn batches
+    # per-update time of each step on drawn batches (up to --updates-up-to items)
     result["step_seconds"] = {}
-    for step in STEPS:
+    for step in STEPS if n <= args.updates_up_to else ():
         times = []
         for i in range(args.updates + 1):  # the first traces
             rows = pass_rows[i % len(pass_rows)]
@@ -110,7 +110,9 @@ def main():
     parser.add_argument("--points", default="10000,100000,1000000")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--updates", type=int, default=3, help="timed updates per step and point")
-    parser.add_argument("--monitor-rows", type=int, default=512,
+    parser.add_argument("--updates-up-to", type=int, default=10 ** 7,
+                        help="time updates only at points of at most this many items (they take long on a shared CPU)")
+    parser.add_argument("--monitor-rows", type=int, default=256,
                         help="rows of pairs the monitoring check is timed on (all when n is at most this)")
     parser.add_argument("--text-dim", type=int, default=256)
     parser.add_argument("--image-dim", type=int, default=256)
@@ -134,21 +136,23 @@ def main():
         p = points[-1]
         print(f"n {n}: draws of a pass {p['draw_pass_seconds']:.3f} s, monitoring check {p['monitor_seconds']:.1f} s "
               f"(peak {p['monitor_peak_above_data_mb']:.0f} MB above the data's {p['data_mb']:.0f} MB), updates "
-              + ", ".join(f"{s} {v:.4f} s" for s, v in p["step_seconds"].items()) + f", peak RSS {p['peak_mb']:.0f} MB",
+              + (", ".join(f"{s} {v:.4f} s" for s, v in p["step_seconds"].items()) or "not timed") + f", peak RSS {p['peak_mb']:.0f} MB",
               flush=True)
     columns = [("draws of one pass (s)", lambda p: p["draw_pass_seconds"]),
                ("draws per batch (s)", lambda p: p["draw_pass_seconds"] / max(1, p["n"] // args.batch)),
                ("monitoring check (s)", lambda p: p["monitor_seconds"]),
                ("monitoring peak above data (MB)", lambda p: p["monitor_peak_above_data_mb"]),
                ("peak RSS (MB)", lambda p: p["peak_mb"])] + [
-              (f"{step} update (s)", lambda p, step=step: p["step_seconds"][step]) for step in STEPS]
+              (f"{step} update (s)", lambda p, step=step: p["step_seconds"].get(step)) for step in STEPS]
     print("| figure | " + " | ".join(f"n = {p['n']:,}" for p in points) + " | exponent in n |")
     print("|---" * (len(points) + 2) + "|")
     exponents = {}
     for name, value in columns:
-        exponents[name] = exponent(points, value) if len(points) > 1 else None
+        measured = [p for p in points if value(p) is not None]
+        exponents[name] = exponent(measured, value) if len(measured) > 1 else None
         shown = "" if exponents[name] is None else f"{exponents[name]:.2f}"
-        print(f"| {name} | " + " | ".join(f"{value(p):.4g}" for p in points) + f" | {shown} |")
+        print(f"| {name} | " + " | ".join("-" if value(p) is None else f"{value(p):.4g}" for p in points)
+              + f" | {shown} |")
     settings = {k: v for k, v in vars(args).items() if k not in ("point", "out")}
     results_io.write_results(args.out, {"settings": settings, "points": points, "exponents": exponents})
 

@@ -105,8 +105,9 @@ def all_pairs_nll(first, second, labels, similarity_scale, budget_bytes=MONITORI
     num_items = int(labels.shape[0])
     block_rows, block_columns = pair_blocks(num_items, budget_bytes)
     total = tf.constant(0.0, MONITORING_DTYPE)
-    for start in range(0, num_items if rows_of is None else min(rows_of, num_items), block_rows):
-        rows = slice(start, min(start + block_rows, num_items))
+    last = num_items if rows_of is None else min(rows_of, num_items)
+    for start in range(0, last, block_rows):
+        rows = slice(start, min(start + block_rows, last))
         row_labels = tf.cast(labels[rows], MONITORING_DTYPE)
         for column in range(0, num_items, block_columns):
             columns = slice(column, min(column + block_columns, num_items))

@@ -9,6 +9,7 @@ import scipy.io
 from tests.conftest import shared_path
 from utils.data import load_dataset
 from utils.data import dcmh
+from utils.data.pipeline import DEVICE_ALIGNMENT
 from utils.data.dcmh import HDF5Images, read_dcmh
 from utils.data.splits import load_split, permutation_split
 from utils.errors import UserError
@@ -204,6 +205,7 @@ def test_file_in_the_layout_the_program_reads_gives_its_images(tmp_path, n):
     np.testing.assert_array_equal(lazy[rows], images[rows])
     np.testing.assert_array_equal(got_texts, texts)
     np.testing.assert_array_equal(got_labels, labels)
+    assert got_texts.ctypes.data % DEVICE_ALIGNMENT == 0  # the device shares it (pipeline.device_matrix)
     data = load_dataset("flickr", path, seed=1, split_sizes=(2, 4))
     part_images, _, part_labels = data.part("query")
     np.testing.assert_array_equal(part_images[np.arange(2)], images[data.split.query])
