@@ -115,7 +115,7 @@ def main():
             source = images
         else:
             storage, items_first = KINDS[kind]
-            path = os.path.join(folder, kind.split(" ")[0] + ("-first" if items_first else "-last") + ".h5")
+            path = os.path.join(folder, f"images{len(results['kinds'])}.h5")
             with h5py.File(path, "w") as f:
                 dcmh.write_images(f, "images", images, items_first, storage)
             source = dcmh.HDF5Images(path, "images", n)
