@@ -136,7 +136,8 @@ def main():
         p = points[-1]
         print(f"n {n}: draws of a pass {p['draw_pass_seconds']:.3f} s, monitoring check {p['monitor_seconds']:.1f} s "
               f"(peak {p['monitor_peak_above_data_mb']:.0f} MB above the data's {p['data_mb']:.0f} MB), updates "
-              + (", ".join(f"{s} {v:.4f} s" for s, v in p["step_seconds"].items()) or "not timed") + f", peak RSS {p['peak_mb']:.0f} MB",
+              + (", ".join(f"{s} {v:.4f} s" for s, v in p["step_seconds"].items()) or "not timed")
+              + f", peak RSS {p['peak_mb']:.0f} MB",
               flush=True)
     columns = [("draws of one pass (s)", lambda p: p["draw_pass_seconds"]),
                ("draws per batch (s)", lambda p: p["draw_pass_seconds"] / max(1, p["n"] // args.batch)),
