@@ -177,7 +177,7 @@ def test_monitoring_loss_reads_the_programs_buffers():
 
     def squares(x, y):
         return np.sum((x - y) ** 2)
-    budget = 7 * 5 * L.PAIR_BYTES  # blocks of 5 columns
+    budget = 7 * 5 * L.PAIR_BYTES  # blocks of a few columns: 35 pairs over n rows
     np.testing.assert_allclose(trainer.monitoring_loss("lab", budget_bytes=budget), squares(b["pred_L"], labels)
                                + nll(b["H"], b["H"]) + nll(b["feat_L"], b["feat_L"]), rtol=1e-9)
     for net, hashes, predicted, first, second in (("img", "F", "pred_I", "F", "H"), ("txt", "G", "pred_T", "H", "G")):
