@@ -66,52 +66,83 @@ def discriminator_loss(logits_img, logits_txt, logits_lab_img, logits_lab_txt):
 
 # The program computes its early-stop losses in NumPy from float64 copies of the stored outputs.
 MONITORING_DTYPE = tf.float64
+# Memory the monitoring losses' temporaries may take at once (their n x n pairs go in blocks).
+MONITORING_BUDGET_BYTES = 512 * 2 ** 20
+PAIR_BYTES = 56  # per pair of a block: about six float64 temporaries (logits, softplus, S, ...) and a bool
+MIN_BLOCK_ROWS = 256  # fewer rows than this per block: the columns are split instead
 
 
-def squared_error(a, b):
-    """sum((a - b)^2) in float64, the FULL sum (the monitoring losses' NumPy code does not halve it)."""
-    return tf.reduce_sum(tf.square(tf.cast(a, MONITORING_DTYPE) - tf.cast(b, MONITORING_DTYPE)))
+def pair_blocks(num_items, budget_bytes=MONITORING_BUDGET_BYTES):
+    """(rows, columns) of the blocks of an n x n sum whose temporaries fit `budget_bytes`:
+    whole rows while at least MIN_BLOCK_ROWS of them fit, else MIN_BLOCK_ROWS rows of part of
+    the columns (at least one pair per block)."""
+    pairs = max(1, budget_bytes // PAIR_BYTES)
+    rows = pairs // num_items
+    if rows >= min(num_items, MIN_BLOCK_ROWS):
+        return min(num_items, max(1, rows)), num_items
+    rows = min(num_items, MIN_BLOCK_ROWS)
+    return rows, max(1, min(num_items, pairs // rows))
 
 
-def all_pairs_nll(first, second, labels, similarity_scale, chunk=1024):
+def squared_error(a, b, budget_bytes=MONITORING_BUDGET_BYTES):
+    """sum((a - b)^2) in float64, the FULL sum (the monitoring losses' NumPy code does not halve
+    it); summed over row blocks whose float64 temporaries fit `budget_bytes`."""
+    num_items, width = int(a.shape[0]), max(1, int(a.shape[-1]) if len(a.shape) > 1 else 1)
+    rows = max(1, budget_bytes // (4 * 8 * width))  # two casts, the difference, its square
+    total = tf.constant(0.0, MONITORING_DTYPE)
+    for start in range(0, num_items, rows):
+        total += tf.reduce_sum(tf.square(tf.cast(a[start:start + rows], MONITORING_DTYPE)
+                                         - tf.cast(b[start:start + rows], MONITORING_DTYPE)))
+    return total
+
+
+def all_pairs_nll(first, second, labels, similarity_scale, budget_bytes=MONITORING_BUDGET_BYTES, rows_of=None):
     """sum(log(1 + exp(Theta)) - S * Theta) over ALL n x n pairs, Theta = 0.5 * first @ second^T,
     S = similarity_scale where two items share a label, else 0; in float64 (S too: 0.999 in
-    float32 is 1.3e-8 off). Summed over row chunks, so that the n x n matrices of n = 10,000 items
-    never exist at once."""
-    labels = tf.cast(labels, MONITORING_DTYPE)
+    float32 is 1.3e-8 off). Summed over blocks of pairs (`pair_blocks`), so that the memory it
+    takes is `budget_bytes` whatever n (the program's n x n matrices would be 8 TB at n = 1M).
+    rows_of: None, or the number of first rows whose pairs to sum (a part: benchmarks time one)."""
     num_items = int(labels.shape[0])
+    block_rows, block_columns = pair_blocks(num_items, budget_bytes)
     total = tf.constant(0.0, MONITORING_DTYPE)
-    for start in range(0, num_items, chunk):
-        stop = min(start + chunk, num_items)
-        shares_label = tf.matmul(labels[start:stop], labels, transpose_b=True) > 0
-        similarity = tf.cast(shares_label, MONITORING_DTYPE) * similarity_scale
-        total += pairwise_nll(first[start:stop], second, similarity, MONITORING_DTYPE)
+    last = num_items if rows_of is None else min(rows_of, num_items)
+    for start in range(0, last, block_rows):
+        rows = slice(start, min(start + block_rows, last))
+        row_labels = tf.cast(labels[rows], MONITORING_DTYPE)
+        for column in range(0, num_items, block_columns):
+            columns = slice(column, min(column + block_columns, num_items))
+            shares_label = tf.matmul(row_labels, tf.cast(labels[columns], MONITORING_DTYPE), transpose_b=True) > 0
+            similarity = tf.cast(shares_label, MONITORING_DTYPE) * similarity_scale
+            total += pairwise_nll(first[rows], second[columns], similarity, MONITORING_DTYPE)
     return total
 
 
 def monitoring_loss(hashes, features, labels, predicted_labels, similarity_scale, alpha=1.0, gamma=1.0,
-                    beta=1.0, chunk=1024):
+                    beta=1.0, budget_bytes=MONITORING_BUDGET_BYTES):
     """The LabNet early-stop loss over all n stored items (the program's calc_labnet_loss).
 
     alpha * sum((predicted - labels)^2) + gamma * NLL(H, H) + beta * NLL(F, F) with NLL the
-    `all_pairs_nll` of the labels' similarity. Not the training loss; computed in float64.
+    `all_pairs_nll` of the labels' similarity. Not the training loss; computed in float64,
+    its temporaries within budget_bytes.
     """
-    return (alpha * squared_error(predicted_labels, labels)
-            + gamma * all_pairs_nll(hashes, hashes, labels, similarity_scale, chunk)
-            + beta * all_pairs_nll(features, features, labels, similarity_scale, chunk))
+    return (alpha * squared_error(predicted_labels, labels, budget_bytes)
+            + gamma * all_pairs_nll(hashes, hashes, labels, similarity_scale, budget_bytes)
+            + beta * all_pairs_nll(features, features, labels, similarity_scale, budget_bytes))
 
 
 def modality_monitoring_loss(codes, first, second, label_hashes, predicted_labels, labels, similarity_scale,
-                             alpha=1.0, beta=1.0, gamma=1.0, eta=1.0, chunk=1024):
+                             alpha=1.0, beta=1.0, gamma=1.0, eta=1.0, budget_bytes=MONITORING_BUDGET_BYTES):
     """The ImgNet/TxtNet early-stop loss over all n stored items (the program's calc_loss).
 
     alpha * NLL(first, second) + beta * sum((B - first)^2 + (B - second)^2)
     + gamma * sum((H - first)^2 + (H - second)^2) + eta * sum((predicted - labels)^2),
     NLL the `all_pairs_nll` of the labels' similarity. The program calls it as (B=sign(F), F,
     H, H) for the image net and (B=sign(G), H, G, H) for the text net (H: stored label hashes),
-    all weights 1. In float64.
+    all weights 1. In float64, its temporaries within budget_bytes.
     """
-    return (alpha * all_pairs_nll(first, second, labels, similarity_scale, chunk)
-            + beta * (squared_error(codes, first) + squared_error(codes, second))
-            + gamma * (squared_error(label_hashes, first) + squared_error(label_hashes, second))
-            + eta * squared_error(predicted_labels, labels))
+    def squares(a, b):
+        return squared_error(a, b, budget_bytes)
+    return (alpha * all_pairs_nll(first, second, labels, similarity_scale, budget_bytes)
+            + beta * (squares(codes, first) + squares(codes, second))
+            + gamma * (squares(label_hashes, first) + squares(label_hashes, second))
+            + eta * squares(predicted_labels, labels))

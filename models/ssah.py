@@ -24,33 +24,11 @@ def new_layer_initializer():
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
 
 
-@tf.custom_gradient
-def matmul_with_untransposed_gradients(inputs, kernel):
-    """inputs @ kernel, whose gradients are the same products as TensorFlow's MatMul gradient
-    (upstream @ kernel^T, inputs^T @ upstream) in operand layouts that TensorFlow's default CPU
-    kernels (Eigen) run at the forward's rate: with the transposed operand the large kernel, a
-    TxtNet update spent 4x its forward time in the input gradient (benchmarks/ssah_step_speed.py
-    --profile). Only batch-sized operands are transposed; values agree to float32 rounding."""
-    def gradient(upstream):
-        return (tf.transpose(tf.matmul(kernel, upstream, transpose_b=True)),
-                tf.matmul(tf.transpose(inputs), upstream))
-    return tf.matmul(inputs, kernel), gradient
-
-
-class Dense(keras.layers.Dense):
-    """keras.layers.Dense on [batch, features] inputs through matmul_with_untransposed_gradients."""
-
-    def call(self, inputs, training=None):
-        x = matmul_with_untransposed_gradients(inputs, tf.convert_to_tensor(self.kernel))
-        if self.bias is not None:
-            x = tf.nn.bias_add(x, tf.convert_to_tensor(self.bias))
-        return self.activation(x) if self.activation is not None else x
-
-
 def dense(units, activation=None, name=None):
     """A Dense layer initialised as the program's new layers (weights and biases)."""
-    return Dense(int(units), activation=activation, name=name, kernel_initializer=new_layer_initializer(),
-                 bias_initializer=new_layer_initializer())
+    return keras.layers.Dense(int(units), activation=activation, name=name,
+                              kernel_initializer=new_layer_initializer(),
+                              bias_initializer=new_layer_initializer())
 
 
 def local_response_normalization(x):

@@ -8,6 +8,8 @@ import scipy.io
 
 from tests.conftest import shared_path
 from utils.data import load_dataset
+from utils.data import dcmh
+from utils.data.pipeline import DEVICE_ALIGNMENT
 from utils.data.dcmh import HDF5Images, read_dcmh
 from utils.data.splits import load_split, permutation_split
 from utils.errors import UserError
@@ -204,12 +206,54 @@ def test_file_in_the_layout_the_program_reads_gives_its_images(tmp_path, n):
     np.testing.assert_array_equal(lazy[rows], images[rows])
     np.testing.assert_array_equal(got_texts, texts)
     np.testing.assert_array_equal(got_labels, labels)
+    assert got_texts.ctypes.data % DEVICE_ALIGNMENT == 0  # the device shares it (pipeline.device_matrix)
     data = load_dataset("flickr", path, seed=1, split_sizes=(2, 4))
     part_images, _, part_labels = data.part("query")
     np.testing.assert_array_equal(part_images[np.arange(2)], images[data.split.query])
     np.testing.assert_array_equal(part_labels, labels[data.split.query])
     # Without an item count given, HDF5Images takes it from the file's LAll.
     np.testing.assert_array_equal(HDF5Images(path, "images")[rows], images[rows])
+
+
+class CountingDataset:
+    """An h5py dataset that counts the reads made of it."""
+
+    def __init__(self, dataset):
+        self.dataset, self.chunks, self.reads = dataset, dataset.chunks, 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("items_first_in_file", [True, False])
+@pytest.mark.parametrize("storage", dcmh.STORAGE_KINDS)
+def test_image_reads_choose_their_strategy_by_the_files_storage(tmp_path, storage, items_first_in_file):
+    """Every storage kind in both layouts: the rows read (unsorted, repeated) are the images;
+    contiguous: one selection of all rows; one item a chunk: a read per row; several items a
+    chunk: one read per chunk that holds wanted rows."""
+    images, texts, labels = small_dcmh_arrays(40)
+    path = str(tmp_path / "images.h5")
+    with h5py.File(path, "w") as f:
+        dataset = dcmh.write_images(f, "images", images, items_first_in_file, storage, items_per_chunk=16)
+        f["YAll"], f["LAll"] = np.ascontiguousarray(texts.T), np.ascontiguousarray(labels.T)
+        item_chunk = None if dataset.chunks is None else dataset.chunks[0 if items_first_in_file else 3]
+    lazy = HDF5Images(path, "images")
+    assert lazy.items_first_in_file == items_first_in_file and lazy.shape == images.shape
+    expected_plan = "selection" if item_chunk is None else "rows" if item_chunk == 1 else "spans"
+    assert lazy.read_plan == expected_plan
+    assert storage != "chunked" or (expected_plan, item_chunk) == ("spans", 16)
+    assert storage != "chunked per image" or expected_plan == "rows"
+    rows = np.array([33, 2, 17, 2, 39, 0, 18, 5])
+    counting = CountingDataset(lazy._dataset())
+    lazy._dataset = lambda: counting
+    np.testing.assert_array_equal(lazy[rows], images[rows])
+    wanted = np.unique(rows)
+    expected_reads = {"selection": 1, "rows": len(wanted),
+                      "spans": len(np.unique(wanted // (item_chunk or 1)))}[expected_plan]
+    assert counting.reads == expected_reads
+    np.testing.assert_array_equal(lazy[[7]], images[[7]])
+    assert lazy[np.zeros(0, np.int64)].shape == (0,) + images.shape[1:]
 
 
 def test_items_first_file_with_as_many_items_as_channels_still_reads(tmp_path):

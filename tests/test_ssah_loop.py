@@ -10,6 +10,7 @@ import scipy.io
 
 from tests.conftest import load_golden
 from trainers.ssah import EARLY_STOP, SCHEDULES, STEP_NAMES, EpochLoop, inner_loop
+from trainers.ssah.epochs import draw_batches
 
 # --------------------------------------------------------------------------- early stop, control flow
 
@@ -39,6 +40,7 @@ def program_stops(schedule, values):
 
 class StubTrainer:
     """Stands in for SSAHTrainer: updates do nothing, monitoring losses come from `values`."""
+    strategy = None  # one device
 
     def __init__(self, values, num_items=8, batch_size=4):
         self.num_items, self.batch_size = num_items, batch_size
@@ -113,11 +115,17 @@ def test_inner_loop_resumes_with_its_recorded_losses():
     assert inner_loop(3, ran.append, lambda k: 1.0, None, []) == (3, [])
 
 
-def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
-    """Without a given batch order, each batch is argsort(n uniform draws of the trainer's
-    generator)[:batch], drawn one after another (the program's sequence, eager as reference);
-    every step gets exactly its batch's rows, items, texts and labels."""
+@pytest.mark.parametrize("subset", [False, True])
+def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows(subset):
+    """Without a given batch order, each pass's batches are draw_batches of the trainer's
+    generator, pass after pass (eager as reference); every step gets exactly its batch's rows,
+    items, texts and labels. subset: images and texts given as the training rows of larger
+    matrices (LazyRows, as SSAH's training passes them): gathered through those rows, and on
+    this CPU from the host matrix itself (no copy: a write to it is seen by the next read)."""
     import tensorflow as tf
+
+    from utils.data import LazyRows
+    from utils.data.pipeline import aligned_array
 
     class RecordingTrainer(StubTrainer):
         def __init__(self):
@@ -134,12 +142,18 @@ def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
     trainer = RecordingTrainer()
     parts = (np.random.RandomState(0).rand(23, 3).astype(np.float32), np.arange(23 * 2).reshape(23, 2),
              np.eye(23, 4, dtype=np.float32))
+    given = parts
+    if subset:  # the 23 training rows scattered among 40
+        train_rows = np.random.RandomState(1).permutation(40)[:23]
+        whole_images, whole_texts = np.zeros((40, 3), np.float32), aligned_array(np.zeros((40, 2)), np.float32)
+        whole_images[train_rows], whole_texts[train_rows] = parts[0], parts[1]
+        given = (LazyRows(whole_images, train_rows), LazyRows(whole_texts, train_rows), parts[2])
     schedule = {"lab": (2,), "dis": (1,), "img": (1, 1), "txt": (1,)}
-    loop = EpochLoop(trainer, Config(), parts, schedule=schedule, keep_record=True)
+    loop = EpochLoop(trainer, Config(), given, schedule=schedule, keep_record=True)
     loop.run_epoch(0)
 
     reference = tf.random.Generator.from_seed(7)
-    expected = [tf.argsort(reference.uniform([23]))[:5].numpy() for _ in range(6 * 4)]  # 6 passes of 23 // 5
+    expected = [rows for _ in range(6) for rows in draw_batches(reference, 23, 4, 5).numpy()]  # 6 passes of 23 // 5
     drawn = [update["rows"] for update in loop.record["updates"]]
     assert len(drawn) == len(expected) and all(np.array_equal(a, b) for a, b in zip(drawn, expected))
     np.testing.assert_array_equal(trainer.rng.state.numpy(), reference.state.numpy())
@@ -150,6 +164,61 @@ def test_drawn_batches_are_the_programs_draws_and_steps_get_their_rows():
         assert len(inputs) == len(want)
         for got, value in zip(inputs, want):
             np.testing.assert_array_equal(got, value)
+    if subset:
+        whole_texts[train_rows[4]] = 99.0
+        read = loop._reader("texts")(tf.constant([4, 5], tf.int64)).numpy()
+        np.testing.assert_array_equal(read, [[99.0, 99.0], parts[1][5]])
+
+
+def test_drawn_batches_are_uniform_draws_of_distinct_items():
+    """Each row: `batch` distinct items in range; every position of a row is uniform over the
+    items (chi-square, fixed seed), and so are the ordered pairs of the first two positions
+    (rows are random ORDERED draws, as the first rows of a permutation); both the rejection
+    draw (forced here at a small n) and the permutation draw."""
+    import tensorflow as tf
+    from scipy import stats
+
+    for num_items, batch, permutation_up_to in ((12, 5, 0), (7, 5, 0), (12, 5, 12)):
+        rows = draw_batches(tf.random.Generator.from_seed(3), num_items, 6000, batch, permutation_up_to).numpy()
+        assert rows.shape == (6000, batch) and rows.dtype == np.int64
+        assert rows.min() >= 0 and rows.max() < num_items
+        assert all(len(set(row)) == batch for row in rows)
+        for position in range(batch):
+            counts = np.bincount(rows[:, position], minlength=num_items)
+            assert stats.chisquare(counts).pvalue > 1e-3, (num_items, position, counts)
+        pairs = np.bincount(rows[:, 0] * num_items + rows[:, 1], minlength=num_items ** 2)
+        off_diagonal = pairs[np.arange(num_items ** 2) % (num_items + 1) != 0]
+        assert pairs.sum() == off_diagonal.sum() and stats.chisquare(off_diagonal).pvalue > 1e-3
+
+
+def test_up_to_the_bound_each_batch_is_the_first_rows_of_a_fresh_permutation():
+    """The stream of every earlier SSAH figure: batch after batch, argsort of n uniform numbers
+    drawn one call at a time, its first `batch` rows (the generator left in the same state)."""
+    import tensorflow as tf
+
+    from trainers.ssah.epochs import PERMUTATION_DRAW_MAX_ITEMS
+    for num_items in (23, PERMUTATION_DRAW_MAX_ITEMS):
+        rng, reference = tf.random.Generator.from_seed(5), tf.random.Generator.from_seed(5)
+        rows = tf.function(lambda: draw_batches(rng, num_items, 3, 5))().numpy()
+        expected = [tf.argsort(reference.uniform([num_items]))[:5].numpy() for _ in range(3)]
+        np.testing.assert_array_equal(rows, np.stack(expected))
+        np.testing.assert_array_equal(rng.state.numpy(), reference.state.numpy())
+
+
+def test_a_draws_cost_does_not_grow_with_n():
+    """A pass's draws from 2**40 items (any array of n values would need terabytes) take a
+    graph with no tensor of n elements, and the rows drawn are distinct and in range."""
+    import tensorflow as tf
+
+    rng, num_items = tf.random.Generator.from_seed(0), 2 ** 40
+    graph_fn = tf.function(lambda: draw_batches(rng, num_items, 3, 128)).get_concrete_function()
+    for op in graph_fn.graph.get_operations():
+        for output in op.outputs:
+            dims = output.shape.as_list() if output.shape.rank is not None else []
+            assert all(d is None or d < 10 ** 6 for d in dims), (op.name, dims)
+    rows = graph_fn().numpy()
+    assert rows.shape == (3, 128) and rows.min() >= 0 and rows.max() < num_items
+    assert all(len(set(row)) == 128 for row in rows)
 
 
 # --------------------------------------------------------------------------- one epoch of the program

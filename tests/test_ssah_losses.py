@@ -71,6 +71,10 @@ def test_adversarial_and_discriminator_losses_are_means_of_sigmoid_ce():
     close(L.discriminator_loss(*logits), expected)
 
 
+# whole; blocks of 5 columns (not dividing N); a budget smaller than one pair (one column a block)
+BUDGETS = (L.PAIR_BYTES * 10 ** 6, L.PAIR_BYTES * 5 * N, 1)
+
+
 def test_monitoring_losses():
     hashes, features = RNG.uniform(-1, 1, (N, 4)), RNG.normal(size=(N, WIDTH))
     labels = (RNG.random((N, 3)) < 0.5).astype(float)
@@ -80,18 +84,45 @@ def test_monitoring_losses():
     def nll(x, y):
         theta = 0.5 * x @ y.T
         return np.sum(softplus(theta) - similarity * theta)
-    for chunk in (N, 5):  # whole, and in row chunks that do not divide N
-        close(L.monitoring_loss(hashes, features, labels, predicted, 0.999, chunk=chunk),
+    for budget in BUDGETS:
+        close(L.monitoring_loss(hashes, features, labels, predicted, 0.999, budget_bytes=budget),
               np.sum((predicted - labels) ** 2) + nll(hashes, hashes) + nll(features, features))
-    close(L.monitoring_loss(hashes, features, labels, predicted, 0.999, alpha=2, gamma=3, beta=0.5, chunk=5),
+    close(L.monitoring_loss(hashes, features, labels, predicted, 0.999, alpha=2, gamma=3, beta=0.5,
+                            budget_bytes=BUDGETS[1]),
           2 * np.sum((predicted - labels) ** 2) + 3 * nll(hashes, hashes) + 0.5 * nll(features, features))
     image_hashes = RNG.uniform(-1, 1, (N, 4))
     codes = np.sign(image_hashes)
     expected = (nll(image_hashes, hashes) + np.sum((codes - image_hashes) ** 2 + (codes - hashes) ** 2)
                 + np.sum((hashes - image_hashes) ** 2) + np.sum((predicted - labels) ** 2))
-    for chunk in (N, 5):
-        close(L.modality_monitoring_loss(codes, image_hashes, hashes, hashes, predicted, labels, 0.999, chunk=chunk),
+    for budget in BUDGETS:
+        close(L.modality_monitoring_loss(codes, image_hashes, hashes, hashes, predicted, labels, 0.999,
+                                         budget_bytes=budget),
               expected)
+
+
+def test_monitoring_pair_blocks_fit_the_budget():
+    """Whole rows while MIN_BLOCK_ROWS of them fit, else MIN_BLOCK_ROWS rows of part of the
+    columns; a block's temporaries within the budget at every n up to 10**7."""
+    budget = L.MONITORING_BUDGET_BYTES
+    assert L.pair_blocks(10_000) == (budget // L.PAIR_BYTES // 10_000, 10_000)
+    assert L.pair_blocks(10 ** 6) == (L.MIN_BLOCK_ROWS, budget // L.PAIR_BYTES // L.MIN_BLOCK_ROWS)
+    assert L.pair_blocks(N, BUDGETS[1]) == (N, 5) and L.pair_blocks(N, 1) == (N, 1)
+    for n in (1, 100, 10 ** 4, 10 ** 5, 10 ** 6, 10 ** 7):
+        rows, columns = L.pair_blocks(n)
+        assert 1 <= rows <= n and 1 <= columns <= n and rows * columns * L.PAIR_BYTES <= budget
+
+
+def test_monitoring_loss_in_blocks_is_the_whole_matrix_value():
+    """n = 1,500: the loss in blocks of the default budget's shape forced small (a 1 MB budget:
+    MIN_BLOCK_ROWS rows of 73 columns, 126 blocks) equals the one-block n x n sum (126 MB) to
+    float64 rounding, as the row-chunked sum it replaces did."""
+    n = 1500
+    hashes, features = RNG.uniform(-1, 1, (n, 16)), RNG.normal(size=(n, 32))
+    labels, predicted = (RNG.random((n, 5)) < 0.3).astype(float), RNG.random((n, 5))
+    whole = L.monitoring_loss(hashes, features, labels, predicted, 0.999, budget_bytes=L.PAIR_BYTES * n * n)
+    assert L.pair_blocks(n, 2 ** 20) == (L.MIN_BLOCK_ROWS, 2 ** 20 // L.PAIR_BYTES // L.MIN_BLOCK_ROWS)
+    blocked = L.monitoring_loss(hashes, features, labels, predicted, 0.999, budget_bytes=2 ** 20)
+    np.testing.assert_allclose(float(blocked), float(whole), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- golden run

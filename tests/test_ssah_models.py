@@ -285,28 +285,3 @@ def test_negative_branch_scales_get_no_gradient_and_a_traced_step_works():
     grads = [float(g) for g in gradients(tf.constant(x))]
     assert grads[1] == grads[2] == grads[4] == 0.0  # relu(negative * pooled counts) is 0: no gradient
     assert grads[0] != 0.0 and grads[3] != 0.0
-
-
-def test_dense_gradients_are_tensorflows_matmul_gradients_in_other_layouts():
-    """models.ssah.Dense: the values and both gradients of keras.layers.Dense (same weights), to
-    float32 rounding (its gradient products take other operand layouts, for speed)."""
-    import keras
-
-    from models.ssah import Dense
-    rng = np.random.RandomState(0)
-    x = tf.constant(rng.randn(6, 40).astype(np.float32))
-    upstream = tf.constant(rng.randn(6, 24).astype(np.float32))
-    ours, reference = Dense(24, activation="relu"), keras.layers.Dense(24, activation="relu")
-    ours.build((None, 40))
-    reference.build((None, 40))
-    reference.set_weights([w + 0.1 for w in ours.get_weights()])  # nonzero bias: some relu units off
-    ours.set_weights(reference.get_weights())
-    results = []
-    for layer in (ours, reference):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-        results.append([y] + tape.gradient(y, [x, layer.kernel, layer.bias], output_gradients=upstream))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-    assert 0 < float(tf.reduce_mean(tf.cast(results[0][0] > 0, tf.float32))) < 1

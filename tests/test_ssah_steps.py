@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from losses import ssah as L
 from trainers.ssah import PRESETS, Config, SSAHTrainer
 
 N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH = 24, 5, 60, 12, 8
@@ -186,13 +187,14 @@ def test_monitoring_loss_reads_the_programs_buffers():
 
     def squares(x, y):
         return np.sum((x - y) ** 2)
-    np.testing.assert_allclose(trainer.monitoring_loss("lab", chunk=7), squares(b["pred_L"], labels)
+    budget = 7 * 5 * L.PAIR_BYTES  # blocks of a few columns: 35 pairs over n rows
+    np.testing.assert_allclose(trainer.monitoring_loss("lab", budget_bytes=budget), squares(b["pred_L"], labels)
                                + nll(b["H"], b["H"]) + nll(b["feat_L"], b["feat_L"]), rtol=1e-9)
     for net, hashes, predicted, first, second in (("img", "F", "pred_I", "F", "H"), ("txt", "G", "pred_T", "H", "G")):
         codes = np.sign(b[hashes])
         expected = (nll(b[first], b[second]) + squares(codes, b[first]) + squares(codes, b[second])
                     + squares(b["H"], b[first]) + squares(b["H"], b[second]) + squares(b[predicted], labels))
-        np.testing.assert_allclose(trainer.monitoring_loss(net, chunk=7), expected, rtol=1e-9)
+        np.testing.assert_allclose(trainer.monitoring_loss(net, budget_bytes=budget), expected, rtol=1e-9)
 
 
 @pytest.mark.slow

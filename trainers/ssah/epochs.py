@@ -8,12 +8,54 @@ import tensorflow as tf
 from trainers.loop import LOSS_TAG, LR_TAG, inline_batches
 from trainers.ssah.config import EARLY_STOP, SCHEDULES, STEP_NAMES, learning_rate
 from utils import distribute
-from utils.data import pipeline
+from utils.data import LazyRows, pipeline
 from utils.errors import UserError
 from utils.run import check_finite
 
 
 StopCheck = collections.namedtuple("StopCheck", "pass_index previous last stopped")
+
+
+# Up to this many training items a batch is the first `batch` of a fresh permutation, drawn as
+# the program draws it (argsort of n uniform numbers: about 1 ms at this n); every SSAH figure and
+# recorded search so far used that stream. Beyond it the draw grows with the batch, not with n.
+PERMUTATION_DRAW_MAX_ITEMS = 16384
+
+
+def draw_batches(rng, num_items, batches, batch, permutation_up_to=PERMUTATION_DRAW_MAX_ITEMS):
+    """(batches, batch) int64: each row an independent uniform draw of `batch` distinct items of
+    range(num_items) in random order, as the program's first `batch` of a fresh permutation.
+
+    Up to `permutation_up_to` items, exactly that: one permutation per batch, in turn (the
+    generator's state advances as for the same calls made one by one). Beyond it, in time and
+    memory that grow with batches * batch, not with num_items: the first `batch` distinct values
+    of a row of i.i.d. uniform integers (repeats skipped), columns added (`batch` at a time) until
+    every row has enough. Graph-friendly (tf.function); rng: a tf.random.Generator."""
+    if num_items <= permutation_up_to:
+        rows = tf.TensorArray(tf.int32, size=batches)
+        for b in tf.range(batches):
+            rows = rows.write(b, tf.argsort(rng.uniform([num_items]))[:batch])
+        return tf.cast(rows.stack(), tf.int64)
+
+    def more():  # int64: the bias of a range that is no power of two is below num_items / 2**64
+        return rng.uniform([batches, batch], 0, num_items, dtype=tf.int64)
+
+    def firsts(draws):
+        """Where each row's value occurs for the first time (a stable sort keeps the earliest first)."""
+        order = tf.argsort(draws, axis=1, stable=True)
+        ordered = tf.gather(draws, order, batch_dims=1)
+        new = tf.concat([tf.ones([batches, 1], tf.bool), ordered[:, 1:] != ordered[:, :-1]], axis=1)
+        return tf.gather(new, tf.argsort(order, axis=1), batch_dims=1)
+
+    def short(draws):
+        return tf.reduce_any(tf.reduce_sum(tf.cast(firsts(draws), tf.int32), axis=1) < batch)
+
+    draws = tf.concat([more(), more()], axis=1)
+    draws, = tf.while_loop(short, lambda draws: (tf.concat([draws, more()], axis=1),), (draws,),
+                           shape_invariants=(tf.TensorShape([batches, None]),))
+    first = firsts(draws)
+    keep = first & (tf.cumsum(tf.cast(first, tf.int32), axis=1) <= batch)
+    return tf.reshape(tf.boolean_mask(draws, keep), [batches, batch])
 
 
 def inner_loop(passes, run_pass, monitor, rule, records, first_pass=0):
@@ -44,7 +86,8 @@ SUMMARY_KEYS = ("loss", "accuracy")  # what a pass reports: its mean loss (and d
 class EpochLoop:
     """SSAH's epochs as the program runs them: per net, the inner indices of the schedule, each
     up to its passes with the program's early stop; a pass is n // batch updates, each on a
-    fresh random batch (the first `batch` of a random permutation of the n training items).
+    fresh random batch (`batch` distinct training items, drawn as the first `batch` of a random
+    permutation would be: `draw_batches`).
 
     batch_order: None draws every batch from trainer.rng; else an iterable of row arrays
     (indices into the training items, `batch` each), one per update in the order the loop
@@ -126,28 +169,36 @@ class EpochLoop:
         self.pass_rows.assign(np.stack(draws).astype(np.int64))
 
     def _draws(self):
-        """Each batch in turn: the first `batch` of a random permutation of the n items
-        (argsort of n uniform draws of trainer.rng), into pass_rows. Compiled as one call per
-        pass; the generator's state advances as it does for the same calls made one by one."""
-        n, rows = self.trainer.num_items, tf.TensorArray(tf.int32, size=self.updates_per_pass)
-        for b in tf.range(self.updates_per_pass):
-            rows = rows.write(b, tf.argsort(self.trainer.rng.uniform([n]))[:self.batch])
-        self.pass_rows.assign(tf.cast(rows.stack(), tf.int64))
+        """The pass's batches, each an independent uniform draw of `batch` distinct items
+        (`draw_batches` from trainer.rng), into pass_rows; compiled as one call per pass."""
+        n, batches = self.trainer.num_items, self.updates_per_pass
+        self.pass_rows.assign(draw_batches(self.trainer.rng, n, batches, self.batch))
 
     def _on_device(self, name):
-        """Feature and label matrices are put on the device once and gathered there; image arrays
-        (in memory or lazy HDF5) are read on the host batch by batch (a copy of every image would
-        double the memory they take)."""
+        """Feature and label matrices (or row subsets of one: utils.data.LazyRows) are put on
+        the device once and gathered there; image arrays (in memory or lazy HDF5) are read on
+        the host batch by batch (a copy of every image would double the memory they take)."""
         source = getattr(self, name)
-        return isinstance(source, np.ndarray) and source.ndim == 2
+        matrix = source.source if isinstance(source, LazyRows) else source
+        return isinstance(matrix, np.ndarray) and matrix.ndim == 2
 
     def _reader(self, name):
-        """rows -> the values of source `name` (images, texts, labels) at those rows."""
+        """rows -> the values of source `name` (images, texts, labels) at those rows. A row subset
+        of a matrix is gathered from the whole matrix on the device through its rows (no copy of
+        the subset is made; on a CPU the device matrix is the host array itself: device_matrix)."""
+        source = getattr(self, name)
         if not self._on_device(name):
-            return pipeline.host_reads(getattr(self, name))
+            return pipeline.host_reads(source)
         if name not in self._device_values:
-            self._device_values[name] = tf.constant(getattr(self, name))
-        return lambda rows: tf.gather(self._device_values[name], rows)
+            if isinstance(source, LazyRows):
+                self._device_values[name] = (pipeline.device_matrix(source.source),
+                                             tf.constant(np.asarray(source.rows, np.int64)))
+            else:
+                self._device_values[name] = (pipeline.device_matrix(source), None)
+        values, subset = self._device_values[name]
+        if subset is None:
+            return lambda rows: tf.gather(values, rows)
+        return lambda rows: tf.gather(values, tf.gather(subset, rows))
 
     def _batches(self, step, first=0):
         """An iterator (tf.data) of (rows, inputs of the step...) of the current pass's batches

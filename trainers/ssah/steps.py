@@ -261,17 +261,19 @@ class SSAHTrainer:
         return update_and_accumulate  # the update splits its batch across replicas in Python: the sums follow eagerly
 
     # ----------------------------------------------------------------- monitoring
-    def monitoring_loss(self, net, chunk=1024):
+    def monitoring_loss(self, net, budget_bytes=L.MONITORING_BUDGET_BYTES):
         """The program's early-stop loss of `net` over all n stored items (float; the one read
         to the host per checked pass): LabNet's on (H, feat_L, pred_L); ImgNet's on codes sign(F)
-        and the pair (F, H); TxtNet's on sign(G) and (H, G); all weights 1, as in the program."""
+        and the pair (F, H); TxtNet's on sign(G) and (H, G); all weights 1, as in the program.
+        Its float64 temporaries take at most about budget_bytes (blocks of the n x n pairs)."""
         b, scale = self.buffers, self.config.similarity_scale
         if net == "lab":
-            return float(L.monitoring_loss(b["H"], b["feat_L"], self.labels, b["pred_L"], scale, chunk=chunk))
+            return float(L.monitoring_loss(b["H"], b["feat_L"], self.labels, b["pred_L"], scale,
+                                         budget_bytes=budget_bytes))
         hashes, predicted = (b["F"], b["pred_I"]) if net == "img" else (b["G"], b["pred_T"])
         first, second = (hashes, b["H"]) if net == "img" else (b["H"], hashes)
         return float(L.modality_monitoring_loss(tf.sign(hashes), first, second, b["H"], predicted, self.labels,
-                                                scale, chunk=chunk))
+                                                scale, budget_bytes=budget_bytes))
 
     def update_unified_codes(self):
         """B = sign(H + F + G), the program's unified code of the training set."""

@@ -13,6 +13,7 @@ from trainers.ssah.epochs import EpochLoop
 from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
 from utils import distribute
 from utils.errors import UserError
+from utils.data import LazyRows
 from utils.exports import EXPORTS
 from utils.metrics import mean_average_precision
 
@@ -147,6 +148,14 @@ def data_shape(data, backbone):
             int(data.images.shape[1]) if backbone == "features" else 0)
 
 
+def training_parts(data):
+    """(images, texts, labels) of the training items for EpochLoop: images and texts as row
+    subsets of the data's own (utils.data.LazyRows: no copy of the training rows; matrices are
+    gathered through them on the device, which shares the host matrix on a CPU)."""
+    rows = data.split.train
+    return LazyRows(data.images, rows), LazyRows(data.texts, rows), data.labels[rows]
+
+
 class SSAHTraining(Method):
     """SSAH's part of the shared loop: a unit is one epoch of EpochLoop (the four steps' passes
     with the program's early stop; mid-epoch checkpoints hold its position); after it the
@@ -159,7 +168,7 @@ class SSAHTraining(Method):
     def __init__(self, config, data, trainer, backbone, run=None):
         self.config, self.data, self.trainer = config, data, trainer
         self.units, self.log_every = config.epochs, config.log_every
-        self.epoch_loop = EpochLoop(trainer, config, data.part("train"), run=run)
+        self.epoch_loop = EpochLoop(trainer, config, training_parts(data), run=run)
         self.meters = []
         for step, terms in STEP_TERMS.items():
             tags = {f"{step}/{term}": LOSS_TAG.format(step=step, term="total" if term == "loss" else term)

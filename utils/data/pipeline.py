@@ -31,6 +31,38 @@ def batch_rows(rows, batch_size, shuffle_seed=None):
     return [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
+DEVICE_ALIGNMENT = 64  # bytes: TensorFlow's CPU kernels need a buffer aligned to this to use it in place
+
+
+def aligned_array(values, dtype):
+    """`values` as a new C-contiguous array of `dtype` whose buffer is DEVICE_ALIGNMENT-aligned
+    (one copy, as astype makes), so that `device_matrix` can share it instead of copying it."""
+    values = np.asarray(values)
+    dtype = np.dtype(dtype)
+    size = int(np.prod(values.shape)) * dtype.itemsize
+    raw = np.empty(size + DEVICE_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % DEVICE_ALIGNMENT
+    out = raw[offset:offset + size].view(dtype).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+def device_matrix(values):
+    """A host matrix as a tensor on the default device. On a machine without GPUs the tensor
+    shares the array's memory when it can (DLPack; a C-contiguous, aligned, writable array, as
+    `aligned_array` makes): the matrix is then held once, not once more as a copy."""
+    import tensorflow as tf
+
+    shareable = (isinstance(values, np.ndarray) and values.flags.c_contiguous and values.flags.writeable
+                 and values.ctypes.data % DEVICE_ALIGNMENT == 0 and not tf.config.list_logical_devices("GPU"))
+    if shareable:
+        try:
+            return tf.experimental.dlpack.from_dlpack(values.__dlpack__())
+        except (BufferError, TypeError, ValueError):  # a dtype or layout DLPack does not take: copy
+            pass
+    return tf.constant(values)
+
+
 def host_reads(source):
     """rows (an int64 tensor) -> source[rows] as a tensor of the source's dtype, read on the host
     (tf.numpy_function): only the rows asked for are read, the source is never copied whole."""
