@@ -46,7 +46,7 @@ def variant_config(variant):
             overrides[key] = json.loads(text)
         except json.JSONDecodeError:
             overrides[key] = text
-    config = build_config(acmr, argparse.Namespace(variant=name, dataset="wiki"))
+    config = build_config(acmr.METHOD, argparse.Namespace(variant=name, dataset="wiki"))
     unknown = set(overrides) - {field.name for field in dataclasses.fields(config)}
     if unknown:
         raise SystemExit(f"--variants {variant}: ACMR has no setting {', '.join(sorted(unknown))}")

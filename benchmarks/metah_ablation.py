@@ -73,8 +73,8 @@ def tuned_settings(pair_name):
     """The settings of the pair's committed tuned preset (a one-line error naming the tune
     command when the pair has none)."""
     from trainers import metah
-    from utils.tune import committed_preset, read_preset
-    return read_preset(committed_preset("metah", pair_name), "metah", metah.Config)
+    from utils.presets import committed_preset, read_preset
+    return read_preset(committed_preset("metah", pair_name, "--preset"), "metah", metah.Config)
 
 
 def run_grid(args, results):

@@ -93,7 +93,8 @@ def settings_of_pair(dataset, bits, seed):
     `seed` are the search's); and the search's target balance floor."""
     from trainers import metah
     from utils import tune
-    search = tune.recorded_search(tune.committed_preset("metah", dataset), bits=bits, seed=seed)
+    from utils.presets import committed_preset
+    search = tune.recorded_search(committed_preset("metah", dataset, "--preset"), bits=bits, seed=seed)
     searched = bits == search.args.bits and seed == search.args.seed
     config = dataclasses.replace(search.config, eval_every_epoch=False)
     settings = [(f"preset:{name}", dataclasses.replace(config, **metah.PRESETS[name]), None) for name in PRESETS]

@@ -77,7 +77,7 @@ def planned_settings(options):
     from utils.config import add_config_arguments
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, ssah.Config)
-    return json.loads(json.dumps(dataclasses.asdict(build_config(ssah, parser.parse_args(options)))))
+    return json.loads(json.dumps(dataclasses.asdict(build_config(ssah.METHOD, parser.parse_args(options)))))
 
 
 def check_reused_run(run_dir, planned):

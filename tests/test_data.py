@@ -365,4 +365,4 @@ def test_metah_is_pointed_from_validation_size_to_its_validation_fraction():
     import train
     from trainers import metah
     with pytest.raises(UserError, match="--validation-fraction"):
-        train.check_config(metah.Config(validation_size=50), "metah")
+        train.check_config(metah.Config(validation_size=50), metah.METHOD)

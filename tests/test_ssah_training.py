@@ -148,7 +148,7 @@ def test_wiki_starts_from_its_dataset_defaults_and_explicit_options_win():
     def config_for(argv):
         parser = argparse.ArgumentParser()
         add_config_arguments(parser, ssah.Config)
-        return build_config(ssah, parser.parse_args(argv))
+        return build_config(ssah.METHOD, parser.parse_args(argv))
 
     def rates(config):
         return config.lr_lab_exponent, config.lr_img_exponent, config.epochs

@@ -8,7 +8,7 @@ import pytest
 
 import train
 from trainers import acmr, metah, ssah
-from utils import tune
+from utils import presets, tune
 from utils.config import add_config_arguments
 from utils.errors import UserError
 
@@ -21,7 +21,7 @@ def config_for(module, argv):
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, module.Config)
     parser.add_argument("--preset-file", default="")
-    return train.build_config(module, parser.parse_args(argv))
+    return train.build_config(module.METHOD, parser.parse_args(argv))
 
 
 def write(path, obj):
@@ -83,9 +83,9 @@ def test_validation_rows_are_never_query_rows(monkeypatch):
 
 
 def test_validation_view_needs_a_validation_part():
-    from utils.data import load_dataset
+    from utils.data import load_dataset, validation_view
     with pytest.raises(UserError, match="--validation-size"):
-        tune.validation_view(load_dataset("synthetic"))
+        validation_view(load_dataset("synthetic"))
 
 
 def test_metah_scores_on_source_validation_queries(monkeypatch):
@@ -98,9 +98,9 @@ def test_metah_scores_on_source_validation_queries(monkeypatch):
     monkeypatch.setattr(metah, "fit", fake_fit)
     preset = tune.run_search("metah", "mnist->usps", trials=1)
     assert preset["validation"]["best_map"] == 0.6  # never the target's figure
-    assert preset["validation"]["target_balance_floor"] == tune.METAH_TARGET_BALANCE_FLOOR == 0.9
+    assert preset["validation"]["target_balance_floor"] == metah.TARGET_BALANCE_FLOOR == 0.9
     assert preset["trials"][0]["accepted"]
-    assert seen[0].validation_fraction == tune.METAH_VALIDATION_FRACTION and seen[0].preset == "metah"
+    assert seen[0].validation_fraction == metah.VALIDATION_FRACTION and seen[0].preset == "metah"
     assert not seen[0].eval_every_epoch and "eval_every_epoch" not in preset["settings"]
 
 
@@ -205,7 +205,7 @@ def test_a_missing_preset_file_stops_train_py_before_training(tmp_path):
 
 
 def test_tuned_applies_the_committed_preset_and_names_the_tune_command_without_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(tune, "PRESETS_DIR", str(tmp_path))
+    monkeypatch.setattr(presets, "PRESETS_DIR", str(tmp_path))
     with pytest.raises(UserError, match=r"python -m utils.tune --method metah --dataset 'mnist->usps'"):
         config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps"])
     write(tmp_path / "metah-mnist-usps.json", {"method": "metah", "settings": {"beta": 0.25, "iterations": 77}})
@@ -237,7 +237,7 @@ def test_the_acmr_search_starts_from_the_program_and_the_paper_variant_and_its_p
         score = 0.4 if config.train_label_classifier and config.image_norm == "none" else 0.2
         return {"final": {"test": {"average": score}, "database": {"average": score}}}
     monkeypatch.setattr(acmr, "fit", fake_fit)
-    monkeypatch.setattr(tune, "PRESETS_DIR", str(tmp_path))
+    monkeypatch.setattr(presets, "PRESETS_DIR", str(tmp_path))
     preset = tune.run_search("acmr", "synthetic", trials=2, validation_size=120,
                              out=str(tmp_path / "acmr-synthetic.json"))
     program = config_for(acmr, ["--dataset", "synthetic"])
@@ -292,7 +292,7 @@ def test_the_acmr_objective_picks_the_trial_its_rule_says_and_the_preset_records
     assert preset["validation"]["best_trial"] == best_trial
     assert preset["validation"]["best_map"] == pytest.approx(best_score)
     assert preset["validation"]["objective"] == objective
-    assert preset["validation"]["rule"] == tune.ACMR_OBJECTIVES[objective]
+    assert preset["validation"]["rule"] == acmr.OBJECTIVES[objective]
     assert f"--objective {objective}" in preset["command"]
     assert preset["settings"]["train_label_classifier"] is (best_trial == 1)
 
@@ -316,7 +316,7 @@ def test_an_objective_other_than_mean_is_acmr_only():
         tune.run_search("ssah", "synthetic", trials=1, objective="min")
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="not one of mean, min, top_k"):
-        tune.acmr_objective_score({acmr.TEST_PROTOCOL: {"average": 0.3}}, "max")
+        acmr.objective_score({acmr.TEST_PROTOCOL: {"average": 0.3}}, "max")
 
 
 def test_a_warm_start_adds_an_earlier_searchs_trials_rescored_under_the_new_objective(tmp_path, monkeypatch):

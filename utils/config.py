@@ -12,6 +12,11 @@ from utils.errors import UserError
 from utils.metrics import DEFAULT_TIES, TIE_RULES, check_ties
 
 
+def setting(default, help_text, **metadata):
+    """A Config field: its default, its --help text and any other metadata (e.g. choices)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
 @dataclasses.dataclass
 class CommonConfig:
     """Settings every method shares."""

@@ -8,7 +8,8 @@ import utils.data
 from models import cnnf, vgg19
 from models.ssah import FeatureTrunk
 from trainers.loop import DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, Evaluation, LossMeter, Method, TrainingLoop
-from trainers.ssah.config import IMAGENET_MEAN_RGB, SCHEDULES, STEP_NAMES, STEP_TERMS, resolve_backbone
+from trainers.registry import check_settings
+from trainers.ssah.config import IMAGENET_MEAN_RGB, METHOD, STEP_NAMES, STEP_TERMS, resolve_backbone
 from trainers.ssah.epochs import EpochLoop
 from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
 from utils import distribute
@@ -222,13 +223,6 @@ class SSAHTraining(Method):
         return record
 
 
-def check_config(config):
-    if config.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
-    if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
-        raise UserError("bits, embed_dim and batch_size must be positive")
-
-
 def load_data(config):
     return utils.data.load_dataset(config.dataset, config.data, config.seed, config.split_file,
                                    split_sizes=config.split_sizes, validation_size=config.validation_size)
@@ -238,7 +232,7 @@ def fit(config, data=None, run=None, resume=False):
     """Trains and evaluates through the shared loop; logs, checkpoints and exports (codes.mat
     every epoch) only when `run` is given. Returns {"final": the last epoch's mAP per direction
     and "epoch", "epochs": per-epoch records, "seconds", "iterations"}."""
-    check_config(config)
+    check_settings(METHOD, config)
     data = data if data is not None else load_data(config)
     backbone = resolve_backbone(config, data)
     trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
@@ -251,3 +245,10 @@ def fit(config, data=None, run=None, resume=False):
 
 def train(config, run, resume=False):
     return fit(config, run=run, resume=resume)
+
+
+def validation_score(config, objective="mean"):
+    """(mean validation mAP over i->t and t->i, figures) of `config` trained on its training items
+    (the settings search, tune.py)."""
+    figures = fit(config, data=utils.data.validation_view(load_data(config)))["final"]
+    return float(np.mean([figures["i->t"], figures["t->i"]])), figures

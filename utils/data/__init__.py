@@ -180,3 +180,14 @@ def check_split_sizes(name, sizes, num_items):
         raise UserError(f"the split of '{name}' needs {num_query} queries + {num_train} training items but the "
                         f"data has only {num_items}; pass smaller sizes, e.g. --split-sizes {small}")
     return num_query, num_train
+
+
+def validation_view(data):
+    """The data with the validation items as queries, ranked against the database without them,
+    and training on the training items left: a method's usual evaluation of this view gives its
+    validation figures, and no query of the dataset is used."""
+    split = data.split
+    if not len(split.validation):
+        raise UserError("the data has no validation part; give --validation-size N")
+    view = Split(query=split.validation, train=split.train, database=split.validation_database)
+    return dataclasses.replace(data, split=view)
