@@ -101,6 +101,9 @@ def main(argv=None):
     first.add_argument("--preset-file", default="", help="JSON preset of python -m utils.tune: its settings "
                        "apply after the variant, before explicit options")
     known, _ = first.parse_known_args(argv)
+    if not known.resume:  # --help and argument errors end here, before the heavier imports below
+        spec = get_method(known.method or "ssah")
+        config = build_config(spec, method_parser(spec, first).parse_args(argv))
 
     from utils.run import NonFiniteLoss, Run, finished_length, mark_completed, set_seed, tee_stdout
     if known.resume and known.preset_file:
@@ -109,8 +112,6 @@ def main(argv=None):
         run = Run.open(known.resume, config_classes())
         spec = get_method(run.method)
     else:
-        spec = get_method(known.method or "ssah")
-        config = build_config(spec, method_parser(spec, first).parse_args(argv))
         check_config(config, spec)
         run = Run.create(spec.name, config)
     length_field = spec.length_field

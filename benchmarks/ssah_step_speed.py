@@ -54,7 +54,7 @@ def main():
 
     from models.cnnf import CNNF
     from models.ssah import FeatureTrunk
-    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, Config, SSAHTrainer
+    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, Config, SsahModel
     from utils.distribute import dtype_policy
 
     n, batch, text_dim, classes, image_dim = args.items, args.batch, 1386, 24, 4096
@@ -69,14 +69,14 @@ def main():
     if cnnf:  # a pool of random images stands in for the n stored ones (only batches are read)
         pool = rng.randint(0, 256, (2 * batch, 224, 224, 3)).astype(np.uint8)
         mean = tf.constant(np.asarray(IMAGENET_MEAN_RGB, np.float32))
-        trainer = SSAHTrainer(config, labels, text_dim, trunk, lambda x: tf.cast(x, tf.float32) - mean)
+        trainer = SsahModel(config, labels, text_dim, trunk, lambda x: tf.cast(x, tf.float32) - mean)
         trainer.build((224, 224, 3))
 
         def image_rows(rows):
             return pool[rows % len(pool)]
     else:
         images = rng.rand(n, image_dim).astype(np.float32)
-        trainer = SSAHTrainer(config, labels, text_dim, trunk)
+        trainer = SsahModel(config, labels, text_dim, trunk)
         trainer.build((image_dim,))
 
         def image_rows(rows):

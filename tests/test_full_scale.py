@@ -41,7 +41,7 @@ def tiny_trainer(variant="original", strategy=None, **overrides):
     import tensorflow as tf
 
     from models.ssah import FeatureTrunk
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import PRESETS, Config, SsahModel
     from utils import distribute
 
     labels = tiny_data()[0]
@@ -50,7 +50,7 @@ def tiny_trainer(variant="original", strategy=None, **overrides):
     tf.keras.utils.set_random_seed(0)
     with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
         trunk = FeatureTrunk(32)
-    trainer = SSAHTrainer(config, labels, TEXT_DIM, trunk, strategy=strategy)
+    trainer = SsahModel(config, labels, TEXT_DIM, trunk, strategy=strategy)
     trainer.build((IMAGE_DIM,))
     return trainer
 
@@ -260,7 +260,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
     import keras
 
     import train
-    import trainers.ssah.training as ssah  # where build_trainer looks build_trunk up
+    import trainers.ssah.training as ssah  # where build_model looks build_trunk up
     import utils.data
     from utils.data.dcmh import HDF5Images
 

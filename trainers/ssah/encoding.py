@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers.ssah.config import Config, resolve_backbone
-from trainers.ssah.training import _check_resume_checkpoint, build_trainer, load_data
+from trainers.ssah.training import _check_resume_checkpoint, build_model, load_data
 from utils import io
 from utils.data import resolve_path
 from utils.errors import UserError
@@ -47,13 +47,13 @@ def _holds_words(inputs):
                                       and isinstance(first[0], str))
 
 
-def restored_trainer(run_dir, data=None):
+def restored_model(run_dir, data=None):
     """(config, data, trainer) of a trained run: the networks rebuilt from RUN_DIR/config.json
     (the run's dataset gives shapes and feature statistics; `data` when already loaded) with
     the latest checkpoint restored. encode() and export.py both start here."""
     _, config = saved_config(run_dir, {"ssah": Config})
     data = data if data is not None else load_data(config)
-    trainer = build_trainer(config, data, resolve_backbone(config, data))
+    trainer = build_model(config, data, resolve_backbone(config, data))
     objects = trainer.checkpoint_objects()
     _check_resume_checkpoint(run_dir, objects)
     restore_trained(run_dir, tf.train.Checkpoint(**objects))
@@ -76,5 +76,5 @@ def encode(run_dir, inputs, modality):
         inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]
     inputs = item_rows(inputs, item_shape, f"{modality} inputs")
-    _, _, trainer = restored_trainer(run_dir, data)
+    _, _, trainer = restored_model(run_dir, data)
     return trainer.hash_codes("img" if modality == "image" else "txt", inputs, config.eval_batch_size)

@@ -45,7 +45,7 @@ def encoders(run_dir):
     """(config, {name: portable.Encoder}) of a trained run: image, text and (with a vocabulary) tag-word encoders."""
     # the run's own split: its training part gives the feature statistics (a validation part,
     # where the run carved one, is not training data)
-    config, data, trainer = encoding.restored_trainer(run_dir)
+    config, data, trainer = encoding.restored_model(run_dir)
 
     img_net, txt_net = trainer.nets["img"], trainer.nets["txt"]
     preprocess, steps = _image_preprocessing(config, data, trainer)

@@ -11,7 +11,7 @@ from trainers.loop import DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, Evaluation, Loss
 from trainers.registry import check_settings
 from trainers.ssah.config import IMAGENET_MEAN_RGB, METHOD, STEP_NAMES, STEP_TERMS, resolve_backbone
 from trainers.ssah.epochs import EpochLoop
-from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
+from trainers.ssah.steps import SsahModel, checkpoint_variable_names
 from utils import distribute
 from utils.errors import UserError
 from utils.exports import EXPORTS
@@ -73,12 +73,12 @@ def text_standardizer(config, data):
     return standardizer(train_texts.mean(axis=0), np.maximum(train_texts.std(axis=0), 1e-6))
 
 
-def build_trainer(config, data, backbone, strategy=None):
-    """An SSAHTrainer for `data`'s training part with every variable created; the trunk is
+def build_model(config, data, backbone, strategy=None):
+    """An SsahModel for `data`'s training part with every variable created; the trunk is
     built under the strategy's scope and the run's dtype policy."""
     with distribute.scope(strategy), distribute.dtype_policy(config.mixed_precision):
         trunk, preprocess = build_trunk(config, data, backbone)
-    trainer = SSAHTrainer(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
+    trainer = SsahModel(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
                           seed=config.seed, strategy=strategy, text_preprocess=text_standardizer(config, data))
     trainer.build(tuple(data.images.shape[1:]))
     return trainer
@@ -150,7 +150,7 @@ def data_shape(data, backbone):
             int(data.images.shape[1]) if backbone == "features" else 0)
 
 
-class SSAHTraining(Method):
+class SsahTraining(Method):
     """SSAH's part of the shared loop: a unit is one epoch of EpochLoop (the four steps' passes
     with the program's early stop; mid-epoch checkpoints hold its position); after it the
     unified code B is updated and the codes evaluated and exported. One LossMeter per step
@@ -235,10 +235,10 @@ def fit(config, data=None, run=None, resume=False):
     check_settings(METHOD, config)
     data = data if data is not None else load_data(config)
     backbone = resolve_backbone(config, data)
-    trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
+    trainer = build_model(config, data, backbone, distribute.make_strategy(config.strategy))
     if resume and run is not None:
         _check_resume_checkpoint(run.dir, trainer.checkpoint_objects(), data_shape(data, backbone))
-    training = SSAHTraining(config, data, trainer, backbone, run=run)
+    training = SsahTraining(config, data, trainer, backbone, run=run)
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"SSAH {config.variant} {config.dataset}").run()
 
