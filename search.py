@@ -111,8 +111,7 @@ def load_index(source, database, codes):
 
 def label_names(config):
     """The dataset's label names (FILE.vocab.json beside a prepared FILE.h5), or None."""
-    from utils.data import resolve_path
-    from utils.prepare import sidecar_paths
+    from utils.data import resolve_path, sidecar_paths
     try:
         path = resolve_path(config.get("dataset", ""), config.get("data", ""))
     except (UserError, TypeError):

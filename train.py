@@ -98,7 +98,7 @@ def main(argv=None):
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--method", default=None, choices=METHODS)
     first.add_argument("--resume", default="")
-    first.add_argument("--preset-file", default="", help="JSON preset of python -m utils.tune: its settings "
+    first.add_argument("--preset-file", default="", help="JSON preset of python tune.py: its settings "
                        "apply after the variant, before explicit options")
     known, _ = first.parse_known_args(argv)
     if not known.resume:  # --help and argument errors end here, before the heavier imports below

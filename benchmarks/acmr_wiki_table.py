@@ -37,7 +37,7 @@ def variant_config(variant):
     An ablation names settings changed on top: "tuned:image_norm=none:text_norm=none"."""
     from train import build_config
     from trainers import acmr
-    from utils.tune import apply_params
+    from tune import apply_params
     name, *changes = variant.split(":")
     overrides = {}
     for change in changes:

@@ -300,19 +300,19 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 # --------------------------------------------------------------------------- real COCO, end to end
 
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
-    """The README's commands on the official COCO layout: `python -m utils.prepare coco
+    """The README's commands on the official COCO layout: `python prepare.py coco
     --annotations ... --images ... --images ...` (default output: the data folder) -> `python
     train.py --dataset coco --bits 32 --split-sizes 20,80` (no --data: found where prepare wrote
     it; a small CNN-F schedule) -> `python eval.py RUN_DIR`."""
     root = shared_path("data", "coco-mini")
     import eval as evaluation
     import train
-    from utils import prepare
+    import prepare
     from utils.data import resolve_path
 
     data_root = tmp_path / "data"
     monkeypatch.setenv("ADVHASH_DATA", str(data_root))  # the data folder prepare and train.py share
-    with pytest.raises(UserError, match="python -m utils.prepare coco"):
+    with pytest.raises(UserError, match="python prepare.py coco"):
         resolve_path("coco", "")
     assert prepare.main(["coco", "--annotations", os.path.join(root, "annotations"),
                          "--images", os.path.join(root, "train2017"), "--images", os.path.join(root, "val2017"),

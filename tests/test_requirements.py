@@ -11,13 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+import prepare
 from tests.conftest import REPO_ROOT, shared_path
-from utils import metrics, optional, prepare
+from utils import metrics, optional
 from utils.errors import UserError
 
 OPTIONAL = ("faiss", "numba", "pycocotools")
 LOCAL = {"models", "losses", "trainers", "utils", "tests", "benchmarks", "train", "eval", "export", "search",
-         "conftest"}
+         "tune", "prepare", "conftest"}
 # Import name -> the name pip installs it under (where they differ).
 DISTRIBUTIONS = {"PIL": "pillow", "faiss": "faiss-cpu", "tensorflow": "tensorflow", "yaml": "pyyaml"}
 

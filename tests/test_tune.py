@@ -1,4 +1,4 @@
-"""The settings search (utils/tune.py) and the presets train.py reads."""
+"""The settings search (tune.py) and the presets train.py reads."""
 import argparse
 import json
 import os
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import train
+import tune
 from trainers import acmr, metah, ssah
-from utils import presets, tune
+from utils import presets
 from utils.config import add_config_arguments
 from utils.errors import UserError
 
@@ -36,7 +37,7 @@ def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
                "--validation-size", "150", "--out", str(out), *TINY_SSAH])
     preset = json.loads(out.read_text())
     assert preset["method"] == "ssah" and preset["dataset"] == "synthetic" and preset["bits"] == 8
-    assert preset["command"].startswith("python -m utils.tune --method ssah") and preset["date"]
+    assert preset["command"].startswith("python tune.py --method ssah") and preset["date"]
     assert len(preset["trials"]) == 2
     # Trial 0 measures the program's own settings, so the preset never scores below them.
     first = preset["trials"][0]["params"]
@@ -206,7 +207,7 @@ def test_a_missing_preset_file_stops_train_py_before_training(tmp_path):
 
 def test_tuned_applies_the_committed_preset_and_names_the_tune_command_without_one(tmp_path, monkeypatch):
     monkeypatch.setattr(presets, "PRESETS_DIR", str(tmp_path))
-    with pytest.raises(UserError, match=r"python -m utils.tune --method metah --dataset 'mnist->usps'"):
+    with pytest.raises(UserError, match=r"python tune.py --method metah --dataset 'mnist->usps'"):
         config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps"])
     write(tmp_path / "metah-mnist-usps.json", {"method": "metah", "settings": {"beta": 0.25, "iterations": 77}})
     config = config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps", "--iterations", "90"])
@@ -384,7 +385,7 @@ def test_reranking_over_seeds_picks_the_trial_that_holds_not_the_luckiest(tmp_pa
     assert sorted(seen) == sorted([(False, 1), (False, 2)] * 2 + [(True, 1), (True, 2)])
     rerank = preset["rerank"]
     assert rerank["chosen_trial"] == 0 and rerank["seeds"] == [0, 1, 2] and rerank["top"] == 3
-    assert rerank["command"] == f"python -m utils.tune --rerank {path} --top 3 --seeds 1,2"
+    assert rerank["command"] == f"python tune.py --rerank {path} --top 3 --seeds 1,2"
     assert rerank["mean_map"] == pytest.approx(0.8)
     assert [c["number"] for c in rerank["candidates"]][0] != 0  # ranked by the search's score first
     other = next(c for c in rerank["candidates"] if c["number"] != 0)
@@ -398,7 +399,7 @@ def test_reranking_over_seeds_picks_the_trial_that_holds_not_the_luckiest(tmp_pa
 def test_reranking_rejects_a_metah_trial_that_collapses_the_target_at_any_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9}))
     path = tmp_path / "preset.json"
-    tune.run_search("metah", "mnist->usps", trials=2, out=str(path), command="python -m utils.tune --method metah "
+    tune.run_search("metah", "mnist->usps", trials=2, out=str(path), command="python tune.py --method metah "
                     "--dataset mnist->usps --trials 2")
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9},
                                                              balances={(False, 3): 0.2}))
@@ -437,7 +438,7 @@ def test_reranking_bad_input_is_a_one_line_error(tmp_path, monkeypatch, preset, 
     path = tmp_path / "preset.json"
     if preset is None:
         tune.run_search("metah", "mnist->usps", trials=1, out=str(path),
-                        command="python -m utils.tune --method metah --dataset mnist->usps --trials 1")
+                        command="python tune.py --method metah --dataset mnist->usps --trials 1")
     else:
         write(path, preset)
     with pytest.raises(UserError, match=message) as error:
@@ -451,12 +452,12 @@ def test_reranking_breaks_equal_means_by_the_validation_hash_lookup(tmp_path, mo
     path = tmp_path / "preset.json"
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 1.0, (False, None): 1.0}))
     tune.run_search("metah", "mnist->usps", trials=2, out=str(path),
-                    command="python -m utils.tune --method metah --dataset mnist->usps --trials 2")
+                    command="python tune.py --method metah --dataset mnist->usps --trials 2")
     assert tune.rerank(str(path), top=2, seeds=[1])["rerank"]["chosen_trial"] == 0
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 1.0, (False, None): 1.0},
                                                              lookups={(True, None): 0.9, (False, None): 1.0}))
     tune.run_search("metah", "mnist->usps", trials=2, out=str(path),
-                    command="python -m utils.tune --method metah --dataset mnist->usps --trials 2")
+                    command="python tune.py --method metah --dataset mnist->usps --trials 2")
     preset = tune.rerank(str(path), top=2, seeds=[1])
     assert preset["rerank"]["chosen_trial"] == 1
     assert [c["mean_map_radius2"] for c in preset["rerank"]["candidates"]] == [0.9, 1.0]

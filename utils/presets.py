@@ -65,7 +65,7 @@ def committed_preset(method, dataset, flag="--variant"):
     path = os.path.join(PRESETS_DIR, preset_name(method, dataset))
     if not os.path.exists(path):
         raise UserError(f"{flag} tuned has no preset for {method} on '{dataset}' ({path} is missing): make one "
-                        f"with python -m utils.tune --method {method} --dataset '{dataset}' --trials 30 --out "
+                        f"with python tune.py --method {method} --dataset '{dataset}' --trials 30 --out "
                         f"{os.path.relpath(path)}, or pass --preset-file FILE")
     return path
 
@@ -107,13 +107,13 @@ def preset_json(path):
     """The JSON of the preset file at `path`; a one-line error when it is missing or unreadable."""
     if not os.path.isfile(path):
         raise UserError(f"preset file {path} does not exist; give the path of a JSON preset written by "
-                        f"python -m utils.tune")
+                        f"python tune.py")
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"preset file {path} is not readable JSON ({error}); write it again with "
-                        f"python -m utils.tune") from None
+                        f"python tune.py") from None
 
 
 def read_preset(path, method, config_class):
@@ -123,7 +123,7 @@ def read_preset(path, method, config_class):
     preset = preset_json(path)
     if not isinstance(preset, dict) or not isinstance(preset.get("settings"), dict):
         raise UserError(f"preset file {path} has no 'settings' object; a preset is the JSON that "
-                        f"python -m utils.tune writes")
+                        f"python tune.py writes")
     if preset.get("method", method) != method:
         raise UserError(f"preset file {path} is for {preset['method']}, not {method}: use --method "
                         f"{preset['method']} or another preset")

@@ -87,7 +87,7 @@ PRESETS["tuned"] = dict(PRESETS["original"])  # plus trainers/presets/ssah-DATAS
 @dataclasses.dataclass
 class Config(CommonConfig):
     variant: str = setting("original", "original = the authors' program, paper = the published equations, "
-                          "tuned = the program with the settings utils.tune chose for the dataset "
+                          "tuned = the program with the settings tune.py chose for the dataset "
                           "(trainers/presets/ssah-DATASET.json)",
                           choices=tuple(PRESETS))
     # Networks

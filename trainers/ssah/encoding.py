@@ -7,14 +7,13 @@ import tensorflow as tf
 from trainers.ssah.config import Config, resolve_backbone
 from trainers.ssah.training import _check_resume_checkpoint, build_model, load_data
 from utils import io
-from utils.data import resolve_path
+from utils.data import resolve_path, sidecar_paths
 from utils.errors import UserError
-from utils.prepare import sidecar_paths
 from utils.run import item_rows, restore_trained, saved_config
 
 
 def dataset_vocabulary(config):
-    """The tag words of the run's dataset in column order (FILE.vocab.json that utils.prepare
+    """The tag words of the run's dataset in column order (FILE.vocab.json that prepare.py
     writes beside FILE.h5), or None when the data has none."""
     path = resolve_path(config.dataset, config.data)
     vocab_path = sidecar_paths(path)[0] if path and os.path.isfile(path) else ""
@@ -24,7 +23,7 @@ def dataset_vocabulary(config):
 def tag_vectors(words, vocabulary, text_dim):
     """Bag-of-tags rows (float32) of one tag list or a list of tag lists; unknown tags are skipped."""
     if vocabulary is None:
-        raise UserError("the run's dataset has no vocabulary file (FILE.vocab.json from utils.prepare): "
+        raise UserError("the run's dataset has no vocabulary file (FILE.vocab.json from prepare.py): "
                         f"give tag vectors (items x {text_dim}) instead of tag words")
     items = [words] if all(isinstance(w, str) for w in words) else list(words)
     column = {word: j for j, word in enumerate(vocabulary)}

@@ -1,11 +1,11 @@
 """Settings search on a validation split, and the JSON presets it writes.
 
-    python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
-    python -m utils.tune --method acmr --dataset wiki --trials 20
-    python -m utils.tune --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
-    python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
-    python -m utils.tune --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
-    python -m utils.tune --rerank trainers/presets/acmr-wiki.json --top 8 --seeds 1,2,3,4  # see rerank()
+    python tune.py --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
+    python tune.py --method acmr --dataset wiki --trials 20
+    python tune.py --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
+    python tune.py --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
+    python tune.py --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
+    python tune.py --rerank trainers/presets/acmr-wiki.json --top 8 --seeds 1,2,3,4  # see rerank()
 
 Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
 (seeded) proposes, and scores them on VALIDATION items carved out of the training set, never
@@ -42,7 +42,7 @@ import time
 import typing
 
 from trainers.registry import METHODS, get_method, spec_of
-from utils.errors import UserError
+from utils.errors import UserError, run_command_line
 from utils.presets import PER_RUN_FIELDS, PRESET_FORMAT, PRESETS_DIR, converted, preset_json, preset_name, read_preset, write_preset
 
 # Subtracted from a METAH trial's score when the target's prediction balance is below the floor:
@@ -134,7 +134,7 @@ def base_config(method, fixed_options):
     from train import build_config
     from utils.config import add_config_arguments
     spec = get_method(method)
-    parser = argparse.ArgumentParser(prog=f"python -m utils.tune --method {method}")
+    parser = argparse.ArgumentParser(prog=f"python tune.py --method {method}")
     add_config_arguments(parser, spec.config_class)
     args = parser.parse_args(fixed_options)
     given = {name for name, value in vars(args).items() if value is not None}
@@ -354,13 +354,15 @@ def recorded_search(path, bits=None, seed=None):
     method = recorded.get("method") if isinstance(recorded, dict) else None
     if method not in METHODS:
         raise UserError(f"preset file {path} names no method of {', '.join(METHODS)}; give a preset "
-                        f"written by python -m utils.tune")
+                        f"written by python tune.py")
     read_preset(path, method, get_method(method).Config)  # its settings: a one-line error when broken
     words = shlex.split(recorded.get("command") or "")
-    if words[:3] != ["python", "-m", "utils.tune"] or "--rerank" in words or not recorded.get("trials"):
+    # searches recorded before tune.py moved to the top level name `python -m utils.tune`
+    prefix = next((len(p) for p in (["python", "tune.py"], ["python", "-m", "utils.tune"]) if words[:len(p)] == p), 0)
+    if not prefix or "--rerank" in words or not recorded.get("trials"):
         raise UserError(f"preset file {path} records no search (its command is {recorded.get('command')!r}); "
-                        f"re-ranking reruns the trials a python -m utils.tune search recorded")
-    args, fixed = argument_parser().parse_known_args(words[3:])
+                        f"re-ranking reruns the trials a python tune.py search recorded")
+    args, fixed = argument_parser().parse_known_args(words[prefix:])
     config, given, space, reference = search_setup(method, args.dataset, args.bits if bits is None else bits,
                                                    args.seed if seed is None else seed, fixed,
                                                    args.validation_size, args.validation_fraction)
@@ -472,7 +474,7 @@ def argument_parser():
 
 
 def rerank_main(argv, command):
-    parser = argparse.ArgumentParser(prog="python -m utils.tune --rerank", description=rerank.__doc__)
+    parser = argparse.ArgumentParser(prog="python tune.py --rerank", description=rerank.__doc__)
     parser.add_argument("--rerank", required=True, metavar="PRESET", help="a preset a search wrote")
     parser.add_argument("--top", type=int, default=6, help="best recorded trials to rerun (default 6)")
     parser.add_argument("--seeds", required=True, help="comma-separated seeds other than the search's, e.g. 1,2,3,4")
@@ -487,7 +489,7 @@ def rerank_main(argv, command):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)  # recorded in the preset
+    command = "python tune.py " + " ".join(shlex.quote(a) for a in argv)  # recorded in the preset
     if any(a == "--rerank" or a.startswith("--rerank=") for a in argv):
         return rerank_main(argv, command)
     args, fixed = argument_parser().parse_known_args(argv)
@@ -499,5 +501,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_command_line
     run_command_line(main)
