@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -43,7 +42,8 @@ import typing
 
 from trainers.registry import METHODS, get_method, spec_of
 from utils.errors import UserError, run_command_line
-from utils.presets import PER_RUN_FIELDS, PRESET_FORMAT, PRESETS_DIR, converted, preset_json, preset_name, read_preset, write_preset
+from utils.presets import (PER_RUN_FIELDS, PRESET_FORMAT, PRESETS_DIR, converted, preset_json, preset_name, read_preset,
+                           write_preset)
 
 # Subtracted from a METAH trial's score when the target's prediction balance is below the floor:
 # validation mAP lies in [0, 1], so such a trial ranks below every other, and TPE still sees
@@ -468,7 +468,8 @@ def argument_parser():
                         "seconds (0: no limit)")
     parser.add_argument("--target-balance-floor", type=float, default=None,
                         help="METAH: a trial whose predicted classes on the unlabelled target have an entropy "
-                        f"below this share of log C ranks below every other (default {get_method('metah').target_balance_floor}; "
+                        f"below this share of log C ranks below every other "
+                        f"(default {get_method('metah').target_balance_floor}; "
                         "0: off)")
     return parser
 

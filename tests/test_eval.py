@@ -223,7 +223,8 @@ def test_encode_hook_calls_the_trainers_encode(tmp_path, monkeypatch):
     import types
     run_dir = make_run(tmp_path / "run", "ssah", ssah_fields())
     calls = []
-    with_encode = types.SimpleNamespace(encode=lambda run, inputs, modality: calls.append((run, modality)) or "codes")
+    with_encode = types.SimpleNamespace(exports=evaluator.get_method("ssah").exports,
+                                        encode=lambda run, inputs, modality: calls.append((run, modality)) or "codes")
     monkeypatch.setattr(evaluator, "get_method", lambda name: with_encode)
     assert evaluator.encode_new_items(run_dir, np.zeros((2, 3)), "text") == "codes"
     assert calls == [(run_dir, "text")]

@@ -55,7 +55,7 @@ class MethodSpec:
     target_balance_floor: float = None  # tune: default floor of the unlabelled target's balance; None: no target
     objectives: dict = dataclasses.field(default_factory=lambda: {"mean": "mean validation mAP over the directions"})
     rescore: typing.Callable = None    # tune --warm-start: (figures, objective) -> score; None: not supported
-    resolved: typing.Callable = None   # config -> {setting: effective value} where a setting's default means "the program's"
+    resolved: typing.Callable = None   # config -> effective values of settings whose default means "the program's"
 
     def module(self):
         return importlib.import_module(self.implementation)

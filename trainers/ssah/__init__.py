@@ -10,11 +10,12 @@ features). A step first writes its batch's outputs (computed before the update) 
 buffers, as the authors' program does. Every departure of the program from the paper is a
 named setting of `Config`; `PRESETS["original"]` is the program, `PRESETS["paper"]` the paper.
 
-Files: config (settings, presets, schedules, early-stop rules, the registered MethodSpec), steps (SsahModel: nets,
-buffers, the four updates), epochs (an epoch's passes, early stop, mid-epoch checkpoints),
-training (building, evaluation, SSAH's part of the shared loop trainers/loop.py, fit/train), encoding (codes of new items),
-export (its encoders for export.py). The names below load their file on first use: reading the
-settings (config) imports no TensorFlow, so `python train.py --help` stays fast.
+Files: config (settings, presets, schedules, early-stop rules, the registered MethodSpec),
+steps (SsahModel: nets, buffers, the four updates), epochs (an epoch's passes, early stop,
+mid-epoch checkpoints), training (building, evaluation, SSAH's part of the shared loop
+trainers/loop.py, fit/train), encoding (codes of new items), export (its encoders for
+export.py). The names below load their file on first use: reading the settings (config)
+imports no TensorFlow, so `python train.py --help` stays fast.
 """
 import importlib
 
