@@ -269,7 +269,7 @@ def test_portable_conv_trunk_matches_a_bgr_trunk_with_a_mean_image(tmp_path):
     geometry = [LayerSpec("conv", 0, "conv1", (5, 5), 8, (2, 2), (0, 1, 2, 1)), LayerSpec("relu", 1),
                 LayerSpec("lrn", 2, lrn=lrn), LayerSpec("pool", 3, size=(3, 3), stride=(2, 2), pad=(0, 1, 0, 1)),
                 LayerSpec("conv", 4, "conv2", (3, 3), 6, (1, 1), (1, 1, 1, 1)),
-                LayerSpec("pool", 5, size=(2, 2), stride=(2, 2), method="avg")]
+                LayerSpec("pool", 5, size=(2, 2), stride=(2, 2), pooling="avg")]
     rng = np.random.RandomState(0)
     mean_image = rng.uniform(0, 255, (24, 24, 3)).astype(np.float32)
     trunk = ConvTrunk(geometry, mean_image=mean_image, bgr_input=True)
