@@ -25,6 +25,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks import results_io  # noqa: E402
+from trainers.registry import METHODS  # noqa: E402
 from utils import io  # noqa: E402
 
 DIRECTIONS = ("i->t", "t->i")
@@ -476,7 +477,7 @@ def loop_overhead(_, f):
     def ratio(pair):
         return f"{pair[1] / pair[0]:.2f}x" if pair[0] and pair[1] and pair[0] > 0 and pair[1] > 0 else ""
     rows = []
-    for method in ("ssah", "acmr", "metah"):
+    for method in METHODS:
         figures = [labels[n]["methods"].get(method, {}) for n in names]
         wall = [fig.get("updates_per_second") for fig in figures]
         cpu = [fig.get("updates_per_cpu_second") for fig in figures]
