@@ -634,8 +634,8 @@ def results_summary(_, ssah, ssah_tuned, acmr, acmr_tuned, metah, paper=None):
                  f"`tah` follows TAH's program, read, not run); `metah_tuned.json`:\n\n"
                  + table(["pair", "bits", "paper", "source-only", "tah", "metah (default)", "tuned preset"], rows))
 
-    also = [line for method in ("ssah", "acmr", "metah") for line in
-            ([f"{method.upper()}:"] + papers.unplaced(method) if papers.unplaced(method) else [])]
+    also = [line for name in ("ssah", "acmr", "metah") for line in
+            ([f"{name.upper()}:"] + papers.unplaced(name) if papers.unplaced(name) else [])]
     text = "\n\n".join(parts)
     if also:
         text += "\n\nThe papers' other figures, on data or settings not measured here:\n\n" + "\n".join(also)
