@@ -9,7 +9,7 @@
                                            the top database items for query item N,
                                            with distances and labels, in every direction
 
-The fields and directions come from utils.exports.EXPORTS for the run's method
+The fields and directions come from the run's method's exports (trainers.registry, utils.exports)
 (RUN_DIR/config.json). Metrics and their tie rules (--ties: expected, argsort,
 pessimistic, optimistic; default: the run's own --ties, else expected): utils/metrics.py.
 """
@@ -19,8 +19,8 @@ import os
 import numpy as np
 
 from utils import io, metrics, plots
+from trainers.registry import METHODS, get_method
 from utils.errors import UserError, run_command_line
-from utils.exports import EXPORTS
 
 DISTANCES = ("hamming", "euclidean", "cosine")
 
@@ -79,10 +79,10 @@ class Source:
             self.codes_path = self.path
         else:
             raise UserError(f"{self.path} does not exist; give a run folder or a codes .mat file")
-        if self.method not in EXPORTS:
-            raise UserError(f"unknown method {self.method!r} for {self.path}; known: {', '.join(EXPORTS)} "
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r} for {self.path}; known: {', '.join(METHODS)} "
                             f"(pass --method)")
-        self.spec = EXPORTS[self.method]
+        self.spec = get_method(self.method).exports
         # A run ranks as it was evaluated in training (ACMR: its --retrieval-distance), unless told otherwise.
         self.distance = distance or self.config.get("retrieval_distance") or self.spec["distance"]
         if self.distance not in DISTANCES:
@@ -280,20 +280,12 @@ def print_nearest(source, query_index, top):
 # ----------------------------------------------------------------------------- encoding hook
 
 def encode_new_items(run_dir, inputs, modality):
-    """Codes of new items from a trained run: calls trainers.<method>.encode(run_dir, inputs, modality).
-
-    The hook for "encode new items": each trainer that can rebuild its model from a
-    checkpoint provides `encode(run_dir, inputs, modality) -> codes` (modality as in its
-    exports, e.g. "image"/"text" for SSAH and ACMR, "image" for METAH).
+    """Codes of new items from a trained run: the registered method's
+    encode(run_dir, inputs, modality) -> codes (modality as in its exports, e.g. "image"/"text"
+    for SSAH and ACMR, "image" for METAH), which rebuilds its model from the latest checkpoint.
     """
-    from trainers import get_method
     source = Source(run_dir)
-    module = get_method(source.method)
-    encode = getattr(module, "encode", None)
-    if encode is None:
-        raise UserError(f"the {source.method} trainer cannot encode new items yet "
-                        f"(trainers/{source.method}.py has no encode(run_dir, inputs, modality))")
-    return encode(run_dir, inputs, modality)
+    return get_method(source.method).encode(run_dir, inputs, modality)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -312,7 +304,7 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="run folder(s) or codes .mat file(s)")
     parser.add_argument("--compare", action="store_true", help="overlay several runs; print one table")
-    parser.add_argument("--method", choices=sorted(EXPORTS), help="fields of a bare codes file (default ssah)")
+    parser.add_argument("--method", choices=sorted(METHODS), help="fields of a bare codes file (default ssah)")
     parser.add_argument("--distance", choices=DISTANCES, help="override the distance (default: the run's own: "
                         "Hamming for codes, ACMR's --retrieval-distance for its embeddings)")
     parser.add_argument("--directions", default="", help="comma list, e.g. 'i->t,t->i' (default: all)")

@@ -24,18 +24,12 @@ import os
 
 import numpy as np
 
+from trainers.registry import get_method
 from utils import io
 from utils.errors import UserError, run_command_line
 
-# method -> database name -> (codes field, labels field) in codes.mat
-DATABASES = {
-    "ssah": {"image": ("Di", "retrieval_L"), "text": ("Dt", "retrieval_L")},
-    "acmr": {"image": ("Di", "retrieval_L"), "text": ("Dt", "retrieval_L")},
-    "metah": {"target": ("Dt", "target_L"), "source": ("Ds", "source_L")},
-}
-# the database a query of each modality searches unless --database says otherwise
-DEFAULT_DATABASE = {"ssah": {"text": "image", "image": "text"}, "acmr": {"text": "image", "image": "text"},
-                    "metah": {"image": "target"}}
+# Each method's databases (name -> (codes field, labels field) in codes.mat) and the database a
+# query of each modality searches unless --database says otherwise: its MethodSpec (trainers.registry).
 INDEX_FOLDER = "search"
 
 
@@ -52,7 +46,7 @@ def load_source(run_dir):
 
 def databases_of(source, name=None):
     """The database names to use: `name` (checked) or all of the method's."""
-    known = DATABASES[source.method]
+    known = get_method(source.method).databases
     if name is None:
         return list(known)
     if name not in known:
@@ -73,7 +67,7 @@ def label_lists(labels, n_items):
 def database_arrays(source, database):
     """(codes, per item its labels) of one database from codes.mat."""
     from eval import binarise
-    codes_field, labels_field = DATABASES[source.method][database]
+    codes_field, labels_field = get_method(source.method).databases[database]
     missing = [f for f in (codes_field, labels_field) if f not in source.fields]
     if missing:
         raise UserError(f"{source.codes_path} lacks {', '.join(missing)}: it was not written by a finished "
@@ -117,8 +111,7 @@ def load_index(source, database, codes):
 
 def label_names(config):
     """The dataset's label names (FILE.vocab.json beside a prepared FILE.h5), or None."""
-    from utils.data import resolve_path
-    from utils.prepare import sidecar_paths
+    from utils.data import resolve_path, sidecar_paths
     try:
         path = resolve_path(config.get("dataset", ""), config.get("data", ""))
     except (UserError, TypeError):
@@ -167,13 +160,14 @@ def nearest(source, query_codes, db_codes, top, index=None):
 def search(source, modality, inputs, top=10, database=None):
     """{"database": name, "items": per query [(database index, distance, labels)], nearest first}."""
     from eval import encode_new_items
-    if modality not in DEFAULT_DATABASE[source.method]:
+    spec = get_method(source.method)
+    if modality not in spec.default_database:
         raise UserError(f"{source.method} runs encode image items only: give the queries with "
                         f"--image-features FILE.npy")
-    if source.method != "ssah" and modality == "text" and not isinstance(inputs, np.ndarray):
+    if not spec.text_words and modality == "text" and not isinstance(inputs, np.ndarray):
         raise UserError(f"--text takes tag words for SSAH runs; give {source.method} text features with "
                         f"--text-features FILE.npy")
-    database = databases_of(source, database or DEFAULT_DATABASE[source.method][modality])[0]
+    database = databases_of(source, database or spec.default_database[modality])[0]
     codes, labels = database_arrays(source, database)
     if top < 1:
         raise UserError(f"--top must be >= 1, got {top}")

@@ -10,58 +10,39 @@ import dataclasses
 import json
 import sys
 
-from trainers import METHODS, get_method
+from trainers.registry import METHODS, check_settings, config_classes, get_method
 from utils.config import add_config_arguments, config_from_args
 from utils.errors import UserError, WriteFailed, run_command_line
 
-# The setting that says how long a method trains; the only one `--resume` may change (to extend).
-LENGTH_FIELDS = {"ssah": "epochs", "acmr": "epochs", "metah": "iterations"}
 # Settings `--resume` may change because they do not change what is trained.
 RESUME_MAY_CHANGE = ("checkpoint_every", "keep_checkpoints")
 
 
-def build_config(module, args):
+def build_config(spec, args):
     """Defaults, then the method's defaults for the chosen dataset, then the chosen preset
     (variant / ablation; `tuned` adds the committed preset file of the dataset), then the
     settings of --preset-file, then explicit options."""
-    from utils.tune import committed_preset, read_preset
-    config = module.Config()
-    method = module.__name__.rpartition(".")[2]
+    from utils.presets import committed_preset, read_preset
+    config = spec.config_class()
     dataset = getattr(args, "dataset", None) or config.dataset
-    config = dataclasses.replace(config, **getattr(module, "DATASET_DEFAULTS", {}).get(dataset, {}))
-    preset_field = getattr(module, "PRESET_FIELD", None)
-    preset_files = []
-    if preset_field:
-        chosen = getattr(args, preset_field, None) or getattr(config, preset_field)
-        if chosen not in module.PRESETS:
-            raise UserError(f"unknown {preset_field} '{chosen}'; choose one of {', '.join(module.PRESETS)}")
-        config = dataclasses.replace(config, **module.PRESETS[chosen], **{preset_field: chosen})
-        if chosen == "tuned":
-            preset_files.append(committed_preset(method, dataset))
+    config = dataclasses.replace(config, **spec.dataset_defaults.get(dataset, {}))
+    preset_field = spec.preset_field
+    chosen = getattr(args, preset_field, None) or getattr(config, preset_field)
+    if chosen not in spec.presets:
+        raise UserError(f"unknown {preset_field} '{chosen}'; choose one of {', '.join(spec.presets)}")
+    config = dataclasses.replace(config, **spec.presets[chosen], **{preset_field: chosen})
+    preset_files = [committed_preset(spec.name, dataset, f"--{preset_field}")] if chosen == "tuned" else []
     if getattr(args, "preset_file", ""):
         preset_files.append(args.preset_file)
     for path in preset_files:
-        config = dataclasses.replace(config, **read_preset(path, method, module.Config))
-    return config_from_args(module.Config, args, base=config)
+        config = dataclasses.replace(config, **read_preset(path, spec.name, spec.config_class))
+    return config_from_args(spec.config_class, args, base=config)
 
 
-def check_config(config, method):
-    """Checks of settings that a method would otherwise ignore silently."""
-    from utils.data import FEATURE_DATASETS
-    from utils.run import keep_policy
-    keep_policy(config.keep_checkpoints)
-    if method == "metah" and config.validation_size:
-        raise UserError("--validation-size carves validation items from image-text training sets; METAH "
-                        "holds out source items with --validation-fraction: use that instead")
-    if method == "metah" and config.split_sizes:
-        raise UserError("--split-sizes is for image-text datasets; METAH's domain pairs have fixed splits: "
-                        "drop --split-sizes")
-    weights, backbone = getattr(config, "weights", ""), getattr(config, "backbone", None)
-    if weights and (backbone == "features" or (backbone == "" and config.dataset in FEATURE_DATASETS)):
-        raise UserError(f"--weights {weights} is a trunk weight file but the image side is feature vectors "
-                        f"(backbone features) and has no trunk: drop --weights, or use images with "
-                        f"--backbone cnnf or vgg19")
-    warning = random_trunk_warning(config, method)
+def check_config(config, spec):
+    """Every check of the settings (trainers.registry.check_settings), then the warnings."""
+    check_settings(spec, config)
+    warning = random_trunk_warning(config, spec)
     if warning:
         print(warning, file=sys.stderr)
 
@@ -74,37 +55,31 @@ TRUNK_WEIGHT_FILES = {
 }
 
 
-def random_trunk_warning(config, method):
+def random_trunk_warning(config, spec):
     """The one-line warning when an image trunk would train from random weights because no weight
     file was given (`python train.py --dataset coco` alone does that), else None."""
-    from utils.data import PREPARED
-    if method == "metah":
-        trunk, weights, flag = config.trunk, config.trunk_weights, "--trunk-weights"
-    else:
-        trunk, weights, flag = getattr(config, "backbone", None), getattr(config, "weights", ""), "--weights"
-        if trunk == "" and config.dataset in PREPARED:
-            trunk = "cnnf"  # what an empty --backbone becomes on an image dataset
+    trunk, weights, flag = spec.image_trunk(config)
     if weights or trunk not in TRUNK_WEIGHT_FILES:
         return None
     return (f"warning: the {trunk} image trunk starts from random weights (no {flag}); for the pretrained "
             f"trunk fetch {TRUNK_WEIGHT_FILES[trunk]} and pass {flag} PATH")
 
 
-def method_parser(module, first):
+def method_parser(spec, first):
     parser = argparse.ArgumentParser(description=__doc__, parents=[first],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, module.Config)
+    add_config_arguments(parser, spec.config_class)
     return parser
 
 
-def resumed_config(run, module, parser, argv, method_given):
+def resumed_config(run, spec, parser, argv, method_given):
     """The run's saved config with the options given beside --resume; only the length may
     change (to a larger value), and the settings in RESUME_MAY_CHANGE."""
     if method_given and method_given != run.method:
         raise UserError(f"{run.dir} is a {run.method} run; drop --method {method_given} when resuming it")
     args = parser.parse_args(argv)
-    config = config_from_args(module.Config, args, base=run.config)
-    length_field = LENGTH_FIELDS.get(run.method, "epochs")
+    config = config_from_args(spec.config_class, args, base=run.config)
+    length_field = spec.length_field
     changed = [f.name for f in dataclasses.fields(config)
                if getattr(config, f.name) != getattr(run.config, f.name)
                and f.name not in RESUME_MAY_CHANGE + (length_field,)]
@@ -141,28 +116,28 @@ def main(argv=None):
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--method", default=None, choices=METHODS)
     first.add_argument("--resume", default="")
-    first.add_argument("--preset-file", default="", help="JSON preset of python -m utils.tune: its settings "
+    first.add_argument("--preset-file", default="", help="JSON preset of python tune.py: its settings "
                        "apply after the variant, before explicit options")
     known, _ = first.parse_known_args(argv)
+    if not known.resume:  # --help and argument errors end here, before the heavier imports below
+        spec = get_method(known.method or "ssah")
+        config = build_config(spec, method_parser(spec, first).parse_args(argv))
 
     from utils.run import NonFiniteLoss, finished_length, mark_completed, saved_config, set_seed, tee_stdout
     if known.resume and known.preset_file:
         raise UserError("--resume continues a run with its saved settings: drop --preset-file")
     if known.resume:
-        method, saved = saved_config(known.resume, {m: get_method(m).Config for m in METHODS})
+        method, saved = saved_config(known.resume, config_classes())
         run = open_run(method, saved, resume_dir=known.resume)
-        module = get_method(run.method)
+        spec = get_method(run.method)
     else:
-        method = known.method or "ssah"
-        module = get_method(method)
-        config = build_config(module, method_parser(module, first).parse_args(argv))
-        check_config(config, method)
-        run = open_run(method, config)
-    length_field = LENGTH_FIELDS.get(run.method, "epochs")
+        check_config(config, spec)
+        run = open_run(spec.name, config)
+    length_field = spec.length_field
     try:
         if known.resume:
-            config = resumed_config(run, module, method_parser(module, first), argv, known.method)
-            check_config(config, run.method)
+            config = resumed_config(run, spec, method_parser(spec, first), argv, known.method)
+            check_config(config, spec)
             done = finished_length(run, length_field)
             flag = "--" + length_field.replace("_", "-")
             if done is not None:
@@ -183,7 +158,7 @@ def main(argv=None):
             print(f"run folder: {run.dir}", flush=True)
             set_seed(config.seed)
             try:
-                results = module.train(config, run, resume=bool(known.resume))
+                results = spec.train(config, run, resume=bool(known.resume))
             except NonFiniteLoss as error:
                 run.log(f"error: {error}")
                 raise UserError(str(error)) from None

@@ -37,7 +37,7 @@ def variant_config(variant):
     An ablation names settings changed on top: "tuned:image_norm=none:text_norm=none"."""
     from train import build_config
     from trainers import acmr
-    from utils.tune import apply_params
+    from tune import apply_params
     name, *changes = variant.split(":")
     overrides = {}
     for change in changes:
@@ -46,7 +46,7 @@ def variant_config(variant):
             overrides[key] = json.loads(text)
         except json.JSONDecodeError:
             overrides[key] = text
-    config = build_config(acmr, argparse.Namespace(variant=name, dataset="wiki"))
+    config = build_config(acmr.METHOD, argparse.Namespace(variant=name, dataset="wiki"))
     unknown = set(overrides) - {field.name for field in dataclasses.fields(config)}
     if unknown:
         raise SystemExit(f"--variants {variant}: ACMR has no setting {', '.join(sorted(unknown))}")

@@ -15,7 +15,7 @@ TAH's weights as its program applies them (pairwise 1, target unquantised), q 9,
 ramped by the DANN schedule; SGD momentum 0.9, lr 0.03, 300 iterations, 64 + 64 per
 batch). The learning rate and the iteration count were picked on SOURCE validation
 queries (validation_fraction 0.2), never on target queries. The `tuned` preset is METAH with the
-pair's committed trainers/presets/metah-PAIR.json (python -m utils.tune, scored on source
+pair's committed trainers/presets/metah-PAIR.json (python tune.py, scored on source
 validation queries): its settings replace the defaults above for that pair. The seed sets the weights,
 the batches and the seeded 10% target query split.
 
@@ -73,8 +73,8 @@ def tuned_settings(pair_name):
     """The settings of the pair's committed tuned preset (a one-line error naming the tune
     command when the pair has none)."""
     from trainers import metah
-    from utils.tune import committed_preset, read_preset
-    return read_preset(committed_preset("metah", pair_name), "metah", metah.Config)
+    from utils.presets import committed_preset, read_preset
+    return read_preset(committed_preset("metah", pair_name, "--preset"), "metah", metah.Config)
 
 
 def run_grid(args, results):

@@ -7,7 +7,7 @@
 For each pair it retrains every trial that the search behind the pair's committed tuned preset
 (trainers/presets/metah-PAIR.json) recorded, with the search's own options (validation part,
 floor), plus the source-only, TAH and METAH presets, and records for each run:
-- validation: mAP of the held-out SOURCE queries (what utils.tune ranks trials by);
+- validation: mAP of the held-out SOURCE queries (what tune.py ranks trials by);
 - weighted: the same with each query's AP weighted by the density ratio p(target | x) / p(source | x)
   of its input (a logistic-regression domain classifier on the inputs, PCA to 50 dimensions,
   fitted on the source training rows and the unlabelled target rows; self-normalised importance
@@ -92,8 +92,9 @@ def settings_of_pair(dataset, bits, seed):
     recorded trial of its search (with the validation mAP the search recorded, where `bits` and
     `seed` are the search's); and the search's target balance floor."""
     from trainers import metah
-    from utils import tune
-    search = tune.recorded_search(tune.committed_preset("metah", dataset), bits=bits, seed=seed)
+    import tune
+    from utils.presets import committed_preset
+    search = tune.recorded_search(committed_preset("metah", dataset, "--preset"), bits=bits, seed=seed)
     searched = bits == search.args.bits and seed == search.args.seed
     config = dataclasses.replace(search.config, eval_every_epoch=False)
     settings = [(f"preset:{name}", dataclasses.replace(config, **metah.PRESETS[name]), None) for name in PRESETS]
@@ -196,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (resumed if it exists)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="TensorFlow intra-op threads (0: TensorFlow's choice, as utils.tune runs; another "
+                        help="TensorFlow intra-op threads (0: TensorFlow's choice, as tune.py runs; another "
                              "count changes the float sums, so the trials no longer repeat the search's runs)")
     parser.add_argument("--table-only", action="store_true", help="only print the table of finished runs")
     args = parser.parse_args(argv)

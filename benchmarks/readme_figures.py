@@ -25,6 +25,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks import results_io  # noqa: E402
+from trainers.registry import METHODS  # noqa: E402
 from utils import io  # noqa: E402
 
 DIRECTIONS = ("i->t", "t->i")
@@ -477,7 +478,7 @@ def loop_overhead(_, f):
     def ratio(pair):
         return f"{pair[1] / pair[0]:.2f}x" if pair[0] and pair[1] and pair[0] > 0 and pair[1] > 0 else ""
     rows = []
-    for method in ("ssah", "acmr", "metah"):
+    for method in METHODS:
         figures = [labels[n]["methods"].get(method, {}) for n in names]
         wall = [fig.get("updates_per_second") for fig in figures]
         cpu = [fig.get("updates_per_cpu_second") for fig in figures]
@@ -684,8 +685,8 @@ def results_summary(_, ssah, ssah_tuned, acmr, acmr_tuned, metah, paper=None):
                  f"`tah` follows TAH's program, read, not run); `metah_tuned.json`:\n\n"
                  + table(["pair", "bits", "paper", "source-only", "tah", "metah (default)", "tuned preset"], rows))
 
-    also = [line for method in ("ssah", "acmr", "metah") for line in
-            ([f"{method.upper()}:"] + papers.unplaced(method) if papers.unplaced(method) else [])]
+    also = [line for name in ("ssah", "acmr", "metah") for line in
+            ([f"{name.upper()}:"] + papers.unplaced(name) if papers.unplaced(name) else [])]
     text = "\n\n".join(parts)
     if also:
         text += "\n\nThe papers' other figures, on data or settings not measured here:\n\n" + "\n".join(also)

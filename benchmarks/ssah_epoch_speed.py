@@ -86,7 +86,7 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     from losses import ssah as L
     from models.cnnf import CNNF
-    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, STEP_NAMES, Config, EpochLoop, SSAHTrainer
+    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, STEP_NAMES, Config, EpochLoop, SsahModel
     from utils.data import dcmh
 
     n = args.items
@@ -100,7 +100,7 @@ def main():
 
     def new_trainer():
         tf.keras.utils.set_random_seed(0)
-        trainer = SSAHTrainer(config, labels, texts.shape[1], CNNF(widths=WIDTHS), preprocess, seed=0)
+        trainer = SsahModel(config, labels, texts.shape[1], CNNF(widths=WIDTHS), preprocess, seed=0)
         trainer.build((224, 224, 3))
         return trainer
 

@@ -48,7 +48,7 @@ def measure_point(args):
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     from losses import ssah as L
     from models.ssah import FeatureTrunk
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import PRESETS, Config, SsahModel
     from trainers.ssah.epochs import draw_batches
 
     n, batch, classes = args.point, args.batch, 24
@@ -59,7 +59,7 @@ def measure_point(args):
     images = rng.standard_normal((n, args.image_dim), np.float32)
     config = Config(bits=32, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, batch_size=batch,
                     **PRESETS["original"])
-    trainer = SSAHTrainer(config, labels, args.text_dim, FeatureTrunk(args.hidden_dim))
+    trainer = SsahModel(config, labels, args.text_dim, FeatureTrunk(args.hidden_dim))
     trainer.build((args.image_dim,))
     result = {"n": n, "data_mb": rss_mb()}
 

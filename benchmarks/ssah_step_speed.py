@@ -186,7 +186,7 @@ def main():
     from benchmarks.readme_figures import ssah_step_precision
     from models.cnnf import CNNF
     from models.ssah import FeatureTrunk
-    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, Config, SSAHTrainer
+    from trainers.ssah import IMAGENET_MEAN_RGB, PRESETS, Config, SsahModel
     from utils.distribute import check_precision, dtype_policy
     for precision in precisions:
         check_precision(precision)
@@ -221,7 +221,7 @@ def main():
                             precision=precision, **PRESETS[args.variant])
             with dtype_policy(precision):
                 trunk = CNNF() if cnnf else FeatureTrunk(image_dim)
-            trainer = SSAHTrainer(config, labels, text_dim, trunk,
+            trainer = SsahModel(config, labels, text_dim, trunk,
                                   (lambda x: tf.cast(x, tf.float32) - mean) if cnnf else None)
             trainer.build(images.shape[1:])
 

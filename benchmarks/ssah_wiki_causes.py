@@ -6,7 +6,7 @@ train.py's wiki defaults) plus one change: the LDA text standardised, the MS-fus
 a single window 1, i.e. no multi-scale fusion), passes and rates (the short schedule, no rate
 decay across inner indices, more epochs). Besides i->t / t->i mAP (default tie rule, test
 queries against the database: a diagnosis, not a choice of settings; the tuned preset is
-chosen on validation items by utils.tune) it counts the CONSTANT bits of each database code
+chosen on validation items by tune.py) it counts the CONSTANT bits of each database code
 matrix: bits whose value is the same for all 2,173 items, which carry no information.
 
     python benchmarks/ssah_wiki_causes.py                       # every row, seed 0

@@ -20,7 +20,7 @@ a pretrained CNN-F and barely moves the random feature trunk.
         --variant-extra "paper=--labnet-activation relu --ms-fusion per_window" --json /tmp/relu.json
     python benchmarks/ssah_wiki_table.py --ties argsort      # the figures the program's calc_map prints
 
-The tuned variant (the program plus trainers/presets/ssah-wiki.json, chosen by utils.tune on
+The tuned variant (the program plus trainers/presets/ssah-wiki.json, chosen by tune.py on
 validation items) takes its passes and epochs from the preset: --schedule and --epochs apply
 to the other variants only. The table ends with the published rows of SePH and CMFH (same
 features, split and protocol) to compare with.
@@ -77,7 +77,7 @@ def planned_settings(options):
     from utils.config import add_config_arguments
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, ssah.Config)
-    return json.loads(json.dumps(dataclasses.asdict(build_config(ssah, parser.parse_args(options)))))
+    return json.loads(json.dumps(dataclasses.asdict(build_config(ssah.METHOD, parser.parse_args(options)))))
 
 
 def check_reused_run(run_dir, planned):

@@ -3,7 +3,7 @@
     python benchmarks/stream_memory.py [--images 20000] [--batch 128] [--dir /tmp]
 
 Writes a synthetic DCMH-layout HDF5 file (n x 224 x 224 x 3 uint8, ~3 GB for
-20,000 images; written in chunks with the same layout utils.prepare writes),
+20,000 images; written in chunks with the same layout prepare.py writes),
 then, in a fresh process, streams every row through `image_batches` (mean image
 subtracted, float32) and prints the peak resident memory (target: under 2 GB,
 whatever n is) and items/second. The file is deleted afterwards unless --keep.
@@ -40,7 +40,7 @@ def peak_rss_mb():
 
 def write_file(path, n, chunk=500):
     import h5py
-    from utils.prepare import create_dcmh_datasets, write_image_rows
+    from prepare import create_dcmh_datasets, write_image_rows
     rng = np.random.RandomState(0)
     labels = np.zeros((n, 24), np.uint8)
     labels[np.arange(n), rng.randint(0, 24, n)] = 1

@@ -46,7 +46,7 @@ class LayerSpec:
     stride: tuple = (1, 1)
     pad: tuple = (0, 0, 0, 0)     # top, bottom, left, right
     lrn: dict = None
-    method: str = "max"
+    pooling: str = "max"           # pool: max or avg (MatConvNet's "method")
     kernel: np.ndarray = None
     bias: np.ndarray = None
 
@@ -95,9 +95,9 @@ def _pool(x, spec):
     top, bottom, left, right = spec.pad
     if any(spec.pad):
         # MatConvNet pads max pools with -inf; here the input follows a relu (>= 0), where 0 is the same.
-        value = float("-inf") if spec.method == "max" else 0.0
+        value = float("-inf") if spec.pooling == "max" else 0.0
         x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=value)
-    pool = tf.nn.max_pool2d if spec.method == "max" else tf.nn.avg_pool2d
+    pool = tf.nn.max_pool2d if spec.pooling == "max" else tf.nn.avg_pool2d
     return pool(x, ksize=[1, *spec.size, 1], strides=[1, *spec.stride, 1], padding="VALID")
 
 
@@ -256,7 +256,7 @@ def read_matconvnet_layers(path, stop_after_convs=None, lrn_types=("lrn", "norma
             specs.append(LayerSpec("pool", index, name, _ints(_field(layer, "pool"), 2, where + " pool"), 0,
                                    _ints(_field(layer, "stride", 1), 2, where + " stride"),
                                    _ints(_field(layer, "pad", 0), 4, where + " pad"),
-                                   method=_text(_field(layer, "method", "max"))))
+                                   pooling=_text(_field(layer, "method", "max"))))
         elif kind == "dropout":
             continue
         else:  # softmax, or a type the trunk cannot run: the readable part ends here

@@ -139,7 +139,7 @@ def test_presets_and_explicit_options():
     def config_for(argv):
         parser = argparse.ArgumentParser()
         add_config_arguments(parser, acmr.Config)
-        return build_config(acmr, parser.parse_args(argv))
+        return build_config(acmr.METHOD, parser.parse_args(argv))
 
     original = config_for([])
     assert (original.variant, original.dataset, original.adversarial_in_projector_loss,
@@ -214,7 +214,7 @@ def test_network_sizes_follow_the_architecture_setting():
 def test_input_standardisation_feeds_the_projectors_training_standardised_rows():
     """--image-norm / --text-norm standardize: each projector sees (x - training mean) / training
     std (here: the same weights on rows standardised by hand); none (the program) the raw rows."""
-    from utils import portable
+    from models import portable
     data = load_dataset("synthetic")
     config = dataclasses.replace(acmr.Config(dataset="synthetic"), image_norm="standardize", text_norm="standardize")
     stats = acmr.input_standardization(config, data)

@@ -17,7 +17,7 @@ from utils.errors import UserError
 
 def write_dcmh_hdf5(path, images, texts, labels):
     """Writes MATLAB N x h x w x 3 images (items first) the way MATLAB v7.3 stores them:
-    every axis reversed. (Earlier versions of utils.prepare wrote this layout.)"""
+    every axis reversed. (Earlier versions of prepare.py wrote this layout.)"""
     with h5py.File(path, "w") as f:
         f["images"] = np.ascontiguousarray(images.T)
         f["YAll"] = np.ascontiguousarray(texts.T)
@@ -410,4 +410,4 @@ def test_metah_is_pointed_from_validation_size_to_its_validation_fraction():
     import train
     from trainers import metah
     with pytest.raises(UserError, match="--validation-fraction"):
-        train.check_config(metah.Config(validation_size=50), "metah")
+        train.check_config(metah.Config(validation_size=50), metah.METHOD)

@@ -81,7 +81,7 @@ def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path,
     run_dir, exported = train_run(tmp_path, SSAH_TINY)
     query_images, query_texts, _ = load_dataset("synthetic").part("query")
     vocabulary = [f"tag{j}" for j in range(query_texts.shape[1])]
-    monkeypatch.setattr(ssah, "dataset_vocabulary", lambda config: vocabulary)  # synthetic data has none
+    monkeypatch.setattr(ssah.encoding, "dataset_vocabulary", lambda config: vocabulary)  # synthetic data has none
     manifest = export.export_run(run_dir)
     assert set(manifest["encoders"]) == {"image", "text", "tag_words"}
     assert json.load(open(os.path.join(run_dir, "export", "manifest.json"))) == manifest
@@ -214,7 +214,7 @@ def test_portable_text_net_gives_the_net_codes(tmp_path, fusion, text_dim):
     import tensorflow as tf
 
     from models.ssah import TxtNet
-    from utils import portable
+    from models import portable
     keras.utils.set_random_seed(1)
     net = TxtNet(text_dim, 5, 16, embed_dim=24, hidden_dim=32, fusion=fusion)
     rng = np.random.RandomState(0)
@@ -245,7 +245,7 @@ def test_portable_metah_net_leaves_dropout_out_and_gives_the_net_codes(tmp_path,
 
     import models.cnnf
     from models.metah import HashingNetwork
-    from utils import portable
+    from models import portable
     monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
     keras.utils.set_random_seed(2)
     net = HashingNetwork(16, 4, trunk=trunk, hidden=(32, 16), dropout=0.5)
@@ -270,13 +270,13 @@ def test_portable_conv_trunk_matches_a_bgr_trunk_with_a_mean_image(tmp_path):
     import tensorflow as tf
 
     from models.cnnf import ConvTrunk, LayerSpec
-    from utils import portable
+    from models import portable
     keras.utils.set_random_seed(3)
     lrn = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
     geometry = [LayerSpec("conv", 0, "conv1", (5, 5), 8, (2, 2), (0, 1, 2, 1)), LayerSpec("relu", 1),
                 LayerSpec("lrn", 2, lrn=lrn), LayerSpec("pool", 3, size=(3, 3), stride=(2, 2), pad=(0, 1, 0, 1)),
                 LayerSpec("conv", 4, "conv2", (3, 3), 6, (1, 1), (1, 1, 1, 1)),
-                LayerSpec("pool", 5, size=(2, 2), stride=(2, 2), method="avg")]
+                LayerSpec("pool", 5, size=(2, 2), stride=(2, 2), pooling="avg")]
     rng = np.random.RandomState(0)
     mean_image = rng.uniform(0, 255, (24, 24, 3)).astype(np.float32)
     trunk = ConvTrunk(geometry, mean_image=mean_image, bgr_input=True)
@@ -307,7 +307,9 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path):
 
 def test_baked_preprocessing_that_differs_from_the_trainers_is_an_error():
     from keras import ops
+
+    from models import portable
     rows = np.random.RandomState(0).rand(4, 5).astype(np.float32)
-    export.check_baked_preprocessing(lambda x, names: ops.multiply(x, 2.0), rows * 2, rows, "image")
+    portable.check_baked_preprocessing(lambda x, names: ops.multiply(x, 2.0), rows * 2, rows, "image")
     with pytest.raises(ValueError, match="exported image preprocessing differs from the trainer's"):
-        export.check_baked_preprocessing(lambda x, names: ops.multiply(x, 2.0), rows * 2 + 1e-3, rows, "image")
+        portable.check_baked_preprocessing(lambda x, names: ops.multiply(x, 2.0), rows * 2 + 1e-3, rows, "image")

@@ -18,7 +18,6 @@ import scipy.io
 
 from tests.conftest import shared_path
 from utils.errors import UserError
-from utils.errors import UserError
 
 N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH, ROUNDS = 24, 5, 60, 12, 8, 2
 STEPS = ("lab", "dis", "img", "txt")
@@ -42,7 +41,7 @@ def tiny_trainer(variant="original", strategy=None, **overrides):
     import tensorflow as tf
 
     from models.ssah import FeatureTrunk
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import PRESETS, Config, SsahModel
     from utils import distribute
 
     labels = tiny_data()[0]
@@ -51,7 +50,7 @@ def tiny_trainer(variant="original", strategy=None, **overrides):
     tf.keras.utils.set_random_seed(0)
     with distribute.scope(strategy), distribute.dtype_policy(config.precision):
         trunk = FeatureTrunk(32)
-    trainer = SSAHTrainer(config, labels, TEXT_DIM, trunk, strategy=strategy)
+    trainer = SsahModel(config, labels, TEXT_DIM, trunk, strategy=strategy)
     trainer.build((IMAGE_DIM,))
     return trainer
 
@@ -244,7 +243,7 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
     import keras
 
     import train
-    import trainers.ssah.training as ssah  # where build_trainer looks build_trunk up
+    import trainers.ssah.training as ssah  # where build_model looks build_trunk up
     import utils.data
     from utils.data.dcmh import HDF5Images
 
@@ -285,19 +284,19 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
-    """The README's commands on the official COCO layout: `python -m utils.prepare coco
+    """The README's commands on the official COCO layout: `python prepare.py coco
     --annotations ... --images ... --images ...` (default output: the data folder) -> `python
     train.py --dataset coco --bits 32 --split-sizes 20,80` (no --data: found where prepare wrote
     it; a small CNN-F schedule) -> `python eval.py RUN_DIR`."""
     root = shared_path("data", "coco-mini")
     import eval as evaluation
     import train
-    from utils import prepare
+    import prepare
     from utils.data import resolve_path
 
     data_root = tmp_path / "data"
     monkeypatch.setenv("ADVHASH_DATA", str(data_root))  # the data folder prepare and train.py share
-    with pytest.raises(UserError, match="python -m utils.prepare coco"):
+    with pytest.raises(UserError, match="python prepare.py coco"):
         resolve_path("coco", "")
     assert prepare.main(["coco", "--annotations", os.path.join(root, "annotations"),
                          "--images", os.path.join(root, "train2017"), "--images", os.path.join(root, "val2017"),

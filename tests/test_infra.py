@@ -246,7 +246,8 @@ def test_run_name_must_be_a_plain_folder_name_and_failed_starts_delete_only_thei
         with pytest.raises(UserError, match="plain folder name"):
             train.main(["--method", "acmr", "--runs-dir", str(runs), "--run-name", name])
     with pytest.raises(UserError, match="holds other files"):
-        train.main(["--runs-dir", str(runs), "--run-name", "important", "--bits", "0"])
+        train.main(["--runs-dir", str(runs), "--run-name", "important", "--dataset", "wiki",
+                    "--data", str(tmp_path / "absent.mat")])  # would fail after the run folder is made
     assert (runs / "important" / "thesis.tex").read_text() == "years of work"
     assert sorted(os.listdir(runs / "important")) == ["thesis.tex"]
     (runs / "empty").mkdir()  # a folder the user made for the run: used, and kept after a failed start

@@ -139,7 +139,7 @@ def test_presets_set_the_ablation_weights_and_explicit_options_win():
     def config_for(argv):
         parser = argparse.ArgumentParser()
         add_config_arguments(parser, metah.Config)
-        return build_config(metah, parser.parse_args(argv))
+        return build_config(metah.METHOD, parser.parse_args(argv))
     expected = {"source-only": (0.0, 0.0, 0.0), "tah": (0.8, 0.0, 0.0), "tah+sp": (0.8, 1.0, 0.0),
                 "tah+me": (0.8, 0.0, 1.0), "metah": (0.8, 1.0, 1.0)}
     assert set(metah.PRESETS) == set(expected) | {"tuned"}  # tuned: metah plus a preset file (test_tune.py)

@@ -143,7 +143,7 @@ def test_each_worker_reads_only_its_rows_of_each_global_batch(tmp_path, monkeypa
     from tests.test_full_scale import count_image_reads, write_small_image_file
     from trainers.ssah import Config
     from trainers.ssah.epochs import EpochLoop
-    from trainers.ssah.training import build_trainer
+    from trainers.ssah.training import build_model
     from utils import distribute
 
     path = str(tmp_path / "small.h5")
@@ -153,7 +153,7 @@ def test_each_worker_reads_only_its_rows_of_each_global_batch(tmp_path, monkeypa
     import trainers.ssah.training as ssah
     monkeypatch.setattr(ssah, "build_trunk", lambda config, data, backbone: (
         keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(8)]), None))
-    trainer = build_trainer(config, data, "cnnf")
+    trainer = build_model(config, data, "cnnf")
     read_rows = count_image_reads(monkeypatch)
     rows_read, drawn = {}, None
     for worker in (None, 0, 1):

@@ -11,7 +11,7 @@ from utils.errors import UserError
 
 def write_images(path, n=23, height=10, width=7, seed=0, items_last=True):
     """A DCMH-layout file (MATLAB axis order) with one image per chunk: the images h x w x 3 x n
-    in MATLAB terms as utils.prepare and the authors write them, or n x h x w x 3 (items_last=False)."""
+    in MATLAB terms as prepare.py and the authors write them, or n x h x w x 3 (items_last=False)."""
     rng = np.random.RandomState(seed)
     images = rng.randint(0, 256, size=(n, height, width, 3)).astype(np.uint8)
     labels = (rng.rand(n, 4) < 0.5).astype(np.uint8)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import prepare
 from tests.conftest import shared_path
-from utils import prepare
 from utils.data import load_dataset
 from utils.data.dcmh import HDF5Images, read_dcmh
 from utils.errors import UserError

@@ -11,13 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+import prepare
 from tests.conftest import REPO_ROOT, shared_path
-from utils import metrics, optional, prepare
+from utils import metrics, optional
 from utils.errors import UserError
 
 OPTIONAL = ("faiss", "numba", "pycocotools")
 LOCAL = {"models", "losses", "trainers", "utils", "tests", "benchmarks", "train", "eval", "export", "search",
-         "conftest"}
+         "tune", "prepare", "conftest"}
 # Import name -> the name pip installs it under (where they differ).
 DISTRIBUTIONS = {"PIL": "pillow", "faiss": "faiss-cpu", "tensorflow": "tensorflow", "yaml": "pyyaml"}
 
@@ -258,12 +259,12 @@ def test_no_warning_with_weights_or_without_an_image_trunk(argv, tmp_path, monke
     import train
     from trainers import get_method
     method = argv[1] if argv[0] == "--method" else "ssah"
-    module = get_method(method)
+    spec = get_method(method)
     first = __import__("argparse").ArgumentParser(add_help=False)
     first.add_argument("--method")
-    config = train.build_config(module, train.method_parser(module, first).parse_args(argv))
-    assert train.random_trunk_warning(config, method) is None
-    train.check_config(config, method)
+    config = train.build_config(spec, train.method_parser(spec, first).parse_args(argv))
+    assert train.random_trunk_warning(config, spec) is None
+    train.check_config(config, spec)
     assert "random weights" not in capsys.readouterr().err
 
 

@@ -44,13 +44,13 @@ def _assert_variable(name, before, after, expected):
 def test_one_update_of_each_step_matches_the_program(golden):
     from models.cnnf import CNNF, GOLDEN_WIDTHS
     from models.original_layout import load_original_ssah_variables, original_ssah_variables
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import PRESETS, Config, SsahModel
     from losses.ssah import discriminator_loss
 
     n, bits, embed, classes, text_dim, batch = (int(v) for v in golden["config"])
     config = Config(bits=bits, embed_dim=embed, batch_size=batch, **PRESETS["original"])
     mean = tf.constant(golden["input/mean_image"])
-    trainer = SSAHTrainer(config, golden["input/train_labels"], text_dim, CNNF(widths=GOLDEN_WIDTHS),
+    trainer = SsahModel(config, golden["input/train_labels"], text_dim, CNNF(widths=GOLDEN_WIDTHS),
                           image_preprocess=lambda x: tf.cast(x, tf.float32) - mean)
     trainer.build((224, 224, 3))
     init = {k[len("init/"):]: v for k, v in golden.items() if k.startswith("init/")}

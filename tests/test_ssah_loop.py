@@ -39,7 +39,7 @@ def program_stops(schedule, values):
 
 
 class StubTrainer:
-    """Stands in for SSAHTrainer: updates do nothing, monitoring losses come from `values`."""
+    """Stands in for SsahModel: updates do nothing, monitoring losses come from `values`."""
     strategy = None  # one device
 
     def __init__(self, values, num_items=8, batch_size=4):
@@ -231,7 +231,7 @@ def epoch_record():
 
     from models.cnnf import CNNF, GOLDEN_WIDTHS
     from models.original_layout import load_original_ssah_variables
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import PRESETS, Config, SsahModel
     from utils.run import set_seed
 
     set_seed(0)
@@ -242,7 +242,7 @@ def epoch_record():
     images = golden["input/images_uint8"].transpose(0, 2, 3, 1)
     text, labels = golden["input/text"].astype(np.float32), golden["input/labels"].astype(np.float32)
     train_rows = golden["split/train"]
-    trainer = SSAHTrainer(config, labels[train_rows], setting["d"], CNNF(widths=GOLDEN_WIDTHS),
+    trainer = SsahModel(config, labels[train_rows], setting["d"], CNNF(widths=GOLDEN_WIDTHS),
                           image_preprocess=lambda x: tf.cast(x, tf.float32) - mean)
     trainer.build((224, 224, 3))
     init = {k[len("init/"):]: v for k, v in golden.items() if k.startswith("init/")}
@@ -347,13 +347,13 @@ def test_checkpoint_holds_every_variable_of_every_net_and_optimizer(tmp_path):
     import tensorflow as tf
 
     from models.cnnf import CNNF, GOLDEN_WIDTHS
-    from trainers.ssah import PRESETS, Config, SSAHTrainer
+    from trainers.ssah import PRESETS, Config, SsahModel
 
     labels = (np.random.RandomState(0).rand(12, 5) < 0.4).astype(np.float32)
 
     def trainer(seed):
         keras.utils.set_random_seed(seed)
-        made = SSAHTrainer(Config(bits=8, embed_dim=16, hidden_dim=32, **PRESETS["original"]), labels, 60,
+        made = SsahModel(Config(bits=8, embed_dim=16, hidden_dim=32, **PRESETS["original"]), labels, 60,
                            CNNF(widths=GOLDEN_WIDTHS), seed=seed)
         made.build((224, 224, 3))
         return made
@@ -425,15 +425,15 @@ def assert_same_run(run_dir, reference_dir):
 
 
 def stop_after_updates(monkeypatch, count, action):
-    from trainers.ssah import SSAHTrainer
-    real_step, done = SSAHTrainer.step, []
+    from trainers.ssah import SsahModel
+    real_step, done = SsahModel.step, []
 
     def step(self, *args, **kwargs):
         if len(done) == count:
             action()
         done.append(1)
         return real_step(self, *args, **kwargs)
-    monkeypatch.setattr(SSAHTrainer, "step", step)
+    monkeypatch.setattr(SsahModel, "step", step)
 
 
 @pytest.mark.slow

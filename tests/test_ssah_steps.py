@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from losses import ssah as L
-from trainers.ssah import PRESETS, Config, SSAHTrainer
+from trainers.ssah import PRESETS, Config, SsahModel
 
 N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH = 24, 5, 60, 12, 8
 
@@ -19,7 +19,7 @@ def make_trainer(variant, **overrides):
     config = dataclasses.replace(Config(bits=8, embed_dim=16, hidden_dim=32, batch_size=BATCH),
                                  **{**PRESETS[variant], **overrides})
     tf.keras.utils.set_random_seed(0)
-    trainer = SSAHTrainer(config, labels, TEXT_DIM, FeatureTrunk(32))
+    trainer = SsahModel(config, labels, TEXT_DIM, FeatureTrunk(32))
     trainer.build((IMAGE_DIM,))
     inputs = {"rows": np.arange(BATCH), "labels": labels[:BATCH],
               "images": rng.randn(BATCH, IMAGE_DIM).astype(np.float32),
@@ -244,7 +244,7 @@ def test_an_epoch_runs_the_steps_in_step_order(tmp_path, monkeypatch, argv, expe
         if not calls or calls[-1] != name:
             calls.append(name)
         return {"loss": 0.0}
-    monkeypatch.setattr(ssah.SSAHTrainer, "step", recording_step)
+    monkeypatch.setattr(ssah.SsahModel, "step", recording_step)
     train.main(["--method", "ssah", "--schedule", "tiny", "--epochs", "1", "--bits", "8", "--embed-dim", "16",
                 "--hidden-dim", "32", "--discriminator-hidden", "16,16", "--runs-dir", str(tmp_path),
                 "--run-name", "order"] + argv)

@@ -97,8 +97,8 @@ def test_resume_with_other_data_is_a_one_line_error(tmp_path):
 def test_a_checkpoint_without_every_variable_is_a_one_line_error(tmp_path, monkeypatch):
     """As one from a version that left the trunk out: restoring it would silently keep random weights."""
     import trainers.ssah as ssah
-    real_objects = ssah.SSAHTrainer.checkpoint_objects
-    monkeypatch.setattr(ssah.SSAHTrainer, "checkpoint_objects",
+    real_objects = ssah.SsahModel.checkpoint_objects
+    monkeypatch.setattr(ssah.SsahModel, "checkpoint_objects",
                         lambda self: {k: v for k, v in real_objects(self).items() if k != "net_img"})
     train.main(FAST + ["--hidden-dim", "64", "--epochs", "1", "--runs-dir", str(tmp_path), "--run-name", "old"])
     monkeypatch.undo()
@@ -154,7 +154,7 @@ def test_wiki_starts_from_its_dataset_defaults_and_explicit_options_win():
     def config_for(argv):
         parser = argparse.ArgumentParser()
         add_config_arguments(parser, ssah.Config)
-        return build_config(ssah, parser.parse_args(argv))
+        return build_config(ssah.METHOD, parser.parse_args(argv))
 
     def rates(config):
         return config.lr_lab_exponent, config.lr_img_exponent, config.epochs

@@ -1,4 +1,4 @@
-"""The settings search (utils/tune.py) and the presets train.py reads."""
+"""The settings search (tune.py) and the presets train.py reads."""
 import argparse
 import json
 import os
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import train
+import tune
 from trainers import acmr, metah, ssah
-from utils import tune
+from utils import presets
 from utils.config import add_config_arguments
 from utils.errors import UserError
 
@@ -21,7 +22,7 @@ def config_for(module, argv):
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, module.Config)
     parser.add_argument("--preset-file", default="")
-    return train.build_config(module, parser.parse_args(argv))
+    return train.build_config(module.METHOD, parser.parse_args(argv))
 
 
 def write(path, obj):
@@ -37,7 +38,7 @@ def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
                "--validation-size", "150", "--out", str(out), *TINY_SSAH])
     preset = json.loads(out.read_text())
     assert preset["method"] == "ssah" and preset["dataset"] == "synthetic" and preset["bits"] == 8
-    assert preset["command"].startswith("python -m utils.tune --method ssah") and preset["date"]
+    assert preset["command"].startswith("python tune.py --method ssah") and preset["date"]
     assert len(preset["trials"]) == 2
     # Trial 0 measures the program's own settings, so the preset never scores below them.
     first = preset["trials"][0]["params"]
@@ -85,9 +86,9 @@ def test_validation_rows_are_never_query_rows(monkeypatch):
 
 
 def test_validation_view_needs_a_validation_part():
-    from utils.data import load_dataset
+    from utils.data import load_dataset, validation_view
     with pytest.raises(UserError, match="--validation-size"):
-        tune.validation_view(load_dataset("synthetic"))
+        validation_view(load_dataset("synthetic"))
 
 
 def test_metah_scores_on_source_validation_queries(monkeypatch):
@@ -100,9 +101,9 @@ def test_metah_scores_on_source_validation_queries(monkeypatch):
     monkeypatch.setattr(metah, "fit", fake_fit)
     preset = tune.run_search("metah", "mnist->usps", trials=1)
     assert preset["validation"]["best_map"] == 0.6  # never the target's figure
-    assert preset["validation"]["target_balance_floor"] == tune.METAH_TARGET_BALANCE_FLOOR == 0.9
+    assert preset["validation"]["target_balance_floor"] == metah.TARGET_BALANCE_FLOOR == 0.9
     assert preset["trials"][0]["accepted"]
-    assert seen[0].validation_fraction == tune.METAH_VALIDATION_FRACTION and seen[0].preset == "metah"
+    assert seen[0].validation_fraction == metah.VALIDATION_FRACTION and seen[0].preset == "metah"
     assert not seen[0].eval_every_epoch and "eval_every_epoch" not in preset["settings"]
 
 
@@ -210,8 +211,8 @@ def test_a_missing_preset_file_stops_train_py_before_training(tmp_path):
 
 
 def test_tuned_applies_the_committed_preset_and_names_the_tune_command_without_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(tune, "PRESETS_DIR", str(tmp_path))
-    with pytest.raises(UserError, match=r"python -m utils.tune --method metah --dataset 'mnist->usps'"):
+    monkeypatch.setattr(presets, "PRESETS_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=r"python tune.py --method metah --dataset 'mnist->usps'"):
         config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps"])
     write(tmp_path / "metah-mnist-usps.json", {"method": "metah", "settings": {"beta": 0.25, "iterations": 77}})
     config = config_for(metah, ["--preset", "tuned", "--dataset", "mnist->usps", "--iterations", "90"])
@@ -242,7 +243,7 @@ def test_the_acmr_search_starts_from_the_program_and_the_paper_variant_and_its_p
         score = 0.4 if config.train_label_classifier and config.image_norm == "none" else 0.2
         return {"final": {"test": {"average": score}, "database": {"average": score}}}
     monkeypatch.setattr(acmr, "fit", fake_fit)
-    monkeypatch.setattr(tune, "PRESETS_DIR", str(tmp_path))
+    monkeypatch.setattr(presets, "PRESETS_DIR", str(tmp_path))
     preset = tune.run_search("acmr", "synthetic", trials=2, validation_size=120,
                              out=str(tmp_path / "acmr-synthetic.json"))
     program = config_for(acmr, ["--dataset", "synthetic"])
@@ -298,7 +299,7 @@ def test_the_acmr_objective_picks_the_trial_its_rule_says_and_the_preset_records
     assert preset["validation"]["best_trial"] == best_trial
     assert preset["validation"]["best_map"] == pytest.approx(best_score)
     assert preset["validation"]["objective"] == objective
-    assert preset["validation"]["rule"] == tune.ACMR_OBJECTIVES[objective]
+    assert preset["validation"]["rule"] == acmr.OBJECTIVES[objective]
     assert f"--objective {objective}" in preset["command"]
     assert preset["settings"]["train_label_classifier"] is (best_trial == 1)
 
@@ -322,7 +323,7 @@ def test_an_objective_other_than_mean_is_acmr_only():
         tune.run_search("ssah", "synthetic", trials=1, objective="min")
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="not one of mean, min, top_k"):
-        tune.acmr_objective_score({acmr.TEST_PROTOCOL: {"average": 0.3}}, "max")
+        acmr.objective_score({acmr.TEST_PROTOCOL: {"average": 0.3}}, "max")
 
 
 def test_a_warm_start_adds_an_earlier_searchs_trials_rescored_under_the_new_objective(tmp_path, monkeypatch):
@@ -391,7 +392,7 @@ def test_reranking_over_seeds_picks_the_trial_that_holds_not_the_luckiest(tmp_pa
     assert sorted(seen) == sorted([(False, 1), (False, 2)] * 2 + [(True, 1), (True, 2)])
     rerank = preset["rerank"]
     assert rerank["chosen_trial"] == 0 and rerank["seeds"] == [0, 1, 2] and rerank["top"] == 3
-    assert rerank["command"] == f"python -m utils.tune --rerank {path} --top 3 --seeds 1,2"
+    assert rerank["command"] == f"python tune.py --rerank {path} --top 3 --seeds 1,2"
     assert rerank["mean_map"] == pytest.approx(0.8)
     assert [c["number"] for c in rerank["candidates"]][0] != 0  # ranked by the search's score first
     other = next(c for c in rerank["candidates"] if c["number"] != 0)
@@ -405,7 +406,7 @@ def test_reranking_over_seeds_picks_the_trial_that_holds_not_the_luckiest(tmp_pa
 def test_reranking_rejects_a_metah_trial_that_collapses_the_target_at_any_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9}))
     path = tmp_path / "preset.json"
-    tune.run_search("metah", "mnist->usps", trials=2, out=str(path), command="python -m utils.tune --method metah "
+    tune.run_search("metah", "mnist->usps", trials=2, out=str(path), command="python tune.py --method metah "
                     "--dataset mnist->usps --trials 2")
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 0.8, (False, None): 0.9},
                                                              balances={(False, 3): 0.2}))
@@ -445,7 +446,7 @@ def test_reranking_bad_input_is_a_one_line_error(tmp_path, monkeypatch, preset, 
     path = tmp_path / "preset.json"
     if preset is None:
         tune.run_search("metah", "mnist->usps", trials=1, out=str(path),
-                        command="python -m utils.tune --method metah --dataset mnist->usps --trials 1")
+                        command="python tune.py --method metah --dataset mnist->usps --trials 1")
     else:
         write(path, preset)
     with pytest.raises(UserError, match=message) as error:
@@ -459,12 +460,12 @@ def test_reranking_breaks_equal_means_by_the_validation_hash_lookup(tmp_path, mo
     path = tmp_path / "preset.json"
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 1.0, (False, None): 1.0}))
     tune.run_search("metah", "mnist->usps", trials=2, out=str(path),
-                    command="python -m utils.tune --method metah --dataset mnist->usps --trials 2")
+                    command="python tune.py --method metah --dataset mnist->usps --trials 2")
     assert tune.rerank(str(path), top=2, seeds=[1])["rerank"]["chosen_trial"] == 0
     monkeypatch.setattr(metah, "fit", fake_metah_fit_by_seed({(True, None): 1.0, (False, None): 1.0},
                                                              lookups={(True, None): 0.9, (False, None): 1.0}))
     tune.run_search("metah", "mnist->usps", trials=2, out=str(path),
-                    command="python -m utils.tune --method metah --dataset mnist->usps --trials 2")
+                    command="python tune.py --method metah --dataset mnist->usps --trials 2")
     preset = tune.rerank(str(path), top=2, seeds=[1])
     assert preset["rerank"]["chosen_trial"] == 1
     assert [c["mean_map_radius2"] for c in preset["rerank"]["candidates"]] == [0.9, 1.0]

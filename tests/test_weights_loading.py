@@ -91,7 +91,7 @@ def test_load_cnnf_reads_both_layouts(tmp_path, old_layout):
         np.testing.assert_array_equal(spec.bias, bias)
     assert convs[0].stride == (4, 4) and convs[1].pad == (2, 2, 2, 2) and convs[5].size == (6, 6)
     pools = [s for s in geometry if s.kind == "pool"]
-    assert all(p.pad == (0, 1, 0, 1) and p.stride == (2, 2) and p.size == (3, 3) and p.method == "max" for p in pools)
+    assert all(p.pad == (0, 1, 0, 1) and p.stride == (2, 2) and p.size == (3, 3) and p.pooling == "max" for p in pools)
     assert [s.lrn for s in geometry if s.kind == "lrn"] == [dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)] * 2
 
     # the file's geometry runs exactly like the built-in imagenet-vgg-f geometry with the same weights

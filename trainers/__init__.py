@@ -1,16 +1,8 @@
-"""One module per method. Each exposes:
-
-  Config        a dataclass (subclass of utils.config.CommonConfig) with every setting
-  PRESETS       optional dict name -> dict of settings (e.g. variants, ablations)
-  train(config, run)  trains, evaluates, exports RUN_DIR/codes.mat, returns a dict of figures
+"""One module (or package) per method; each declares one trainers.registry.MethodSpec (its
+Config, presets, length field, search space, exports, checks; fit/train/encode/encoders/
+validation_score in its implementation module) and registers it. Look methods up with
+get_method(name).
 """
-import importlib
+from trainers.registry import METHODS, get_method
 
-METHODS = ("ssah", "acmr", "metah")
-
-
-def get_method(name):
-    from utils.errors import UserError
-    if name not in METHODS:
-        raise UserError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
-    return importlib.import_module(f"trainers.{name}")
+__all__ = ["METHODS", "get_method"]

@@ -20,10 +20,13 @@ import numpy as np
 
 from trainers.loop import (DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, LR_TAG, Evaluation, LossMeter, Method,
                            TrainingLoop, inline_batches)
+from trainers.registry import MethodSpec, check_settings, register
 from utils import distribute
-from utils.config import CommonConfig
+from utils.config import CommonConfig, setting
 from utils.data import standardization
 from utils.errors import UserError
+from utils.exports import EXPORTS
+from utils.presets import Param
 
 PRESET_FIELD = "variant"
 
@@ -58,87 +61,84 @@ PROGRAM_DEFAULTS = {
 }
 
 
-def _field(default, help_text, **metadata):
-    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
-
 
 @dataclasses.dataclass
 class Config(CommonConfig):
-    dataset: str = _field("wiki", "wiki (wikiData.mat: 128-d SIFT / 10-d LDA), wiki-pickle or nuswide10k "
+    dataset: str = setting("wiki", "wiki (wikiData.mat: 128-d SIFT / 10-d LDA), wiki-pickle or nuswide10k "
                           "(the authors' pickle folders), or any feature dataset of load_dataset")
-    variant: str = _field("original", "original: the authors' triplet_wiki program; paper: the paper's "
+    variant: str = setting("original", "original: the authors' triplet_wiki program; paper: the paper's "
                           "method (see PRESETS)", choices=tuple(PRESETS))
-    loss_program: str = _field("triplet", "triplet: triplet_wiki, the paper's ACMR; simple: simple_wiki / "
+    loss_program: str = setting("triplet", "triplet: triplet_wiki, the paper's ACMR; simple: simple_wiki / "
                                "simple_nuswide (similar + dissimilar terms; weights by dataset)",
                                choices=("triplet", "simple"))
     # Networks
-    architecture: str = _field("coded", "layer sizes: coded (the program's, per dataset: wiki d->512->100->40 / "
+    architecture: str = setting("coded", "layer sizes: coded (the program's, per dataset: wiki d->512->100->40 / "
                                "d->40->100->40; nuswide10k d->4096->1000->40 / d->1000->300->40; modality "
                                "40->20->10->2) or paper (image ->2000->200, text ->500->200, modality ->50->2)",
                                choices=("coded", "paper"))
-    image_norm: str = _field("none", "image input: none (the program: raw rows, e.g. Wikipedia's L1-normalised "
+    image_norm: str = setting("none", "image input: none (the program: raw rows, e.g. Wikipedia's L1-normalised "
                              "SIFT histograms) or standardize (minus the training rows' mean, over their std, "
                              "per dimension, inside the projector; mining stays on the raw rows)",
                              choices=("none", "standardize"))
-    text_norm: str = _field("none", "text input: none (the program: raw rows, e.g. 10-d LDA topic proportions) "
+    text_norm: str = setting("none", "text input: none (the program: raw rows, e.g. 10-d LDA topic proportions) "
                             "or standardize (as --image-norm)", choices=("none", "standardize"))
     # Losses
-    epochs: int = _field(0, "training epochs; 0: the program's (triplet 50, simple_wiki 200, simple_nuswide 50)")
-    label_weight: float = _field(-1.0, "weight of the label loss; -1: the program's (100; simple_nuswide 50)")
-    dissimilar_weight: float = _field(-1.0, "simple programs: weight of the dissimilar term; -1: the "
+    epochs: int = setting(0, "training epochs; 0: the program's (triplet 50, simple_wiki 200, simple_nuswide 50)")
+    label_weight: float = setting(-1.0, "weight of the label loss; -1: the program's (100; simple_nuswide 50)")
+    dissimilar_weight: float = setting(-1.0, "simple programs: weight of the dissimilar term; -1: the "
                                       "program's (wiki 0.02, nuswide10k 0.2)")
-    dissimilar_margin: float = _field(0.1, "simple programs: margin in mean(max(0, margin - D*M))")
-    margin: float = _field(0.1, "triplet margin (mu)")
-    alpha: float = _field(5.0, "coded triplet: weight of the positive term")
-    triplet_form: str = _field("coded", "coded: hinge on batch sums of 0.5||.||^2, alpha on the positive "
+    dissimilar_margin: float = setting(0.1, "simple programs: margin in mean(max(0, margin - D*M))")
+    margin: float = setting(0.1, "triplet margin (mu)")
+    alpha: float = setting(5.0, "coded triplet: weight of the positive term")
+    triplet_form: str = setting("coded", "coded: hinge on batch sums of 0.5||.||^2, alpha on the positive "
                                "term; paper: per triplet l2(v,t+) + negative_weight * max(0, mu - l2(v,t-))",
                                choices=("coded", "paper"))
-    negative_weight: float = _field(1.0, "paper triplet: weight (the paper's lambda of Eq. 4) of the negative "
+    negative_weight: float = setting(1.0, "paper triplet: weight (the paper's lambda of Eq. 4) of the negative "
                                     "hinge; the paper gives no value (ours: 1)")
-    regularisation_weight: float = _field(0.0, "weight of the paper's L_reg, the sum of the Frobenius norms "
+    regularisation_weight: float = setting(0.0, "weight of the paper's L_reg, the sum of the Frobenius norms "
                                           "||W||_F of the projectors' weight matrices (not squared; biases "
                                           "left out), added to the embedding loss; 0: none, as the program "
                                           "(paper variant: 1)")
-    mining_mask: str = _field("multiply", "hard-negative mining in the raw input space: multiply (as coded: "
+    mining_mask: str = setting("multiply", "hard-negative mining in the raw input space: multiply (as coded: "
                               "similarity * [labels differ], so a same-label item can win) or exclude",
                               choices=("multiply", "exclude"))
     # Adversarial part
-    adversarial_in_projector_loss: bool = _field(False, "add the modality loss (gradient-reversed) to the "
+    adversarial_in_projector_loss: bool = setting(False, "add the modality loss (gradient-reversed) to the "
                                                  "projectors' objective; the program leaves it out (inert GRL)")
-    train_label_classifier: bool = _field(False, "train the label classifier with the projectors; the program "
+    train_label_classifier: bool = setting(False, "train the label classifier with the projectors; the program "
                                           "never updates it (the projectors fit a fixed random classifier)")
-    shared_forward_pass: bool = _field(True, "compute the modality classifier's update from the same forward "
+    shared_forward_pass: bool = setting(True, "compute the modality classifier's update from the same forward "
                                        "pass as the projectors' (the program); false: a fresh pass after them")
-    projector_steps: int = _field(1, "k: projector updates per modality-classifier update (paper: 5)")
-    lambda_schedule: str = _field("dann", "gradient-reversal lambda per epoch: dann (2/(1+exp(-10 p))-1, "
+    projector_steps: int = setting(1, "k: projector updates per modality-classifier update (paper: 5)")
+    lambda_schedule: str = setting("dann", "gradient-reversal lambda per epoch: dann (2/(1+exp(-10 p))-1, "
                                   "p = epoch/epochs; the program) or fixed (lambda_value)",
                                   choices=("dann", "fixed"))
-    lambda_value: float = _field(0.05, "lambda when the schedule is fixed (paper: 0.05)")
-    lambda_gamma: float = _field(10.0, "gamma of the DANN schedule")
+    lambda_value: float = setting(0.05, "lambda when the schedule is fixed (paper: 0.05)")
+    lambda_gamma: float = setting(10.0, "gamma of the DANN schedule")
     # Optimisation
-    learning_rate: float = _field(1e-4, "Adam learning rate of the projectors (and label classifier)")
-    modality_learning_rate: float = _field(1e-4, "Adam learning rate of the modality classifier")
-    beta_1: float = _field(0.5, "Adam beta_1 (the program: 0.5)")
-    beta_2: float = _field(0.999, "Adam beta_2")
-    adam_epsilon: float = _field(1e-8, "Adam epsilon (TF1's default 1e-8)")
-    adam_kernel: str = _field("keras", "keras: Keras 3's Adam (the README's ACMR figures); tf1: TF1's "
+    learning_rate: float = setting(1e-4, "Adam learning rate of the projectors (and label classifier)")
+    modality_learning_rate: float = setting(1e-4, "Adam learning rate of the modality classifier")
+    beta_1: float = setting(0.5, "Adam beta_1 (the program: 0.5)")
+    beta_2: float = setting(0.999, "Adam beta_2")
+    adam_epsilon: float = setting(1e-8, "Adam epsilon (TF1's default 1e-8)")
+    adam_kernel: str = setting("keras", "keras: Keras 3's Adam (the README's ACMR figures); tf1: TF1's "
                               "AdamOptimizer, the program's, bit for bit, as one fused kernel per variable "
                               "(faster; its float32 rounding of 1 - beta and beta^t differs from Keras' by "
                               "~1e-5 relative per step)", choices=("keras", "tf1"))
-    batch_size: int = _field(64, "pairs per batch")
-    shuffle: bool = _field(False, "shuffle the training pairs every epoch (seeded); the program keeps the "
+    batch_size: int = setting(64, "pairs per batch")
+    shuffle: bool = setting(False, "shuffle the training pairs every epoch (seeded); the program keeps the "
                            "file order")
-    drop_last: bool = _field(True, "drop the last partial batch (the program: 2173 // 64 = 33 batches)")
+    drop_last: bool = setting(True, "drop the last partial batch (the program: 2173 // 64 = 33 batches)")
     # Evaluation and bookkeeping
-    top_k: int = _field(50, "the authors' protocol: mAP@top_k, test against test")
-    retrieval_distance: str = _field("euclidean", "distance that ranks the embeddings in every figure: "
+    top_k: int = setting(50, "the authors' protocol: mAP@top_k, test against test")
+    retrieval_distance: str = setting("euclidean", "distance that ranks the embeddings in every figure: "
                                      "euclidean (the program) or cosine (one minus the cosine: the two "
                                      "modalities' embedding norms no longer count)", choices=("euclidean", "cosine"))
-    full_test_batches: bool = _field(True, "the authors' protocol evaluates only full test batches "
+    full_test_batches: bool = setting(True, "the authors' protocol evaluates only full test batches "
                                      "(640 of the 693 Wikipedia test pairs)")
-    eval_every: int = _field(1, "evaluate both protocols every N epochs (and after the last)")
-    strategy: str = _field("none", distribute.STRATEGY_HELP, choices=distribute.STRATEGIES)
-    separability_every: int = _field(0, "measurement only: every N epochs, fit a fresh linear classifier to "
+    eval_every: int = setting(1, "evaluate both protocols every N epochs (and after the last)")
+    strategy: str = setting("none", distribute.STRATEGY_HELP, choices=distribute.STRATEGIES)
+    separability_every: int = setting(0, "measurement only: every N epochs, fit a fresh linear classifier to "
                                      "convergence telling the training pairs' image from text embeddings and "
                                      "log its accuracy on the test pairs (eval/modality/separability), next to "
                                      "the live modality classifier's test accuracy; 0: off")
@@ -657,7 +657,7 @@ def fit(config, data=None, run=None, resume=False, model=None):
     """Trains and evaluates through the shared loop; logs, checkpoints and exports only when
     `run` is given. Returns {"final": figures, "epochs": [per-epoch records], "settings", "seconds",
     "iterations"}."""
-    check_config(config)
+    check_settings(METHOD, config)
     data = data if data is not None else load_data(config)
     train_img, train_txt, _ = data.part("train")
     if len(train_img) < config.batch_size and config.drop_last:
@@ -714,3 +714,88 @@ def encode(run_dir, inputs, modality):
     other = np.zeros((len(inputs), text_dim if modality == "image" else image_dim), np.float32)
     images, texts = (inputs, other) if modality == "image" else (other, inputs)
     return model.embed(images, texts)[0 if modality == "image" else 1]
+
+
+def encoders(run_dir):
+    """(config, {modality: portable.Encoder}) of a trained run, for export.py: the two projectors."""
+    from models import portable
+    config, data, model = restored_model(run_dir)
+    dims = {"image": data.images.shape[1], "text": data.text_dim}
+    projectors = {"image": model.nets.image_projector, "text": model.nets.text_projector}
+    encoders = {}
+    for modality, projector in projectors.items():
+        width = projector.dense_layers[-1].units
+        encoders[modality] = portable.Encoder(
+            portable.acmr_projector_model(projector, dims[modality], modality),
+            {"name": f"{modality}_features", "shape": [int(dims[modality])], "dtype": "float32",
+             "meaning": f"{modality} feature rows, as the run's data"},
+            {"name": "embeddings", "shape": [int(width)], "dtype": "float32",
+             "meaning": "common-space embeddings (compare by Euclidean distance)"},
+            ["none (features used as they are)" if projector.standardize is None else
+             "standardisation: (x - training mean) / training std, per dimension"])
+    return config, encoders
+
+
+# ----------------------------------------------------------------------------- settings search (tune.py)
+
+# ACMR's validation figures come in two protocols (mAP@top_k test vs test, mAP over all test vs
+# database), each averaged over i->t and t->i; --objective says how one trial's score combines them.
+OBJECTIVES = {
+    "mean": "mean validation mAP over the directions (ACMR: the mean of the two protocols' averages)",
+    "min": "the smaller of ACMR's two protocols' validation averages (mAP@top_k, mAP over all): a trial "
+           "scores well only when both do",
+    "top_k": "ACMR's validation mAP@top_k average alone (the authors' protocol)",
+}
+
+SEARCH_SPACE = (
+    # The program's switches or the paper's (trained label classifier, active reversal layer,
+    # k = 5, per-triplet loss, shuffling, L_reg): a search around the program alone picked
+    # settings below the paper variant on test.
+    Param("switches", choices=("original", "paper"), preset=True),
+    # The switch that decides whether the label classifier learns (the paper) or stays the random
+    # one the projectors fit (the program), searched apart from the others; its start value is
+    # the switches' own (False in trial 0, True in the paper variant's trial).
+    Param("train_label_classifier", choices=(False, True)),
+    # Wikipedia's inputs are L1-normalised SIFT histograms and LDA proportions, far from unit scale.
+    Param("image_norm", choices=("none", "standardize")),
+    Param("text_norm", choices=("none", "standardize")),
+    Param("architecture", choices=("coded", "paper")),
+    Param("regularisation_weight", choices=(0.0, 1.0)),
+    Param("learning_rate", 3e-5, 2e-3, log=True),
+    Param("batch_size", choices=(32, 64, 128)),
+    Param("epochs", 20, 120, integer=True),  # 120 epochs of the paper's widths at batch 32: ~5 min
+    Param("label_weight", 1.0, 300.0, log=True),
+    Param("alpha", 0.5, 20.0, log=True),
+    Param("margin", 0.01, 1.0, log=True),
+    # How the embeddings are ranked (the program: Euclidean): with cosine the two modalities'
+    # embedding norms no longer count.
+    Param("retrieval_distance", choices=("euclidean", "cosine")),
+)
+
+
+def objective_score(figures, objective="mean"):
+    """One ACMR trial's score from its validation `figures` ({protocol: {"average": mAP, ...}})
+    under `objective` (a name in OBJECTIVES)."""
+    averages = {protocol: float(values["average"]) for protocol, values in figures.items()}
+    if objective == "mean":
+        return float(np.mean(list(averages.values())))
+    if objective == "min":
+        return min(averages.values())
+    if objective == "top_k":
+        return averages[TEST_PROTOCOL]
+    raise UserError(f"--objective {objective} is not one of {', '.join(OBJECTIVES)}")
+
+
+def validation_score(config, objective="mean"):
+    """(score by `objective`, figures) of `config` trained on its training items (tune.py)."""
+    from utils.data import validation_view
+    figures = fit(config, data=validation_view(load_data(config)))["final"]
+    return objective_score(figures, objective), figures
+
+
+METHOD = register(MethodSpec(
+    name="acmr", config_class=Config, preset_field=PRESET_FIELD, presets=PRESETS, base_preset="original",
+    length_field="epochs", implementation=__name__, exports=EXPORTS["acmr"],
+    databases={"image": ("Di", "retrieval_L"), "text": ("Dt", "retrieval_L")},
+    default_database={"text": "image", "image": "text"}, search_space=SEARCH_SPACE, check=check_config,
+    objectives=OBJECTIVES, rescore=objective_score, resolved=resolved))

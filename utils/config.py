@@ -13,6 +13,11 @@ from utils.errors import UserError
 from utils.metrics import DEFAULT_TIES, TIE_RULES, check_ties
 
 
+def setting(default, help_text, **metadata):
+    """A Config field: its default, its --help text and any other metadata (e.g. choices)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
 @dataclasses.dataclass
 class CommonConfig:
     """Settings every method shares."""
@@ -36,7 +41,7 @@ class CommonConfig:
                 "(for small or subset files); database = every item but the queries"})
     validation_size: int = dataclasses.field(default=0, metadata={
         "help": "training items (a seeded draw) held out as validation queries, ranked against the "
-                "database without them: never trained on, they choose settings (utils.tune) and the "
+                "database without them: never trained on, they choose settings (tune.py) and the "
                 "best checkpoint; 0: none (METAH: --validation-fraction of the source)"})
     keep_checkpoints: str = dataclasses.field(default="last,best", metadata={
         "help": "checkpoints kept in RUN_DIR/checkpoints: 'last', 'last,best' (the last plus the one "

@@ -10,22 +10,38 @@ features). A step first writes its batch's outputs (computed before the update) 
 buffers, as the authors' program does. Every departure of the program from the paper is a
 named setting of `Config`; `PRESETS["original"]` is the program, `PRESETS["paper"]` the paper.
 
-Files: config (settings, presets, schedules, early-stop rules), steps (SSAHTrainer: nets,
-buffers, the four updates), epochs (an epoch's passes, early stop, mid-epoch checkpoints),
-training (building, evaluation, SSAH's part of the shared loop trainers/loop.py, fit/train), encoding (codes of new items).
+Files: config (settings, presets, schedules, early-stop rules, the registered MethodSpec),
+steps (SsahModel: nets, buffers, the four updates), epochs (an epoch's passes, early stop,
+mid-epoch checkpoints), training (building, evaluation, SSAH's part of the shared loop
+trainers/loop.py, fit/train), encoding (codes of new items), export (its encoders for
+export.py). The names below load their file on first use: reading the settings (config)
+imports no TensorFlow, so `python train.py --help` stays fast.
 """
-from trainers.ssah.config import (DATASET_DEFAULTS, EARLY_STOP, IMAGENET_MEAN_RGB, PRESET_FIELD, PRESETS,
-                                  PROGRAM_MS_WINDOWS, PROGRAM_STEP_ORDER, SCHEDULES, STEP_NAMES, STEP_TERMS, Config,
-                                  EarlyStopRule, check_network_settings, learning_rate, resolve_backbone)
-from trainers.ssah.encoding import dataset_vocabulary, encode, restored_trainer, tag_vectors
-from trainers.ssah.epochs import SUMMARY_KEYS, EpochLoop, StopCheck, inner_loop
-from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
-from trainers.ssah.training import (SSAHTraining, _check_resume_checkpoint, build_trainer, build_trunk, evaluate,
-                                    fit, load_data, text_standardizer, train)
+import importlib
 
-__all__ = ["DATASET_DEFAULTS", "EARLY_STOP", "IMAGENET_MEAN_RGB", "PRESET_FIELD", "PRESETS", "PROGRAM_MS_WINDOWS",
-           "PROGRAM_STEP_ORDER", "SCHEDULES", "STEP_NAMES", "STEP_TERMS", "SUMMARY_KEYS", "Config", "EarlyStopRule",
-           "EpochLoop", "SSAHTrainer", "SSAHTraining", "StopCheck", "build_trainer", "build_trunk",
-           "check_network_settings", "checkpoint_variable_names", "dataset_vocabulary", "encode", "evaluate", "fit",
-           "inner_loop", "learning_rate", "load_data", "resolve_backbone", "tag_vectors", "text_standardizer", "train",
-           "_check_resume_checkpoint"]
+# Each public name and the file that defines it.
+_DEFINED_IN = {
+    "config": ("DATASET_DEFAULTS", "EARLY_STOP", "IMAGENET_MEAN_RGB", "METHOD", "PRESET_FIELD", "PRESETS",
+               "PROGRAM_MS_WINDOWS", "PROGRAM_STEP_ORDER", "SCHEDULES", "STEP_NAMES", "STEP_TERMS", "Config",
+               "EarlyStopRule", "check_config", "check_network_settings", "learning_rate", "resolve_backbone"),
+    "encoding": ("dataset_vocabulary", "encode", "restored_model", "tag_vectors"),
+    "export": ("encoders",),
+    "epochs": ("SUMMARY_KEYS", "EpochLoop", "StopCheck", "inner_loop"),
+    "steps": ("SsahModel", "checkpoint_variable_names"),
+    "training": ("SsahTraining", "_check_resume_checkpoint", "build_model", "build_trunk", "evaluate", "fit",
+                 "load_data", "text_standardizer", "train", "validation_score"),
+}
+_FILE_OF = {name: file for file, names in _DEFINED_IN.items() for name in names}
+__all__ = sorted(_FILE_OF)
+
+
+def __getattr__(name):
+    if name in _DEFINED_IN:  # a file of the package, e.g. trainers.ssah.encoding
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _FILE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_FILE_OF[name]}"), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FILE_OF))

@@ -5,16 +5,15 @@ import numpy as np
 import tensorflow as tf
 
 from trainers.ssah.config import Config, resolve_backbone
-from trainers.ssah.training import _check_resume_checkpoint, build_trainer, load_data
+from trainers.ssah.training import _check_resume_checkpoint, build_model, load_data
 from utils import io
-from utils.data import resolve_path
+from utils.data import resolve_path, sidecar_paths
 from utils.errors import UserError
-from utils.prepare import sidecar_paths
 from utils.run import item_rows, restore_trained, saved_config
 
 
 def dataset_vocabulary(config):
-    """The tag words of the run's dataset in column order (FILE.vocab.json that utils.prepare
+    """The tag words of the run's dataset in column order (FILE.vocab.json that prepare.py
     writes beside FILE.h5), or None when the data has none."""
     path = resolve_path(config.dataset, config.data)
     vocab_path = sidecar_paths(path)[0] if path and os.path.isfile(path) else ""
@@ -24,7 +23,7 @@ def dataset_vocabulary(config):
 def tag_vectors(words, vocabulary, text_dim):
     """Bag-of-tags rows (float32) of one tag list or a list of tag lists; unknown tags are skipped."""
     if vocabulary is None:
-        raise UserError("the run's dataset has no vocabulary file (FILE.vocab.json from utils.prepare): "
+        raise UserError("the run's dataset has no vocabulary file (FILE.vocab.json from prepare.py): "
                         f"give tag vectors (items x {text_dim}) instead of tag words")
     items = [words] if all(isinstance(w, str) for w in words) else list(words)
     column = {word: j for j, word in enumerate(vocabulary)}
@@ -47,13 +46,13 @@ def _holds_words(inputs):
                                       and isinstance(first[0], str))
 
 
-def restored_trainer(run_dir, data=None):
+def restored_model(run_dir, data=None):
     """(config, data, trainer) of a trained run: the networks rebuilt from RUN_DIR/config.json
     (the run's dataset gives shapes and feature statistics; `data` when already loaded) with
     the latest checkpoint restored. encode() and export.py both start here."""
     _, config = saved_config(run_dir, {"ssah": Config})
     data = data if data is not None else load_data(config)
-    trainer = build_trainer(config, data, resolve_backbone(config, data))
+    trainer = build_model(config, data, resolve_backbone(config, data))
     objects = trainer.checkpoint_objects()
     _check_resume_checkpoint(run_dir, objects)
     restore_trained(run_dir, tf.train.Checkpoint(**objects))
@@ -76,5 +75,5 @@ def encode(run_dir, inputs, modality):
         inputs = tag_vectors(inputs, dataset_vocabulary(config), data.text_dim)
     item_shape = (data.text_dim,) if modality == "text" else data.images.shape[1:]
     inputs = item_rows(inputs, item_shape, f"{modality} inputs")
-    _, _, trainer = restored_trainer(run_dir, data)
+    _, _, trainer = restored_model(run_dir, data)
     return trainer.hash_codes("img" if modality == "image" else "txt", inputs, config.eval_batch_size)

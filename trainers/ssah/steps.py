@@ -1,4 +1,4 @@
-"""SSAHTrainer: the nets, the stored buffers, the optimizers and the four update steps
+"""SsahModel: the nets, the stored buffers, the optimizers and the four update steps
 (LabNet, discriminators, ImgNet, TxtNet), each ONE tf.GradientTape update of a batch."""
 import numpy as np
 import tensorflow as tf
@@ -18,7 +18,7 @@ def _scatter_rows(variable, rows, values):
     return variable.scatter_nd_update(rows[:, None], values)
 
 
-class SSAHTrainer:
+class SsahModel:
     """Nets, stored buffers, optimizers and the four update steps.
 
     nets: "lab", "img", "txt", "dis_img", "dis_txt" and, without shared label

@@ -8,9 +8,10 @@ import utils.data
 from models import cnnf, vgg19
 from models.ssah import FeatureTrunk
 from trainers.loop import DISCRIMINATOR_ACCURACY_TAG, LOSS_TAG, Evaluation, LossMeter, Method, TrainingLoop
-from trainers.ssah.config import IMAGENET_MEAN_RGB, SCHEDULES, STEP_NAMES, STEP_TERMS, resolve_backbone
+from trainers.registry import check_settings
+from trainers.ssah.config import IMAGENET_MEAN_RGB, METHOD, STEP_NAMES, STEP_TERMS, resolve_backbone
 from trainers.ssah.epochs import EpochLoop
-from trainers.ssah.steps import SSAHTrainer, checkpoint_variable_names
+from trainers.ssah.steps import SsahModel, checkpoint_variable_names
 from utils import distribute
 from utils.errors import UserError
 from utils.data import LazyRows
@@ -73,12 +74,12 @@ def text_standardizer(config, data):
     return standardizer(train_texts.mean(axis=0), np.maximum(train_texts.std(axis=0), 1e-6))
 
 
-def build_trainer(config, data, backbone, strategy=None):
-    """An SSAHTrainer for `data`'s training part with every variable created; the trunk is
+def build_model(config, data, backbone, strategy=None):
+    """An SsahModel for `data`'s training part with every variable created; the trunk is
     built under the strategy's scope and the run's dtype policy."""
     with distribute.scope(strategy), distribute.dtype_policy(config.precision):
         trunk, preprocess = build_trunk(config, data, backbone)
-    trainer = SSAHTrainer(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
+    trainer = SsahModel(config, data.labels[data.split.train], data.text_dim, trunk, preprocess,
                           seed=config.seed, strategy=strategy, text_preprocess=text_standardizer(config, data))
     trainer.build(tuple(data.images.shape[1:]))
     return trainer
@@ -156,7 +157,7 @@ def training_parts(data):
     return LazyRows(data.images, rows), LazyRows(data.texts, rows), data.labels[rows]
 
 
-class SSAHTraining(Method):
+class SsahTraining(Method):
     """SSAH's part of the shared loop: a unit is one epoch of EpochLoop (the four steps' passes
     with the program's early stop; mid-epoch checkpoints hold its position); after it the
     unified code B is updated and the codes evaluated and exported. One LossMeter per step
@@ -230,16 +231,6 @@ class SSAHTraining(Method):
         return record
 
 
-def check_config(config):
-    if config.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule '{config.schedule}'; choose one of {', '.join(SCHEDULES)}")
-    if config.bits < 1 or config.embed_dim < 1 or config.batch_size < 1:
-        raise UserError("bits, embed_dim and batch_size must be positive")
-    if config.epochs < 1:
-        raise UserError(f"--epochs {config.epochs} trains nothing (the run would be untrained networks marked "
-                        f"complete); give --epochs 1 or more, and evaluate a trained run with eval.py RUN_DIR")
-
-
 def load_data(config):
     return utils.data.load_dataset(config.dataset, config.data, config.seed, config.split_file,
                                    split_sizes=config.split_sizes, validation_size=config.validation_size)
@@ -249,16 +240,23 @@ def fit(config, data=None, run=None, resume=False):
     """Trains and evaluates through the shared loop; logs, checkpoints and exports (codes.mat
     every epoch) only when `run` is given. Returns {"final": the last epoch's mAP per direction
     and "epoch", "epochs": per-epoch records, "seconds", "iterations"}."""
-    check_config(config)
+    check_settings(METHOD, config)
     data = data if data is not None else load_data(config)
     backbone = resolve_backbone(config, data)
-    trainer = build_trainer(config, data, backbone, distribute.make_strategy(config.strategy))
+    trainer = build_model(config, data, backbone, distribute.make_strategy(config.strategy))
     if resume and run is not None:
         _check_resume_checkpoint(run.checkpoint_source, trainer.checkpoint_objects(), data_shape(data, backbone))
-    training = SSAHTraining(config, data, trainer, backbone, run=run)
+    training = SsahTraining(config, data, trainer, backbone, run=run)
     return TrainingLoop(training, run, resume, checkpoint_every=config.checkpoint_every,
                         desc=f"SSAH {config.variant} {config.dataset}").run()
 
 
 def train(config, run, resume=False):
     return fit(config, run=run, resume=resume)
+
+
+def validation_score(config, objective="mean"):
+    """(mean validation mAP over i->t and t->i, figures) of `config` trained on its training items
+    (the settings search, tune.py)."""
+    figures = fit(config, data=utils.data.validation_view(load_data(config)))["final"]
+    return float(np.mean([figures["i->t"], figures["t->i"]])), figures

@@ -26,7 +26,7 @@ SPLIT_SIZES = {
 }
 
 # Where a dataset is looked for when --data is not given, relative to each data root: the file
-# `python -m utils.prepare NAME` writes by default (prepared_path), then a DCMH-layout folder.
+# `python prepare.py NAME` writes by default (prepared_path), then a DCMH-layout folder.
 PREPARED = ("flickr", "nuswide", "coco")
 DEFAULT_LOCATIONS = {
     "wiki": ("wikipedia/wikiData.mat",),
@@ -103,7 +103,7 @@ def standardization(rows):
 
 
 def prepared_path(name):
-    """Where `python -m utils.prepare NAME` writes by default: DATA_ROOT/NAME.h5 in the first
+    """Where `python prepare.py NAME` writes by default: DATA_ROOT/NAME.h5 in the first
     data root ($ADVHASH_DATA, else ./data of the repository), the first place train.py looks."""
     return os.path.join(data_roots()[0], f"{name}.h5")
 
@@ -120,10 +120,16 @@ def resolve_path(name, path):
                 return candidate
     if name in PREPARED:
         raise UserError(f"dataset '{name}' is not prepared: no {prepared_path(name)}; build it with "
-                        f"python -m utils.prepare {name} ... (README, section Full-scale data and "
+                        f"python prepare.py {name} ... (README, section Full-scale data and "
                         f"training), or pass --data PATH")
     raise UserError(f"dataset '{name}' not found under {data_roots()}; pass --data PATH "
                     f"(see README, section Datasets)")
+
+
+def sidecar_paths(out):
+    """FILE.vocab.json, FILE.manifest.json and FILE.split.npz beside FILE.h5."""
+    stem = out[:-3] if out.endswith(".h5") else out
+    return stem + ".vocab.json", stem + ".manifest.json", stem + ".split.npz"
 
 
 def load_dataset(name, path="", seed=0, split_file="", split_sizes=None, validation_size=0):
@@ -184,3 +190,14 @@ def check_split_sizes(name, sizes, num_items):
         raise UserError(f"the split of '{name}' needs {num_query} queries + {num_train} training items but the "
                         f"data has only {num_items}; pass smaller sizes, e.g. --split-sizes {small}")
     return num_query, num_train
+
+
+def validation_view(data):
+    """The data with the validation items as queries, ranked against the database without them,
+    and training on the training items left: a method's usual evaluation of this view gives its
+    validation figures, and no query of the dataset is used."""
+    split = data.split
+    if not len(split.validation):
+        raise UserError("the data has no validation part; give --validation-size N")
+    view = Split(query=split.validation, train=split.train, database=split.validation_database)
+    return dataclasses.replace(data, split=view)

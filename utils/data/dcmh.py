@@ -9,7 +9,7 @@ images or pre-extracted features (N x d float). Images come in two layouts,
 told apart by which axis has the N items of `LAll`:
   224 x 224 x 3 x N  the authors' files (items on MATLAB's LAST axis; h5py shows
                      N x 3 x 224 x 224, which the SSAH program transposes with
-                     (0, 3, 2, 1) to N x 224 x 224 x 3); `utils.prepare` writes this
+                     (0, 3, 2, 1) to N x 224 x 224 x 3); `prepare.py` writes this
   N x 224 x 224 x 3  items first, as earlier versions of this port wrote them
 When both axes have N items (224 images of 224 x 224), the authors' layout wins
 unless its channel axis (third) is not of size 1 or 3.

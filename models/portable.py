@@ -9,11 +9,38 @@ subclasses) would need our code to load.
 Constants that are data (mean images, feature statistics, resize matrices) live in layer
 weights (Normalization, bias-free Dense), not in the model's JSON config.
 """
+import dataclasses
+
 import keras
 import numpy as np
 from keras import ops
 
 from utils.errors import UserError
+
+
+@dataclasses.dataclass
+class Encoder:
+    """One exported model and what export.py's manifest says about it (each method's
+    `encoders(run_dir)` returns them by name)."""
+    model: object
+    input: dict       # name, shape (without the batch axis), dtype, meaning
+    output: dict      # name, shape, meaning
+    preprocessing: list
+
+
+def codes_output(bits):
+    return {"name": "codes", "shape": [bits], "dtype": "float32",
+            "meaning": "+-1 hash codes: sign of the tanh hash layer, 0 counts as +1"}
+
+
+def check_baked_preprocessing(preprocess, reference, probe, what):
+    """The baked preprocessing (a keras.ops graph) must give what the trainer computes (`reference`)
+    on `probe` rows: this catches a trainer whose preprocessing changed and its export did not."""
+    inputs = keras.Input(probe.shape[1:], dtype=str(probe.dtype))
+    baked = np.asarray(keras.Model(inputs, preprocess(inputs, Namer()))(probe))
+    if not np.allclose(baked, np.asarray(reference, np.float32), rtol=1e-5, atol=1e-6):
+        raise ValueError(f"the exported {what} preprocessing differs from the trainer's; export.py must follow "
+                         f"the trainer's preprocessing")
 
 
 class Namer:
@@ -106,9 +133,9 @@ def conv_trunk(x, trunk, names):
             x = local_response_normalization(x, **spec.lrn)
         elif spec.kind == "pool":
             if any(spec.pad):
-                value = float("-inf") if spec.method == "max" else 0.0
+                value = float("-inf") if spec.pooling == "max" else 0.0
                 x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=value)
-            pool = keras.layers.MaxPooling2D if spec.method == "max" else keras.layers.AveragePooling2D
+            pool = keras.layers.MaxPooling2D if spec.pooling == "max" else keras.layers.AveragePooling2D
             x = pool(spec.size, spec.stride, padding="valid", name=names("pool"))(x)
     return keras.layers.Flatten(name=names("flatten"))(x)
 

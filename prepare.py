@@ -1,8 +1,8 @@
 """Prepares MS-COCO, MIRFLICKR-25K and NUS-WIDE from their official downloads.
 
-    python -m utils.prepare coco --annotations DIR --images DIR [--images DIR ...]
-    python -m utils.prepare flickr --root mirflickr --annotations mirflickr25k_annotations_v080
-    python -m utils.prepare nuswide --root NUS-WIDE --images Flickr
+    python prepare.py coco --annotations DIR --images DIR [--images DIR ...]
+    python prepare.py flickr --root mirflickr --annotations mirflickr25k_annotations_v080
+    python prepare.py nuswide --root NUS-WIDE --images Flickr
 
 Each writes data/DATASET.h5 (or --out FILE.h5), where `python train.py --dataset DATASET` looks.
 
@@ -46,7 +46,7 @@ import numpy as np
 
 from utils import io
 from utils.config import add_config_arguments, config_from_args
-from utils.data import SPLIT_SIZES, prepared_path
+from utils.data import SPLIT_SIZES, prepared_path, sidecar_paths
 from utils.data.splits import permutation_split
 from utils.errors import UserError
 from utils.optional import optional_module
@@ -542,12 +542,6 @@ def load_image(path, resize_filter="bilinear"):
                         f"command again (the work done so far is kept)") from None
 
 
-def sidecar_paths(out):
-    """FILE.vocab.json, FILE.manifest.json and FILE.split.npz beside FILE.h5."""
-    stem = out[:-3] if out.endswith(".h5") else out
-    return stem + ".vocab.json", stem + ".manifest.json", stem + ".split.npz"
-
-
 def _fingerprint(prepared, output):
     digest = hashlib.sha256()
     for part in (json.dumps([prepared.image_paths, prepared.vocabulary, prepared.label_names,
@@ -640,7 +634,7 @@ def write_dcmh_file(prepared, output):
                 f.flush()
                 bar.update(stop - start)
         manifest = {
-            "dataset": prepared.dataset, "format": "DCMH layout (MATLAB v7.3 axis order, images 224x224x3xN), utils.prepare",
+            "dataset": prepared.dataset, "format": "DCMH layout (MATLAB v7.3 axis order, images 224x224x3xN), prepare.py",
             "format_version": FORMAT_VERSION, "counts": prepared.counts,
             "arrays": {"images": [n, IMAGE_SIZE, IMAGE_SIZE, 3], "YAll": list(prepared.texts.shape),
                        "LAll": list(prepared.labels.shape)},
@@ -684,7 +678,7 @@ READERS = {"coco": (CocoSettings, "MS-COCO from instances/captions json and JPEG
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m utils.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python prepare.py", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="dataset", required=True)
     for name, (settings_class, help_text) in READERS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)

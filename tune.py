@@ -1,11 +1,11 @@
 """Settings search on a validation split, and the JSON presets it writes.
 
-    python -m utils.tune --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
-    python -m utils.tune --method acmr --dataset wiki --trials 20
-    python -m utils.tune --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
-    python -m utils.tune --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
-    python -m utils.tune --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
-    python -m utils.tune --rerank trainers/presets/acmr-wiki.json --top 8 --seeds 1,2,3,4  # see rerank()
+    python tune.py --method ssah --dataset wiki --trials 30 --bits 32 --out trainers/presets/ssah-wiki.json
+    python tune.py --method acmr --dataset wiki --trials 20
+    python tune.py --method acmr --dataset wiki --trials 40 --objective min --warm-start trainers/presets/acmr-wiki.json
+    python tune.py --method metah --dataset office-googlenet:A->W --trials 20 --iterations 200
+    python tune.py --method metah --dataset office-googlenet:W->A --trials 24 --target-balance-floor 0  # no target check
+    python tune.py --rerank trainers/presets/acmr-wiki.json --top 8 --seeds 1,2,3,4  # see rerank()
 
 Each trial trains the method in-process (its `fit`) with settings an Optuna TPE sampler
 (seeded) proposes, and scores them on VALIDATION items carved out of the training set, never
@@ -13,7 +13,7 @@ on the queries: image-text datasets hold out `--validation-size` training items 
 fifth), which are ranked against the database without them; METAH holds out a share of the
 SOURCE (`--validation-fraction`, default 0.1; the target is unlabelled). The score is the
 mean validation mAP over the retrieval directions (SSAH: i->t and t->i over the whole
-ranking; ACMR: by `--objective`, see ACMR_OBJECTIVES, default the mean of its two protocols'
+ranking; ACMR: by `--objective`, see trainers.acmr.OBJECTIVES, default the mean of its two protocols'
 direction averages, mAP@top_k and mAP over all; METAH: source validation queries against the
 source database), under the run's tie rule.
 Source queries cannot see what the terms acting through the unlabelled target do to it, so a METAH
@@ -35,286 +35,42 @@ import dataclasses
 import datetime
 import json
 import os
-import re
 import shlex
 import sys
 import time
 import typing
 
-from utils.errors import UserError
+from trainers.registry import METHODS, get_method, spec_of
+from utils.errors import UserError, run_command_line
+from utils.presets import (PER_RUN_FIELDS, PRESET_FORMAT, PRESETS_DIR, converted, preset_json, preset_name, read_preset,
+                           write_preset)
 
-PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainers", "presets")
-PRESET_FORMAT = "advhash-preset/1"
-# Settings that belong to a run, not to a method's behaviour: a preset never carries them.
-PER_RUN_FIELDS = ("dataset", "data", "bits", "seed", "runs_dir", "run_name", "checkpoint_every",
-                  "keep_checkpoints", "split_file", "split_sizes", "validation_size", "validation_fraction",
-                  "variant", "preset", "ties")
-# The program's method each search starts from (the preset field's value).
-BASE_PRESET = {"ssah": "original", "acmr": "original", "metah": "metah"}
-# ACMR's validation figures come in two protocols (mAP@top_k test vs test, mAP over all test vs
-# database), each averaged over i->t and t->i; --objective says how one trial's score combines them.
-ACMR_OBJECTIVES = {
-    "mean": "mean validation mAP over the directions (ACMR: the mean of the two protocols' averages)",
-    "min": "the smaller of ACMR's two protocols' validation averages (mAP@top_k, mAP over all): a trial "
-           "scores well only when both do",
-    "top_k": "ACMR's validation mAP@top_k average alone (the authors' protocol)",
-}
-VALIDATION_SHARE = 0.2        # image-text data: share of the training items held out by default
-METAH_VALIDATION_FRACTION = 0.1
 # Subtracted from a METAH trial's score when the target's prediction balance is below the floor:
 # validation mAP lies in [0, 1], so such a trial ranks below every other, and TPE still sees
 # which rejected settings came closer.
 REJECTED_PENALTY = 1.0
-# METAH's default floor: its defaults keep 0.96-1.0 on every Office pair, a preset that collapsed
-# W->A's target scored 0.75 (seed 0 of the search).
-METAH_TARGET_BALANCE_FLOOR = 0.9
 # Re-ranking over seeds: between trials of equal mean validation mAP (a small validation part that
 # every good trial ranks perfectly), the validation queries' hash-lookup mAP within Hamming radius 2
 # (METAH reports it) decides.
 TIE_BREAK_FIGURE = "map_radius2"
 
 
-@dataclasses.dataclass(frozen=True)
-class Param:
-    """One searched setting: a float or int range (log scale optional) or a list of choices
-    (tuple settings as comma-separated text, as on the command line). With `preset`, the choices
-    name presets of the method (its PRESETS) whose switches the trial takes; the other searched
-    settings apply after them."""
-    name: str
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    integer: bool = False
-    choices: tuple = ()
-    preset: bool = False
-
-    def distribution(self):
-        """The Optuna distribution suggest() draws from (for trials added from a record)."""
-        from optuna import distributions
-        if self.choices:
-            return distributions.CategoricalDistribution(list(self.choices))
-        if self.integer:
-            return distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
-        return distributions.FloatDistribution(self.low, self.high, log=self.log)
-
-    def holds(self, value):
-        """Whether `value` lies in the searched choices or range."""
-        if self.choices:
-            return value in self.choices and type(value) in {type(choice) for choice in self.choices}
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def suggest(self, trial):
-        if self.choices:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-
-# What each method's search may change: the causes the issue names (input standardisation, MS-fusion
-# windows for small d, passes and rates, batch size, loss weights), each a Config field.
-SEARCH_SPACES = {
-    "ssah": (
-        # LabNet/ImgNet rates stay at the wiki defaults (other LabNet rates collapse every code);
-        # random draws of all eleven settings scored far below the base in a ten-trial search.
-        Param("text_norm", choices=("none", "standardize")),
-        Param("ms_windows", choices=("50,30,15,10,5", "1,2,3,5", "1")),
-        Param("schedule", choices=("original", "short")),
-        Param("epochs", 1, 2, integer=True),  # 2 epochs of the program's passes: about 3 min on 2 cores
-        Param("lr_txt_exponent", 3.0, 4.0),
-        Param("lr_exponent_step", 0.0, 0.5),
-        Param("eta", 0.3, 3.0, log=True),
-    ),
-    "acmr": (
-        # The program's switches or the paper's (trained label classifier, active reversal layer,
-        # k = 5, per-triplet loss, shuffling, L_reg): a search around the program alone picked
-        # settings below the paper variant on test.
-        Param("switches", choices=("original", "paper"), preset=True),
-        # The switch that decides whether the label classifier learns (the paper) or stays the random
-        # one the projectors fit (the program), searched apart from the others; its start value is
-        # the switches' own (False in trial 0, True in the paper variant's trial).
-        Param("train_label_classifier", choices=(False, True)),
-        # Wikipedia's inputs are L1-normalised SIFT histograms and LDA proportions, far from unit scale.
-        Param("image_norm", choices=("none", "standardize")),
-        Param("text_norm", choices=("none", "standardize")),
-        Param("architecture", choices=("coded", "paper")),
-        Param("regularisation_weight", choices=(0.0, 1.0)),
-        Param("learning_rate", 3e-5, 2e-3, log=True),
-        Param("batch_size", choices=(32, 64, 128)),
-        Param("epochs", 20, 120, integer=True),  # 120 epochs of the paper's widths at batch 32: ~5 min
-        Param("label_weight", 1.0, 300.0, log=True),
-        Param("alpha", 0.5, 20.0, log=True),
-        Param("margin", 0.01, 1.0, log=True),
-        # How the embeddings are ranked (the program: Euclidean): with cosine the two modalities'
-        # embedding norms no longer count.
-        Param("retrieval_distance", choices=("euclidean", "cosine")),
-    ),
-    "metah": (
-        # Around the defaults (already chosen on source validation): wide ranges of 8 settings
-        # left a dozen trials far below them on mnist->usps. Beta reaches down to 0.01 since
-        # TAH+SP (beta 0) beat METAH on A->W in the ablation.
-        Param("learning_rate", 0.01, 0.1, log=True),
-        Param("iterations", 200, 600, integer=True),
-        Param("alpha", 0.1, 3.0, log=True),
-        Param("beta", 0.01, 3.0, log=True),
-        Param("domain_weight", 0.2, 2.0, log=True),
-        Param("quantisation_weight", 2.0, 20.0, log=True),
-    ),
-}
-
-
-# --------------------------------------------------------------------------- presets
-
-def preset_name(method, dataset):
-    """trainers/presets/METHOD-DATASET.json with the dataset name made file-safe
-    ('office-googlenet:A->W' -> 'office-googlenet-A-W')."""
-    return f"{method}-{re.sub(r'[^A-Za-z0-9]+', '-', dataset).strip('-')}.json"
-
-
-def committed_preset(method, dataset):
-    """Path of the committed tuned preset of `method` on `dataset`; a one-line error naming the
-    tune command when there is none."""
-    path = os.path.join(PRESETS_DIR, preset_name(method, dataset))
-    if not os.path.exists(path):
-        flag = "--preset" if method == "metah" else "--variant"
-        raise UserError(f"{flag} tuned has no preset for {method} on '{dataset}' ({path} is missing): make one "
-                        f"with python -m utils.tune --method {method} --dataset '{dataset}' --trials 30 --out "
-                        f"{os.path.relpath(path)}, or pass --preset-file FILE")
-    return path
-
-
-def _converted(field, hint, value, path):
-    """`value` from JSON as the Config field's type; a one-line error when it does not fit."""
-    origin = typing.get_origin(hint)
-    wrong = UserError(f"preset {path}: {field.name} = {value!r} is not a valid "
-                      f"{getattr(hint, '__name__', str(hint))}; fix the value or delete the key")
-    if hint is tuple or origin is tuple:
-        if isinstance(value, str):
-            value = [part for part in value.split(",") if part.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise wrong
-        item_types = typing.get_args(hint)
-        try:
-            value = tuple(item_types[0](v) for v in value) if item_types else tuple(value)
-        except (TypeError, ValueError):
-            raise wrong from None
-    elif hint is bool:
-        if not isinstance(value, bool):
-            raise wrong
-    elif hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong
-        value = float(value)
-    elif hint is str and not isinstance(value, str):
-        raise wrong
-    choices = field.metadata.get("choices")
-    if choices and value not in choices:
-        raise UserError(f"preset {path}: {field.name} = {value!r} is not one of {', '.join(map(str, choices))}")
-    return value
-
-
-def preset_json(path):
-    """The JSON of the preset file at `path`; a one-line error when it is missing or unreadable."""
-    if not os.path.isfile(path):
-        raise UserError(f"preset file {path} does not exist; give the path of a JSON preset written by "
-                        f"python -m utils.tune")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"preset file {path} is not readable JSON ({error}); write it again with "
-                        f"python -m utils.tune") from None
-
-
-def read_preset(path, method, config_class):
-    """The settings of the preset file at `path` ({name: value} in the Config's types), checked:
-    a missing file, bad JSON, another method's preset, an unknown or per-run setting, or a
-    value of the wrong type is a one-line error."""
-    preset = preset_json(path)
-    if not isinstance(preset, dict) or not isinstance(preset.get("settings"), dict):
-        raise UserError(f"preset file {path} has no 'settings' object; a preset is the JSON that "
-                        f"python -m utils.tune writes")
-    if preset.get("method", method) != method:
-        raise UserError(f"preset file {path} is for {preset['method']}, not {method}: use --method "
-                        f"{preset['method']} or another preset")
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    hints = typing.get_type_hints(config_class)
-    settings = {}
-    for name, value in preset["settings"].items():
-        if name not in fields:
-            raise UserError(f"preset file {path} sets '{name}', which {method} does not have; delete the "
-                            f"key (python train.py --method {method} --help lists the settings)")
-        if name in PER_RUN_FIELDS:
-            raise UserError(f"preset file {path} sets '{name}', a setting of the run, not of the method; "
-                            f"delete the key and give --{name.replace('_', '-')} on the command line")
-        settings[name] = _converted(fields[name], hints[name], value, path)
-    return settings
-
-
-def write_preset(path, method, dataset, settings, **record):
-    """Writes a preset atomically: `settings` (JSON values) and the provenance in `record`."""
-    from utils import io
-    io.save_json(path, {"format": PRESET_FORMAT, "method": method, "dataset": dataset,
-                        "settings": settings, **record})
-
-
 # --------------------------------------------------------------------------- validation figures
 
-def validation_view(data):
-    """The data with the validation items as queries, ranked against the database without them,
-    and training on the training items left: a method's usual evaluation of this view gives its
-    validation figures, and no query of the dataset is used."""
-    from utils.data.splits import Split
-    split = data.split
-    if not len(split.validation):
-        raise UserError("the data has no validation part; give --validation-size N")
-    view = Split(query=split.validation, train=split.train, database=split.validation_database)
-    return dataclasses.replace(data, split=view)
-
-
-def acmr_objective_score(figures, objective="mean"):
-    """One ACMR trial's score from its validation `figures` ({protocol: {"average": mAP, ...}})
-    under `objective` (a name in ACMR_OBJECTIVES)."""
-    import numpy as np
-
-    from trainers.acmr import TEST_PROTOCOL
-    averages = {protocol: float(values["average"]) for protocol, values in figures.items()}
-    if objective == "mean":
-        return float(np.mean(list(averages.values())))
-    if objective == "min":
-        return min(averages.values())
-    if objective == "top_k":
-        return averages[TEST_PROTOCOL]
-    raise UserError(f"--objective {objective} is not one of {', '.join(ACMR_OBJECTIVES)}")
+def all_objectives():
+    """{objective: rule} over every method (--objective's choices)."""
+    objectives = {}
+    for name in METHODS:
+        objectives.update({key: rule for key, rule in get_method(name).objectives.items() if key not in objectives})
+    return objectives
 
 
 def validation_score(method, config, objective="mean"):
     """(score, figures): the validation mAP of one trained `config` (see the module docstring);
-    ACMR's combines its protocols by `objective` (ACMR_OBJECTIVES)."""
-    import numpy as np
-
+    ACMR's combines its protocols by `objective` (its OBJECTIVES)."""
     from utils.run import set_seed
     set_seed(config.seed)
-    if method == "metah":
-        from trainers import metah
-        # Only the final figures score a trial: evaluating after every epoch (20 times in 300
-        # iterations on amazon) would triple its time and change nothing it trains.
-        final = metah.fit(dataclasses.replace(config, eval_every_epoch=False))["final"]
-        figures = {**final["source-validation"], "target_prediction_balance": final["target_prediction_balance"]}
-        return float(figures["map"]), figures
-    from utils.data import load_dataset
-    data = validation_view(load_dataset(config.dataset, config.data, config.seed, config.split_file,
-                                        split_sizes=config.split_sizes, validation_size=config.validation_size))
-    if method == "ssah":
-        from trainers import ssah
-        figures = ssah.fit(config, data=data)["final"]
-        return float(np.mean([figures["i->t"], figures["t->i"]])), figures
-    from trainers import acmr
-    figures = acmr.fit(config, data=data)["final"]
-    return acmr_objective_score(figures, objective), figures
+    return get_method(method).validation_score(config, objective)
 
 
 # --------------------------------------------------------------------------- the search
@@ -326,8 +82,8 @@ def warm_start_trials(path, method, config, space, bits, seed, objective):
     setting it did not search is read off the config its own params made (e.g. a trial's
     train_label_classifier from its switches); a trial that lies outside today's space (a
     setting now fixed, a value out of range) is left out."""
-    from trainers import get_method
-    if method != "acmr":
+    spec = get_method(method)
+    if spec.rescore is None:
         raise UserError(f"--warm-start rescores recorded ACMR trials from their figures; {method}'s records "
                         f"hold only the score of their own criterion: leave --warm-start out")
     read_preset(path, method, get_method(method).Config)  # a missing or broken file: a one-line error
@@ -355,7 +111,7 @@ def warm_start_trials(path, method, config, space, bits, seed, objective):
             if param.holds(value):
                 params[param.name] = value
         if len(params) == len(space):
-            trials.append((record, params, acmr_objective_score(record["figures"], objective)))
+            trials.append((record, params, spec.rescore(record["figures"], objective)))
     return trials
 
 
@@ -376,18 +132,17 @@ def new_choice_trials(warm, space):
 def base_config(method, fixed_options):
     """(Config built as train.py builds it from the fixed options, names of the settings given)."""
     from train import build_config
-    from trainers import get_method
     from utils.config import add_config_arguments
-    module = get_method(method)
-    parser = argparse.ArgumentParser(prog=f"python -m utils.tune --method {method}")
-    add_config_arguments(parser, module.Config)
+    spec = get_method(method)
+    parser = argparse.ArgumentParser(prog=f"python tune.py --method {method}")
+    add_config_arguments(parser, spec.config_class)
     args = parser.parse_args(fixed_options)
     given = {name for name, value in vars(args).items() if value is not None}
-    return build_config(module, args), given
+    return build_config(spec, args), given
 
 
 def search_space(method, given):
-    return [param for param in SEARCH_SPACES[method] if param.name not in given]
+    return [param for param in get_method(method).search_space if param.name not in given]
 
 
 def settings_of(config, base, chosen):
@@ -405,17 +160,15 @@ def base_params(method, config, space, preset=None):
     outside the searched range is left to the sampler. With `preset` (a name in the method's
     PRESETS), the values of the config under that preset's switches instead: a start trial that
     measures, e.g., the paper variant."""
+    spec = get_method(method)
     if preset is not None:
-        from trainers import get_method
-        config = dataclasses.replace(config, **get_method(method).PRESETS[preset])
+        config = dataclasses.replace(config, **spec.presets[preset])
     values = dataclasses.asdict(config)
-    if method == "acmr":
-        from trainers.acmr import resolved
-        values.update({key: value for key, value in resolved(config).items() if key in values})
+    values.update({key: value for key, value in spec.resolved_settings(config).items() if key in values})
     params = {}
     for param in space:
         if param.preset:
-            params[param.name] = preset or BASE_PRESET[method]
+            params[param.name] = preset or spec.base_preset
             continue
         value = values[param.name]
         if isinstance(value, tuple):
@@ -437,9 +190,9 @@ def apply_params(config, params, space=(), fixed=()):
     preset_names = {param.name for param in space if param.preset}
     values = {}
     for name in preset_names & set(params):
-        values.update({key: value for key, value in sys.modules[type(config).__module__].PRESETS[params[name]].items()
+        values.update({key: value for key, value in spec_of(config).presets[params[name]].items()
                        if key not in fixed})
-    values.update({name: _converted(fields[name], hints[name], value, "search")
+    values.update({name: converted(fields[name], hints[name], value, "search")
                    for name, value in params.items() if name not in preset_names})
     return dataclasses.replace(config, **values)
 
@@ -448,14 +201,14 @@ def balance_floor(method, given=None):
     """The target balance floor of a search: `given`, else METAH's default (0, off, for the others)."""
     if given is not None:
         return given
-    return METAH_TARGET_BALANCE_FLOOR if method == "metah" else 0.0
+    return get_method(method).target_balance_floor or 0.0
 
 
 def target_check(method, figures, floor):
     """(penalty, record fields) of a trial's target criterion: a METAH trial whose target prediction
     balance (in its figures) is below `floor` (0: off) loses REJECTED_PENALTY; other methods have no
     target to judge."""
-    if method != "metah":
+    if get_method(method).target_balance_floor is None:
         return 0.0, {}
     accepted = figures["target_prediction_balance"] >= floor
     return (0.0 if accepted else REJECTED_PENALTY), {"accepted": accepted}
@@ -464,12 +217,11 @@ def target_check(method, figures, floor):
 def search_setup(method, dataset, bits, seed, fixed_options, validation_size, validation_fraction):
     """(base Config of every trial, settings given, search space, the base variant's Config): what a
     search and a re-ranking of its trials build alike from the same options."""
-    from trainers import get_method
-    module = get_method(method)
+    spec = get_method(method)
     options = ["--dataset", dataset, "--bits", str(bits), "--seed", str(seed), *fixed_options]
     config, given = base_config(method, options)
-    if method == "metah":
-        fraction = METAH_VALIDATION_FRACTION if validation_fraction is None else validation_fraction
+    if spec.validation_field == "validation_fraction":
+        fraction = spec.validation_share if validation_fraction is None else validation_fraction
         config = dataclasses.replace(config, validation_fraction=fraction)
         if fraction <= 0:
             raise UserError("METAH's search scores on source validation queries: give --validation-fraction > 0")
@@ -478,10 +230,9 @@ def search_setup(method, dataset, bits, seed, fixed_options, validation_size, va
             from utils.data import load_dataset
             data = load_dataset(config.dataset, config.data, config.seed, config.split_file,
                                 split_sizes=config.split_sizes)
-            validation_size = max(1, int(round(VALIDATION_SHARE * len(data.split.train))))
+            validation_size = max(1, int(round(spec.validation_share * len(data.split.train))))
         config = dataclasses.replace(config, validation_size=validation_size)
-    reference = module.Config(**{**dataclasses.asdict(module.Config()),
-                                 **module.PRESETS[BASE_PRESET[method]]})
+    reference = spec.config_class(**{**dataclasses.asdict(spec.config_class()), **spec.presets[spec.base_preset]})
     return config, given, search_space(method, given), reference
 
 
@@ -498,11 +249,12 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         raise UserError(f"--trials must be at least 1, got {trials}")
     if not 0.0 <= target_balance_floor < 1.0:
         raise UserError(f"--target-balance-floor is a share of log C in [0, 1), got {target_balance_floor}")
-    if target_balance_floor and method != "metah":
+    spec = get_method(method)
+    if target_balance_floor and spec.target_balance_floor is None:
         raise UserError(f"--target-balance-floor judges METAH's unlabelled target; {method} has none: drop it")
-    if objective not in ACMR_OBJECTIVES:
-        raise UserError(f"--objective {objective} is not one of {', '.join(ACMR_OBJECTIVES)}")
-    if objective != "mean" and method != "acmr":
+    if objective not in all_objectives():
+        raise UserError(f"--objective {objective} is not one of {', '.join(all_objectives())}")
+    if objective not in spec.objectives:
         raise UserError(f"--objective {objective} combines ACMR's two protocols; {method} scores one "
                         f"figure per trial: leave --objective out")
     config, given, space, reference = search_setup(method, dataset, bits, seed, fixed_options,
@@ -538,7 +290,7 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
         study.enqueue_trial(params)
     for param in space:  # then each other preset of a preset Param as it stands (e.g. ACMR's paper variant)
         for preset in param.choices if param.preset else ():
-            if preset != BASE_PRESET[method]:
+            if preset != spec.base_preset:
                 study.enqueue_trial(base_params(method, config, space, preset))
     study.optimize(score_trial, n_trials=trials, timeout=timeout or None)  # `trials` more after the warm start
     best = study.best_trial
@@ -549,15 +301,16 @@ def run_search(method, dataset, trials, bits=32, seed=0, fixed_options=(), out="
                         f"{target_balance_floor} (highest {highest:.3f}); give a lower floor, or 0 to turn the check off")
     best_config = apply_params(config, {param.name: best.params[param.name] for param in space}, space, given)
     preset = {"settings": settings_of(best_config, reference, given | {param.name for param in space}),
-              "command": command, "base": BASE_PRESET[method], "bits": bits, "seed": seed,
-              "validation": {"objective": objective, "rule": ACMR_OBJECTIVES[objective], "ties": config.ties,
-                             "size": getattr(config, "validation_size", None) if method != "metah" else None,
-                             "source_fraction": config.validation_fraction if method == "metah" else None,
+              "command": command, "base": spec.base_preset, "bits": bits, "seed": seed,
+              "validation": {"objective": objective, "rule": spec.objectives[objective], "ties": config.ties,
+                             "size": config.validation_size if spec.validation_field == "validation_size" else None,
+                             "source_fraction": (config.validation_fraction
+                                                 if spec.validation_field == "validation_fraction" else None),
                              "best_map": best_record["validation_map"], "best_trial": best.number,
                              "warm_start": {"file": warm_start, "trials": len(warm)} if warm_start else None,
                              **({"target_balance_floor": target_balance_floor,
                                  "target_prediction_balance": best_record["figures"]["target_prediction_balance"]}
-                                if method == "metah" else {})},
+                                if spec.target_balance_floor is not None else {})},
               "trials": records, "search_space": [dataclasses.asdict(p) for p in space],
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if out:
@@ -597,18 +350,19 @@ class RecordedSearch:
 def recorded_search(path, bits=None, seed=None):
     """The RecordedSearch of the preset at `path`, read back from the tune command it records (at
     its code length and seed, or at `bits` / `seed`); a one-line error when it records none."""
-    from trainers import get_method
     recorded = preset_json(path)
     method = recorded.get("method") if isinstance(recorded, dict) else None
-    if method not in SEARCH_SPACES:
-        raise UserError(f"preset file {path} names no method of {', '.join(SEARCH_SPACES)}; give a preset "
-                        f"written by python -m utils.tune")
+    if method not in METHODS:
+        raise UserError(f"preset file {path} names no method of {', '.join(METHODS)}; give a preset "
+                        f"written by python tune.py")
     read_preset(path, method, get_method(method).Config)  # its settings: a one-line error when broken
     words = shlex.split(recorded.get("command") or "")
-    if words[:3] != ["python", "-m", "utils.tune"] or "--rerank" in words or not recorded.get("trials"):
+    # searches recorded before tune.py moved to the top level name `python -m utils.tune`
+    prefix = next((len(p) for p in (["python", "tune.py"], ["python", "-m", "utils.tune"]) if words[:len(p)] == p), 0)
+    if not prefix or "--rerank" in words or not recorded.get("trials"):
         raise UserError(f"preset file {path} records no search (its command is {recorded.get('command')!r}); "
-                        f"re-ranking reruns the trials a python -m utils.tune search recorded")
-    args, fixed = argument_parser().parse_known_args(words[3:])
+                        f"re-ranking reruns the trials a python tune.py search recorded")
+    args, fixed = argument_parser().parse_known_args(words[prefix:])
     config, given, space, reference = search_setup(method, args.dataset, args.bits if bits is None else bits,
                                                    args.seed if seed is None else seed, fixed,
                                                    args.validation_size, args.validation_fraction)
@@ -692,7 +446,7 @@ def rerank(path, top, seeds, out="", command=""):
 def argument_parser():
     """The search's command line (train.py options after the known ones are held fixed)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", required=True, choices=tuple(SEARCH_SPACES))
+    parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--trials", type=int, required=True, help="settings tried")
     parser.add_argument("--bits", type=int, default=32)
@@ -702,8 +456,8 @@ def argument_parser():
     parser.add_argument("--validation-size", type=int, default=None,
                         help="image-text data: training items held out for scoring (default: a fifth)")
     parser.add_argument("--validation-fraction", type=float, default=None,
-                        help=f"METAH: share of the source held out (default {METAH_VALIDATION_FRACTION})")
-    parser.add_argument("--objective", default="mean", choices=tuple(ACMR_OBJECTIVES),
+                        help=f"METAH: share of the source held out (default {get_method('metah').validation_share})")
+    parser.add_argument("--objective", default="mean", choices=tuple(all_objectives()),
                         help="ACMR: how a trial's score combines the two protocols' validation averages: "
                         "mean (default), min (the smaller: both must be high) or top_k (mAP@top_k alone)")
     parser.add_argument("--warm-start", default="", metavar="PRESET",
@@ -714,13 +468,14 @@ def argument_parser():
                         "seconds (0: no limit)")
     parser.add_argument("--target-balance-floor", type=float, default=None,
                         help="METAH: a trial whose predicted classes on the unlabelled target have an entropy "
-                        f"below this share of log C ranks below every other (default {METAH_TARGET_BALANCE_FLOOR}; "
+                        f"below this share of log C ranks below every other "
+                        f"(default {get_method('metah').target_balance_floor}; "
                         "0: off)")
     return parser
 
 
 def rerank_main(argv, command):
-    parser = argparse.ArgumentParser(prog="python -m utils.tune --rerank", description=rerank.__doc__)
+    parser = argparse.ArgumentParser(prog="python tune.py --rerank", description=rerank.__doc__)
     parser.add_argument("--rerank", required=True, metavar="PRESET", help="a preset a search wrote")
     parser.add_argument("--top", type=int, default=6, help="best recorded trials to rerun (default 6)")
     parser.add_argument("--seeds", required=True, help="comma-separated seeds other than the search's, e.g. 1,2,3,4")
@@ -735,7 +490,7 @@ def rerank_main(argv, command):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m utils.tune " + " ".join(shlex.quote(a) for a in argv)  # recorded in the preset
+    command = "python tune.py " + " ".join(shlex.quote(a) for a in argv)  # recorded in the preset
     if any(a == "--rerank" or a.startswith("--rerank=") for a in argv):
         return rerank_main(argv, command)
     args, fixed = argument_parser().parse_known_args(argv)
@@ -747,5 +502,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_command_line
     run_command_line(main)
