@@ -93,9 +93,12 @@ class _ReplacedOption(argparse.Action):
 
 
 def add_config_arguments(parser, config_class):
-    """Adds one option per dataclass field of `config_class` (and REPLACED_SETTINGS' old options,
-    which say what replaced them)."""
-    for old in REPLACED_SETTINGS:
+    """Adds one option per dataclass field of `config_class` (and the REPLACED_SETTINGS options
+    whose replacement is one of its fields, which say what replaced them)."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    for old, (replacement, _, _) in REPLACED_SETTINGS.items():
+        if replacement not in names:
+            continue
         parser.add_argument("--" + old.replace("_", "-"), dest=old, nargs="?", action=_ReplacedOption,
                             help=argparse.SUPPRESS)
     hints = typing.get_type_hints(config_class)
