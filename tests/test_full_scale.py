@@ -219,7 +219,8 @@ def write_small_image_file(path, n=30, size=8):
 
 
 def count_image_reads(monkeypatch):
-    """[(the source's type, rows read)] of every host read of image rows (utils.data.pipeline.host_reads)."""
+    """[(the source's type, rows read)] of every host read of image rows (utils.data.pipeline.host_reads);
+    the training rows of a source (utils.data.LazyRows) count as reads of that source."""
     import utils.data.pipeline as pipeline
     read_rows, real_reads = [], pipeline.host_reads
 
@@ -228,7 +229,7 @@ def count_image_reads(monkeypatch):
             shape, dtype = source.shape, source.dtype
 
             def __getitem__(self, rows):
-                read_rows.append((type(source).__name__, len(rows)))
+                read_rows.append((type(getattr(source, "source", source)).__name__, len(rows)))
                 return source[rows]
         return real_reads(Counted())
     monkeypatch.setattr(pipeline, "host_reads", counted_reads)
