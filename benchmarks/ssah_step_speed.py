@@ -94,8 +94,8 @@ def graph_flops(graph):
 
 def op_kind(name):
     """A readable kind for a traced op "scope/.../op:Type" (the profile's grouping). TensorFlow's
-    own MatMul gradient runs under the "gradient_tape" scope; the gradient products of
-    models.ssah.Dense (a custom gradient) carry no such scope and count as plain MatMul."""
+    own MatMul gradient runs under the "gradient_tape" scope; a product outside it (a forward,
+    or a custom gradient's) counts as plain MatMul."""
     scope, _, kind = name.rpartition(":")
     if kind == "_FusedMatMul":
         return "_FusedMatMul (forward with bias)"
