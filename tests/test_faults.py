@@ -24,10 +24,16 @@ def acmr_argv(tmp_path, name, *extra):
 
 def scalar_steps(run_dir):
     """{tag: [(step, value)]} of every scalar in RUN_DIR/tb, in file order."""
-    from tests.test_tensorboard import event_contents
-    return {tag: [(step, value) for step, plugin, value in found if plugin == "scalars"]
-            for tag, found in event_contents(run_dir).items()
-            if any(plugin == "scalars" for _, plugin, _ in found)}
+    from tensorflow.core.util import event_pb2
+    found = {}
+    folder = os.path.join(run_dir, "tb")
+    for name in sorted(os.listdir(folder)):
+        for record in tf.data.TFRecordDataset(os.path.join(folder, name)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    found.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return found
 
 
 def assert_same_scalars(run_dir, reference_dir):
