@@ -45,6 +45,7 @@ def assert_same_scalars(run_dir, reference_dir):
         np.testing.assert_allclose(sorted(logged[tag]), sorted(entries), rtol=1e-5, err_msg=tag)
 
 
+@pytest.mark.slow
 def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch):
     import train
     write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
@@ -67,6 +68,7 @@ def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch)
     assert_same_scalars(extended, reference)
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_eval_plots_and_never_rewrites_its_own_event_file(tmp_path):
     import time
 
@@ -130,6 +132,7 @@ def ssah_argv(runs_dir, name, *extra):
             "--discriminator-hidden", "16,16", "--runs-dir", str(runs_dir), "--run-name", name, *extra]
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_after_it(tmp_path, monkeypatch, capsys):
     import train
     from utils.errors import WriteFailed
@@ -152,6 +155,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_aft
     assert "resumed from" in capsys.readouterr().out and results["final"]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_failed_first_checkpoint_leaves_no_results_and_the_run_resumable(tmp_path, monkeypatch):
     import train
     from utils.errors import WriteFailed
@@ -190,6 +194,7 @@ def fill(disk, leave_bytes):
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(tmp_path, small_disk, capsys):
     import eval as eval_cli
     import train
@@ -231,6 +236,7 @@ def test_a_truncated_prepared_file_is_one_line_naming_it_and_leaves_no_run_folde
     assert not (tmp_path / "runs" / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_config_json_is_one_line_for_resume_and_eval(tmp_path):
     import eval as eval_cli
     import train
@@ -242,6 +248,7 @@ def test_a_damaged_config_json_is_one_line_for_resume_and_eval(tmp_path):
             command()
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_last_epoch_is_evaluated_as_unfinished_and_resumes_past_missing_data(
         tmp_path, monkeypatch, capsys):
     import glob
@@ -299,6 +306,7 @@ def test_an_empty_unreadable_or_dead_lock_is_stale_and_taken_over(tmp_path, caps
     reopened.close()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_read_back_keeps_the_older_one(tmp_path, monkeypatch):
     import glob
 
@@ -341,6 +349,7 @@ def test_epochs_0_is_an_error_and_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_labels_of_one_class_warn_that_every_map_is_trivially_1(tmp_path, capsys):
     import pickle
 
@@ -381,6 +390,7 @@ def test_code_diversity_counts_distinct_codes_and_constant_bits():
     assert "Dt" not in line and collapse_warning({"Dt": code_diversity(varied)}) is None
 
 
+@pytest.mark.slow
 def test_collapsed_codes_are_said_in_train_log_tensorboard_and_results(tmp_path):
     from tests.test_loop import Toy, toy_run
     from trainers.loop import Evaluation, TrainingLoop

@@ -14,6 +14,8 @@ import scipy.io
 
 from tests.conftest import shared_path
 
+pytestmark = pytest.mark.slow  # each test trains through train.py processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_SECONDS = 600  # a bound for a busy machine (about 30 s each on an idle one); a failed worker stops both
 

@@ -84,6 +84,7 @@ def against_paper(run_dir, capsys):
     return capsys.readouterr().out, report["summary"]
 
 
+@pytest.mark.slow
 def test_acmr_wikipedia_run_beside_the_paper(tmp_path, capsys):
     import train
     path = shared_path("data", "wikipedia", "wikiData.mat")
@@ -107,6 +108,7 @@ def test_acmr_wikipedia_run_beside_the_paper(tmp_path, capsys):
     assert "tie rule: run 'expected'" in printed
 
 
+@pytest.mark.slow
 def test_synthetic_ssah_run_says_not_reported_and_the_same_codes_as_flickr_are_compared(tmp_path, capsys):
     import train
     train.main(["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "32", "--hidden-dim", "32",
