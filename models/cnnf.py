@@ -88,6 +88,14 @@ class MatConvNetConv(keras.layers.Layer):
         top, bottom, left, right = self.spec.pad
         if any(self.spec.pad):
             x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+        if tuple(x.shape[1:3]) == tuple(self.kernel.shape[:2]):
+            # fc6/fc7: the kernel covers the whole input, one output position. As a product of the
+            # row-major flattenings the forward pass is the same to the bit, and its gradients are
+            # TensorFlow's matmul gradients: its CPU kernels for the convolution's gradients run such
+            # a layer tens of times slower than its forward pass (benchmarks/ssah_step_speed.py).
+            flat = tf.matmul(tf.reshape(x, [-1, int(np.prod(self.kernel.shape[:3]))]),
+                             tf.reshape(self.kernel, [-1, self.spec.width]))
+            return tf.reshape(flat, [-1, 1, 1, self.spec.width]) + self.bias
         return tf.nn.conv2d(x, self.kernel, strides=[1, *self.spec.stride, 1], padding="VALID") + self.bias
 
 

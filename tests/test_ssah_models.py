@@ -268,6 +268,46 @@ def test_cnnf_geometry_gives_6x6_before_fc6_and_fc7_features():
         (11, 11, 3, 8), (5, 5, 8, 16), (3, 3, 16, 16), (3, 3, 16, 16), (3, 3, 16, 16), (6, 6, 16, 64), (1, 1, 64, 4096)]
 
 
+def test_fc6_and_fc7_are_the_convolution_forward_to_the_bit_with_matmul_gradients():
+    """fc6 and fc7 (kernels over the whole input) run as products of the flattenings: outputs
+    equal to the convolution's bit for bit, gradients to float32 rounding, and the gradient graph
+    holds no convolution gradient with a one-position output (TensorFlow's CPU kernels for those
+    run tens of times slower than the forward pass)."""
+    trunk = CNNF(widths=GOLDEN_WIDTHS)
+    images = tf.constant(np.random.default_rng(1).normal(0, 50, (4, 224, 224, 3)).astype(np.float32))
+    trunk(images)
+    before_fc6 = ConvTrunk(vgg_f_geometry(GOLDEN_WIDTHS)[:15])
+    before_fc6(images)
+    for mine, theirs in zip(before_fc6.convs, trunk.convs):
+        mine.kernel.assign(theirs.kernel)
+        mine.bias.assign(theirs.bias)
+    fc6, fc7 = trunk.convs[5:]
+
+    def as_convolutions(pooled):
+        x = tf.reshape(pooled, [-1, 6, 6, 16])
+        x = tf.nn.relu(tf.nn.conv2d(x, fc6.kernel, [1, 1, 1, 1], "VALID") + fc6.bias)
+        return tf.reshape(tf.nn.relu(tf.nn.conv2d(x, fc7.kernel, [1, 1, 1, 1], "VALID") + fc7.bias), [-1, 4096])
+
+    @tf.function
+    def outputs_and_gradients(run, conv5):
+        with tf.GradientTape() as tape:
+            out = run()
+            loss = tf.reduce_sum(tf.sin(out))
+        return out, tape.gradient(loss, [fc6.kernel, fc7.kernel, conv5.kernel])
+
+    mine, my_grads = outputs_and_gradients(lambda: trunk(images), trunk.convs[4])
+    conv, conv_grads = outputs_and_gradients(lambda: as_convolutions(before_fc6(images)), before_fc6.convs[4])
+    np.testing.assert_array_equal(mine.numpy(), conv.numpy())
+    for got, want in zip(my_grads, conv_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5 * np.abs(want.numpy()).max())
+    graph = outputs_and_gradients.get_concrete_function(lambda: trunk(images), trunk.convs[4]).graph
+    fc_kernels = {tuple(fc6.kernel.shape), tuple(fc7.kernel.shape)}
+    filter_grads = [tuple(op.outputs[0].shape) for op in graph.get_operations() if op.type == "Conv2DBackpropFilter"]
+    input_grads = [tuple(op.inputs[2].shape[1:3]) for op in graph.get_operations() if op.type == "Conv2DBackpropInput"]
+    assert len(filter_grads) == 5 and not fc_kernels & set(filter_grads)  # conv1-5 only
+    assert (1, 1) not in input_grads
+
+
 def test_negative_branch_scales_get_no_gradient_and_a_traced_step_works():
     txt = TxtNet(text_dim=60, num_classes=4, bits=4, embed_dim=8, hidden_dim=16)
     x = (np.random.default_rng(3).random((6, 60)) < 0.3).astype(np.float32)
