@@ -127,41 +127,6 @@ def ssah_mirflickr_tags(_, f):
             + f"; random codes on the same split: {f['random_codes_map']:.3f}. " + tie_rule_sentence(f))
 
 
-STEP_TARGETS = {"LabNet": 0.1, "TxtNet": 1.0}  # seconds per iteration (the authors' program: ~1 s, ~25 s)
-
-
-def ssah_step_speed(_, f):
-    """benchmarks/ssah_step_speed.py (feature trunk): seconds and items/s per step, with the targets."""
-    rows = []
-    for step in f["steps"]:
-        target = STEP_TARGETS.get(step["step"])
-        verdict = "" if target is None else (f"at most {target:g} s: "
-                                             + ("met" if step["median_seconds"] <= target else "NOT met"))
-        label = step["step"] + (" (feature trunk)" if step["step"] == "ImgNet" else "")
-        rows.append([label, f"{step['median_seconds']:.3g}", f"{step['items_per_second']:,.0f}", verdict])
-    monitoring = ", ".join(f"{m['net']} {m['seconds']:.2f} s" for m in f.get("monitoring", []))
-    return (table(["step", "s / iteration", "items / s",
-                   "target (the authors' program: ~1 s LabNet, ~25 s TxtNet)"], rows)
-            + f"\n\nMonitoring loss over all n items (once per checked early-stop pass): {monitoring}.")
-
-
-def ssah_step_speed_trunks(_, features, cnnf):
-    """benchmarks/ssah_step_speed.py, feature trunk and CNN-F trunk side by side, with the targets
-    (met when both trunks meet them) and the feature run's monitoring-loss times."""
-    rows = []
-    for a, b in zip(features["steps"], cnnf["steps"]):
-        target = STEP_TARGETS.get(a["step"])
-        slowest = max(a["median_seconds"], b["median_seconds"])
-        verdict = "" if target is None else f"at most {target:g} s: " + ("met" if slowest <= target else "NOT met")
-        rows.append([a["step"], f"{a['median_seconds']:.3g}", f"{a['items_per_second']:,.0f}",
-                     f"{b['median_seconds']:.3g}", f"{b['items_per_second']:,.0f}", verdict])
-    monitoring = ", ".join(f"{m['net']} {m['seconds']:.2f} s" for m in features.get("monitoring", []))
-    return (table(["step", "feature trunk: s/iteration", "items/s", "CNN-F trunk: s/iteration", "items/s",
-                   "target (the authors' program: ~1 s LabNet, ~25 s TxtNet)"], rows)
-            + (f"\n\nMonitoring loss over all n items (once per checked early-stop pass, feature trunk): "
-               f"{monitoring}." if monitoring else ""))
-
-
 def ssah_step_precision(_, f):
     """benchmarks/ssah_step_speed.py: each step per precision, its GFLOP/s as a fraction of the same
     run's float32 matmul rate, the speed-up over the first precision, and (--profile) where the
@@ -697,8 +662,7 @@ def results_summary(_, ssah, ssah_tuned, acmr, acmr_tuned, metah, paper=None):
 
 RENDERERS = {
     "ssah_wiki_table": ssah_wiki_table, "ssah_vs_acmr": ssah_vs_acmr, "ssah_wiki_causes": ssah_wiki_causes,
-    "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_speed": ssah_step_speed,
-    "ssah_step_speed_trunks": ssah_step_speed_trunks, "ssah_step_precision": ssah_step_precision,
+    "ssah_mirflickr_tags": ssah_mirflickr_tags, "ssah_step_precision": ssah_step_precision,
     "stream_memory": stream_memory,
     "acmr_wiki_table": acmr_wiki_table, "acmr_modality_game": acmr_modality_game,
     "metah_ablation": metah_ablation, "metah_comparisons": metah_comparisons, "metah_speed": metah_speed,
