@@ -5,6 +5,11 @@ import os
 import numpy as np
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # test processes share the cores: each TensorFlow (and each train.py it starts) takes its share
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("ADVHASH_SHARED", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
 
