@@ -1,9 +1,9 @@
 """Full-scale training (issue 6): several replicas, mixed precision, XLA, streamed images, real COCO.
 
-The two-replica comparison needs two logical CPU devices, which must be configured before
-TensorFlow initialises its devices: it runs in a fresh process (`python -m tests.test_full_scale
-mirrored`) that reports the differences as JSON. Several workers (train.py --strategy multiworker as
-two processes): tests/test_multiworker.py.
+The two-replica comparisons (SSAH's steps, METAH's training) need two logical CPU devices, which
+must be configured before TensorFlow initialises its devices: they run in one fresh process
+(`python -m tests.test_full_scale mirrored [OFFICE]`) that reports the differences as JSON. Several
+workers (train.py --strategy multiworker as two processes): tests/test_multiworker.py.
 """
 import dataclasses
 import json
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import shared_path
+from tests.conftest import SHARED, shared_path
 from utils.errors import UserError
 
 N, CLASSES, TEXT_DIM, IMAGE_DIM, BATCH, ROUNDS = 24, 5, 60, 12, 8, 2
@@ -78,8 +78,10 @@ def run_variant(variant, strategy):
     return losses, variables, buffers
 
 
-def main(mode):
-    """mirrored: two logical CPU devices in this process (several workers: tests/test_multiworker.py)."""
+def main(mode, office=""):
+    """mirrored: two logical CPU devices in this process (several workers: tests/test_multiworker.py):
+    SSAH's steps on one and on two replicas (REPORT), then, given the office-caltech10 folder,
+    METAH's training on one device and on both (METAH_REPORT)."""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -97,7 +99,26 @@ def main(mode):
             "variable_difference": max(relative_difference(a, b) for a, b in zip(two_vars, one_vars)),
             "buffer_difference": max(relative_difference(a, b) for a, b in zip(two_buffers, one_buffers)),
         }
-    print("REPORT " + json.dumps(report))
+    print("REPORT " + json.dumps(report), flush=True)
+    if office:
+        print("METAH_REPORT " + json.dumps(metah_one_and_two_devices(two, office)), flush=True)
+
+
+def metah_one_and_two_devices(two, office):
+    """METAH's final figures on one device and on the two logical CPU devices (`mirrored`)."""
+    import tensorflow as tf
+
+    from trainers import metah
+    from utils import distribute
+    distribute._started["mirrored"] = two  # both devices
+    finals = {}
+    for strategy in ("none", "mirrored"):
+        tf.keras.utils.set_random_seed(0)
+        config = metah.Config(dataset="office-googlenet:W->D", data=office, bits=16, iterations=12, batch_size=32,
+                              eval_every_epoch=False, trunk_dropout=0.0, discriminator_dropout=0.0,
+                              pairwise_gradient_accumulates=True, strategy=strategy)
+        finals[strategy] = metah.fit(config)["final"]
+    return finals
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,12 +141,39 @@ def check_report(stdout, stderr):
         assert result["buffer_difference"] < 1e-5, variant
 
 
-@pytest.mark.slow
-def test_two_replicas_match_one_replica_on_the_global_batch():
-    done = subprocess.run([sys.executable, "-m", "tests.test_full_scale", "mirrored"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+OFFICE = os.path.join(SHARED, "data", "office-caltech10")
+
+
+@pytest.fixture(scope="module")
+def two_device_process():
+    """The stdout and stderr of ONE fresh process with two logical CPU devices (they must be
+    configured before TensorFlow initialises its devices), shared by the two tests that read it:
+    `python -m tests.test_full_scale mirrored [OFFICE]` reports SSAH's two-replica comparison and,
+    when the office-caltech10 data is there, METAH's."""
+    office = [OFFICE] if os.path.exists(OFFICE) else []
+    done = subprocess.run([sys.executable, "-m", "tests.test_full_scale", "mirrored", *office], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
-    check_report(done.stdout, done.stderr)
+    return done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_two_replicas_match_one_replica_on_the_global_batch(two_device_process):
+    check_report(*two_device_process)
+
+
+@pytest.mark.slow
+def test_metah_two_replicas_train_as_one_device(two_device_process):
+    """Without dropout (its masks are drawn per replica), two replicas give one device's figures."""
+    shared_path("data", "office-caltech10")  # skips without the data
+    stdout, stderr = two_device_process
+    lines = [line for line in stdout.splitlines() if line.startswith("METAH_REPORT ")]
+    assert lines, stderr[-3000:]
+    report = json.loads(lines[-1][len("METAH_REPORT "):])
+    one, two = report["none"], report["mirrored"]
+    for direction in ("target->target", "target->source"):
+        assert two[direction]["map"] == pytest.approx(one[direction]["map"], abs=1e-6)
+    assert two["target_classifier_accuracy"] == pytest.approx(one["target_classifier_accuracy"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -287,8 +335,9 @@ def test_streamed_images_train_exactly_as_images_in_memory(tmp_path, monkeypatch
 def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     """The README's commands on the official COCO layout: `python prepare.py coco
     --annotations ... --images ... --images ...` (default output: the data folder) -> `python
-    train.py --dataset coco --bits 32 --split-sizes 20,80` (no --data: found where prepare wrote
-    it; a small CNN-F schedule) -> `python eval.py RUN_DIR`."""
+    train.py --dataset coco --bits 32 --split-sizes 20,32` (no --data: found where prepare wrote
+    it; a small CNN-F schedule: two batches of 16 per pass, the CNN-F updates are most of the
+    test's time) -> `python eval.py RUN_DIR`."""
     root = shared_path("data", "coco-mini")
     import eval as evaluation
     import train
@@ -306,11 +355,12 @@ def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--split-sizes 19,79"):  # the standard 5,000 / 10,000 do not fit
         train.main(["--dataset", "coco", "--bits", "32", "--runs-dir", str(tmp_path / "runs")])
     read_rows = count_image_reads(monkeypatch)
-    results = train.main(["--dataset", "coco", "--bits", "32", "--split-sizes", "20,80",
+    results = train.main(["--dataset", "coco", "--bits", "32", "--split-sizes", "20,32",
                           "--schedule", "tiny", "--epochs", "1", "--batch-size", "16", "--embed-dim", "64",
                           "--hidden-dim", "256", "--eval-batch-size", "40",
                           "--runs-dir", str(tmp_path / "runs"), "--run-name", "coco"])
-    # the 224 x 224 images streamed from the prepared file a batch at a time (training: 16 rows, codes: 40)
+    # the 224 x 224 images streamed from the prepared file a batch at a time (training: 16 rows, a pass of the
+    # discriminators and one of ImgNet of 2 batches each; codes: up to 40)
     assert sum(rows == 16 for _, rows in read_rows) >= 4 and max(rows for _, rows in read_rows) <= 40
     run_dir = tmp_path / "runs" / "coco"
     assert json.loads((run_dir / "config.json").read_text())["config"]["backbone"] in ("", "cnnf")
@@ -324,4 +374,4 @@ def test_real_coco_mini_prepare_train_evaluate(tmp_path, monkeypatch):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "mirrored")
+    main(*(sys.argv[1:] or ["mirrored"]))

@@ -23,7 +23,7 @@ SSAH_TINY = ["--method", "ssah", "--dataset", "synthetic", "--split-sizes", "20,
              "--bits", "8", "--embed-dim", "16", "--hidden-dim", "32", "--batch-size", "8",
              "--eval-batch-size", "16", "--epochs", "1"]
 WIKI = shared_path("data", "wikipedia", "wikiData.mat")
-ACMR_TINY = ["--method", "acmr", "--dataset", "wiki", "--data", WIKI, "--epochs", "1", "--batch-size", "32",
+ACMR_TINY = ["--method", "acmr", "--dataset", "wiki", "--data", WIKI, "--epochs", "1", "--batch-size", "128",
              "--adam-kernel", "tf1"]
 RUN_FILES = {"checkpoints", "codes.mat", "config.json", "results.json", "tb", "train.log"}
 
@@ -176,41 +176,5 @@ def test_each_worker_reads_only_its_rows_of_each_global_batch(tmp_path, monkeypa
     assert distribute.worker_rows(TwoWorkerStrategy(1), 8) == (4, 8)
 
 
-OFFICE = shared_path("data", "office-caltech10")
-
-
-def metah_one_and_two_replicas():
-    """METAH's final figures on one device and on two logical CPU devices (`mirrored`), in a fresh
-    process (the devices must be configured before TensorFlow starts): printed as JSON."""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from trainers import metah
-    from utils import distribute
-    distribute._started["mirrored"] = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # both devices
-    tf.config.experimental.enable_op_determinism()
-    finals = {}
-    for strategy in ("none", "mirrored"):
-        tf.keras.utils.set_random_seed(0)
-        config = metah.Config(dataset="office-googlenet:W->D", data=OFFICE, bits=16, iterations=12, batch_size=32,
-                              eval_every_epoch=False, trunk_dropout=0.0, discriminator_dropout=0.0,
-                              pairwise_gradient_accumulates=True, strategy=strategy)
-        finals[strategy] = metah.fit(config)["final"]
-    print("REPORT " + json.dumps(finals))
-
-
-@pytest.mark.skipif(not os.path.exists(OFFICE), reason="needs ../shared/data/office-caltech10")
-def test_metah_two_replicas_train_as_one_device():
-    """Without dropout (its masks are drawn per replica), two replicas give one device's figures."""
-    done = subprocess.run([sys.executable, "-m", "tests.test_multiworker"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=WORKER_SECONDS, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads([line for line in done.stdout.splitlines() if line.startswith("REPORT ")][-1][7:])
-    one, two = report["none"], report["mirrored"]
-    for direction in ("target->target", "target->source"):
-        assert two[direction]["map"] == pytest.approx(one[direction]["map"], abs=1e-6)
-    assert two["target_classifier_accuracy"] == pytest.approx(one["target_classifier_accuracy"], abs=1e-6)
-
-
-if __name__ == "__main__":
-    metah_one_and_two_replicas()
+# METAH's two replicas on two logical CPU devices: tests/test_full_scale.py (one process for both
+# methods' two-device comparisons).
