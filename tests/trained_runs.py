@@ -25,7 +25,7 @@ CNNF_SPLIT = (6, 12)
 
 
 def _ssah(folder):
-    return SSAH_TINY, ""
+    return SSAH_TINY + ["--log-every", "2"], ""  # losses logged at every second update (test_tensorboard)
 
 
 def _acmr(folder):
