@@ -109,3 +109,11 @@ def stop_by_signal(monkeypatch, argv, signum, at_update):
     with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name):
         train.main(argv)
     monkeypatch.setattr(TrainingLoop, "updates_done", real_done)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory):
+    """Small runs that tests of several files only read, each trained once per session (per
+    xdist worker) on first use: trained_runs.get(NAME) / .copy(NAME, tmp_path) (tests/trained_runs.py)."""
+    from tests.trained_runs import TrainedRuns
+    return TrainedRuns(tmp_path_factory)

@@ -1,30 +1,26 @@
 """encode(run_dir, inputs, modality) of each trainer: rebuilt from the run folder, it gives
-the codes (or embeddings) that the run exported for the same items."""
+the codes (or embeddings) that the run exported for the same items. The runs are the shared
+small ones (tests/trained_runs.py), trained once per session: encode only reads them."""
 import numpy as np
 import pytest
-import scipy.io
 
-import train
-from tests.conftest import shared_path
+from tests.trained_runs import CNNF_SPLIT, golden_width_cnnf
 from utils.errors import UserError
 
-SSAH_TINY = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "32",
-             "--hidden-dim", "64", "--epochs", "1"]
 
-
-def trained_on_synthetic(tmp_path, options):
-    """(run folder, its exported codes.mat, the synthetic query images and texts) of a fresh run."""
+def synthetic_queries():
+    """The synthetic query images and texts (the shared SSAH and ACMR runs' queries)."""
     from utils.data import load_dataset
-    train.main(options + ["--runs-dir", str(tmp_path), "--run-name", "run"])
-    run_dir = str(tmp_path / "run")
     query_images, query_texts, _ = load_dataset("synthetic").part("query")
-    return run_dir, scipy.io.loadmat(f"{run_dir}/codes.mat"), query_images, query_texts
+    return query_images, query_texts
 
 
 @pytest.mark.slow
-def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
+def test_ssah_encode_reproduces_the_exported_codes(trained_runs, monkeypatch):
     import trainers.ssah as ssah
-    run_dir, exported, query_images, query_texts = trained_on_synthetic(tmp_path, SSAH_TINY)
+    run = trained_runs.get("ssah")
+    run_dir, exported = run.dir, run.codes
+    query_images, query_texts = synthetic_queries()
     np.testing.assert_array_equal(ssah.encode(run_dir, query_images, "image"), exported["Qi"])
     np.testing.assert_array_equal(ssah.encode(run_dir, query_texts, "text"), exported["Qt"])
     # tag words go through the dataset's vocabulary; synthetic data has none
@@ -44,23 +40,14 @@ def test_ssah_encode_reproduces_the_exported_codes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(tmp_path, monkeypatch):
+def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(trained_runs, monkeypatch):
     """Every trunk variable is in the checkpoint: the rebuilt CNN-F gives the run's own codes."""
-    import functools
-
-    import models.cnnf
     import trainers.ssah as ssah
     import utils.data
-    from tests.test_full_scale import write_small_image_file
-    path = str(tmp_path / "small.h5")
-    write_small_image_file(path, n=24, size=224)
-    # CNN-F's geometry with few channels (the golden file's), so that a checkpoint stays small
-    monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
-    train.main(SSAH_TINY + ["--dataset", "coco", "--data", path, "--backbone", "cnnf", "--batch-size", "6",
-                            "--split-sizes", "6,12", "--runs-dir", str(tmp_path), "--run-name", "cnnf"])
-    run_dir = str(tmp_path / "cnnf")
-    exported = scipy.io.loadmat(f"{run_dir}/codes.mat")
-    data = utils.data.load_dataset("coco", path, split_sizes=(6, 12))
+    run = trained_runs.get("ssah_cnnf")  # SSAH with a CNN-F of the golden file's few channels
+    run_dir, exported = run.dir, run.codes
+    golden_width_cnnf(monkeypatch)  # the nets rebuilt as the run trained them
+    data = utils.data.load_dataset("coco", run.data, split_sizes=CNNF_SPLIT)
     query_images, query_texts, _ = data.part("query")
     query_images = query_images[np.arange(len(query_images))]  # read from the lazy HDF5 source
     assert len(np.unique(exported["Qi"], axis=0)) > 1  # codes that tell the items apart
@@ -69,10 +56,11 @@ def test_ssah_encode_of_a_cnnf_run_reproduces_the_exported_image_codes(tmp_path,
 
 
 @pytest.mark.slow
-def test_acmr_encode_reproduces_the_exported_embeddings(tmp_path):
+def test_acmr_encode_reproduces_the_exported_embeddings(trained_runs):
     import trainers.acmr as acmr
-    run_dir, exported, query_images, query_texts = trained_on_synthetic(
-        tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "100"])
+    run = trained_runs.get("acmr")
+    run_dir, exported = run.dir, run.codes
+    query_images, query_texts = synthetic_queries()
     np.testing.assert_array_equal(acmr.encode(run_dir, query_images, "image"), exported["Qi"])
     np.testing.assert_array_equal(acmr.encode(run_dir, query_texts, "text"), exported["Qt"])
     with pytest.raises(UserError, match="features"):
@@ -82,16 +70,11 @@ def test_acmr_encode_reproduces_the_exported_embeddings(tmp_path):
 
 
 @pytest.mark.slow
-def test_metah_encode_reproduces_the_exported_codes(tmp_path):
+def test_metah_encode_reproduces_the_exported_codes(trained_runs):
     import trainers.metah as metah
-    from tests.test_metah import write_domain_files
     from utils.run import saved_config
-    write_domain_files(str(tmp_path))
-    train.main(["--method", "metah", "--dataset", "folder:src->tgt", "--data", str(tmp_path), "--bits", "16",
-                "--iterations", "8", "--batch-size", "16", "--hidden", "32", "--discriminator-hidden", "32",
-                "--runs-dir", str(tmp_path / "runs"), "--run-name", "run"])
-    run_dir = str(tmp_path / "runs" / "run")
-    exported = scipy.io.loadmat(f"{run_dir}/codes.mat")
+    run = trained_runs.get("metah")
+    run_dir, exported = run.dir, run.codes
     pair = metah.load_pair(saved_config(run_dir, {"metah": metah.Config})[1])
     # target queries and source database items: both normalised with the source statistics
     np.testing.assert_array_equal(metah.encode(run_dir, pair.target.inputs[pair.target_query]), exported["Q"])

@@ -1,8 +1,12 @@
 """export.py: each method's encoders, loaded in a fresh Python process that imports nothing of
 this repository (keras.saving.load_model / tf.saved_model.load only), give the run's own
-exported query codes (embeddings for ACMR) for the same raw inputs."""
+exported query codes (embeddings for ACMR) for the same raw inputs. One such process per test
+module (the `outside` fixture) loads every test's export in turn, checking after each that no
+module of the repository was imported. The runs are copies of the shared small ones
+(tests/trained_runs.py), trained once per session, except those trained here with other options."""
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -13,50 +17,87 @@ import scipy.io
 import export
 import train
 from tests.conftest import REPO_ROOT
+from tests.trained_runs import CNNF_SPLIT, SSAH_TINY, golden_width_cnnf
 from utils.errors import UserError
 
-SSAH_TINY = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "32",
-             "--hidden-dim", "64", "--epochs", "1"]
-
-# Runs with -I (no PYTHONPATH, no script folder on sys.path) in a folder outside the repository.
-OUTSIDE_LOADER = r'''
-import importlib.util, json, os, sys
-repo, export_dir, inputs_path, outputs_path = sys.argv[1:]
+# Runs with -I (no PYTHONPATH, no script folder on sys.path) in a folder outside the repository;
+# reads one request a line on stdin (JSON [export folder, inputs .npz, outputs .npz]) and answers
+# each on its own line ("ok" or the error) on the stdout it started with (anything else printed goes
+# to stderr).
+OUTSIDE_LOADER = r"""
+import importlib.util, json, os, sys, traceback
+repo = sys.argv[1]
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 assert not any(os.path.abspath(p or os.getcwd()).startswith(repo) for p in sys.path), sys.path
 for name in ("utils", "models", "trainers", "losses", "export"):
     assert importlib.util.find_spec(name) is None, f"{name} is importable"
 import numpy as np
 import keras
 import tensorflow as tf
-inputs = np.load(inputs_path)
-manifest = json.load(open(os.path.join(export_dir, "manifest.json")))
-outputs = {}
-for key in inputs.files:  # NAME or NAME@WHAT: inputs for the encoder NAME
-    name, x = key.split("@")[0], tf.constant(inputs[key])
-    outputs[key + ".keras"] = np.asarray(keras.saving.load_model(os.path.join(export_dir, name + ".keras"))(x))
-    saved = tf.saved_model.load(os.path.join(export_dir, name + "_savedmodel"))
-    outputs[key + ".savedmodel"] = saved.serve(x).numpy()
-    entry = manifest["encoders"][name]  # the TF Serving signature: {input name: x} -> {output name: y}
-    signed = saved.signatures["serving_default"](**{entry["input"]["name"]: x})[entry["output"]["name"]]
-    assert np.array_equal(signed.numpy(), outputs[key + ".savedmodel"]), key
-loaded = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
-assert not [f for f in loaded if os.path.abspath(f).startswith(repo + os.sep)], "a repository module was imported"
-np.savez(outputs_path, **outputs)
-'''
+
+def load_and_run(export_dir, inputs_path, outputs_path):
+    inputs = np.load(inputs_path)
+    manifest = json.load(open(os.path.join(export_dir, "manifest.json")))
+    outputs = {}
+    for key in inputs.files:  # NAME or NAME@WHAT: inputs for the encoder NAME
+        name, x = key.split("@")[0], tf.constant(inputs[key])
+        outputs[key + ".keras"] = np.asarray(keras.saving.load_model(os.path.join(export_dir, name + ".keras"))(x))
+        saved = tf.saved_model.load(os.path.join(export_dir, name + "_savedmodel"))
+        outputs[key + ".savedmodel"] = saved.serve(x).numpy()
+        entry = manifest["encoders"][name]  # the TF Serving signature: {input name: x} -> {output name: y}
+        signed = saved.signatures["serving_default"](**{entry["input"]["name"]: x})[entry["output"]["name"]]
+        assert np.array_equal(signed.numpy(), outputs[key + ".savedmodel"]), key
+    loaded = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+    assert not [f for f in loaded if os.path.abspath(f).startswith(repo + os.sep)], "a repository module was imported"
+    np.savez(outputs_path, **outputs)
+
+for line in sys.stdin:
+    try:
+        load_and_run(*json.loads(line))
+        reply = "ok"
+    except BaseException:
+        reply = traceback.format_exc()
+    replies.write(json.dumps(reply) + "\n")
+    replies.flush()
+"""
+OUTSIDE_TIMEOUT = 300  # seconds for one request
 
 
-def outside_outputs(tmp_path, run_dir, inputs):
-    """{"KEY.keras": outputs, "KEY.savedmodel": outputs} of the exported encoder NAME on
-    inputs[KEY] (KEY: NAME or NAME@WHAT), computed by a fresh process outside the repository."""
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    np.savez(outside / "inputs.npz", **inputs)
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """The loader process outside the repository, started once for the module's tests."""
+    folder = tmp_path_factory.mktemp("outside")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-I", "-c", OUTSIDE_LOADER, REPO_ROOT, os.path.join(run_dir, "export"),
-                             str(outside / "inputs.npz"), str(outside / "outputs.npz")],
-                            cwd=outside, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(outside / "outputs.npz"))
+    with open(folder / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-I", "-c", OUTSIDE_LOADER, REPO_ROOT], cwd=folder, env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    yield process, folder / "stderr.txt"
+    process.kill()  # every answer is in: no need to wait for TensorFlow's shutdown
+    process.wait()
+    process.stdin.close()
+    process.stdout.close()
+
+
+def outside_outputs(outside, tmp_path, run_dir, inputs):
+    """{"KEY.keras": outputs, "KEY.savedmodel": outputs} of the exported encoder NAME on
+    inputs[KEY] (KEY: NAME or NAME@WHAT), computed by the process outside the repository."""
+    process, stderr = outside
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    np.savez(folder / "inputs.npz", **inputs)
+    assert process.poll() is None, stderr.read_text()[-3000:]
+    process.stdin.write(json.dumps([os.path.join(run_dir, "export"), str(folder / "inputs.npz"),
+                                    str(folder / "outputs.npz")]) + "\n")
+    process.stdin.flush()
+    ready, _, _ = select.select([process.stdout], [], [], OUTSIDE_TIMEOUT)
+    if not ready:
+        process.kill()  # its late answer must not pass for the next request's
+        pytest.fail(f"no answer in {OUTSIDE_TIMEOUT} s: {stderr.read_text()[-3000:]}")
+    reply = process.stdout.readline()
+    assert reply, f"the loader stopped: {stderr.read_text()[-3000:]}"
+    assert json.loads(reply) == "ok", json.loads(reply)[-3000:]
+    return dict(np.load(folder / "outputs.npz"))
 
 
 def assert_both_formats_give(outputs, name, expected, exact=True):
@@ -75,10 +116,11 @@ def train_run(tmp_path, options, name="run"):
 
 
 @pytest.mark.slow
-def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path, monkeypatch):
+def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path, monkeypatch, outside, trained_runs):
     import trainers.ssah as ssah
     from utils.data import load_dataset
-    run_dir, exported = train_run(tmp_path, SSAH_TINY)
+    run = trained_runs.copy("ssah", tmp_path)
+    run_dir, exported = run.dir, run.codes
     query_images, query_texts, _ = load_dataset("synthetic").part("query")
     vocabulary = [f"tag{j}" for j in range(query_texts.shape[1])]
     monkeypatch.setattr(ssah.encoding, "dataset_vocabulary", lambda config: vocabulary)  # synthetic data has none
@@ -97,9 +139,9 @@ def test_ssah_export_with_tag_words_reproduces_the_query_codes_outside(tmp_path,
     rng = np.random.RandomState(0)
     spread = {"image@spread": (rng.rand(40, query_images.shape[1]) * 30).astype(np.float32),
               "text@spread": (rng.rand(40, query_texts.shape[1]) * 300).astype(np.float32)}
-    outputs = outside_outputs(tmp_path, run_dir, {"image": query_images.astype(np.float32),
-                                                  "text": query_texts.astype(np.float32), "tag_words": words,
-                                                  **spread})
+    outputs = outside_outputs(outside, tmp_path, run_dir, {"image": query_images.astype(np.float32),
+                                                           "text": query_texts.astype(np.float32),
+                                                           "tag_words": words, **spread})
     assert_both_formats_give(outputs, "image", exported["Qi"])
     assert_both_formats_give(outputs, "text", exported["Qt"])
     assert_both_formats_give(outputs, "tag_words", exported["Qt"])
@@ -128,56 +170,53 @@ def test_ssah_export_bakes_in_the_text_standardisation(tmp_path):
 
 
 @pytest.mark.slow
-def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes(tmp_path, monkeypatch):
-    import functools
-
-    import models.cnnf
+def test_ssah_cnnf_export_bakes_in_the_mean_image_and_reproduces_the_image_codes(tmp_path, monkeypatch, outside,
+                                                                                 trained_runs):
     import utils.data
-    from tests.test_full_scale import write_small_image_file
-    path = str(tmp_path / "small.h5")
-    write_small_image_file(path, n=24, size=224)
-    monkeypatch.setattr(models.cnnf, "CNNF", functools.partial(models.cnnf.CNNF, widths=models.cnnf.GOLDEN_WIDTHS))
-    run_dir, exported = train_run(tmp_path, SSAH_TINY + ["--dataset", "coco", "--data", path, "--backbone", "cnnf",
-                                                         "--batch-size", "6", "--split-sizes", "6,12"])
+    run = trained_runs.copy("ssah_cnnf", tmp_path)  # SSAH with a CNN-F of the golden file's few channels
+    run_dir, exported = run.dir, run.codes
+    golden_width_cnnf(monkeypatch)  # the nets rebuilt as the run trained them
     manifest = export.export_run(run_dir)
     assert manifest["encoders"]["image"]["input"] == {"name": "images", "shape": [224, 224, 3], "dtype": "uint8",
                                                       "meaning": "RGB images, 0-255"}
-    data = utils.data.load_dataset("coco", path, split_sizes=(6, 12))
+    data = utils.data.load_dataset("coco", run.data, split_sizes=CNNF_SPLIT)
     query_images, _, _ = data.part("query")
     query_images = np.asarray(query_images[np.arange(len(query_images))], np.uint8)
-    outputs = outside_outputs(tmp_path, run_dir, {"image": query_images})
+    outputs = outside_outputs(outside, tmp_path, run_dir, {"image": query_images})
     assert len(np.unique(exported["Qi"], axis=0)) > 1
     assert_both_formats_give(outputs, "image", exported["Qi"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["none", "standardize"])
-def test_acmr_export_reproduces_the_query_embeddings(tmp_path, norm):
+def test_acmr_export_reproduces_the_query_embeddings(tmp_path, norm, outside, trained_runs):
+    from tests.trained_runs import ACMR_SYNTHETIC
     from utils.data import load_dataset
-    run_dir, exported = train_run(tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1",
-                                             "--batch-size", "100", "--image-norm", norm, "--text-norm", norm])
+    if norm == "none":  # the program's inputs: the shared run
+        run = trained_runs.copy("acmr", tmp_path)
+        run_dir, exported = run.dir, run.codes
+    else:
+        run_dir, exported = train_run(tmp_path, ACMR_SYNTHETIC + ["--image-norm", norm, "--text-norm", norm])
     manifest = export.export_run(run_dir)
     assert ("standardisation" in manifest["encoders"]["text"]["preprocessing"][0]) == (norm == "standardize")
     query_images, query_texts, _ = load_dataset("synthetic").part("query")
-    outputs = outside_outputs(tmp_path, run_dir, {"image": query_images.astype(np.float32),
-                                                  "text": query_texts.astype(np.float32)})
+    outputs = outside_outputs(outside, tmp_path, run_dir, {"image": query_images.astype(np.float32),
+                                                           "text": query_texts.astype(np.float32)})
     assert_both_formats_give(outputs, "image", exported["Qi"], exact=False)
     assert_both_formats_give(outputs, "text", exported["Qt"], exact=False)
 
 
 @pytest.mark.slow
-def test_metah_export_bakes_in_the_source_statistics(tmp_path):
+def test_metah_export_bakes_in_the_source_statistics(tmp_path, outside, trained_runs):
     import trainers.metah as metah
-    from tests.test_metah import write_domain_files
     from utils.run import saved_config
-    write_domain_files(str(tmp_path))
-    run_dir, exported = train_run(tmp_path, ["--method", "metah", "--dataset", "folder:src->tgt", "--data",
-                                             str(tmp_path), "--bits", "16", "--iterations", "8", "--batch-size",
-                                             "16", "--hidden", "32", "--discriminator-hidden", "32"])
+    run = trained_runs.copy("metah", tmp_path)
+    run_dir, exported = run.dir, run.codes
     manifest = export.export_run(run_dir)
     assert "centring" in manifest["encoders"]["image"]["preprocessing"][0]
     pair = metah.load_pair(saved_config(run_dir, {"metah": metah.Config})[1])
-    outputs = outside_outputs(tmp_path, run_dir, {"image": pair.target.inputs[pair.target_query].astype(np.float32)})
+    queries = pair.target.inputs[pair.target_query].astype(np.float32)
+    outputs = outside_outputs(outside, tmp_path, run_dir, {"image": queries})
     assert len(np.unique(exported["Q"], axis=0)) > 1
     assert_both_formats_give(outputs, "image", exported["Q"].astype(np.float32))
 

@@ -109,12 +109,11 @@ def test_acmr_wikipedia_run_beside_the_paper(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_synthetic_ssah_run_says_not_reported_and_the_same_codes_as_flickr_are_compared(tmp_path, capsys):
-    import train
-    train.main(["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "32", "--hidden-dim", "32",
-                "--epochs", "1", "--split-sizes", "50,200", "--runs-dir", str(tmp_path), "--run-name", "syn"])
+def test_synthetic_ssah_run_says_not_reported_and_the_same_codes_as_flickr_are_compared(tmp_path, capsys,
+                                                                                        trained_runs):
+    syn = trained_runs.copy("ssah", tmp_path).dir  # the shared tiny 16-bit run (tests/trained_runs.py)
     capsys.readouterr()
-    printed, _ = against_paper(tmp_path / "syn", capsys)
+    printed, _ = against_paper(syn, capsys)
     answer = [line for line in printed.splitlines() if "papers report" in line]
     assert answer == ["ssah on synthetic: the papers report no figure for this dataset "
                       "(benchmarks/paper_tables.json; reported: coco, flickr, nuswide)."]
@@ -123,7 +122,7 @@ def test_synthetic_ssah_run_says_not_reported_and_the_same_codes_as_flickr_are_c
     # The same run folder labelled as a MIRFLICKR-25K run: Table 2 (CNN-F) at 16 bits, then
     # Table 3 when the run says VGG-19, then the one-line answer at an unreported code length.
     flickr = tmp_path / "flickr"
-    shutil.copytree(tmp_path / "syn", flickr)
+    shutil.copytree(syn, flickr)
     saved = io.load_json(flickr / "config.json")
     saved["config"].update(dataset="flickr", split_sizes=[])
     io.save_json(flickr / "config.json", saved)
@@ -136,7 +135,7 @@ def test_synthetic_ssah_run_says_not_reported_and_the_same_codes_as_flickr_are_c
         assert float(diff) == pytest.approx(summary[direction]["map"] - paper_value, abs=5e-5)
         assert final != "-"  # results.json's final mAP of the direction
     assert "Table 2 (row OURS)" in printed and "lelan-li/SSAH" in printed
-    assert "split sizes: run query 50, train 10,000, database 1,950; paper query 2,000, train 10,000, " \
+    assert "split sizes: run query 200, train 10,000, database 1,800; paper query 2,000, train 10,000, " \
            "database 18,015" in printed
     assert "image network: run 'chosen by the data'; paper 'cnnf'" in printed
 

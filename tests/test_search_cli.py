@@ -1,5 +1,6 @@
 """search.py: --build saves each database's Hamming index; a query encoded by the trained net
-lists the database items that are nearest to the codes the run itself exported for it."""
+lists the database items that are nearest to the codes the run itself exported for it. The
+runs are copies of the shared small ones (tests/trained_runs.py), trained once per session."""
 import os
 
 import numpy as np
@@ -7,17 +8,7 @@ import pytest
 import scipy.io
 
 import search
-import train
 from utils.errors import UserError
-
-SSAH_TINY = ["--method", "ssah", "--schedule", "tiny", "--bits", "16", "--embed-dim", "32",
-             "--hidden-dim", "64", "--epochs", "1"]
-
-
-def train_run(tmp_path, options):
-    train.main(options + ["--runs-dir", str(tmp_path / "runs"), "--run-name", "run"])
-    run_dir = str(tmp_path / "runs" / "run")
-    return run_dir, scipy.io.loadmat(f"{run_dir}/codes.mat")
 
 
 def expected_ranking(query_codes, db_codes, top, distance="hamming"):
@@ -38,11 +29,13 @@ def listed(result):
 
 
 @pytest.mark.slow
-def test_ssah_build_and_search_by_tag_vectors_words_and_image_features(tmp_path, monkeypatch, capsys):
+def test_ssah_build_and_search_by_tag_vectors_words_and_image_features(tmp_path, monkeypatch, capsys,
+                                                                       trained_runs):
     import trainers.ssah as ssah
     from utils.data import load_dataset
     from utils.search import HammingIndex
-    run_dir, exported = train_run(tmp_path, SSAH_TINY)
+    run = trained_runs.copy("ssah", tmp_path)  # --build writes into the run folder
+    run_dir, exported = run.dir, run.codes
     written = search.main([run_dir, "--build"])
     assert set(written) == {"image", "text"}
     for name, field in (("image", "Di"), ("text", "Dt")):
@@ -90,10 +83,10 @@ def test_ssah_build_and_search_by_tag_vectors_words_and_image_features(tmp_path,
 
 
 @pytest.mark.slow
-def test_acmr_searches_by_euclidean_distance_and_has_no_index(tmp_path):
+def test_acmr_searches_by_euclidean_distance_and_has_no_index(tmp_path, trained_runs):
     from utils.data import load_dataset
-    run_dir, exported = train_run(tmp_path, ["--method", "acmr", "--dataset", "synthetic", "--epochs", "1",
-                                             "--batch-size", "100"])
+    run = trained_runs.copy("acmr", tmp_path)
+    run_dir, exported = run.dir, run.codes
     with pytest.raises(UserError, match="real-valued: there is no binary index to build"):
         search.main([run_dir, "--build"])
     query_images, _, _ = load_dataset("synthetic").part("query")
@@ -110,14 +103,11 @@ def test_acmr_searches_by_euclidean_distance_and_has_no_index(tmp_path):
 
 
 @pytest.mark.slow
-def test_metah_searches_the_target_domain_by_default(tmp_path):
+def test_metah_searches_the_target_domain_by_default(tmp_path, trained_runs):
     import trainers.metah as metah
-    from tests.test_metah import write_domain_files
     from utils.run import saved_config
-    write_domain_files(str(tmp_path))
-    run_dir, exported = train_run(tmp_path, ["--method", "metah", "--dataset", "folder:src->tgt", "--data",
-                                             str(tmp_path), "--bits", "16", "--iterations", "8", "--batch-size",
-                                             "16", "--hidden", "32", "--discriminator-hidden", "32"])
+    run = trained_runs.copy("metah", tmp_path)
+    run_dir, exported = run.dir, run.codes
     pair = metah.load_pair(saved_config(run_dir, {"metah": metah.Config})[1])
     np.save(tmp_path / "queries.npy", pair.target.inputs[pair.target_query][:2])
     for database, codes, labels in (("target", "Dt", "target_L"), ("source", "Ds", "source_L")):

@@ -94,13 +94,11 @@ def test_metah_run_follows_the_scheme(tmp_path):
 
 
 @pytest.mark.slow
-def test_ssah_run_follows_the_scheme(tmp_path):
-    import train
-    train.main(["--method", "ssah", "--schedule", "tiny", "--epochs", "1", "--bits", "8", "--embed-dim", "16",
-                "--hidden-dim", "32", "--discriminator-hidden", "16,16", "--log-every", "2",
-                "--runs-dir", str(tmp_path), "--run-name", "ssah"])
+def test_ssah_run_follows_the_scheme(trained_runs):
+    # the shared tiny run (tests/trained_runs.py): one epoch, one pass of each net, --log-every 2
+    run_dir = trained_runs.get("ssah").dir
     terms = ("total", "pair_feature", "pair_hash", "quantisation", "label")
-    contents = assert_scheme(str(tmp_path / "ssah"), "ssah", [
+    contents = assert_scheme(run_dir, "ssah", [
         *(f"loss/lab/{term}" for term in terms), "loss/dis/total", "discriminator/accuracy",
         *(f"loss/{step}/{term}" for step in ("img", "txt") for term in terms + ("adversarial",)),
         *(f"lr/{step}" for step in ("lab", "dis", "img", "txt")),

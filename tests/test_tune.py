@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -31,11 +32,25 @@ def write(path, obj):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny_ssah_search(tmp_path_factory):
+    """searched() -> the preset file of a real two-trial tiny SSAH search, run once for the module's
+    tests on the first call (inside a test, under the autouse data fixtures). Read it only."""
+    searched = {}
+
+    def search():
+        if "path" not in searched:
+            out = tmp_path_factory.mktemp("tune") / "ssah-synthetic.json"
+            tune.main(["--method", "ssah", "--dataset", "synthetic", "--trials", "2", "--bits", "8",
+                       "--validation-size", "150", "--out", str(out), *TINY_SSAH])
+            searched["path"] = out
+        return searched["path"]
+    return search
+
+
 @pytest.mark.slow
-def test_the_search_writes_a_preset_that_train_py_applies(tmp_path):
-    out = tmp_path / "ssah-synthetic.json"
-    tune.main(["--method", "ssah", "--dataset", "synthetic", "--trials", "2", "--bits", "8",
-               "--validation-size", "150", "--out", str(out), *TINY_SSAH])
+def test_the_search_writes_a_preset_that_train_py_applies(tiny_ssah_search):
+    out = tiny_ssah_search()
     preset = json.loads(out.read_text())
     assert preset["method"] == "ssah" and preset["dataset"] == "synthetic" and preset["bits"] == 8
     assert preset["command"].startswith("python tune.py --method ssah") and preset["date"]
@@ -417,21 +432,33 @@ def test_reranking_rejects_a_metah_trial_that_collapses_the_target_at_any_seed(t
 
 
 @pytest.mark.slow
-def test_reranking_reruns_with_the_searchs_fixed_options(tmp_path):
-    """A real (tiny) SSAH search, then a re-ranking at another seed: the options held fixed in the
-    search (read back from its recorded command) hold in the rerun and stay in the preset."""
+def test_reranking_reruns_with_the_searchs_fixed_options(tmp_path, monkeypatch, tiny_ssah_search):
+    """A real (tiny) SSAH search, then a re-ranking of its best trial at another seed: the options
+    held fixed in the search (read back from its recorded command) hold in the rerun, which trains
+    exactly the config train.py builds from them at that seed with the trial's settings, and stay
+    in the preset."""
     path = tmp_path / "ssah.json"
-    tune.main(["--method", "ssah", "--dataset", "synthetic", "--trials", "1", "--bits", "8",
-               "--validation-size", "150", "--out", str(path), *TINY_SSAH])
+    shutil.copyfile(tiny_ssah_search(), path)  # the re-ranking writes into the preset
+    searched = json.loads(path.read_text())
+    reruns, real_validation_score = [], tune.validation_score
+
+    def measured(method, config, objective="mean"):  # the real trial, its config recorded
+        reruns.append((method, config, objective, real_validation_score(method, config, objective)))
+        return reruns[-1][-1]
+    monkeypatch.setattr(tune, "validation_score", measured)
     preset = tune.rerank(str(path), top=1, seeds=[5])
     (candidate,) = preset["rerank"]["candidates"]
-    searched = json.loads(path.read_text())["trials"][0]
+    best = searched["validation"]["best_trial"]
+    assert candidate["number"] == best and searched["trials"][best]["number"] == best
+    searched = searched["trials"][best]
     config = tune.apply_params(config_for(ssah, ["--dataset", "synthetic", "--bits", "8", "--validation-size",
                                                  "150", "--seed", "5", *TINY_SSAH]),
                                searched["params"], tune.search_space("ssah", {"schedule", "epochs", "hidden_dim",
                                                                               "embed_dim", "discriminator_hidden",
                                                                               "batch_size"}))
-    assert candidate["scores"]["5"] == pytest.approx(tune.validation_score("ssah", config)[0])
+    ((method, rerun_config, objective, (score, _)),) = reruns
+    assert (method, objective) == ("ssah", "mean") and rerun_config == config
+    assert candidate["scores"]["5"] == score
     assert candidate["scores"]["0"] == searched["validation_map"]
     assert preset["settings"]["schedule"] == "tiny" and preset["settings"]["hidden_dim"] == 32
 
