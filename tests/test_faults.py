@@ -134,13 +134,24 @@ def ssah_argv(runs_dir, name, *extra):
 
 @pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_after_it(tmp_path, monkeypatch, capsys):
+    """A failed FIRST checkpoint write leaves no results and the run resumable; resumed, a failed
+    later write (epoch 2's) keeps the previous checkpoint (epoch 1's) and writes nothing after it;
+    resumed again, the run ends. (One run through both failures: each train.main costs seconds.)"""
     import train
     from utils.errors import WriteFailed
-    failed = fail_checkpoint_write(monkeypatch, at_write=2)  # epoch 2's
-    with pytest.raises(WriteFailed) as caught:
+    fail_checkpoint_write(monkeypatch, at_write=1)
+    with pytest.raises(WriteFailed, match="there is no checkpoint yet"):
         train.main(ssah_argv(tmp_path, "r", "--epochs", "2"))
-    message = str(caught.value)
     run_dir = tmp_path / "r"
+    assert os.listdir(run_dir / "checkpoints") == []
+    assert not (run_dir / "codes.mat").exists() and not (run_dir / "results.json").exists()
+    assert "error: cannot write the checkpoint" in (run_dir / "train.log").read_text()
+    monkeypatch.undo()
+
+    failed = fail_checkpoint_write(monkeypatch, at_write=2)  # the resumed run's epoch 2's
+    with pytest.raises(WriteFailed) as caught:
+        train.main(["--resume", str(run_dir)])  # no checkpoint: it trains from the start
+    message = str(caught.value)
     assert "\n" not in message and str(run_dir / "checkpoints" / "ckpt-56") in message
     assert "No space left on device" in message and f"still {run_dir / 'checkpoints' / 'ckpt-28'}" in message
     assert f"--resume {run_dir}" in message and caught.value.exit_code == 74
@@ -153,21 +164,6 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_aft
     capsys.readouterr()
     results = train.main(["--resume", str(run_dir)])
     assert "resumed from" in capsys.readouterr().out and results["final"]["epoch"] == 2
-
-
-@pytest.mark.slow
-def test_a_failed_first_checkpoint_leaves_no_results_and_the_run_resumable(tmp_path, monkeypatch):
-    import train
-    from utils.errors import WriteFailed
-    fail_checkpoint_write(monkeypatch, at_write=1)
-    with pytest.raises(WriteFailed, match="there is no checkpoint yet"):
-        train.main(ssah_argv(tmp_path, "r", "--epochs", "1"))
-    run_dir = tmp_path / "r"
-    assert os.listdir(run_dir / "checkpoints") == []
-    assert not (run_dir / "codes.mat").exists() and not (run_dir / "results.json").exists()
-    assert "error: cannot write the checkpoint" in (run_dir / "train.log").read_text()
-    monkeypatch.undo()
-    assert train.main(["--resume", str(run_dir)])["final"]["epoch"] == 1
 
 
 @pytest.fixture
