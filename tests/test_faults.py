@@ -45,10 +45,27 @@ def assert_same_scalars(run_dir, reference_dir):
         np.testing.assert_allclose(sorted(logged[tag]), sorted(entries), rtol=1e-5, err_msg=tag)
 
 
-@pytest.mark.slow
-def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def one_epoch_acmr_run(tmp_path_factory):
+    """The folder of a finished 1-epoch ACMR run (4 updates) on wiki pickles of 64 + 40 items, its
+    data beside it: trained once; the tests that extend it work on copies."""
     import train
-    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
+    folder = tmp_path_factory.mktemp("acmr-one-epoch")
+    write_wiki_pickles(str(folder), n_train=64, n_test=40)
+    train.main(acmr_argv(folder, "one", "--epochs", "1"))
+    return folder / "runs" / "one"
+
+
+def copy_run(run_dir, folder):
+    import shutil
+    shutil.copytree(run_dir, folder)  # the checkpoint state file's paths are relative
+    return folder
+
+
+@pytest.mark.slow
+def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch, one_epoch_acmr_run):
+    import train
+    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)  # the same data as the 1-epoch run's
     train.main(acmr_argv(tmp_path, "reference", "--epochs", "2"))
     reference = str(tmp_path / "runs" / "reference")
 
@@ -62,8 +79,7 @@ def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch)
     train.main(["--resume", killed])
     assert_same_scalars(killed, reference)
 
-    train.main(acmr_argv(tmp_path, "extended", "--epochs", "1"))
-    extended = str(tmp_path / "runs" / "extended")
+    extended = str(copy_run(one_epoch_acmr_run, tmp_path / "runs" / "extended"))  # a 1-epoch run, extended
     train.main(["--resume", extended, "--epochs", "2"])
     assert_same_scalars(extended, reference)
 
@@ -191,15 +207,11 @@ def fill(disk, leave_bytes):
 
 
 @pytest.mark.slow
-def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(tmp_path, small_disk, capsys):
+def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(small_disk, capsys, one_epoch_acmr_run):
     import eval as eval_cli
     import train
     from utils.errors import WriteFailed
-    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
-    argv = acmr_argv(tmp_path, "r", "--epochs", "1")
-    argv[argv.index("--runs-dir") + 1] = str(small_disk)
-    train.main(argv)
-    run_dir = small_disk / "r"
+    run_dir = copy_run(one_epoch_acmr_run, small_disk / "r")  # a finished 1-epoch run on the small disk
     filler = fill(small_disk, 200_000)  # less than a checkpoint
     with pytest.raises(WriteFailed, match=r"cannot write the checkpoint .*ckpt-8 \(No space left on device\)"):
         train.main(["--resume", str(run_dir), "--epochs", "2"])
