@@ -382,21 +382,35 @@ def test_train_main_on_wiki_pickles_writes_results_codes_and_resumes(tmp_path, c
     assert 0.0 <= original["final"][acmr.DATABASE_PROTOCOL]["average"] <= 1.0
 
 
-@pytest.mark.slow
-def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def whole_paper_run(tmp_path_factory):
+    """(argv without --epochs and the run's names, the run's folder, its results) of an
+    uninterrupted 3-epoch paper-variant run on 96 training items in batches of 32 (shuffled; k = 5:
+    the modality classifier's update falls mid-epoch), checkpoints every 2 updates, the last three
+    kept: the reference of the tests that stop a run and resume it."""
     import train
-    data_dir = tmp_path / "wiki"
+    root = tmp_path_factory.mktemp("acmr-paper")
+    data_dir = root / "wiki"
     data_dir.mkdir()
-    write_wiki_pickles(str(data_dir), n_train=96, n_test=40, seed=3)
-    common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--runs-dir",
-              str(tmp_path / "runs"), "--batch-size", "32", "--variant", "paper", "--seed", "7"]
-    straight = train.main(common + ["--epochs", "2", "--run-name", "straight"])
-    train.main(common + ["--epochs", "1", "--run-name", "killed"])
-    # Pretend the killed run was asked for 2 epochs: edit its saved config, then resume.
+    write_wiki_pickles(str(data_dir), n_train=96, n_test=40, seed=4)
+    common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--batch-size", "32",
+              "--variant", "paper", "--architecture", "coded", "--seed", "5", "--eval-every", "3",
+              "--log-every", "5"]  # a read (and report) at 5
+    whole = train.main(common + ["--epochs", "3", "--runs-dir", str(root / "runs"), "--run-name", "whole",
+                                 "--checkpoint-every", "2", "--keep-checkpoints", "3"])
+    return common, root / "runs" / "whole", whole
+
+
+@pytest.mark.slow
+def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys, whole_paper_run):
+    import train
+    common, whole_dir, straight = whole_paper_run
+    train.main(common + ["--epochs", "2", "--runs-dir", str(tmp_path / "runs"), "--run-name", "killed"])
+    # Pretend the killed run was asked for 3 epochs: edit its saved config, then resume.
     from utils import io
     path = str(tmp_path / "runs" / "killed" / "config.json")
     saved = io.load_json(path)
-    saved["config"]["epochs"] = 2
+    saved["config"]["epochs"] = 3
     io.save_json(path, saved)
     calls = []
     from trainers.loop import TrainingLoop
@@ -404,8 +418,11 @@ def test_resume_continues_a_killed_run_exactly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(TrainingLoop, "updates_done", lambda self, n=1, *a: calls.extend([1] * n) or original_done(self, n, *a))
     resumed = train.main(["--resume", str(tmp_path / "runs" / "killed")])
     assert "resumed from" in capsys.readouterr().out
-    assert len(calls) == 96 // 32  # only the second epoch was trained
+    assert len(calls) == 96 // 32  # only the third epoch was trained
     assert resumed["final"] == straight["final"] and resumed["iterations"] == straight["iterations"]
+    for name in ("Qi", "Qt", "Di", "Dt"):
+        np.testing.assert_array_equal(scipy.io.loadmat(str(tmp_path / "runs" / "killed" / "codes.mat"))[name],
+                                      scipy.io.loadmat(str(whole_dir / "codes.mat"))[name])
 
 
 @pytest.mark.slow
@@ -444,33 +461,29 @@ def test_checkpoint_holds_every_variable_of_the_networks_and_optimisers(tmp_path
 
 
 @pytest.mark.slow
-def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_whole_one(tmp_path, monkeypatch):
+def test_signal_mid_epoch_writes_a_checkpoint_and_the_resumed_run_equals_the_whole_one(tmp_path, monkeypatch,
+                                                                                      whole_paper_run):
     """SIGINT during iteration 5 of 3 epochs x 3 batches (shuffled, paper variant: k = 5, so the
     modality classifier's update falls mid-epoch) stops after a checkpoint inside epoch 2;
     the resumed run's embeddings equal the uninterrupted run's bit for bit and its epoch
     records (loss means over whole epochs, per-batch accuracies) are the same."""
     import signal
 
-    import train
     from tests.conftest import stop_by_signal
-    data_dir = tmp_path / "wiki"
-    data_dir.mkdir()
-    write_wiki_pickles(str(data_dir), n_train=96, n_test=40, seed=4)
-    common = ["--method", "acmr", "--dataset", "wiki-pickle", "--data", str(data_dir), "--runs-dir",
-              str(tmp_path / "runs"), "--batch-size", "32", "--variant", "paper", "--architecture", "coded",
-              "--epochs", "3", "--seed", "5", "--eval-every", "3", "--log-every", "5"]  # a read (and report) at 5
-    whole = train.main(common + ["--run-name", "whole", "--checkpoint-every", "2", "--keep-checkpoints", "3"])
+    common, whole_dir, whole = whole_paper_run
     # Every 2 updates inside an epoch (2, 4, 8) and at every epoch end (3, 6, 9), numbered by
     # iteration; --keep-checkpoints 3 keeps the last three.
-    kept = tf.train.get_checkpoint_state(str(tmp_path / "runs" / "whole" / "checkpoints")).all_model_checkpoint_paths
+    kept = tf.train.get_checkpoint_state(str(whole_dir / "checkpoints")).all_model_checkpoint_paths
     assert [os.path.basename(p) for p in kept] == ["ckpt-6", "ckpt-8", "ckpt-9"]
-    stop_by_signal(monkeypatch, common + ["--run-name", "stopped"], signal.SIGINT, 5)
+    stop_by_signal(monkeypatch, common + ["--epochs", "3", "--runs-dir", str(tmp_path / "runs"), "--run-name",
+                                          "stopped"], signal.SIGINT, 5)
     stopped = tmp_path / "runs" / "stopped"
     assert os.path.basename(tf.train.latest_checkpoint(str(stopped / "checkpoints"))) == "ckpt-5"
+    import train
     resumed = train.main(["--resume", str(stopped)])
     for name in ("Qi", "Qt", "Di", "Dt"):
         np.testing.assert_array_equal(scipy.io.loadmat(str(stopped / "codes.mat"))[name],
-                                      scipy.io.loadmat(str(tmp_path / "runs" / "whole" / "codes.mat"))[name])
+                                      scipy.io.loadmat(str(whole_dir / "codes.mat"))[name])
     assert resumed["final"] == whole["final"] and resumed["iterations"] == whole["iterations"] == 9
     assert resumed["epochs"] == whole["epochs"]
 

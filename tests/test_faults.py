@@ -45,10 +45,27 @@ def assert_same_scalars(run_dir, reference_dir):
         np.testing.assert_allclose(sorted(logged[tag]), sorted(entries), rtol=1e-5, err_msg=tag)
 
 
-@pytest.mark.slow
-def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def one_epoch_acmr_run(tmp_path_factory):
+    """The folder of a finished 1-epoch ACMR run (4 updates) on wiki pickles of 64 + 40 items, its
+    data beside it: trained once; the tests that extend it work on copies."""
     import train
-    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
+    folder = tmp_path_factory.mktemp("acmr-one-epoch")
+    write_wiki_pickles(str(folder), n_train=64, n_test=40)
+    train.main(acmr_argv(folder, "one", "--epochs", "1"))
+    return folder / "runs" / "one"
+
+
+def copy_run(run_dir, folder):
+    import shutil
+    shutil.copytree(run_dir, folder)  # the checkpoint state file's paths are relative
+    return folder
+
+
+@pytest.mark.slow
+def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch, one_epoch_acmr_run):
+    import train
+    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)  # the same data as the 1-epoch run's
     train.main(acmr_argv(tmp_path, "reference", "--epochs", "2"))
     reference = str(tmp_path / "runs" / "reference")
 
@@ -62,8 +79,7 @@ def test_tensorboard_after_a_resume_holds_every_step_once(tmp_path, monkeypatch)
     train.main(["--resume", killed])
     assert_same_scalars(killed, reference)
 
-    train.main(acmr_argv(tmp_path, "extended", "--epochs", "1"))
-    extended = str(tmp_path / "runs" / "extended")
+    extended = str(copy_run(one_epoch_acmr_run, tmp_path / "runs" / "extended"))  # a 1-epoch run, extended
     train.main(["--resume", extended, "--epochs", "2"])
     assert_same_scalars(extended, reference)
 
@@ -134,13 +150,24 @@ def ssah_argv(runs_dir, name, *extra):
 
 @pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_after_it(tmp_path, monkeypatch, capsys):
+    """A failed FIRST checkpoint write leaves no results and the run resumable; resumed, a failed
+    later write (epoch 2's) keeps the previous checkpoint (epoch 1's) and writes nothing after it;
+    resumed again, the run ends. (One run through both failures: each train.main costs seconds.)"""
     import train
     from utils.errors import WriteFailed
-    failed = fail_checkpoint_write(monkeypatch, at_write=2)  # epoch 2's
-    with pytest.raises(WriteFailed) as caught:
+    fail_checkpoint_write(monkeypatch, at_write=1)
+    with pytest.raises(WriteFailed, match="there is no checkpoint yet"):
         train.main(ssah_argv(tmp_path, "r", "--epochs", "2"))
-    message = str(caught.value)
     run_dir = tmp_path / "r"
+    assert os.listdir(run_dir / "checkpoints") == []
+    assert not (run_dir / "codes.mat").exists() and not (run_dir / "results.json").exists()
+    assert "error: cannot write the checkpoint" in (run_dir / "train.log").read_text()
+    monkeypatch.undo()
+
+    failed = fail_checkpoint_write(monkeypatch, at_write=2)  # the resumed run's epoch 2's
+    with pytest.raises(WriteFailed) as caught:
+        train.main(["--resume", str(run_dir)])  # no checkpoint: it trains from the start
+    message = str(caught.value)
     assert "\n" not in message and str(run_dir / "checkpoints" / "ckpt-56") in message
     assert "No space left on device" in message and f"still {run_dir / 'checkpoints' / 'ckpt-28'}" in message
     assert f"--resume {run_dir}" in message and caught.value.exit_code == 74
@@ -153,21 +180,6 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_writes_nothing_aft
     capsys.readouterr()
     results = train.main(["--resume", str(run_dir)])
     assert "resumed from" in capsys.readouterr().out and results["final"]["epoch"] == 2
-
-
-@pytest.mark.slow
-def test_a_failed_first_checkpoint_leaves_no_results_and_the_run_resumable(tmp_path, monkeypatch):
-    import train
-    from utils.errors import WriteFailed
-    fail_checkpoint_write(monkeypatch, at_write=1)
-    with pytest.raises(WriteFailed, match="there is no checkpoint yet"):
-        train.main(ssah_argv(tmp_path, "r", "--epochs", "1"))
-    run_dir = tmp_path / "r"
-    assert os.listdir(run_dir / "checkpoints") == []
-    assert not (run_dir / "codes.mat").exists() and not (run_dir / "results.json").exists()
-    assert "error: cannot write the checkpoint" in (run_dir / "train.log").read_text()
-    monkeypatch.undo()
-    assert train.main(["--resume", str(run_dir)])["final"]["epoch"] == 1
 
 
 @pytest.fixture
@@ -195,15 +207,11 @@ def fill(disk, leave_bytes):
 
 
 @pytest.mark.slow
-def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(tmp_path, small_disk, capsys):
+def test_a_full_disk_ends_train_eval_and_resume_in_one_line_and_loses_nothing(small_disk, capsys, one_epoch_acmr_run):
     import eval as eval_cli
     import train
     from utils.errors import WriteFailed
-    write_wiki_pickles(str(tmp_path), n_train=64, n_test=40)
-    argv = acmr_argv(tmp_path, "r", "--epochs", "1")
-    argv[argv.index("--runs-dir") + 1] = str(small_disk)
-    train.main(argv)
-    run_dir = small_disk / "r"
+    run_dir = copy_run(one_epoch_acmr_run, small_disk / "r")  # a finished 1-epoch run on the small disk
     filler = fill(small_disk, 200_000)  # less than a checkpoint
     with pytest.raises(WriteFailed, match=r"cannot write the checkpoint .*ckpt-8 \(No space left on device\)"):
         train.main(["--resume", str(run_dir), "--epochs", "2"])

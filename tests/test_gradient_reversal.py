@@ -85,16 +85,28 @@ def variant_config(variant, **overrides):
     return dataclasses.replace(acmr.Config(), **{**acmr.PRESETS[variant], "architecture": "coded", **overrides})
 
 
-def projector_change(variant, lam=1.0, **overrides):
-    """How much one step from a fixed start moves the projectors' weights."""
+def projector_changes(variant, lambdas=(1.0, 0.0), **overrides):
+    """How much one step from a fixed start moves the projectors' weights, for each lambda: one
+    model (its update traced once; lambda is a variable), every variable of its networks and
+    optimisers put back to its starting value before each step."""
     config = variant_config(variant, projector_steps=1, shared_forward_pass=True, **overrides)
     tf.keras.utils.set_random_seed(3)
     model = acmr.AcmrModel(config, 12, 5, 4)
-    model.set_lambda(lam)
-    before = [v.numpy().copy() for v in model.nets.projector_variables]
+    assert model.loss_scale is None  # float32: nothing else holds state
+    nets = model.nets
+    state = [v for net in (nets.image_projector, nets.text_projector, nets.label_classifier, nets.modality_classifier,
+                           model.projector_optimizer, model.modality_optimizer) for v in net.variables]
+    start = [np.array(v.numpy()) for v in state]
     img, txt, labels, img_neg, txt_neg = batch()
-    model.update(img, txt, labels, img_neg, txt_neg, update_modality=True)
-    return [v.numpy() - b for v, b in zip(model.nets.projector_variables, before)], model
+    changes = []
+    for lam in lambdas:
+        for variable, value in zip(state, start):
+            variable.assign(value)
+        model.set_lambda(lam)
+        before = [v.numpy().copy() for v in model.nets.projector_variables]
+        model.update(img, txt, labels, img_neg, txt_neg, update_modality=True)
+        changes.append([v.numpy() - b for v, b in zip(model.nets.projector_variables, before)])
+    return changes
 
 
 def modality_gradient_on_projectors(variant, lam):
@@ -136,15 +148,15 @@ def test_original_variant_modality_loss_never_reaches_the_projectors():
 @pytest.mark.slow
 def test_one_step_with_and_without_the_modality_loss_moves_the_projectors_differently_in_the_paper_variant():
     # "Without it": lambda = 0 makes the reversed gradient exactly zero; "with it": lambda = 1.
-    paper_with, _ = projector_change("paper", lam=1.0)
-    paper_without, _ = projector_change("paper", lam=0.0)
+    paper_with, paper_without, paper_again = projector_changes("paper", lambdas=(1.0, 0.0, 1.0))
+    # the reset is complete: the step with lambda = 1 again moves the projectors exactly as the first
+    for a, b in zip(paper_again, paper_with):
+        np.testing.assert_array_equal(a, b)
     assert max(float(np.abs(a - b).max()) for a, b in zip(paper_with, paper_without)) > 1e-5
     # The same pair in the original variant: identical to the last bit (the path is inert).
-    original_with, _ = projector_change("original", lam=1.0)
-    original_without, _ = projector_change("original", lam=0.0)
+    original_with, original_without = projector_changes("original")
     for a, b in zip(original_with, original_without):
         np.testing.assert_array_equal(a, b)
     # And the original variant with the quirk switched off behaves like the paper's.
-    switched_with, _ = projector_change("original", lam=1.0, adversarial_in_projector_loss=True)
-    switched_without, _ = projector_change("original", lam=0.0, adversarial_in_projector_loss=True)
+    switched_with, switched_without = projector_changes("original", adversarial_in_projector_loss=True)
     assert max(float(np.abs(a - b).max()) for a, b in zip(switched_with, switched_without)) > 1e-5

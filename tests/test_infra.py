@@ -215,16 +215,32 @@ def test_scalars_of_any_number_of_tags_are_written_by_one_traced_function(tmp_pa
                             for tag, value in scalars.items())
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """(folder, results) of a finished 2-epoch ACMR run on synthetic data with --ties argsort and
+    --validation-size 100 (its best checkpoint chosen on validation items), trained once for the
+    tests that read it; a test that resumes or edits it works on a copy (`copy_of_finished_run`)."""
+    import train
+    runs = tmp_path_factory.mktemp("runs")
+    results = train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "2", "--ties", "argsort",
+                          "--validation-size", "100", "--runs-dir", str(runs), "--run-name", "r"])
+    return runs / "r", results
+
+
+def copy_of_finished_run(finished_run, folder):
+    import shutil
+    shutil.copytree(finished_run[0], folder)  # file times kept; the checkpoint state file's paths are relative
+    return folder
+
+
 @pytest.mark.slow
-def test_tensorboard_holds_the_config_and_the_tie_rule_of_a_run(tmp_path):
+def test_tensorboard_holds_the_config_and_the_tie_rule_of_a_run(finished_run):
     import tensorflow as tf
 
-    import train
-    train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--ties", "argsort",
-                "--runs-dir", str(tmp_path), "--run-name", "r"])
+    run_dir, _ = finished_run
     texts, scalar_tags = {}, set()
-    for name in os.listdir(tmp_path / "r" / "tb"):
-        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "r" / "tb" / name)):
+    for name in os.listdir(run_dir / "tb"):
+        for event in tf.compat.v1.train.summary_iterator(str(run_dir / "tb" / name)):
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "text":
                     texts[value.tag] = tf.make_ndarray(value.tensor).item().decode()
@@ -353,14 +369,12 @@ def test_checkpoint_cadence_by_steps_time_and_signal():
 
 
 @pytest.mark.slow
-def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(tmp_path, capsys):
+def test_resume_never_rewrites_a_finished_run_and_only_extends_its_length(finished_run, tmp_path, capsys):
     import json
 
     import train
-    runs = tmp_path / "runs"
-    results = train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "2", "--runs-dir", str(runs),
-                          "--run-name", "r", "--validation-size", "100"])  # the best is chosen on validation items
-    run_dir = runs / "r"
+    results = finished_run[1]  # the best is chosen on validation items
+    run_dir = copy_of_finished_run(finished_run, tmp_path / "runs" / "r")
 
     def snapshot():
         return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
@@ -456,19 +470,18 @@ def test_two_processes_starting_the_same_run_one_trains_the_other_gets_one_line(
 
 
 @pytest.mark.slow
-def test_a_run_finished_before_completion_was_marked_is_not_rewritten(tmp_path, capsys):
+def test_a_run_finished_before_completion_was_marked_is_not_rewritten(finished_run, tmp_path, capsys):
     import json
 
     import train
-    train.main(["--method", "acmr", "--dataset", "synthetic", "--epochs", "1", "--runs-dir", str(tmp_path),
-                "--run-name", "old"])
+    copy_of_finished_run(finished_run, tmp_path / "old")
     results_path = tmp_path / "old" / "results.json"
     saved = json.loads(results_path.read_text())
     del saved["completed"]  # as written before train.py recorded it
     results_path.write_text(json.dumps(saved))
     before = results_path.read_bytes(), (tmp_path / "old" / "codes.mat").read_bytes()
     train.main(["--resume", str(tmp_path / "old")])
-    assert "is finished (1 epochs)" in capsys.readouterr().out
+    assert "is finished (2 epochs)" in capsys.readouterr().out
     assert (results_path.read_bytes(), (tmp_path / "old" / "codes.mat").read_bytes()) == before
 
 

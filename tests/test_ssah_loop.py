@@ -61,12 +61,22 @@ class StubConfig:
     step_order = ("lab", "dis", "img", "txt")  # the program's
 
 
-def run_stub_epoch(schedule, values):
-    trainer = StubTrainer(values)
+def stub_loop(schedule):
+    """An EpochLoop of a StubTrainer (fed by run_stub_epoch); making one costs ~0.2 s (its
+    tf.data readers are traced), running a stub epoch a few ms, so trials reuse one."""
     rows = np.zeros((1, 4), np.int64)
     parts = (np.zeros((8, 2)), np.zeros((8, 2)), np.zeros((8, 2)))
-    loop = EpochLoop(trainer, StubConfig(), parts, schedule=schedule, batch_order=itertools.repeat(rows[0]),
+    return EpochLoop(StubTrainer({}), StubConfig(), parts, schedule=schedule, batch_order=itertools.repeat(rows[0]),
                      keep_record=True)
+
+
+def run_stub_epoch(schedule, values, loop=None):
+    """One epoch of `loop` (a fresh stub_loop when None) with monitoring losses from `values`;
+    returns the passes run per inner index and the stop checks, as program_stops does. The loop
+    keeps nothing of an earlier epoch that decides a stop: each step starts its records afresh."""
+    loop = loop or stub_loop(schedule)
+    loop.trainer.values = {net: iter(v) for net, v in values.items()}
+    loop.record = {"updates": [], "monitors": [], "stop_checks": []}
     loop.run_epoch(0)
     passes = {net: [0] * len(schedule[net]) for net in STEP_NAMES}
     for update in loop.record["updates"]:
@@ -95,12 +105,13 @@ def test_the_issue_cases_stop_where_the_program_stops():
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_passes_and_stop_decisions_equal_the_programs(schedule):
     rng = np.random.RandomState(len(schedule))
+    loop = stub_loop(SCHEDULES[schedule])  # one loop, 40 epochs: as a run's epochs, each decides afresh
     for trial in range(40):
         # few distinct values, so equal losses (which stop) happen as often as rising ones
         values = {net: list(rng.randint(0, 4, 64).astype(float) - 0.01 * np.arange(64) * (trial % 2))
                   for net in ("lab", "img", "txt")}
         expected_passes, expected_checks = program_stops(SCHEDULES[schedule], values)
-        passes, checks = run_stub_epoch(SCHEDULES[schedule], values)
+        passes, checks = run_stub_epoch(SCHEDULES[schedule], values, loop)
         assert checks == expected_checks, (schedule, trial)
         assert {net: passes[net] for net in expected_passes} == expected_passes, (schedule, trial)
 
@@ -174,12 +185,15 @@ def test_drawn_batches_are_uniform_draws_of_distinct_items():
     """Each row: `batch` distinct items in range; every position of a row is uniform over the
     items (chi-square, fixed seed), and so are the ordered pairs of the first two positions
     (rows are random ORDERED draws, as the first rows of a permutation); both the rejection
-    draw (forced here at a small n) and the permutation draw."""
+    draw (forced here at a small n) and the permutation draw. Drawn as the loop draws them, in
+    one compiled call (EpochLoop._draws): eagerly, the permutation draw's 6000 batches would be a
+    Python loop of 6000 op sequences (~20 s); traced, it is one while loop giving the same rows."""
     import tensorflow as tf
     from scipy import stats
 
     for num_items, batch, permutation_up_to in ((12, 5, 0), (7, 5, 0), (12, 5, 12)):
-        rows = draw_batches(tf.random.Generator.from_seed(3), num_items, 6000, batch, permutation_up_to).numpy()
+        rng = tf.random.Generator.from_seed(3)
+        rows = tf.function(lambda: draw_batches(rng, num_items, 6000, batch, permutation_up_to))().numpy()
         assert rows.shape == (6000, batch) and rows.dtype == np.int64
         assert rows.min() >= 0 and rows.max() < num_items
         assert all(len(set(row)) == batch for row in rows)
