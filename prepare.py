@@ -45,7 +45,7 @@ import h5py
 import numpy as np
 
 from utils import io
-from utils.config import add_config_arguments, config_from_args
+from utils.config import add_config_arguments, config_from_args, setting
 from utils.data import SPLIT_SIZES, prepared_path, sidecar_paths
 from utils.data.splits import permutation_split
 from utils.errors import UserError
@@ -88,64 +88,56 @@ WORD_PATTERN = re.compile(r"[a-z]+")
 @dataclasses.dataclass
 class OutputSettings:
     """How the file is written (shared by every dataset)."""
-    out: str = dataclasses.field(default="", metadata={
-        "help": "the HDF5 file to write; empty: data/DATASET.h5 in the repository (or $ADVHASH_DATA/DATASET.h5), "
-                "where train.py --dataset DATASET looks without --data"})
-    overwrite: bool = dataclasses.field(default=False, metadata={
-        "help": "replace an existing finished file"})
-    resize_filter: str = dataclasses.field(default="bilinear", metadata={
-        "help": "PIL filter for the resize of the whole image to 224 x 224 (antialiased when shrinking)",
-        "choices": RESIZE_FILTERS})
-    workers: int = dataclasses.field(default=4, metadata={"help": "threads decoding and resizing images"})
-    chunk_rows: int = dataclasses.field(default=256, metadata={
-        "help": "images written per step; the resume marker advances after each step"})
-    split_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={
-        "help": "QUERY,TRAIN: also write FILE.split.npz (seeded DCMH permutation; database = all but "
-                "the queries) for train.py --split-file, e.g. for a subset smaller than the standard split"})
-    split_seed: int = dataclasses.field(default=0, metadata={"help": "seed of the permutation of --split-sizes"})
+    out: str = setting("", "the HDF5 file to write; empty: data/DATASET.h5 in the repository (or "
+                           "$ADVHASH_DATA/DATASET.h5), where train.py --dataset DATASET looks without --data")
+    overwrite: bool = setting(False, "replace an existing finished file")
+    resize_filter: str = setting("bilinear", "PIL filter for the resize of the whole image to 224 x 224 "
+                                             "(antialiased when shrinking)", choices=RESIZE_FILTERS)
+    workers: int = setting(4, "threads decoding and resizing images")
+    chunk_rows: int = setting(256, "images written per step; the resume marker advances after each step")
+    split_sizes: tuple[int, ...] = setting((), "QUERY,TRAIN: also write FILE.split.npz (seeded DCMH "
+                                               "permutation; database = all but the queries) for train.py "
+                                               "--split-file, e.g. for a subset smaller than the standard "
+                                               "split")
+    split_seed: int = setting(0, "seed of the permutation of --split-sizes")
 
 
 @dataclasses.dataclass
 class CocoSettings:
-    annotations: str = dataclasses.field(default="", metadata={
-        "help": "folder with the official instances_*.json and captions_*.json files"})
-    vocab: int = dataclasses.field(default=2000, metadata={
-        "help": "text vocabulary size: the most frequent caption words (fewer when fewer exist)"})
-    min_word_length: int = dataclasses.field(default=2, metadata={
-        "help": "caption words shorter than this are dropped (single letters carry no meaning)"})
-    text_values: str = dataclasses.field(default="binary", metadata={
-        "help": "bag-of-words entries: binary (word in any caption of the image; the DCMH "
-                "family's 0/1 matrices) or count (occurrences, capped at 255)",
-        "choices": ("binary", "count")})
+    annotations: str = setting("", "folder with the official instances_*.json and captions_*.json files")
+    vocab: int = setting(2000, "text vocabulary size: the most frequent caption words (fewer when fewer "
+                               "exist)")
+    min_word_length: int = setting(2, "caption words shorter than this are dropped (single letters carry no "
+                                      "meaning)")
+    text_values: str = setting("binary", "bag-of-words entries: binary (word in any caption of the image; "
+                                         "the DCMH family's 0/1 matrices) or count (occurrences, capped at "
+                                         "255)", choices=("binary", "count"))
 
 
 @dataclasses.dataclass
 class FlickrSettings:
-    root: str = dataclasses.field(default="", metadata={
-        "help": "the unpacked mirflickr folder: im1.jpg .. imN.jpg and meta/tags/tags1.txt .."})
-    annotations: str = dataclasses.field(default="", metadata={
-        "help": "the mirflickr25k_annotations_v080 folder (one file per concept listing image ids)"})
-    num_images: int = dataclasses.field(default=25000, metadata={"help": "number of images im1..imN"})
-    min_tag_count: int = dataclasses.field(default=20, metadata={
-        "help": "a tag enters the vocabulary when at least this many images of the whole "
-                "collection carry it (20: the DCMH/SSAH rule; their file has 1,386 tags)"})
+    root: str = setting("", "the unpacked mirflickr folder: im1.jpg .. imN.jpg and meta/tags/tags1.txt ..")
+    annotations: str = setting("", "the mirflickr25k_annotations_v080 folder (one file per concept listing "
+                                   "image ids)")
+    num_images: int = setting(25000, "number of images im1..imN")
+    min_tag_count: int = setting(20, "a tag enters the vocabulary when at least this many images of the "
+                                     "whole collection carry it (20: the DCMH/SSAH rule; their file has "
+                                     "1,386 tags)")
 
 
 @dataclasses.dataclass
 class NuswideSettings:
-    root: str = dataclasses.field(default="", metadata={
-        "help": "folder holding the official NUS-WIDE lists (searched recursively): Imagelist.txt, "
-                "AllTags1k.txt, TagList1k.txt, Concepts81.txt, Labels_<concept>.txt"})
-    images: str = dataclasses.field(default="", metadata={
-        "help": "the image folder (Flickr/<concept folder>/<file>.jpg as in Imagelist.txt)"})
-    num_concepts: int = dataclasses.field(default=21, metadata={
-        "help": "keep the most frequent concepts as labels, and the images carrying one of them"})
-    require_tag: bool = dataclasses.field(default=False, metadata={
-        "help": "also drop images none of whose tags is among the 1,000 (false: every image with a "
-                "top concept counts, which is how the DCMH family's 195,834 is described)"})
-    skip_missing_images: bool = dataclasses.field(default=False, metadata={
-        "help": "skip (and count) images listed in Imagelist.txt but absent from --images "
-                "instead of stopping"})
+    root: str = setting("", "folder holding the official NUS-WIDE lists (searched recursively): "
+                            "Imagelist.txt, AllTags1k.txt, TagList1k.txt, Concepts81.txt, "
+                            "Labels_<concept>.txt")
+    images: str = setting("", "the image folder (Flickr/<concept folder>/<file>.jpg as in Imagelist.txt)")
+    num_concepts: int = setting(21, "keep the most frequent concepts as labels, and the images carrying one "
+                                    "of them")
+    require_tag: bool = setting(False, "also drop images none of whose tags is among the 1,000 (false: every "
+                                       "image with a top concept counts, which is how the DCMH family's "
+                                       "195,834 is described)")
+    skip_missing_images: bool = setting(False, "skip (and count) images listed in Imagelist.txt but absent "
+                                               "from --images instead of stopping")
 
 
 @dataclasses.dataclass

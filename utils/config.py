@@ -21,42 +21,36 @@ def setting(default, help_text, **metadata):
 @dataclasses.dataclass
 class CommonConfig:
     """Settings every method shares."""
-    dataset: str = dataclasses.field(default="synthetic", metadata={
-        "help": "dataset name (see README)"})
-    data: str = dataclasses.field(default="", metadata={
-        "help": "path of the dataset file or folder; empty for the built-in default location"})
-    bits: int = dataclasses.field(default=32, metadata={"help": "code length K"})
-    seed: int = dataclasses.field(default=0, metadata={
-        "help": "random seed; with it a CPU run is repeatable (op determinism is switched on)"})
-    runs_dir: str = dataclasses.field(default="runs", metadata={"help": "folder that holds run folders"})
-    run_name: str = dataclasses.field(default="", metadata={
-        "help": "name of this run's folder (default: method-dataset-bits-time)"})
-    checkpoint_every: int = dataclasses.field(default=0, metadata={
-        "help": "updates between checkpoints inside an epoch; 0: about every 10 minutes of work "
-                "(SIGINT/SIGTERM also write one before stopping)"})
-    split_file: str = dataclasses.field(default="", metadata={
-        "help": "optional .npz/.mat with query/train/database index arrays, to share a split between programs"})
-    split_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={
-        "help": "QUERY,TRAIN: sizes of the seeded split instead of the dataset's standard protocol "
-                "(for small or subset files); database = every item but the queries"})
-    validation_size: int = dataclasses.field(default=0, metadata={
-        "help": "training items (a seeded draw) held out as validation queries, ranked against the "
-                "database without them: never trained on, they choose settings (tune.py) and the "
-                "best checkpoint; 0: none (METAH: --validation-fraction of the source)"})
-    keep_checkpoints: str = dataclasses.field(default="last,best", metadata={
-        "help": "checkpoints kept in RUN_DIR/checkpoints: 'last', 'last,best' (the last plus the one "
-                "with the best epoch mAP, in checkpoints/best) or a number N (the last N)"})
-    log_every: int = dataclasses.field(default=10, metadata={
-        "help": "training updates per read of the loss sums kept on the device: their means go to "
-                "TensorBoard (loss/STEP/TERM) and the NaN guard checks them"})
-    ties: str = dataclasses.field(default=DEFAULT_TIES, metadata={
-        "help": "order of items at equal distance in every ranked figure: expected (mean over random "
-                "orders, exact), argsort (the original programs' np.argsort), pessimistic (relevant "
-                "last) or optimistic (relevant first)", "choices": TIE_RULES})
-    precision: str = dataclasses.field(default="float32", metadata={
-        "help": "float32 (the programs'), mixed_bfloat16 (bfloat16 compute, float32 variables, buffers and "
-                "losses; CPUs with AVX512-BF16/AMX and GPUs) or mixed_float16 (float16 compute with dynamic "
-                "loss scaling; GPUs)", "choices": PRECISIONS})
+    dataset: str = setting("synthetic", "dataset name (see README)")
+    data: str = setting("", "path of the dataset file or folder; empty for the built-in default location")
+    bits: int = setting(32, "code length K")
+    seed: int = setting(0, "random seed; with it a CPU run is repeatable (op determinism is switched on)")
+    runs_dir: str = setting("runs", "folder that holds run folders")
+    run_name: str = setting("", "name of this run's folder (default: method-dataset-bits-time)")
+    checkpoint_every: int = setting(0, "updates between checkpoints inside an epoch; 0: about every 10 "
+                                       "minutes of work (SIGINT/SIGTERM also write one before stopping)")
+    split_file: str = setting("", "optional .npz/.mat with query/train/database index arrays, to share a "
+                                  "split between programs")
+    split_sizes: tuple[int, ...] = setting((), "QUERY,TRAIN: sizes of the seeded split instead of the "
+                                               "dataset's standard protocol (for small or subset files); "
+                                               "database = every item but the queries")
+    validation_size: int = setting(0, "training items (a seeded draw) held out as validation queries, ranked "
+                                      "against the database without them: never trained on, they choose "
+                                      "settings (tune.py) and the best checkpoint; 0: none (METAH: "
+                                      "--validation-fraction of the source)")
+    keep_checkpoints: str = setting("last,best", "checkpoints kept in RUN_DIR/checkpoints: 'last', "
+                                                 "'last,best' (the last plus the one with the best epoch "
+                                                 "mAP, in checkpoints/best) or a number N (the last N)")
+    log_every: int = setting(10, "training updates per read of the loss sums kept on the device: their means "
+                                 "go to TensorBoard (loss/STEP/TERM) and the NaN guard checks them")
+    ties: str = setting(DEFAULT_TIES, "order of items at equal distance in every ranked figure: expected "
+                                      "(mean over random orders, exact), argsort (the original programs' "
+                                      "np.argsort), pessimistic (relevant last) or optimistic (relevant "
+                                      "first)", choices=TIE_RULES)
+    precision: str = setting("float32", "float32 (the programs'), mixed_bfloat16 (bfloat16 compute, float32 "
+                                        "variables, buffers and losses; CPUs with AVX512-BF16/AMX and GPUs) "
+                                        "or mixed_float16 (float16 compute with dynamic loss scaling; GPUs)",
+                                        choices=PRECISIONS)
 
     def __post_init__(self):
         check_ties(self.ties)  # before training, not at the first evaluation
